@@ -1,0 +1,37 @@
+"""Agent ids: ``agent-001`` .. ``agent-NNN``, always zero-padded to three digits.
+
+``1``, ``01``, ``001``, ``agent-1`` and ``agent-001`` all name agent-001; anything
+else (``../x``, ``001;rm``, ``0``) is refused. Standard library only.
+"""
+
+import re
+
+from .errors import InvalidAgentId
+
+_ID = re.compile(r"^(?:agent-?)?0*([1-9][0-9]{0,2})$")
+MAX_ID = 999
+
+
+def agent_id(value) -> str:
+    """Return the canonical ``agent-NNN`` for any accepted spelling of an id."""
+    match = _ID.match(str(value).strip())
+    if not match:
+        raise InvalidAgentId(
+            f"invalid agent id {str(value)!r}: use a number like 1, 01, 001 or agent-001"
+        )
+    return f"agent-{int(match.group(1)):03d}"
+
+
+def agent_number(value) -> str:
+    """Return the zero-padded number of an agent id: ``agent-007`` -> ``007``."""
+    return agent_id(value)[len("agent-"):]
+
+
+def agent_branch(value) -> str:
+    """Return the agent's own branch: ``agent-007`` -> ``agent/007``."""
+    return f"agent/{agent_number(value)}"
+
+
+def agent_ids(n: int) -> list[str]:
+    """Return ``agent-001`` .. ``agent-00n``."""
+    return [agent_id(i) for i in range(1, n + 1)]

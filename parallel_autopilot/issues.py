@@ -1,0 +1,667 @@
+"""The shared issue queue: one SQLite database, fenced leases, an audit trail.
+
+Standard library only: the same module runs on the host and in every agent
+container, all of them on one database in a bind-mounted DIRECTORY.
+
+The verbs, each next to its SQL::
+
+    store = IssueStore(".autopilot/autopilot.db")
+    store.add("Fix the parser", priority="high", script="make fix-parser")
+    claim = store.claim("agent-001")          # None when nothing is eligible
+    claim = store.renew(claim)                # heartbeat: every lease/3
+    store.complete(claim, {"branch": ..., "commit": ..., "duration": ...})
+    store.fail(claim, "tests failed")         # retried after a backoff
+    store.release(claim)                      # graceful: not an attempt
+    store.release_agent("agent-001")          # crash recovery: counts as one
+
+Defaults: a lease of 900 s (the design's 15 minutes), 3 attempts, a backoff of
+30 s doubling per attempt, a busy timeout of 30 s.
+
+Fencing. ``claim`` increments the issue's never-decreasing ``token``. ``renew``
+acts only while ``token`` matches and the lease has not expired; ``complete``,
+``fail`` and ``release`` only while ``token`` matches and the issue is still
+claimed (an expired lease that nobody re-claimed can still be finished: its
+holder is the only one with that token). A stale call changes nothing, appends
+a ``refused-<verb>`` event and raises :class:`LeaseLost`.
+
+Time is a parameter: every verb takes ``now`` (seconds since the epoch),
+defaulting to the store's clock. Times are stored as REAL epoch seconds, so a
+comparison is a comparison of numbers, never of differently formatted text.
+
+Connections. ``isolation_level=None`` with explicit ``BEGIN IMMEDIATE`` around
+every read-then-write; WAL is set when the database is created; no transaction
+is held across agent work; a store used after ``fork()`` reconnects instead of
+sharing the parent's connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from .errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, UnsafeFilesystem
+
+PRIORITIES = ("urgent", "high", "medium", "low")
+STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked")
+DEFAULT_LEASE_SECONDS = 900
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_BACKOFF_SECONDS = 30.0
+DEFAULT_BUSY_TIMEOUT = 30.0
+
+#: Filesystems where SQLite's WAL (shared memory across processes) is unsafe.
+UNSAFE_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "fuse")
+
+MIGRATIONS = [
+    # 1: the initial schema
+    """
+    CREATE TABLE issues (
+        number       INTEGER PRIMARY KEY,
+        title        TEXT NOT NULL,
+        body         TEXT NOT NULL DEFAULT '',
+        priority     TEXT NOT NULL CHECK (priority IN ('urgent','high','medium','low')),
+        rank         INTEGER NOT NULL,          -- 0 urgent .. 3 low
+        script       TEXT,
+        status       TEXT NOT NULL DEFAULT 'ready'
+                     CHECK (status IN ('ready','claimed','done','failed','dead','blocked')),
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+        due_at       REAL NOT NULL,             -- not claimable before (backoff)
+        owner        TEXT,                      -- agent id of the lease (or of the result)
+        token        INTEGER NOT NULL DEFAULT 0, -- lease fencing token, never decreases
+        lease_until  REAL,
+        heartbeat_at REAL,
+        claimed_at   REAL,
+        branch       TEXT,
+        commit_sha   TEXT,
+        duration     REAL,
+        error        TEXT,
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL
+    );
+    CREATE INDEX issues_pick ON issues (status, rank, created_at, number);
+    CREATE TABLE events (
+        id     INTEGER PRIMARY KEY,
+        at     REAL NOT NULL,
+        issue  INTEGER,
+        kind   TEXT NOT NULL,
+        worker TEXT,
+        token  INTEGER,
+        detail TEXT
+    );
+    CREATE INDEX events_issue ON events (issue, id);
+    CREATE TABLE agents (
+        id           TEXT PRIMARY KEY,
+        state        TEXT NOT NULL,
+        issue        INTEGER,
+        token        INTEGER,
+        heartbeat_at REAL NOT NULL,
+        started_at   REAL NOT NULL,
+        incarnation  TEXT,
+        host         TEXT,
+        pid          INTEGER
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One issue, as stored."""
+
+    number: int
+    title: str
+    body: str
+    priority: str
+    script: str | None
+    status: str
+    attempts: int
+    max_attempts: int
+    due_at: float
+    owner: str | None
+    token: int
+    lease_until: float | None
+    heartbeat_at: float | None
+    claimed_at: float | None
+    branch: str | None
+    commit: str | None
+    duration: float | None
+    error: str | None
+    created_at: float
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A lease on one issue: who holds it, with which token, until when."""
+
+    issue: Issue
+    token: int
+    worker: str
+    lease_until: float
+
+    @property
+    def number(self) -> int:
+        return self.issue.number
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of the append-only audit trail."""
+
+    id: int
+    at: float
+    issue: int | None
+    kind: str
+    worker: str | None
+    token: int | None
+    detail: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    """What an agent last said about itself (its heartbeat)."""
+
+    id: str
+    state: str
+    issue: int | None
+    token: int | None
+    heartbeat_at: float
+    started_at: float
+    incarnation: str | None
+    host: str | None
+    pid: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the filesystem holding ``path`` (None where /proc is absent)."""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, right.split()[0]
+    return best_type
+
+
+def check_filesystem(directory: Path, mountinfo: str = "/proc/self/mountinfo") -> None:
+    """Refuse a state directory on a network or FUSE filesystem (WAL needs one kernel)."""
+    fstype = filesystem_type(directory, mountinfo)
+    if fstype and (fstype in UNSAFE_FILESYSTEMS or fstype.startswith("fuse")):
+        raise UnsafeFilesystem(
+            f"state directory {directory} is on {fstype}, where SQLite WAL corrupts: "
+            "set autopilot.state_dir to a directory on a local disk (ext4, xfs, apfs)"
+        )
+
+
+def _as_result(result: Mapping[str, Any] | None) -> dict[str, Any]:
+    result = dict(result or {})
+    unknown = set(result) - {"branch", "commit", "duration"}
+    if unknown:
+        raise InvalidInput(f"unknown result field(s) {sorted(unknown)}: use branch, commit, duration")
+    return result
+
+
+def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, Any]:
+    """Check one issue's fields for :meth:`IssueStore.add`; return them normalised."""
+    if not isinstance(item, Mapping):
+        raise InvalidInput(f"{where}: expected a mapping with at least a title, got {type(item).__name__}")
+    allowed = {"number", "title", "body", "priority", "script", "max_attempts"}
+    unknown = set(item) - allowed
+    if unknown:
+        raise InvalidInput(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(allowed))}")
+    title = item.get("title")
+    if not isinstance(title, str) or not title.strip():
+        raise InvalidInput(f"{where}: a non-empty 'title' is required")
+    priority = item.get("priority", "medium")
+    if priority not in PRIORITIES:
+        raise InvalidInput(f"{where}: priority {priority!r} is not one of {', '.join(PRIORITIES)}")
+    body = item.get("body", "")
+    script = item.get("script")
+    if not isinstance(body, str) or (script is not None and not isinstance(script, str)):
+        raise InvalidInput(f"{where}: 'body' and 'script' must be text")
+    number = item.get("number")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 1):
+        raise InvalidInput(f"{where}: 'number' must be a positive integer")
+    max_attempts = item.get("max_attempts")
+    if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1):
+        raise InvalidInput(f"{where}: 'max_attempts' must be a positive integer")
+    return {
+        "number": number,
+        "title": title.strip(),
+        "body": body,
+        "priority": priority,
+        "script": script,
+        "max_attempts": max_attempts,
+    }
+
+
+class IssueStore:
+    """The shared issue queue in the SQLite database at ``path``.
+
+    The parent directory is created if missing and must be on a local
+    filesystem. Thread-safe (one connection behind a lock); fork-safe (a child
+    process opens its own connection).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        check_fs: bool = True,
+    ):
+        self.path = Path(path)
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self.busy_timeout = busy_timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if check_fs:
+            check_filesystem(self.path.parent)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self._connect()
+
+    # -- connection ---------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._conn, self._pid = conn, os.getpid()
+        self._migrate(conn)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version >= len(MIGRATIONS):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any error)."""
+        with self._lock:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._connect().execute(sql, tuple(params)).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "IssueStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _now(self, now: float | None) -> float:
+        return self.clock() if now is None else float(now)
+
+    @staticmethod
+    def _event(conn, now, issue, kind, worker=None, token=None, detail=None) -> None:
+        conn.execute(
+            "INSERT INTO events (at, issue, kind, worker, token, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (now, issue, kind, worker, token, detail),
+        )
+
+    # -- adding -------------------------------------------------------------
+
+    def add(self, title: str, body: str = "", priority: str = "medium", script: str | None = None,
+            max_attempts: int | None = None, number: int | None = None, now: float | None = None) -> Issue:
+        """Add one ready issue and return it."""
+        fields = {"title": title, "body": body, "priority": priority, "script": script,
+                  "max_attempts": max_attempts, "number": number}
+        return self.add_many([fields], now=now)[0]
+
+    def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None) -> list[Issue]:
+        """Add issues in ONE transaction: all are added, or (on any error) none."""
+        now = self._now(now)
+        checked = [validate_fields(item, f"issue {i + 1}") for i, item in enumerate(items)]
+        numbers = []
+        with self.transaction() as conn:
+            for fields in checked:
+                if fields["number"] is not None and conn.execute(
+                    "SELECT 1 FROM issues WHERE number = ?", (fields["number"],)
+                ).fetchone():
+                    raise Conflict(f"issue #{fields['number']} already exists: leave 'number' out to get a new one")
+                cur = conn.execute(
+                    """INSERT INTO issues (number, title, body, priority, rank, script, max_attempts,
+                                           due_at, created_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (fields["number"], fields["title"], fields["body"], fields["priority"],
+                     PRIORITIES.index(fields["priority"]), fields["script"],
+                     fields["max_attempts"] or self.max_attempts, now, now, now),
+                )
+                numbers.append(cur.lastrowid)
+                self._event(conn, now, cur.lastrowid, "added")
+        return [self.get(n) for n in numbers]
+
+    # -- the lease verbs ----------------------------------------------------
+
+    def claim(self, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+              now: float | None = None) -> Claim | None:
+        """Lease the best eligible issue to ``worker``, or return None.
+
+        Eligible: ready (or failed) and due, or claimed with an expired lease;
+        and attempts below the limit - inside the pick, so an exhausted issue
+        never blocks the queue. Best: priority urgent > high > medium > low,
+        then oldest. An expired lease whose attempts are used up is marked dead
+        in the same transaction.
+        """
+        now = self._now(now)
+        with self.transaction() as conn:
+            for row in conn.execute(
+                """UPDATE issues SET status = 'dead', error = 'lease expired on the last attempt',
+                          lease_until = NULL, updated_at = :now
+                   WHERE status = 'claimed' AND lease_until <= :now AND attempts >= max_attempts
+                   RETURNING number, owner, token""",
+                {"now": now},
+            ).fetchall():
+                self._event(conn, now, row["number"], "dead", row["owner"], row["token"], "lease expired")
+            row = conn.execute(
+                """SELECT number, status, owner, token FROM issues
+                   WHERE attempts < max_attempts
+                     AND ((status IN ('ready', 'failed') AND due_at <= :now)
+                          OR (status = 'claimed' AND lease_until <= :now))
+                   ORDER BY rank, created_at, number
+                   LIMIT 1""",
+                {"now": now},
+            ).fetchone()
+            if row is None:
+                return None
+            if row["status"] == "claimed":
+                self._event(conn, now, row["number"], "expired", row["owner"], row["token"])
+            issue = conn.execute(
+                """UPDATE issues SET status = 'claimed', owner = :worker, token = token + 1,
+                          attempts = attempts + 1, lease_until = :until, heartbeat_at = :now,
+                          claimed_at = :now, updated_at = :now
+                   WHERE number = :number
+                   RETURNING *""",
+                {"worker": worker, "until": now + lease_seconds, "now": now, "number": row["number"]},
+            ).fetchone()
+            self._event(conn, now, issue["number"], "claimed", worker, issue["token"],
+                        f"attempt {issue['attempts']} of {issue['max_attempts']}")
+        issue = self._issue(issue)
+        return Claim(issue=issue, token=issue.token, worker=worker, lease_until=issue.lease_until)
+
+    def renew(self, claim: Claim, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+              now: float | None = None) -> Claim:
+        """Extend a live lease (the heartbeat); raise LeaseLost if it is not live."""
+        now = self._now(now)
+        with self.transaction() as conn:
+            row = conn.execute(
+                """UPDATE issues SET lease_until = :until, heartbeat_at = :now, updated_at = :now
+                   WHERE number = :number AND token = :token AND status = 'claimed'
+                     AND lease_until > :now
+                   RETURNING *""",
+                {"until": now + lease_seconds, "now": now, "number": claim.number, "token": claim.token},
+            ).fetchone()
+            if row is None:
+                self._refuse(conn, now, claim, "renew")
+        if row is None:
+            raise self._lost(claim, "renew")
+        issue = self._issue(row)
+        return Claim(issue=issue, token=claim.token, worker=claim.worker, lease_until=issue.lease_until)
+
+    def complete(self, claim: Claim, result: Mapping[str, Any] | None = None,
+                 now: float | None = None) -> Issue:
+        """Mark the claimed issue done with its result (branch, commit, duration)."""
+        now = self._now(now)
+        result = _as_result(result)
+        return self._fenced(
+            claim, "complete", now,
+            """UPDATE issues SET status = 'done', lease_until = NULL, branch = :branch,
+                      commit_sha = :commit, duration = :duration, error = NULL, updated_at = :now
+               WHERE number = :number AND token = :token AND status = 'claimed'
+               RETURNING *""",
+            {"branch": result.get("branch"), "commit": result.get("commit"),
+             "duration": result.get("duration")},
+            detail=json.dumps(result) if result else None,
+        )
+
+    def fail(self, claim: Claim, error: str, now: float | None = None) -> Issue:
+        """Record a failed attempt: retried after a backoff, or dead at the limit."""
+        now = self._now(now)
+        attempts = max(claim.issue.attempts, 1)
+        backoff = self.backoff_seconds * 2 ** (attempts - 1)
+        issue = self._fenced(
+            claim, "fail", now,
+            """UPDATE issues SET
+                      status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
+                      due_at = :now + :backoff, lease_until = NULL, error = :error, updated_at = :now
+               WHERE number = :number AND token = :token AND status = 'claimed'
+               RETURNING *""",
+            {"backoff": backoff, "error": str(error)[:4000]},
+            detail=str(error)[:500],
+        )
+        return issue
+
+    def release(self, claim: Claim, now: float | None = None) -> Issue:
+        """Give the issue back at once (graceful shutdown); the attempt is refunded."""
+        now = self._now(now)
+        return self._fenced(
+            claim, "release", now,
+            """UPDATE issues SET status = 'ready', owner = NULL, lease_until = NULL,
+                      attempts = MAX(attempts - 1, 0), due_at = :now, updated_at = :now
+               WHERE number = :number AND token = :token AND status = 'claimed'
+               RETURNING *""",
+            {},
+        )
+
+    def _fenced(self, claim: Claim, verb: str, now: float, sql: str, params: dict,
+                detail: str | None = None) -> Issue:
+        with self.transaction() as conn:
+            row = conn.execute(sql, {**params, "now": now, "number": claim.number, "token": claim.token}).fetchone()
+            if row is None:
+                self._refuse(conn, now, claim, verb)
+            else:
+                kind = {"complete": "done", "release": "released"}.get(verb, row["status"])
+                self._event(conn, now, claim.number, kind, claim.worker, claim.token, detail)
+        if row is None:
+            raise self._lost(claim, verb)
+        return self._issue(row)
+
+    def _refuse(self, conn, now: float, claim: Claim, verb: str) -> None:
+        current = conn.execute("SELECT status, owner, token FROM issues WHERE number = ?",
+                               (claim.number,)).fetchone()
+        detail = (f"stale token {claim.token}; issue is {current['status']}, token {current['token']}"
+                  f" held by {current['owner']}" if current else "issue does not exist")
+        self._event(conn, now, claim.number, f"refused-{verb}", claim.worker, claim.token, detail)
+
+    def _lost(self, claim: Claim, verb: str) -> LeaseLost:
+        return LeaseLost(
+            f"lease lost on issue #{claim.number} (token {claim.token}, {claim.worker}): "
+            f"{verb} refused; the issue belongs to a newer claim or was changed"
+        )
+
+    def release_agent(self, agent_id: str, now: float | None = None, reason: str = "agent gone") -> list[int]:
+        """Free at once every claim held by ``agent_id`` (crash recovery).
+
+        Unlike :meth:`release`, the interrupted attempt counts: an issue that
+        keeps killing its agent ends dead instead of looping forever.
+        """
+        now = self._now(now)
+        with self.transaction() as conn:
+            rows = conn.execute(
+                """UPDATE issues SET
+                          status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
+                          error = CASE WHEN attempts >= max_attempts THEN :reason ELSE error END,
+                          lease_until = NULL, due_at = :now, updated_at = :now
+                   WHERE status = 'claimed' AND owner = :agent
+                   RETURNING number, token, status""",
+                {"agent": agent_id, "now": now, "reason": f"{reason} on the last attempt"},
+            ).fetchall()
+            for row in rows:
+                self._event(conn, now, row["number"], "released-agent" if row["status"] == "ready" else "dead",
+                            agent_id, row["token"], reason)
+        return sorted(row["number"] for row in rows)
+
+    # -- operator verbs -----------------------------------------------------
+
+    def retry(self, number: int, now: float | None = None) -> Issue:
+        """Put a failed, dead, blocked or done issue back to ready with fresh attempts."""
+        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready"),
+                              "status = 'ready', attempts = 0, due_at = :now, error = NULL")
+
+    def block(self, number: int, now: float | None = None) -> Issue:
+        """Take a ready or failed issue out of the queue until retried."""
+        return self._operator(number, "block", now, ("ready", "failed", "blocked"), "status = 'blocked'")
+
+    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str) -> Issue:
+        now = self._now(now)
+        with self.transaction() as conn:
+            row = conn.execute("SELECT status, owner FROM issues WHERE number = ?", (number,)).fetchone()
+            if row is None:
+                raise IssueNotFound(f"no issue #{number}: see `issues.list`")
+            if row["status"] not in allowed:
+                raise Conflict(
+                    f"issue #{number} is {row['status']}"
+                    + (f" by {row['owner']}" if row["status"] == "claimed" else "")
+                    + f": cannot {verb} it now (stop its agent first, or wait)"
+                )
+            conn.execute(f"UPDATE issues SET {assignment}, updated_at = :now WHERE number = :number",
+                         {"now": now, "number": number})
+            self._event(conn, now, number, verb, "operator")
+        return self.get(number)
+
+    # -- agents -------------------------------------------------------------
+
+    def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
+                        token: int | None = None, incarnation: str | None = None,
+                        host: str | None = None, pid: int | None = None,
+                        now: float | None = None) -> None:
+        """Record what an agent is doing now (upsert of its row)."""
+        now = self._now(now)
+        with self.transaction() as conn:
+            conn.execute(
+                """INSERT INTO agents (id, state, issue, token, heartbeat_at, started_at, incarnation, host, pid)
+                   VALUES (:id, :state, :issue, :token, :now, :now, :inc, :host, :pid)
+                   ON CONFLICT (id) DO UPDATE SET state = :state, issue = :issue, token = :token,
+                          heartbeat_at = :now, host = COALESCE(:host, host), pid = COALESCE(:pid, pid),
+                          started_at = CASE WHEN incarnation IS :inc THEN started_at ELSE :now END,
+                          incarnation = :inc""",
+                {"id": agent_id, "state": state, "issue": issue, "token": token, "now": now,
+                 "inc": incarnation, "host": host, "pid": pid},
+            )
+
+    def agents(self) -> list[AgentRow]:
+        """Every agent that ever reported, by id."""
+        return [AgentRow(**dict(r)) for r in self._read("SELECT * FROM agents ORDER BY id")]
+
+    # -- reading ------------------------------------------------------------
+
+    @staticmethod
+    def _issue(row: sqlite3.Row) -> Issue:
+        data = dict(row)
+        data.pop("rank", None)
+        data["commit"] = data.pop("commit_sha")
+        return Issue(**data)
+
+    def get(self, number: int) -> Issue:
+        """The issue with that number; IssueNotFound if there is none."""
+        rows = self._read("SELECT * FROM issues WHERE number = ?", (int(number),))
+        if not rows:
+            raise IssueNotFound(f"no issue #{number}: see `issues.list`")
+        return self._issue(rows[0])
+
+    def list(self, status: str | Iterable[str] | None = None) -> list[Issue]:
+        """Issues by number, optionally only those with the given status(es)."""
+        if status is None:
+            return [self._issue(r) for r in self._read("SELECT * FROM issues ORDER BY number")]
+        wanted = [status] if isinstance(status, str) else list(status)
+        bad = [s for s in wanted if s not in STATUSES]
+        if bad:
+            raise InvalidInput(f"unknown status {bad[0]!r}: use one of {', '.join(STATUSES)}")
+        marks = ",".join("?" * len(wanted))
+        return [self._issue(r) for r in self._read(
+            f"SELECT * FROM issues WHERE status IN ({marks}) ORDER BY rank, created_at, number", wanted)]
+
+    def counts(self) -> dict[str, int]:
+        """Number of issues in each status (every status present, zeros included)."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for row in self._read("SELECT status, COUNT(*) AS n FROM issues GROUP BY status"):
+            counts[row["status"]] = row["n"]
+        return counts
+
+    def events(self, number: int | None = None, limit: int | None = None) -> list[Event]:
+        """The audit trail, oldest first; of one issue when ``number`` is given."""
+        sql, params = "SELECT * FROM events", []
+        if number is not None:
+            sql, params = sql + " WHERE issue = ?", [number]
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql[:-len(' ORDER BY id')]} ORDER BY id DESC LIMIT {int(limit)}) ORDER BY id"
+        return [Event(**dict(r)) for r in self._read(sql, params)]
+
+    def backup(self, target: str | os.PathLike) -> None:
+        """Copy the database safely while it is in use (SQLite's backup API)."""
+        with self._lock:
+            dest = sqlite3.connect(str(target))
+            try:
+                self._connect().backup(dest)
+            finally:
+                dest.close()

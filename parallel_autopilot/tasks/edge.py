@@ -1,0 +1,90 @@
+"""What every task shares: settings from the context, errors as one line, output.
+
+A task body raises domain errors (``AutopilotError``); :func:`task` turns them
+into ``invoke.Exit(message, code)``, so the user sees one line and a non-zero
+exit code, never a traceback, for every expected failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+import invoke
+
+from .. import config
+from ..errors import AutopilotError, InvalidAgentCount
+
+
+def task(*args: Any, **kwargs: Any) -> Callable:
+    """``invoke.task`` whose body's AutopilotError becomes a one-line exit."""
+
+    def decorate(body: Callable) -> invoke.Task:
+        @functools.wraps(body)
+        def run(c, *a, **kw):
+            try:
+                return body(c, *a, **kw)
+            except AutopilotError as err:
+                raise invoke.Exit(f"error: {err}", code=err.exit_code) from None
+            except KeyboardInterrupt:
+                raise invoke.Exit("interrupted", code=130) from None
+
+        return invoke.task(*args, **kwargs)(run)
+
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        body, args = args[0], ()
+        return decorate(body)
+    return decorate
+
+
+def settings(c) -> config.Settings:
+    """The Settings for this invocation (see :mod:`parallel_autopilot.config`)."""
+    return config.load(c.config)
+
+
+def parse_count(value: Any, maximum: int, what: str = "agent count") -> int:
+    """A count from the command line: an integer in 1..maximum, or InvalidAgentCount."""
+    text = str(value).strip() if value is not None else ""
+    try:
+        n = int(text)
+    except ValueError:
+        raise InvalidAgentCount(
+            f"{what} {text!r} is not a number: give --n N with N from 1 to {maximum}"
+        ) from None
+    if not 1 <= n <= maximum:
+        raise InvalidAgentCount(
+            f"{what} {n} is out of range: give --n N with N from 1 to {maximum} on this machine"
+        )
+    return n
+
+
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A plain aligned text table."""
+    body = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as JSON for scripts (stable key order, no colours)."""
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+class Namespace(invoke.Collection):
+    """A Collection where a one-letter parameter also takes a long flag.
+
+    invoke gives a parameter ``n`` only ``-n``; the design writes
+    ``agents.start --n 5``. Both spellings reach the same parameter.
+    """
+
+    def to_contexts(self, ignore_unknown_help=None):
+        contexts = super().to_contexts(ignore_unknown_help=ignore_unknown_help)
+        for ctx in contexts:
+            for flag in list(ctx.flags.keys()):
+                if len(flag) == 2 and flag.startswith("-") and "-" + flag not in ctx.flags:
+                    ctx.flags["-" + flag] = ctx.flags[flag]
+        return contexts

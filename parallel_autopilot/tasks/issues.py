@@ -1,0 +1,110 @@
+"""``issues.*``: add, import, list, show, retry and block issues in the shared queue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import issuefile
+from ..issues import IssueStore
+from .edge import Namespace, emit_json, settings, table, task
+
+
+def open_store(c) -> IssueStore:
+    """The IssueStore of this invocation's settings."""
+    s = settings(c)
+    return IssueStore(s.db_path, max_attempts=s.max_attempts, backoff_seconds=s.backoff_seconds)
+
+
+@task(help={
+    "title": "one-line title (required)",
+    "body": "longer description given to the agent",
+    "priority": "urgent, high, medium (default) or low",
+    "script": "shell script an agent of kind 'script' runs in its worktree",
+    "max_attempts": "attempts before the issue is dead (default: autopilot.max_attempts)",
+    "json": "print the new issue as JSON",
+})
+def add(c, title, body="", priority="medium", script=None, max_attempts=None, json=False):
+    """Add one issue to the queue."""
+    attempts = int(max_attempts) if max_attempts is not None else None
+    issue = open_store(c).add(title, body=body, priority=priority, script=script, max_attempts=attempts)
+    if json:
+        emit_json(issue.to_dict())
+    else:
+        print(f"added #{issue.number} [{issue.priority}] {issue.title}")
+
+
+@task(name="import", help={"file": "a YAML or JSON list of issues (title, body, priority, script, max_attempts, number)",
+                           "json": "print the imported issues as JSON"})
+def import_(c, file, json=False):
+    """Import issues from a file: all of them, or none if any is malformed."""
+    items = issuefile.load(Path(file))
+    added = open_store(c).add_many(items)
+    if json:
+        emit_json([i.to_dict() for i in added])
+    else:
+        print(f"imported {len(added)} issue(s): #{added[0].number}..#{added[-1].number}" if added
+              else "imported 0 issues (the file holds an empty list)")
+
+
+@task(name="list", help={"status": "only this status: ready, claimed, done, failed, dead or blocked",
+                         "json": "machine-readable output"})
+def list_(c, status=None, json=False):
+    """List issues with status, priority, attempts and owner."""
+    store = open_store(c)
+    issues = store.list(status)
+    if json:
+        emit_json([i.to_dict() for i in issues])
+        return
+    print(table(
+        [(f"#{i.number}", i.status, i.priority, f"{i.attempts}/{i.max_attempts}", i.owner or "",
+          i.branch or "", i.title[:60]) for i in issues],
+        ["issue", "status", "priority", "attempts", "agent", "branch", "title"],
+    ))
+    counts = store.counts()
+    print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no issues")
+
+
+@task(help={"number": "the issue number", "json": "machine-readable output"})
+def show(c, number, json=False):
+    """Show one issue in full, with its event history."""
+    store = open_store(c)
+    issue = store.get(_number(number))
+    events = store.events(issue.number)
+    if json:
+        emit_json({**issue.to_dict(), "events": [e.to_dict() for e in events]})
+        return
+    for key, value in issue.to_dict().items():
+        if value not in (None, ""):
+            print(f"{key:>13}: {value}")
+    print("       events:")
+    for e in events:
+        print(f"   {e.at:.3f} {e.kind:<16} {e.worker or '':<10} token={e.token} {e.detail or ''}")
+
+
+@task(help={"number": "the issue number"})
+def retry(c, number):
+    """Put a failed, dead, blocked or done issue back in the queue with fresh attempts."""
+    issue = open_store(c).retry(_number(number))
+    print(f"#{issue.number} is {issue.status} again")
+
+
+@task(help={"number": "the issue number"})
+def block(c, number):
+    """Keep an issue out of the queue until `issues.retry`."""
+    issue = open_store(c).block(_number(number))
+    print(f"#{issue.number} is {issue.status}")
+
+
+def _number(value) -> int:
+    from ..errors import InvalidInput
+
+    text = str(value).lstrip("#")
+    if not text.isdigit():
+        raise InvalidInput(f"issue number {value!r} is not a number: give e.g. 42 or #42")
+    return int(text)
+
+
+ns = Namespace("issues")
+for t in (add, import_, list_, show, retry, block):
+    ns.add_task(t)
