@@ -560,6 +560,26 @@ class IssueStore:
                             agent_id, row["token"], reason)
         return sorted(row["number"] for row in rows)
 
+    def release_stale_agents(self, stale_after: float, now: float | None = None) -> dict[str, list[int]]:
+        """Free the claims of agents whose heartbeat is older than ``stale_after`` seconds.
+
+        Any live agent calls this while idle, so a container that died without
+        a word (``docker kill``, a lost host) gives its issue back within
+        seconds, long before its lease expires. A falsely presumed-dead agent
+        loses nothing but time: its next renew raises LeaseLost.
+        Claims of workers with no agent row (plain host processes) are left alone.
+        """
+        now = self._now(now)
+        owners = [r["id"] for r in self._read(
+            """SELECT DISTINCT a.id FROM agents a JOIN issues i ON i.owner = a.id
+               WHERE i.status = 'claimed' AND a.heartbeat_at < ?""", (now - stale_after,))]
+        freed = {}
+        for owner in owners:
+            numbers = self.release_agent(owner, now=now, reason="agent heartbeat stale")
+            if numbers:
+                freed[owner] = numbers
+        return freed
+
     # -- operator verbs -----------------------------------------------------
 
     def retry(self, number: int, now: float | None = None) -> Issue:
