@@ -56,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
     "remote_dir": "~/parallel-autopilot",  # the checkout on the workstation (fab)
     "remote_python": None,  # None = <remote_dir>/.venv/bin/python
     "remote_repo": None,  # target repository on the workstation; None = remote_dir
+    "remote_hosts": None,  # default hosts for `fab` when -H is not given, e.g. ["workstation"]
+    "remote_origin": None,  # git URL remote.setup clones; None = the laptop checkout's origin
+    "remote_connect_timeout": 15,  # seconds to wait for a host's SSH port
 }
 
 
