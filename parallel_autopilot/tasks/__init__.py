@@ -8,3 +8,6 @@ from . import issues
 
 ns = Namespace()
 ns.add_collection(issues.ns)
+from . import worktrees  # noqa: E402
+
+ns.add_collection(worktrees.ns)

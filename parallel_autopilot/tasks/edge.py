@@ -88,3 +88,23 @@ class Namespace(invoke.Collection):
                 if len(flag) == 2 and flag.startswith("-") and "-" + flag not in ctx.flags:
                     ctx.flags["-" + flag] = ctx.flags[flag]
         return contexts
+
+
+# `inv` and `fab` load tasks.py's `ns` with Collection.from_module, which copies
+# it into a PLAIN Collection, so Namespace.to_contexts above never runs there
+# and `--n 3` fails with "No idea what '3' is!". The loaders' class gets the
+# same alias step; it only adds flags that do not exist, so other collections
+# in the process parse exactly as before.
+_plain_to_contexts = invoke.Collection.to_contexts
+
+
+def _to_contexts_with_long_letter_flags(self, ignore_unknown_help=None):
+    contexts = _plain_to_contexts(self, ignore_unknown_help=ignore_unknown_help)
+    for ctx in contexts:
+        for flag in list(ctx.flags.keys()):
+            if len(flag) == 2 and flag.startswith("-") and "-" + flag not in ctx.flags:
+                ctx.flags["-" + flag] = ctx.flags[flag]
+    return contexts
+
+
+invoke.Collection.to_contexts = _to_contexts_with_long_letter_flags

@@ -1,0 +1,67 @@
+"""``worktrees.*``: create, list and remove the agents' git worktrees."""
+
+from __future__ import annotations
+
+from .. import worktrees
+from ..config import Settings
+from .edge import Namespace, emit_json, parse_count, settings, table, task
+
+#: The most agents when neither ``autopilot.max_agents`` nor the platform says otherwise.
+FALLBACK_MAX_AGENTS = 10
+
+
+def max_agents(s: Settings) -> int:
+    """The largest count accepted: ``autopilot.max_agents`` if set, else the fallback."""
+    return int(s.max_agents) if s.max_agents else FALLBACK_MAX_AGENTS
+
+
+def _print(ws: list[worktrees.Worktree]) -> None:
+    if not ws:
+        print("no agent worktrees (make some with: worktrees.create --n 3)")
+        return
+    print(table(
+        [(w.id, w.state, w.branch or ("(detached)" if w.exists else ""),
+          "" if w.dirty is None else ("dirty" if w.dirty else "clean"),
+          "" if w.ahead is None else w.ahead, w.path) for w in ws],
+        ["agent", "state", "checked out", "changes", f"ahead of {ws[0].base}", "path"],
+    ))
+
+
+@task(help={"n": "how many: agent-001..agent-00N (1 to autopilot.max_agents)",
+            "json": "machine-readable output"})
+def create(c, n, json=False):
+    """Create (or reuse, or repair) the worktrees .worktrees/agent-001.. on branches agent/001.."""
+    s = settings(c)
+    made = worktrees.create(s, parse_count(n, max_agents(s)))
+    if json:
+        emit_json([w.to_dict() for w in made])
+    else:
+        _print(made)
+
+
+@task(name="list", help={"json": "machine-readable output"})
+def list_(c, json=False):
+    """List the agent worktrees: branch checked out, clean/dirty, commits ahead of the base."""
+    found = worktrees.list(settings(c))
+    if json:
+        emit_json([w.to_dict() for w in found])
+    else:
+        _print(found)
+
+
+@task(iterable=["id"], help={
+    "id": "only this agent (1, 001 or agent-001); repeat for more; default: all",
+    "force": "remove even with uncommitted changes or unmerged commits (they are LOST)",
+    "json": "machine-readable output",
+})
+def remove(c, id=None, force=False, json=False):  # noqa: A002 - the flag reads --id
+    """Remove agent worktrees and their merged agent/NNN branches; refuses to lose work unless --force."""
+    report = worktrees.remove(settings(c), ids=id or None, force=force)
+    if json:
+        emit_json(report.to_dict())
+        return
+    print(report.summary())
+
+ns = Namespace("worktrees")
+for t in (create, list_, remove):
+    ns.add_task(t)

@@ -1,0 +1,282 @@
+"""The agents' git worktrees: ``<repo>/.worktrees/agent-NNN`` on branches ``agent/NNN``.
+
+:func:`create` is idempotent (a healthy worktree is reused untouched, a
+registered one whose directory vanished is re-added on its own branch), and
+:func:`remove` never loses work: it refuses a dirty worktree, an ``agent/NNN``
+branch with commits not merged into the base, or a detached HEAD no branch
+holds, unless forced - and it checks every target before it touches any.
+Branches ``autopilot/issue-*`` (what agents produced) are never deleted here.
+Every git command goes through :mod:`parallel_autopilot.git`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .ids import agent_branch, agent_id, agent_ids
+from .config import Settings
+from .errors import AgentNotFound, GitError, UnmergedWork, WorktreeDirty
+from .git import Git, WorktreeEntry
+
+_AGENT_DIR = re.compile(r"^agent-[0-9]{3}$")
+
+
+@dataclass(frozen=True)
+class Worktree:
+    """One agent's worktree as it is now.
+
+    ``branch`` is what is checked out (``agent/001``, or ``autopilot/issue-7``
+    while the agent works; None when detached or missing); ``ahead`` counts the
+    commits of ``agent_branch`` not in ``base`` (None when that branch is gone).
+    ``state`` is ``ok``, ``missing`` (registered, directory gone), ``broken``
+    (registered, but its ``.git`` file is gone) or ``unregistered`` (a
+    directory git does not know as a worktree).
+    """
+
+    id: str
+    path: Path
+    agent_branch: str
+    base: str
+    state: str
+    branch: str | None = None
+    head: str | None = None
+    dirty: bool | None = None
+    ahead: int | None = None
+    locked: bool = False
+
+    @property
+    def exists(self) -> bool:
+        """True when the directory is there."""
+        return self.state != "missing"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        data = asdict(self)
+        data["path"] = str(self.path)
+        data["exists"] = self.exists
+        return data
+
+
+@dataclass
+class RemoveReport:
+    """What :func:`remove` did: worktrees removed, agent branches deleted, and what it kept and why."""
+
+    removed: list[str] = field(default_factory=builtins.list)
+    deleted_branches: list[str] = field(default_factory=builtins.list)
+    kept: dict[str, str] = field(default_factory=dict)  # agent id -> one-line reason
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {"removed": self.removed, "deleted_branches": self.deleted_branches, "kept": self.kept}
+
+    def summary(self) -> str:
+        """Human-readable lines: removed, deleted branches, and each kept worktree with its reason."""
+        lines = [f"removed worktrees: {', '.join(self.removed) or 'none'}",
+                 f"deleted branches: {', '.join(self.deleted_branches) or 'none'}"]
+        lines += [f"kept {agent}: {why} (commit or merge it, or use --force)" for agent, why in self.kept.items()]
+        return "\n".join(lines)
+
+
+def base_branch(settings: Settings, git: Git | None = None) -> str:
+    """The branch agents start from: ``autopilot.base_branch``, else the repository's current branch."""
+    git = git or Git(settings.repo)
+    base = settings.values.get("base_branch") or git.current_branch()
+    if not base:
+        raise GitError(f"{settings.repo} has a detached HEAD: check out a branch or set autopilot.base_branch")
+    if not git.branch_exists(base):
+        raise GitError(f"base branch {base!r} does not exist in {settings.repo}: "
+                       "create it or set autopilot.base_branch to an existing branch")
+    return base
+
+
+def create(settings: Settings, n: int) -> list[Worktree]:
+    """Make (or reuse, or repair) worktrees ``agent-001`` .. ``agent-00n`` from the base branch."""
+    git = _main_checkout(settings)
+    base = base_branch(settings, git)
+    root = settings.worktrees_path
+    registered = _registered(git)
+    wanted = agent_ids(n)
+    # check every directory before creating any, so a refusal leaves nothing half-made
+    for agent in wanted:
+        path = root / agent
+        entry = registered.get(_key(path))
+        if path.exists() and _non_empty(path) and not (entry is not None and _healthy(path)):
+            raise GitError(f"{path} exists but is not a working git worktree: "
+                           "move it away or delete it, then retry")
+        if entry is not None and entry.locked and not _healthy(path):
+            raise GitError(f"worktree {path} is locked and its directory (or .git file) is missing: "
+                           f"mount it again, or run `git worktree unlock {path}` and retry")
+    root.mkdir(parents=True, exist_ok=True)
+    _exclude_from_repo(git, settings.repo, root)
+    for agent in wanted:
+        path, branch = root / agent, agent_branch(agent)
+        entry = registered.get(_key(path))
+        if entry is not None and _healthy(path):
+            continue  # healthy: reuse untouched, whatever it has checked out
+        if entry is not None:
+            # registered but its directory (or .git file) is gone: forget it,
+            # then re-add it on its own branch below
+            git.worktree_prune()
+        if git.branch_exists(branch):
+            git.worktree_add(path, branch)  # keeps the branch and its commits
+        else:
+            git.worktree_add(path, branch, start=base)
+    found = {w.id: w for w in list(settings)}
+    return [found[agent] for agent in wanted]
+
+
+def list(settings: Settings) -> list[Worktree]:  # noqa: A001 - the API reads worktrees.list()
+    """Every agent worktree (registered, or an ``agent-NNN`` directory) in id order."""
+    git = _main_checkout(settings)
+    base = base_branch(settings, git)
+    root = settings.worktrees_path
+    by_id: dict[str, WorktreeEntry] = {}
+    for entry in git.worktree_list():
+        if _key(entry.path.parent) == _key(root) and _AGENT_DIR.match(entry.path.name):
+            by_id[entry.path.name] = entry
+    on_disk = {p.name for p in root.iterdir() if p.is_dir() and _AGENT_DIR.match(p.name)} if root.is_dir() else set()
+    result = []
+    for agent in sorted(set(by_id) | on_disk):
+        result.append(_inspect(git, agent, root / agent, by_id.get(agent), base))
+    return result
+
+
+def remove(settings: Settings, ids: Iterable[Any] | None = None, force: bool = False,
+           keep_unsafe: bool = False) -> RemoveReport:
+    """Remove agent worktrees (all, or those in ``ids``) and their merged ``agent/NNN`` branches.
+
+    Without ``force``, a dirty worktree, unmerged commits on the agent branch or
+    a detached HEAD on no branch make it raise WorktreeDirty/UnmergedWork
+    naming every problem, and NOTHING is removed. With ``keep_unsafe`` it does
+    not raise: it removes what is safe and reports the rest in ``kept``. With
+    ``force`` everything goes (issue branches ``autopilot/issue-*`` still stay).
+    """
+    git = _main_checkout(settings)
+    base = base_branch(settings, git)
+    targets = list(settings)
+    if ids is not None:
+        names = [agent_id(a) for a in ids]
+        known = {w.id: w for w in targets}
+        missing = [a for a in names if a not in known]
+        if missing:
+            raise AgentNotFound(f"no worktree {', '.join(missing)} under {settings.worktrees_path}: "
+                                "see worktrees.list")
+        targets = [known[a] for a in dict.fromkeys(names)]
+    problems = {} if force else {w.id: p for w in targets if (p := _problem(git, w, base))}
+    if problems and not keep_unsafe:
+        dirty = any(kind is WorktreeDirty for kind, _ in problems.values())
+        detail = "; ".join(f"{agent} {why}" for agent, (_, why) in problems.items())
+        raise (WorktreeDirty if dirty else UnmergedWork)(
+            f"refusing to remove, nothing was removed: {detail}: commit or merge the work first, "
+            "or use --force to discard it")
+    report = RemoveReport(kept={agent: why for agent, (_, why) in problems.items()})
+    for w in targets:
+        if w.id in report.kept:
+            continue
+        _remove_one(git, w, force)
+        report.removed.append(w.id)
+        if git.branch_exists(w.agent_branch) and (force or git.is_merged(w.agent_branch, base)):
+            git.delete_branch(w.agent_branch, force=True)
+            report.deleted_branches.append(w.agent_branch)
+    root = settings.worktrees_path
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+    return report
+
+
+# -- helpers -----------------------------------------------------------------
+
+def _main_checkout(settings: Settings) -> Git:
+    git = Git(settings.repo)
+    if git.git_dir() != git.common_dir():
+        raise GitError(f"{settings.repo} is a linked worktree, not the main checkout: "
+                       "run from the main checkout or set autopilot.repo to it")
+    if not git.has_commits():
+        raise GitError(f"{settings.repo} has no commits yet: make a first commit "
+                       "(git commit --allow-empty -m init), then create worktrees")
+    return git
+
+
+def _key(path: Path) -> Path:
+    # git stores real paths; compare through symlinks (/tmp -> /private/tmp on macOS)
+    return Path(path).resolve()
+
+
+def _registered(git: Git) -> dict[Path, WorktreeEntry]:
+    return {_key(e.path): e for e in git.worktree_list()}
+
+
+def _healthy(path: Path) -> bool:
+    # without its .git file, git run in the directory would act on the main checkout
+    return (path / ".git").is_file()
+
+
+def _non_empty(path: Path) -> bool:
+    return not path.is_dir() or any(path.iterdir())
+
+
+def _exclude_from_repo(git: Git, repo: Path, root: Path) -> None:
+    """Keep the worktrees out of the main checkout's ``git status`` and ``git add -A``.
+
+    Written to ``.git/info/exclude`` (never to a tracked file), only when the
+    directory is inside the repository and not ignored already.
+    """
+    try:
+        relative = _key(root).relative_to(_key(repo))
+    except ValueError:
+        return
+    if git.is_ignored(relative):
+        return
+    exclude = git.common_dir() / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    text = exclude.read_text() if exclude.exists() else ""
+    line = f"/{relative.as_posix()}/\n"
+    if line not in text.splitlines(keepends=True):
+        exclude.write_text(text + ("" if not text or text.endswith("\n") else "\n")
+                           + "# agents' worktrees (parallel-autopilot)\n" + line)
+
+
+def _inspect(git: Git, agent: str, path: Path, entry: WorktreeEntry | None, base: str) -> Worktree:
+    branch = agent_branch(agent)
+    ahead = git.commits_ahead(branch, base) if git.branch_exists(branch) else None
+    if entry is None:
+        return Worktree(agent, path, branch, base, "unregistered", ahead=ahead)
+    if not path.exists() or not _healthy(path):
+        return Worktree(agent, path, branch, base, "missing" if not path.exists() else "broken",
+                        branch=entry.branch, head=entry.head, ahead=ahead, locked=entry.locked)
+    return Worktree(agent, path, branch, base, "ok", branch=entry.branch, head=entry.head,
+                    dirty=Git(path, timeout=git.timeout).is_dirty(), ahead=ahead, locked=entry.locked)
+
+
+def _problem(git: Git, w: Worktree, base: str) -> tuple[type, str] | None:
+    """Why removing ``w`` would lose work, or None when it is safe."""
+    if w.state in ("unregistered", "broken") and _non_empty(w.path):
+        return WorktreeDirty, f"({w.path}) holds files but is not a working git worktree"
+    if w.locked:
+        return WorktreeDirty, f"is locked (git worktree unlock {w.path})"
+    if w.dirty:
+        return WorktreeDirty, "has uncommitted changes"
+    if w.ahead:
+        return UnmergedWork, f"has {w.ahead} commit(s) on {w.agent_branch} not merged into {base}"
+    if w.state == "ok" and w.branch is None and w.head and not git.on_a_branch(w.head):
+        return UnmergedWork, f"has a detached HEAD {w.head[:12]} that no branch holds"
+    return None
+
+
+def _remove_one(git: Git, w: Worktree, force: bool) -> None:
+    if w.state in ("unregistered", "broken", "missing"):
+        if w.path.exists():
+            shutil.rmtree(w.path)  # reached only when empty or forced
+        if w.locked:
+            git.worktree_unlock(w.path)
+        git.worktree_prune()
+    else:
+        git.worktree_remove(w.path, force=force)
+
+
+__all__ = ["Worktree", "RemoveReport", "base_branch", "create", "list", "remove"]
