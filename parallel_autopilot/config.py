@@ -120,10 +120,16 @@ class Settings:
 
 
 def _section(config: Any) -> dict[str, Any]:
+    """The ``autopilot`` section of an invoke config, less values equal to DEFAULTS.
+
+    The task collection installs DEFAULTS into invoke's config (so that
+    ``INVOKE_AUTOPILOT_*`` variables are recognised); those copies must not
+    hide the target repository's ``invoke.yaml``.
+    """
     if config is None:
         return {}
     section = config.get("autopilot", {}) if hasattr(config, "get") else {}
-    return dict(section or {})
+    return {k: v for k, v in dict(section or {}).items() if k not in DEFAULTS or v != DEFAULTS[k]}
 
 
 def load(config: Any = None, cwd: Path | None = None, **overrides: Any) -> Settings:

@@ -11,3 +11,10 @@ ns.add_collection(issues.ns)
 from . import worktrees  # noqa: E402
 
 ns.add_collection(worktrees.ns)
+from . import bench  # noqa: E402
+
+ns.add_collection(bench.ns)
+from ..config import DEFAULTS  # noqa: E402
+
+# invoke maps INVOKE_AUTOPILOT_<KEY> variables only onto keys it knows
+ns.configure({"autopilot": dict(DEFAULTS)})

@@ -74,37 +74,29 @@ def emit_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-class Namespace(invoke.Collection):
-    """A Collection where a one-letter parameter also takes a long flag.
-
-    invoke gives a parameter ``n`` only ``-n``; the design writes
-    ``agents.start --n 5``. Both spellings reach the same parameter.
-    """
-
-    def to_contexts(self, ignore_unknown_help=None):
-        contexts = super().to_contexts(ignore_unknown_help=ignore_unknown_help)
-        for ctx in contexts:
-            for flag in list(ctx.flags.keys()):
-                if len(flag) == 2 and flag.startswith("-") and "-" + flag not in ctx.flags:
-                    ctx.flags["-" + flag] = ctx.flags[flag]
-        return contexts
-
-
-# `inv` and `fab` load tasks.py's `ns` with Collection.from_module, which copies
-# it into a PLAIN Collection, so Namespace.to_contexts above never runs there
-# and `--n 3` fails with "No idea what '3' is!". The loaders' class gets the
-# same alias step; it only adds flags that do not exist, so other collections
-# in the process parse exactly as before.
-_plain_to_contexts = invoke.Collection.to_contexts
-
-
-def _to_contexts_with_long_letter_flags(self, ignore_unknown_help=None):
-    contexts = _plain_to_contexts(self, ignore_unknown_help=ignore_unknown_help)
+def _alias_letter_flags(contexts):
+    """Give every one-letter flag ``-n`` the long spelling ``--n`` as well."""
     for ctx in contexts:
         for flag in list(ctx.flags.keys()):
             if len(flag) == 2 and flag.startswith("-") and "-" + flag not in ctx.flags:
                 ctx.flags["-" + flag] = ctx.flags[flag]
     return contexts
+
+
+class Namespace(invoke.Collection):
+    """The Collection of our task modules (one-letter flags take ``--n`` too; see below)."""
+
+
+# invoke gives a parameter ``n`` only ``-n``; the design writes ``agents.start
+# --n 5``. `inv` and `fab` load tasks.py's `ns` with Collection.from_module,
+# which copies it into a PLAIN Collection, so a subclass override never runs
+# there: the alias step goes on invoke's Collection itself. It only adds flags
+# that do not exist, so other collections in the process parse as before.
+_plain_to_contexts = invoke.Collection.to_contexts
+
+
+def _to_contexts_with_long_letter_flags(self, ignore_unknown_help=None):
+    return _alias_letter_flags(_plain_to_contexts(self, ignore_unknown_help=ignore_unknown_help))
 
 
 invoke.Collection.to_contexts = _to_contexts_with_long_letter_flags
