@@ -14,6 +14,9 @@ ns.add_collection(worktrees.ns)
 from . import bench  # noqa: E402
 
 ns.add_collection(bench.ns)
+from . import gui  # noqa: E402
+
+ns.add_collection(gui.ns)
 from ..config import DEFAULTS  # noqa: E402
 
 # invoke maps INVOKE_AUTOPILOT_<KEY> variables only onto keys it knows

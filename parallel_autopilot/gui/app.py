@@ -1,0 +1,558 @@
+"""The "Parallel Agents" pane and its JSON API: a thin HTTP edge over ``fleet``.
+
+Every action is a call into :mod:`parallel_autopilot.fleet` (start, stop,
+restart, list, logs, resources) or the issue store; the GUI adds no logic of
+its own beyond presenting it. Blocking calls run in worker threads so the
+event loop keeps serving the page and its event streams meanwhile.
+
+    app = create_app(settings)                  # the real fleet
+    app = create_app(settings, fleet=fake)      # any object with fleet's functions
+    serve(settings, port=8787)                  # what `inv gui` runs
+
+Endpoints (the OpenAPI schema is at ``/openapi.json``)::
+
+    GET  /                                   the pane
+    GET  /api/snapshot | /api/agents | /api/issues | /api/resources
+    POST /api/agents/start {"n": 3}          POST /api/agents/stop {"ids": [...]} | {"all": true}
+    POST /api/agents/{id}/restart            GET  /api/agents/{id}/logs?tail=N
+    GET  /api/events                         (SSE: "snapshot" events)
+    GET  /api/agents/{id}/logs/stream        (SSE: "lines", "failure", "end" events)
+
+Errors are ``{"error": "<one line>"}`` with the domain error's HTTP status.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import itertools
+import json
+import logging
+import socket
+import threading
+import time
+import webbrowser
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import anyio.to_thread
+from fastapi import FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import ids
+from ..config import Settings
+from ..errors import AgentNotFound, AutopilotError, Conflict, InvalidAgentCount, InvalidAgentId
+from ..issues import STATUSES, IssueStore
+from . import security
+from .events import EventStream, LogPumps, SnapshotHub
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+OPEN_STATUSES = ("claimed", "ready")
+VOLATILE_AGENT_FIELDS = ("uptime", "heartbeat_age")  # change every second: not a "change"
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+
+# -- the API's shapes (they make the OpenAPI schema) ----------------------------
+
+class ErrorBody(BaseModel):
+    """Every refusal and failure: one line that names the fix."""
+
+    error: str
+
+
+class Agent(BaseModel):
+    """One agent: its container joined with what it last reported."""
+
+    id: str
+    container: str | None = None
+    state: str
+    health: str | None = None
+    activity: str
+    issue: int | None = None
+    issue_title: str | None = None
+    since: float | None = None
+    uptime: float | None = None
+    heartbeat_age: float | None = None
+    restarts: int = 0
+
+
+class IssueSummary(BaseModel):
+    """An issue as the queue shows it."""
+
+    number: int
+    title: str
+    priority: str
+    status: str
+    owner: str | None = None
+    attempts: int
+    max_attempts: int
+
+
+class IssueOut(IssueSummary):
+    """An issue with everything the store holds."""
+
+    body: str
+    script: str | None = None
+    due_at: float
+    token: int
+    lease_until: float | None = None
+    heartbeat_at: float | None = None
+    claimed_at: float | None = None
+    branch: str | None = None
+    commit: str | None = None
+    duration: float | None = None
+    error: str | None = None
+    created_at: float
+    updated_at: float
+
+
+class IssuesOut(BaseModel):
+    issues: list[IssueOut]
+    counts: dict[str, int]
+
+
+class Operation(BaseModel):
+    """The last start/stop/restart the GUI ran, with its progress lines."""
+
+    id: int
+    action: str
+    detail: str
+    state: Literal["running", "done", "failed"]
+    lines: list[str]
+    error: str | None = None
+    started: float
+    finished: float | None = None
+
+
+class Snapshot(BaseModel):
+    """Everything the pane shows; pushed on /api/events whenever it changes."""
+
+    time: float
+    repo: str
+    agents: list[Agent]
+    issues: list[IssueSummary]
+    open_total: int
+    counts: dict[str, int]
+    resources: dict[str, Any]
+    max_agents: int
+    operation: Operation | None = None
+    errors: list[str]
+
+
+class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n: StrictInt = Field(..., ge=1, le=999, description="how many agents: 1 to max_agents (see /api/resources)")
+
+
+class StopRequest(BaseModel):
+    """Either ``{"ids": ["agent-001", ...]}`` or ``{"all": true}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] | None = Field(None, min_length=1, max_length=999)
+    all: StrictBool = False
+
+    @model_validator(mode="after")
+    def one_of(self) -> "StopRequest":
+        if (self.ids is None) == (not self.all):
+            raise ValueError('give either "ids": [...] or "all": true')
+        return self
+
+
+class StartOut(BaseModel):
+    agents: list[Agent]
+
+
+class StopOut(BaseModel):
+    stopped: list[str]
+
+
+class LogsOut(BaseModel):
+    agent: str
+    lines: list[str]
+
+
+ERROR_STATUSES = (400, 401, 403, 404, 409, 422, 502, 503, 504)
+ERRORS = {status: {"model": ErrorBody} for status in ERROR_STATUSES}
+#: the event streams' refusals are JSON too (the route's own media type is text/event-stream)
+STREAM_ERRORS = {status: {"description": "refused", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
+    for status in ERROR_STATUSES}
+
+
+# -- the state behind the pane --------------------------------------------------
+
+class Pane:
+    """Settings, the fleet, the issue store and the operation in progress.
+
+    ``fleet`` is :mod:`parallel_autopilot.fleet` or anything with the same
+    functions (tests pass a fake). Blocking methods are called from threads.
+    """
+
+    def __init__(self, settings: Settings, fleet: Any, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic, resources_every: float = 5.0,
+                 queue_limit: int = 500):
+        self.settings = settings
+        self.fleet = fleet
+        self.clock = clock
+        self.monotonic = monotonic
+        self.resources_every = resources_every
+        self.queue_limit = queue_limit
+        self.operation: dict | None = None
+        self.hub: SnapshotHub | None = None
+        self._op_ids = itertools.count(1)
+        self._store: IssueStore | None = None
+        self._cached: tuple[float, dict, int] | None = None
+        self._lock = threading.Lock()
+
+    # reading
+
+    def store(self) -> IssueStore | None:
+        """The shared issue store; None while no database exists (the GUI never creates one)."""
+        with self._lock:
+            if self._store is None and self.settings.db_path.exists():
+                self._store = IssueStore(self.settings.db_path, max_attempts=self.settings.max_attempts,
+                                         backoff_seconds=self.settings.backoff_seconds)
+            return self._store
+
+    def agents(self) -> list[dict]:
+        return [a.to_dict() for a in self.fleet.list_agents(self.settings)]
+
+    def issues(self, statuses: tuple[str, ...] = OPEN_STATUSES) -> list:
+        store = self.store()
+        if store is None:
+            return []
+        found = store.list(list(statuses))
+        # in-progress work first, then the queue in the order agents will pick it
+        return [i for i in found if i.status == "claimed"] + [i for i in found if i.status != "claimed"]
+
+    def counts(self) -> dict[str, int]:
+        store = self.store()
+        return store.counts() if store is not None else dict.fromkeys(STATUSES, 0)
+
+    def resources(self) -> tuple[dict, int]:
+        """``fleet.resources`` and ``fleet.max_agents``, refreshed every ``resources_every`` s."""
+        now = self.monotonic()
+        if self._cached is None or now - self._cached[0] >= self.resources_every:
+            self._cached = (now, self.fleet.resources(self.settings), self.fleet.max_agents(self.settings))
+        return self._cached[1], self._cached[2]
+
+    def snapshot(self) -> dict:
+        """What the pane shows. A failing part (Docker down) becomes an entry in ``errors``."""
+        errors: list[str] = []
+
+        def part(read: Callable[[], Any], default: Any) -> Any:
+            try:
+                return read()
+            except AutopilotError as err:
+                errors.append(str(err))
+            except Exception:  # noqa: BLE001 - one broken part must not blank the page
+                log.exception("reading the fleet for the GUI failed")
+                errors.append("internal error while reading the fleet: see the `inv gui` terminal")
+            return default
+
+        agents = part(self.agents, [])
+        issues, counts = part(lambda: (self.issues(), self.counts()), ([], dict.fromkeys(STATUSES, 0)))
+        resources, maximum = part(self.resources, ({}, 1))
+        if resources.get("docker") is False and not errors:
+            errors.append("Docker is not reachable: start Docker (dockerd or Docker Desktop); this page updates by itself")
+        operation = self.operation
+        return {
+            "time": self.clock(),
+            "repo": str(self.settings.repo),
+            "agents": agents,
+            "issues": [_summary(i) for i in issues[: self.queue_limit]],
+            "open_total": len(issues),
+            "counts": counts,
+            "resources": resources,
+            "max_agents": maximum,
+            "operation": {**operation, "lines": list(operation["lines"])} if operation else None,
+            "errors": errors,
+        }
+
+    def resolve(self, raw: str, *, for_logs: bool = False) -> str:
+        """The canonical id of a known agent, or AgentNotFound (also for malformed ids).
+
+        Known: listed by the fleet; for logs also any agent that ever reported
+        to the store (its log outlives its container).
+        """
+        try:
+            ident = ids.agent_id(raw)
+        except InvalidAgentId:
+            raise AgentNotFound(f"no agent {raw[:40]!r}: agent ids look like agent-001") from None
+        known: set[str] = set()
+        try:
+            known = {a.id for a in self.fleet.list_agents(self.settings)}
+        except AutopilotError:
+            if not for_logs:
+                raise
+        if for_logs and ident not in known and self.store() is not None:
+            known |= {row.id for row in self.store().agents()}
+        if ident not in known:
+            raise AgentNotFound(f"no agent {ident} here: see the running agents (GET /api/agents)")
+        return ident
+
+    # acting
+
+    async def run(self, action: str, detail: str, call: Callable[[Callable[[str], None]], Any]) -> Any:
+        """Run one blocking fleet call in a thread, publishing its progress.
+
+        One at a time: a second start/stop while one runs is a Conflict (409).
+        """
+        current = self.operation
+        if current and current["state"] == "running":
+            raise Conflict(f"{current['action']} {current['detail']} is still running: wait for it to finish")
+        op = {"id": next(self._op_ids), "action": action, "detail": detail, "state": "running",
+              "lines": [], "error": None, "started": self.clock(), "finished": None}
+        self.operation = op
+        self._poke()
+
+        def progress(line: str) -> None:
+            op["lines"] = [*op["lines"][-19:], str(line)]
+            self._poke()
+
+        try:
+            result = await anyio.to_thread.run_sync(call, progress)
+        except AutopilotError as err:
+            op.update(state="failed", error=str(err))
+            raise
+        except Exception:
+            op.update(state="failed", error="internal error: see the `inv gui` terminal")
+            raise
+        else:
+            op["state"] = "done"
+        finally:
+            op["finished"] = self.clock()
+            self._poke()
+        return result
+
+    def _poke(self) -> None:
+        if self.hub is not None:
+            self.hub.poke()
+
+
+def _summary(issue: Any) -> dict:
+    return {k: getattr(issue, k) for k in IssueSummary.model_fields}
+
+
+def fingerprint(snapshot: dict) -> str:
+    """What counts as a change of the snapshot: all but clocks and uptimes."""
+    stable = {k: v for k, v in snapshot.items() if k != "time"}
+    stable["agents"] = [{k: v for k, v in a.items() if k not in VOLATILE_AGENT_FIELDS}
+                        for a in snapshot.get("agents", [])]
+    return json.dumps(stable, sort_keys=True, default=str)
+
+
+def _one_line(errors: list[dict]) -> str:
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"invalid request: {where}: {first.get('msg', 'invalid')}{more}"
+
+
+# -- the app ----------------------------------------------------------------------
+
+def create_app(settings: Settings, fleet: Any = None, *, token: str | None = None,
+               bind_host: str = "127.0.0.1", guard: security.Guard | None = None,
+               interval: float = 0.75, resources_every: float = 5.0, ping_seconds: float = 15.0,
+               clock: Callable[[], float] = time.time) -> FastAPI:
+    """The ASGI app for ``settings``.
+
+    ``interval``: seconds between snapshots while a page listens (a change
+    shows within about that). ``token``: when set, every request must carry
+    it. ``app.state`` exposes ``pane``, ``hub``, ``pumps`` and ``guard``.
+    """
+    if fleet is None:
+        from .. import fleet as fleet_module  # the real one: imports docker lazily itself
+
+        fleet = fleet_module
+    pane = Pane(settings, fleet, clock=clock, resources_every=resources_every)
+    hub = SnapshotHub(pane.snapshot, interval=interval, fingerprint=fingerprint, ping_seconds=ping_seconds)
+    pane.hub = hub
+    pumps = LogPumps(ping_seconds=ping_seconds)
+    guard = guard or security.Guard.for_bind(bind_host, token=token)
+    page = (STATIC / "index.html").read_text()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        await hub.aclose()
+
+    app = FastAPI(
+        title="parallel-autopilot",
+        summary="Run, watch and stop parallel coding agents",
+        description=("The JSON API under the Parallel Agents pane. State-changing requests need the "
+                     f"page's CSRF token in `{security.CSRF_HEADER}`; errors are `{{\"error\": \"...\"}}`."),
+        version="1",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.pane, app.state.hub, app.state.pumps, app.state.guard = pane, hub, pumps, guard
+    app.add_middleware(security.GuardMiddleware, guard=guard)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(AutopilotError)
+    async def domain_error(_: Request, err: AutopilotError) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=err.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        errors = jsonable_encoder(err.errors(), custom_encoder={Exception: str})
+        return JSONResponse({"error": _one_line(errors), "detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def crash(_: Request, err: Exception) -> JSONResponse:
+        log.error("unexpected error in the GUI", exc_info=err)
+        return JSONResponse({"error": "internal error: see the `inv gui` terminal"}, status_code=500)
+
+    def blocking(fn: Callable, *args: Any, **kwargs: Any):
+        return anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        # the request passed the token check, so the page may carry the token on
+        body = (page.replace("{{csrf}}", html.escape(guard.csrf_token))
+                    .replace("{{token}}", html.escape(guard.token or "")))
+        return HTMLResponse(body, headers={"cache-control": "no-store", "content-security-policy": CSP})
+
+    @app.get("/api/snapshot", response_model=Snapshot, tags=["read"], responses=ERRORS)
+    async def get_snapshot() -> dict:
+        """Everything the pane shows, computed now."""
+        return await blocking(pane.snapshot)
+
+    @app.get("/api/agents", response_model=list[Agent], tags=["read"], responses=ERRORS)
+    async def get_agents() -> list[dict]:
+        """The agents of this repository (503 when Docker is down)."""
+        return await blocking(pane.agents)
+
+    @app.get("/api/issues", response_model=IssuesOut, tags=["read"], responses=ERRORS)
+    async def get_issues(status: Literal["open", "ready", "claimed", "done", "failed", "dead", "blocked", "all"]
+                         = Query("open", description="open = claimed and ready")) -> dict:
+        """Issues of the shared queue, with the count in each status."""
+        statuses = {"open": OPEN_STATUSES, "all": STATUSES}.get(status, (status,))
+
+        def read() -> dict:
+            return {"issues": [i.to_dict() for i in pane.issues(tuple(statuses))], "counts": pane.counts()}
+
+        return await blocking(read)
+
+    @app.get("/api/resources", tags=["read"], responses=ERRORS)
+    async def get_resources() -> dict:
+        """Platform, memory, CPUs, per-agent limits, max agents, whether Docker answers."""
+        resources, maximum = await blocking(pane.resources)
+        return {**resources, "max_agents": maximum}
+
+    @app.post("/api/agents/start", response_model=StartOut, tags=["act"], responses=ERRORS)
+    async def start(request: StartRequest) -> dict:
+        """Run agent-001..agent-00n (running ones are kept); returns when they are healthy."""
+        n = request.n
+        maximum = await blocking(fleet.max_agents, settings)
+        if n > maximum:  # refused before anything starts: no failed operation for a typo
+            raise InvalidAgentCount(f"agent count {n} is out of range: this machine runs 1 to {maximum} agents")
+        started = await pane.run("start", f"{n} agent{'s' if n != 1 else ''}",
+                                 lambda progress: fleet.start_agents(settings, n, progress=progress))
+        return {"agents": [a.to_dict() for a in started]}
+
+    @app.post("/api/agents/stop", response_model=StopOut, tags=["act"], responses=ERRORS)
+    async def stop(request: StopRequest) -> dict:
+        """Stop and remove the given agents, or all; their claims are released."""
+        targets = None
+        if request.ids is not None:
+            targets = sorted({await blocking(pane.resolve, raw) for raw in request.ids})
+        detail = "all agents" if targets is None else ", ".join(targets)
+        stopped = await pane.run("stop", detail,
+                                 lambda progress: fleet.stop_agents(settings, targets, progress=progress))
+        return {"stopped": list(stopped)}
+
+    @app.post("/api/agents/{agent}/restart", response_model=Agent, tags=["act"], responses=ERRORS)
+    async def restart(agent: str) -> dict:
+        """Restart one agent's container."""
+        ident = await blocking(pane.resolve, agent)
+        status = await pane.run("restart", ident,
+                                lambda progress: fleet.restart_agent(settings, ident, progress=progress))
+        return status.to_dict()
+
+    @app.get("/api/agents/{agent}/logs", response_model=LogsOut, tags=["read"], responses=ERRORS)
+    async def logs(agent: str, tail: int = Query(100, ge=0, le=10000)) -> dict:
+        """The last ``tail`` lines of one agent's log."""
+        ident = await blocking(pane.resolve, agent, for_logs=True)
+        lines = await blocking(lambda: list(fleet.get_logs(settings, ident, tail=tail)))
+        return {"agent": ident, "lines": lines}
+
+    @app.get("/api/events", response_class=EventStream, status_code=200, tags=["stream"],
+             responses=STREAM_ERRORS)
+    async def events() -> EventStream:
+        """Server-sent events: a ``snapshot`` event (like /api/snapshot) now and on every change."""
+        return EventStream(hub.stream())
+
+    @app.get("/api/agents/{agent}/logs/stream", response_class=EventStream, status_code=200, tags=["stream"],
+             responses=STREAM_ERRORS)
+    async def logs_stream(agent: str, tail: int = Query(100, ge=0, le=10000)) -> EventStream:
+        """Server-sent events: ``lines`` (a JSON list) as the agent's log grows; ``end`` when it stops."""
+        ident = await blocking(pane.resolve, agent, for_logs=True)
+        stop_event = threading.Event()
+        lines = await blocking(fleet.get_logs, settings, ident, tail=tail, follow=True, stop=stop_event)
+        return EventStream(pumps.stream(ident, iter(lines), stop_event))
+
+    return app
+
+
+# -- serving ------------------------------------------------------------------------
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (0 picks a free port), or Conflict naming the fix."""
+    name = host.strip("[]")
+    family = socket.AF_INET6 if ":" in name else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((name, port))
+    except OSError as err:
+        sock.close()
+        raise Conflict(f"cannot listen on {host}:{port} ({err.strerror or err}): "
+                       "pass --port N (is another `inv gui` running?)") from None
+    return sock
+
+
+def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8787, token: str | None = None,
+          public: bool = False, open_browser: bool = False, fleet: Any = None,
+          echo: Callable[[str], None] = print, interval: float = 0.75) -> None:
+    """Serve the pane until Ctrl-C (what ``inv gui`` runs)."""
+    import uvicorn
+
+    security.check_bind(host, public=public, token=token)
+    sock = bind_socket(host, port)
+    app = create_app(settings, fleet, token=token, bind_host=host, interval=interval)
+    shown = "127.0.0.1" if host.strip("[]") in ("0.0.0.0", "::") else security.url_name(host)
+    url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+        timeout_graceful_shutdown=2,  # event streams never end by themselves
+    ))
+    echo(f"Parallel Agents for {settings.repo}: {url}  (Ctrl-C stops)")
+    if open_browser:
+        def open_when_started() -> None:
+            while not server.started and not server.should_exit:
+                time.sleep(0.1)
+            if server.started:
+                webbrowser.open(url)
+
+        threading.Thread(target=open_when_started, name="gui-open-browser", daemon=True).start()
+    server.run(sockets=[sock])
+
+
+__all__ = ["create_app", "serve", "bind_socket", "Pane", "fingerprint", "Snapshot"]

@@ -1,0 +1,339 @@
+// The Parallel Agents pane. Live state arrives as server-sent events (one
+// "snapshot" per change); the page never polls. Every value from the server
+// is inserted as text, never as HTML (issue titles and log lines are data).
+"use strict";
+
+const CSRF = document.querySelector('meta[name="csrf-token"]').content;
+const TOKEN = document.querySelector('meta[name="access-token"]').content;
+
+const state = {
+  snapshot: null,
+  receivedAt: 0,         // performance.now() when the snapshot arrived (uptimes tick locally)
+  actionError: null,     // the last failed request, until dismissed or superseded
+  connection: "connecting",
+  pending: false,        // a start/stop/restart request is in flight
+  selected: null,        // agent whose logs are shown
+  logSource: null,
+  logLines: 0,
+  countChosen: false,    // the user picked a count: keep it
+};
+
+const $ = (id) => document.getElementById(id);
+
+function withToken(path) {
+  if (!TOKEN) return path;
+  return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(TOKEN);
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else if (key === "onclick") node.addEventListener("click", value);
+    else node[key] = value;
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+// -- requests ---------------------------------------------------------------
+
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json", "X-CSRF-Token": CSRF };
+  if (TOKEN) headers["X-Autopilot-Token"] = TOKEN;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (err) {
+    throw new Error("the GUI server did not answer: is `inv gui` still running?");
+  }
+  let data = null;
+  try { data = await response.json(); } catch (err) { data = null; }
+  if (!response.ok) {
+    throw new Error((data && data.error) || `${response.status} ${response.statusText}`);
+  }
+  return data;
+}
+
+async function act(method, path, body) {
+  state.pending = true;
+  state.actionError = null;
+  render();
+  try {
+    await api(method, path, body);
+  } catch (err) {
+    state.actionError = err.message;
+  } finally {
+    state.pending = false;
+    render();
+  }
+}
+
+// -- live state ---------------------------------------------------------------
+
+function connect() {
+  const source = new EventSource(withToken("/api/events"));
+  source.addEventListener("open", () => { state.connection = "live"; renderLive(); renderBanner(); });
+  source.addEventListener("snapshot", (event) => {
+    state.snapshot = JSON.parse(event.data);
+    state.receivedAt = performance.now();
+    state.connection = "live";
+    render();
+  });
+  source.addEventListener("error", () => {
+    state.connection = "lost";
+    renderLive();
+    renderBanner();
+    if (source.readyState === EventSource.CLOSED) {
+      // refused (e.g. token) or the server went away for good: try again later
+      setTimeout(connect, 3000);
+    }
+  });
+}
+
+// -- rendering ------------------------------------------------------------------
+
+function render() {
+  renderLive();
+  renderBanner();
+  const snap = state.snapshot;
+  if (!snap) return;
+  $("repo").textContent = snap.repo || "";
+  renderControls(snap);
+  renderAgents(snap);
+  renderIssues(snap);
+  renderResources(snap.resources || {}, snap.max_agents);
+}
+
+function renderLive() {
+  const live = $("live");
+  live.dataset.state = state.connection;
+  live.textContent = { live: "live", lost: "reconnecting...", connecting: "connecting..." }[state.connection];
+}
+
+function renderBanner() {
+  const messages = [];
+  if (state.actionError) messages.push({ text: state.actionError, kind: "error" });
+  for (const text of (state.snapshot && state.snapshot.errors) || []) messages.push({ text, kind: "error" });
+  if (state.connection === "lost") {
+    messages.push({ text: "Lost the live connection to the GUI server; reconnecting...", kind: "warning" });
+  }
+  const list = $("banner-messages");
+  list.replaceChildren(...messages.map((m) => el("li", { class: m.kind }, m.text)));
+  $("banner").hidden = messages.length === 0;
+  $("banner-close").hidden = !state.actionError;
+}
+
+function renderControls(snap) {
+  const select = $("count");
+  const max = Math.max(1, snap.max_agents || 1);
+  if (select.options.length !== max) {
+    const keep = Number(select.value) || 0;
+    select.replaceChildren(...Array.from({ length: max }, (_, i) => el("option", { value: String(i + 1) }, i + 1)));
+    if (state.countChosen && keep >= 1 && keep <= max) select.value = String(keep);
+  }
+  if (!state.countChosen) {
+    const running = snap.agents.length;
+    select.value = String(Math.min(max, running || 3));
+  }
+  const op = snap.operation;
+  const busy = state.pending || (op && op.state === "running");
+  $("start").disabled = busy;
+  $("stop-all").disabled = busy || snap.agents.length === 0;
+  select.disabled = busy;
+  const label = $("operation");
+  if (op) {
+    const last = op.lines.length ? op.lines[op.lines.length - 1] : "";
+    const text = {
+      running: `${op.action} ${op.detail}${last ? ": " + last : "..."}`,
+      done: `${op.action} ${op.detail}: done`,
+      failed: `${op.action} ${op.detail} failed${op.error ? ": " + op.error : ""}`,
+    }[op.state];
+    label.textContent = text;
+    label.dataset.state = op.state;
+  } else {
+    label.textContent = state.pending ? "working..." : "";
+    label.dataset.state = state.pending ? "running" : "";
+  }
+}
+
+function uptimeSeconds(agent) {
+  if (agent.uptime === null || agent.uptime === undefined) return null;
+  return agent.uptime + (performance.now() - state.receivedAt) / 1000;
+}
+
+function formatDuration(seconds) {
+  if (seconds === null) return "-";
+  seconds = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(seconds / 3600);
+  const m = Math.floor((seconds % 3600) / 60);
+  const s = seconds % 60;
+  if (h) return `${h}h ${String(m).padStart(2, "0")}m`;
+  if (m) return `${m}m ${String(s).padStart(2, "0")}s`;
+  return `${s}s`;
+}
+
+function describe(agent, readyCount) {
+  // -> [dot class, activity text]
+  if (agent.state !== "running") {
+    const text = { restarting: "Restarting...", created: "Starting...", exited: "Exited", dead: "Dead",
+                   paused: "Paused", missing: "Missing" }[agent.state] || agent.state;
+    return [agent.state === "created" || agent.state === "restarting" ? "starting" : "bad", text];
+  }
+  if (agent.health === "unhealthy") return ["bad", "Unhealthy"];
+  if (agent.issue !== null && agent.issue !== undefined) {
+    return ["working", `Working on #${agent.issue}` + (agent.issue_title ? ` ${agent.issue_title}` : "")];
+  }
+  if (agent.activity === "stopping") return ["starting", "Stopping..."];
+  if (agent.health === "starting" || agent.activity === "unknown") return ["starting", "Starting..."];
+  return ["idle", readyCount === 0 ? "Idle (no issues)" : "Idle"];
+}
+
+function renderAgents(snap) {
+  const busy = state.pending || (snap.operation && snap.operation.state === "running");
+  const ready = (snap.counts && snap.counts.ready) || 0;
+  const rows = snap.agents.map((agent) => {
+    const [dot, text] = describe(agent, ready);
+    return el("div", { class: "agent" + (agent.id === state.selected ? " selected" : ""), role: "listitem",
+                       "data-agent": agent.id, "data-activity": dot },
+      el("span", { class: `dot ${dot}`, title: `${agent.state}${agent.health ? " / " + agent.health : ""}` }),
+      el("span", { class: "id" }, agent.id),
+      el("span", { class: "activity", title: text }, text),
+      el("span", { class: "uptime" }, formatDuration(uptimeSeconds(agent))),
+      el("span", { class: "actions" },
+        el("button", { type: "button", class: "view-logs", onclick: () => openLogs(agent.id) }, "View Logs"),
+        el("button", { type: "button", class: "restart", disabled: busy, title: `restart ${agent.id}`,
+                       onclick: () => act("POST", `/api/agents/${encodeURIComponent(agent.id)}/restart`) }, "Restart"),
+        el("button", { type: "button", class: "stop danger", disabled: busy, title: `stop ${agent.id}`,
+                       onclick: () => act("POST", "/api/agents/stop", { ids: [agent.id] }) }, "Stop")));
+  });
+  $("agents").replaceChildren(...rows);
+  $("agent-count").textContent = snap.agents.length;
+  $("no-agents").hidden = snap.agents.length > 0;
+}
+
+function renderIssues(snap) {
+  const items = snap.issues.map((issue) => el("li", { "data-issue": issue.number, "data-status": issue.status },
+    el("span", { class: "num" }, `#${issue.number}`),
+    el("span", { class: `prio ${issue.priority}` }, issue.priority),
+    el("span", { class: "title", title: issue.title }, issue.title),
+    el("span", { class: "owner" }, issue.status === "claimed" ? `${issue.owner || ""}` : "")));
+  $("issues").replaceChildren(...items);
+  $("open-total").textContent = snap.open_total;
+  $("no-issues").hidden = snap.open_total > 0;
+  const more = snap.open_total - snap.issues.length;
+  $("more-issues").hidden = more <= 0;
+  $("more-issues").textContent = more > 0 ? `and ${more} more (GET /api/issues lists them all)` : "";
+  const counts = snap.counts || {};
+  const parts = ["ready", "claimed", "done", "failed", "dead", "blocked"]
+    .filter((k) => k !== "blocked" || counts[k])
+    .map((k) => el("span", { "data-count": k }, `${k} `, el("b", {}, counts[k] || 0)));
+  const line = [];
+  parts.forEach((part, i) => { if (i) line.push(" \u00b7 "); line.push(part); });
+  $("counts").replaceChildren(...line);
+}
+
+function gigabytes(bytes) {
+  if (bytes === null || bytes === undefined) return "?";
+  return `${(bytes / 1024 ** 3).toFixed(bytes >= 10 * 1024 ** 3 ? 0 : 1)} GB`;
+}
+
+function renderResources(r, max) {
+  const parts = [
+    el("span", {}, "Platform: ", el("b", {}, r.platform || "?")),
+    el("span", {}, "Memory: ", el("b", {}, `${gigabytes(r.memory_used)} / ${gigabytes(r.memory_total)}`)),
+    el("span", {}, "CPUs: ", el("b", {}, r.cpus ?? "?")),
+    el("span", {}, "Max: ", el("b", {}, max ?? r.max_agents ?? "?")),
+  ];
+  if (r.memory_per_agent || r.cpus_per_agent) {
+    parts.push(el("span", {}, "Per agent: ", el("b", {}, `${r.memory_per_agent ?? "?"}, ${r.cpus_per_agent ?? "?"} CPU`)));
+  }
+  if (r.docker !== undefined) {
+    parts.push(el("span", { class: r.docker ? "" : "bad" }, "Docker: ", el("b", {}, r.docker ? "running" : "unreachable")));
+  }
+  $("resources").replaceChildren(...parts);
+}
+
+// -- logs ---------------------------------------------------------------------------
+
+const MAX_LOG_LINES = 5000;
+
+function openLogs(agent) {
+  closeLogs();
+  state.selected = agent;
+  $("logs-card").hidden = false;
+  $("logs-agent").textContent = agent;
+  $("logs-state").textContent = "connecting...";
+  const pre = $("logs");
+  pre.replaceChildren();
+  const source = new EventSource(withToken(`/api/agents/${encodeURIComponent(agent)}/logs/stream?tail=200`));
+  state.logSource = source;
+  source.addEventListener("open", () => {
+    pre.replaceChildren();  // every (re)connection starts with the tail again
+    state.logLines = 0;
+    $("logs-state").textContent = "following";
+  });
+  source.addEventListener("lines", (event) => {
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 20;
+    const lines = JSON.parse(event.data);
+    pre.append(document.createTextNode(lines.join("\n") + "\n"));
+    state.logLines += lines.length;
+    if (state.logLines > MAX_LOG_LINES * 1.2) {  // trim now and then, not on every event
+      pre.textContent = pre.textContent.split("\n").slice(-MAX_LOG_LINES - 1).join("\n");
+      state.logLines = MAX_LOG_LINES;
+    }
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  });
+  source.addEventListener("failure", (event) => {
+    $("logs-state").textContent = JSON.parse(event.data).error;
+  });
+  source.addEventListener("end", () => {
+    $("logs-state").textContent = "(log stream ended)";
+    source.close();
+  });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) {
+      $("logs-state").textContent = "no logs for this agent (it is gone?)";
+    } else {
+      $("logs-state").textContent = "reconnecting...";
+    }
+  });
+  if (state.snapshot) renderAgents(state.snapshot);
+}
+
+function closeLogs() {
+  if (state.logSource) state.logSource.close();
+  state.logSource = null;
+  state.selected = null;
+  $("logs-card").hidden = true;
+  if (state.snapshot) renderAgents(state.snapshot);
+}
+
+// -- wiring ---------------------------------------------------------------------------
+
+function main() {
+  $("count").addEventListener("change", () => { state.countChosen = true; });
+  $("start").addEventListener("click", () => {
+    state.countChosen = true;
+    act("POST", "/api/agents/start", { n: Number($("count").value) });
+  });
+  $("stop-all").addEventListener("click", () => act("POST", "/api/agents/stop", { all: true }));
+  $("banner-close").addEventListener("click", () => { state.actionError = null; renderBanner(); });
+  $("logs-close").addEventListener("click", closeLogs);
+  // uptimes tick between snapshots from the last one received (no request)
+  setInterval(() => {
+    if (!state.snapshot) return;
+    for (const row of document.querySelectorAll(".agent")) {
+      const agent = state.snapshot.agents.find((a) => a.id === row.dataset.agent);
+      if (agent) row.querySelector(".uptime").textContent = formatDuration(uptimeSeconds(agent));
+    }
+  }, 1000);
+  connect();
+}
+
+document.addEventListener("DOMContentLoaded", main);

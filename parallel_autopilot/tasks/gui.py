@@ -1,0 +1,25 @@
+"""``gui``: serve the Parallel Agents web pane (same settings and library as the tasks)."""
+
+from __future__ import annotations
+
+from .edge import Namespace, settings, task
+
+
+@task(default=True, auto_shortflags=False, help={
+    "port": "TCP port (default autopilot.gui_port, 8787)",
+    "host": "address to listen on (default autopilot.gui_host, 127.0.0.1); a non-local one needs --public and --token",
+    "open_": "open the page in the default browser once the server is up",
+    "token": "require this secret on every request (needed with --public; the printed URL carries it)",
+    "public": "allow listening on a non-local address (with --token)",
+})
+def serve(c, port=None, host=None, open_=False, token=None, public=False):
+    """Serve the Parallel Agents pane on http://127.0.0.1:8787/ until Ctrl-C."""
+    from ..gui import app  # FastAPI/uvicorn only when the GUI is wanted: `inv --list` works without
+
+    s = settings(c)
+    app.serve(s, host=host or s.gui_host, port=int(port if port is not None else s.gui_port),
+              token=token, public=public, open_browser=open_)
+
+
+ns = Namespace("gui")
+ns.add_task(serve)
