@@ -191,10 +191,6 @@ class Git:
         """``git checkout -B name start``: make (or RESET) branch ``name`` at ``start`` and switch to it."""
         self.run("checkout", "--quiet", "-B", name, start, "--")
 
-    def detach(self) -> None:
-        """``git checkout --detach``: leave the branch, HEAD stays on its commit (tree untouched)."""
-        self.run("checkout", "--quiet", "--detach")
-
     # -- commits and salvage ----------------------------------------------
 
     def commit_all(self, message: str, name: str | None = None, email: str | None = None) -> str | None:

@@ -1,0 +1,542 @@
+"""The agent loop that runs inside each container.
+
+Boot: release the claims of this agent's previous incarnation at once (it was
+killed; expiry is only the last resort), kill an agent group it left behind
+(outside a container), remove a stale ``index.lock``, stash whatever it left
+uncommitted, record the agent row with a fresh incarnation id.
+
+Loop: claim -> ``git checkout -B autopilot/issue-<N> <base>`` -> run the agent
+(own process group, output to ``issue-<N>-attempt-<k>.log``, per-issue
+timeout) -> on exit 0 commit everything as the agent with the trailers
+``Issue``, ``Agent`` and ``Lease-Token`` and complete with branch, commit and
+duration (a successful run that changed nothing completes with commit None);
+on a non-zero exit or a timeout stash the changes and fail (retried after a
+backoff). Idle: sweep claims of agents whose heartbeat went silent, then sleep
+``poll`` seconds +-30 %.
+
+Threads: the heartbeat renews the lease every lease/3 and updates the agents
+table; a renewal refused (LeaseLost) stops the agent subprocess at once and
+the attempt is dropped (stashed, nothing committed or completed). The monitor
+touches the heartbeat file (the health signal) while the main loop makes
+progress and exits the process with code 70 when it makes none for
+``watchdog`` seconds, so the restart policy brings up a fresh incarnation.
+
+SIGTERM/SIGINT: take no new issue, stop the agent subprocess (SIGTERM, SIGKILL
+after ``grace``), release the claim (not a failure: the attempt is refunded),
+record state ``stopped``, exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import AutopilotError, InvalidInput, LeaseLost
+from ..issues import Claim, IssueStore
+from . import health, kinds, process
+from .logs import AgentLog, last_line
+from .settings import RuntimeSettings
+from .workspace import Workspace
+
+#: Exit code of a watchdog exit (EX_SOFTWARE): the restart policy restarts us.
+WATCHDOG_EXIT = 70
+#: How often the monitor and the heartbeat thread wake up.
+TICK = 0.5
+
+
+@dataclass
+class Attempt:
+    """One attempt at one issue, shared by the main loop and the heartbeat thread."""
+
+    claim: Claim
+    number: int
+    attempt: int
+    branch: str
+    next_renew: float
+    proc: subprocess.Popen | None = None
+    lost: threading.Event = field(default_factory=threading.Event)
+    lost_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the agent subprocess ended: ``exit`` (with code), ``timeout``, ``stopped`` or ``lost``."""
+
+    kind: str
+    code: int | None = None
+    duration: float = 0.0
+    last: str | None = None
+
+
+def jittered(seconds: float, rng: Callable[[], float] = random.random) -> float:
+    """``seconds`` +-30 %: idle agents started together do not poll in step."""
+    return seconds * (0.7 + 0.6 * rng())
+
+
+class Agent:
+    """One agent: boot, loop until stopped, shut down. See the module doc."""
+
+    def __init__(self, settings: RuntimeSettings, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 rng: Callable[[], float] = random.random, environ: dict | None = None,
+                 exit: Callable[[int], None] = os._exit):
+        self.s = settings
+        self.clock = clock
+        self.monotonic = monotonic
+        self.rng = rng
+        self.environ = dict(os.environ if environ is None else environ)
+        self._exit = exit
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.log = AgentLog(settings.logs, settings.agent_id, self.incarnation, clock=clock)
+        self.workspace = Workspace(settings.workspace, settings.agent_id, settings.base_branch,
+                                   timeout=max(2 * settings.watchdog_seconds, 60.0))
+        self.child = process.ChildRecord(f"{settings.heartbeat_file}.child")
+        self.store: IssueStore | None = None
+        self.stopping = threading.Event()
+        self.stop_signal: str | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()  # guards _attempt and every renew against finishing
+        self._report_lock = threading.Lock()
+        self._attempt: Attempt | None = None
+        self.state = "booting"
+        now = monotonic()
+        self._progress = now
+        self._heartbeat_tick: float | None = None  # None until the heartbeat thread runs
+        self._booted = False
+        self._threads: list[threading.Thread] = []
+
+    # -- progress and signals ---------------------------------------------
+
+    def mark(self) -> None:
+        """The main loop is alive (read by the monitor)."""
+        self._progress = self.monotonic()
+
+    def request_stop(self, signum: int | None = None, _frame=None) -> None:
+        """Signal handler: take no new issue, end the current one gracefully. Does no I/O."""
+        if signum is not None and self.stop_signal is None:
+            self.stop_signal = signal.Signals(signum).name
+        self.stopping.set()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep in short steps that keep the progress mark fresh; SIGTERM ends it early."""
+        deadline = self.monotonic() + seconds
+        while not self.stopping.is_set():
+            self.mark()
+            left = deadline - self.monotonic()
+            if left <= 0:
+                return
+            self.stopping.wait(min(left, TICK))
+
+    # -- boot -------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Recover from the previous incarnation and announce this one."""
+        s = self.s
+        self.log.event("boot", f"boot: incarnation {self.incarnation}, kind {s.kind}, base {s.base_branch}, "
+                       f"workspace {s.workspace}", pid=os.getpid(), host=socket.gethostname(),
+                       kind=s.kind, base=s.base_branch, workspace=str(s.workspace))
+        kinds.check(s.kind, s.command, path=self.environ.get("PATH"))
+        leftover = self.child.kill_leftover()
+        if leftover:
+            self.log.event("killed-leftover", f"killed the agent group {leftover} of the previous incarnation",
+                           pgid=leftover)
+        copied = kinds.copy_credentials(s.credentials, self.environ.get("HOME"))
+        if copied:
+            self.log.event("credentials", f"credentials copied into HOME: {', '.join(copied)}", copied=copied)
+        self.store = IssueStore(s.db, max_attempts=s.max_attempts, backoff_seconds=s.backoff_seconds,
+                                clock=self.clock)
+        self.mark()
+        released = self.store.release_agent(s.agent_id, reason="previous incarnation")
+        if released:
+            self.log.event("released", "released the claims of the previous incarnation: "
+                           + ", ".join(f"#{n}" for n in released), issues=released,
+                           reason="previous incarnation")
+        lock = self.workspace.clear_stale_lock()
+        if lock:
+            self.log.event("stale-lock", f"removed {lock} left by a killed git", path=str(lock))
+        self.mark()
+        self._salvage("salvage", "left by a previous incarnation")
+        self.workspace.detach()
+        self._report("idle")
+        health.touch(s.heartbeat_file)
+        self._booted = True
+        self.mark()
+
+    def _report(self, state: str | None = None) -> bool:
+        """Tell the agents table what we do (``state``, or the current one: the heartbeat's call).
+
+        Serialised, so a periodic report never lands after a newer state. A
+        failure (database busy past its timeout) is logged, never raised: the
+        next report comes within seconds.
+        """
+        with self._report_lock:
+            if state is not None:
+                self.state = state
+            attempt = self._attempt
+            try:
+                self.store.agent_heartbeat(
+                    self.s.agent_id, self.state,
+                    issue=attempt.number if attempt else None, token=attempt.claim.token if attempt else None,
+                    incarnation=self.incarnation, host=socket.gethostname(), pid=os.getpid())
+                return True
+            except Exception as err:
+                self.log.line(f"agents table not updated ({self.state}): {err}")
+                return False
+
+    def _salvage(self, reason: str, detail: str, number: int | None = None, attempt: int | None = None) -> str | None:
+        """Stash whatever is uncommitted, with a message saying whose and why; never delete it."""
+        what = f" #{number} attempt {attempt}" if number is not None else ""
+        message = f"autopilot {reason}: {self.s.agent_id}{what} ({detail}) at {_utc(self.clock())}"
+        sha = self.workspace.salvage(message)
+        if sha:
+            self.log.event("salvaged", f"stashed uncommitted changes{what} ({detail}) as {sha[:12]}: "
+                           "see `git stash list`", issue=number, stash=sha, reason=reason, message=message)
+        return sha
+
+    # -- threads ----------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        """Renew the lease every lease/3 and update the agents table; LeaseLost stops the agent."""
+        next_report = self.monotonic()
+        while not self._done.is_set():
+            now = self.monotonic()
+            self._heartbeat_tick = now
+            with self._lock:
+                attempt = self._attempt
+                if attempt and not attempt.lost.is_set() and now >= attempt.next_renew:
+                    self._renew(attempt, now)
+            if now >= next_report:
+                self._report()
+                next_report = now + self.s.report_seconds
+            self._done.wait(min(TICK, self.s.renew_seconds))
+
+    def _renew(self, attempt: Attempt, now: float) -> None:
+        try:
+            attempt.claim = self.store.renew(attempt.claim, self.s.lease_seconds)
+            attempt.next_renew = now + self.s.renew_seconds
+        except LeaseLost as err:
+            attempt.lost_reason = str(err)
+            attempt.lost.set()
+            if attempt.proc is not None and attempt.proc.poll() is None:
+                process.signal_group(attempt.proc.pid, signal.SIGTERM)  # at once; the loop escalates
+            self.log.event("lease-lost", f"lease lost on #{attempt.number}: stopping its agent, "
+                           "nothing will be committed or completed", issue=attempt.number,
+                           token=attempt.claim.token, error=str(err))
+        except Exception as err:  # e.g. database busy: retry soon, the lease has two more thirds
+            attempt.next_renew = now + min(self.s.renew_seconds, 1.0)
+            self.log.line(f"lease renewal of #{attempt.number} failed, retrying: {err}")
+
+    def _monitor(self) -> None:
+        """Touch the heartbeat file while the loop progresses; exit 70 when it has stalled."""
+        s = self.s
+        while not self._done.is_set():
+            now = self.monotonic()
+            beat = self._heartbeat_tick
+            stalled = max(now - self._progress, 0.0 if beat is None else now - beat)
+            if stalled > s.watchdog_seconds:
+                self._watchdog(stalled)
+                return
+            if self._booted and stalled < s.stall_seconds:
+                try:
+                    health.touch(s.heartbeat_file)
+                except OSError as err:
+                    self.log.line(f"heartbeat file not touched: {err}")
+            self._done.wait(TICK)
+
+    def _watchdog(self, stalled: float) -> None:
+        what = "main loop" if self.monotonic() - self._progress >= stalled - 1 else "heartbeat thread"
+        try:
+            self.log.event("watchdog", f"watchdog: the {what} made no progress for {stalled:.1f}s "
+                           f"(limit {self.s.watchdog_seconds:g}s); exiting {WATCHDOG_EXIT} for a restart",
+                           stalled=round(stalled, 1), exit=WATCHDOG_EXIT)
+        finally:
+            attempt = self._attempt
+            if attempt and attempt.proc is not None:
+                process.signal_group(attempt.proc.pid, signal.SIGKILL)
+            process.kill_descendants()  # a hung git hook, git itself: nothing of ours outlives us
+            self._exit(WATCHDOG_EXIT)
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(self) -> int:
+        """Boot, work until SIGTERM, shut down; the exit code."""
+        self._start_thread(self._monitor, "monitor")  # the watchdog guards the boot too
+        self.boot()
+        self._start_thread(self._heartbeat, "heartbeat")
+        try:
+            while not self.stopping.is_set():
+                self.mark()
+                try:
+                    claim = self.store.claim(self.s.agent_id, self.s.lease_seconds)
+                    if claim is None:
+                        self._idle()
+                    else:
+                        self._work(claim)
+                except Exception as err:  # database busy past its timeout, disk full...: not fatal
+                    self.log.event("error", f"loop error: {err!r}; going on", error=repr(err),
+                                   traceback=traceback.format_exc())
+                    self._sleep(jittered(self.s.poll_seconds, self.rng))
+        finally:
+            self._shutdown()
+        return 0
+
+    def _idle(self) -> None:
+        if self.state != "idle":
+            self._report("idle")
+        if self.s.stale_seconds > 0:
+            try:
+                freed = self.store.release_stale_agents(self.s.stale_seconds)
+            except Exception as err:
+                freed = {}
+                self.log.line(f"stale-agent sweep failed: {err}")
+            for owner, numbers in freed.items():
+                self.log.event("released-stale", f"released {', '.join(f'#{n}' for n in numbers)} of {owner} "
+                               f"(no heartbeat for {self.s.stale_seconds:g}s)", owner=owner, issues=numbers)
+        self._sleep(jittered(self.s.poll_seconds, self.rng))
+
+    def _work(self, claim: Claim) -> None:
+        issue = claim.issue
+        number, k = issue.number, issue.attempts
+        branch = kinds.branch_name(number)
+        attempt = Attempt(claim=claim, number=number, attempt=k, branch=branch,
+                          next_renew=self.monotonic() + self.s.renew_seconds)
+        self.log.event("claimed", f"claimed #{number} {issue.title!r} (attempt {k}/{issue.max_attempts}, "
+                       f"token {claim.token})", issue=number, attempt=k, token=claim.token, title=issue.title)
+        with self._lock:
+            self._attempt = attempt
+        try:
+            self._report("working")
+            if self.stopping.is_set():
+                self._release(attempt)
+                return
+            self._attempt_issue(attempt)
+        except AutopilotError as err:  # no script, git refused...: the attempt fails, the loop goes on
+            self._fail(attempt, str(err), salvage_reason="failed")
+        except Exception as err:
+            self.log.event("error", f"internal error on #{number}: {err!r}", issue=number,
+                           traceback=traceback.format_exc())
+            self._fail(attempt, f"internal error in the runtime: {err!r}", salvage_reason="failed")
+        finally:
+            with self._lock:
+                self._attempt = None
+            if attempt.proc is not None and attempt.proc.poll() is None:
+                process.stop(attempt.proc, 0, tick=self.mark)
+            self.child.clear()
+            try:
+                self.workspace.detach()
+            except AutopilotError as err:
+                self.log.line(f"could not detach HEAD: {err}")
+            self._report("stopping" if self.stopping.is_set() else "idle")
+
+    def _attempt_issue(self, attempt: Attempt) -> None:
+        s, issue = self.s, attempt.claim.issue
+        argv = kinds.command(s.kind, issue, agent=s.agent_id, workspace=s.workspace, base=s.base_branch,
+                             template=s.command)
+        env = kinds.environment(self.environ, issue, agent=s.agent_id, workspace=s.workspace, kind=s.kind)
+        if self.workspace.dirty():  # should not happen: every attempt ends clean
+            self._salvage("salvage", "found before starting", attempt.number, attempt.attempt)
+        base_sha = self.workspace.start_branch(attempt.branch)
+        self.mark()
+        outcome = self._run_agent(attempt, argv, env)
+        if outcome.kind == "stopped":
+            self._release(attempt)
+        elif outcome.kind == "lost" or attempt.lost.is_set():
+            self._end(attempt)
+            self._salvage("lease-lost", "lease lost; attempt dropped", attempt.number, attempt.attempt)
+        elif outcome.kind == "timeout":
+            self._fail(attempt, f"timed out after {s.issue_timeout:g}s (agent killed); last output: "
+                       f"{outcome.last or '(none)'}", salvage_reason="timeout")
+        elif outcome.code != 0:
+            self._fail(attempt, f"{_describe_exit(outcome.code)}; last output: {outcome.last or '(none)'}",
+                       salvage_reason="failed")
+        else:
+            self._finish(attempt, base_sha, outcome)
+
+    def _run_agent(self, attempt: Attempt, argv: list[str], env: dict[str, str]) -> Outcome:
+        s = self.s
+        log_path = self.log.attempt_path(attempt.number, attempt.attempt)
+        started = self.monotonic()
+        with open(log_path, "ab") as out:
+            out.write(f"### {_utc(self.clock())} {s.agent_id} issue #{attempt.number} attempt "
+                      f"{attempt.attempt} token {attempt.claim.token} kind {s.kind} on {attempt.branch}\n".encode())
+            out.flush()
+            try:
+                with self._lock:  # the heartbeat must see the process to stop it
+                    if attempt.lost.is_set():
+                        return Outcome("lost")
+                    if self.stopping.is_set():
+                        return Outcome("stopped")
+                    attempt.proc = process.start(argv, s.workspace, env, out)
+            except OSError as err:
+                raise InvalidInput(f"cannot start {argv[0]!r}: {err.strerror or err}") from None
+        proc = attempt.proc
+        self.child.write(proc.pid)
+        self.log.event("started", f"started #{attempt.number} ({s.kind}, pid {proc.pid}), output in {log_path.name}",
+                       issue=attempt.number, attempt=attempt.attempt, pid=proc.pid, log=str(log_path))
+        deadline = started + s.issue_timeout
+        kind = None
+        while True:
+            self.mark()
+            try:
+                code = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self.stopping.is_set():
+                kind = "stopped"
+            elif attempt.lost.is_set():
+                kind = "lost"
+            elif self.monotonic() >= deadline:
+                kind = "timeout"
+            if kind:
+                if kind == "stopped":
+                    self._report("stopping")
+                code = process.stop(proc, s.grace_seconds, tick=self.mark, monotonic=self.monotonic)
+                break
+        # children the agent left in the background must not write into the next attempt
+        process.signal_group(proc.pid, signal.SIGKILL)
+        self.child.clear()
+        duration = round(self.monotonic() - started, 3)
+        last = last_line(log_path)
+        return Outcome(kind or "exit", code, duration, last)
+
+    # -- endings ----------------------------------------------------------
+
+    def _end(self, attempt: Attempt) -> Claim:
+        """Stop renewing; the latest claim (same token) for the fenced call that ends it."""
+        with self._lock:
+            self._attempt = None
+            return attempt.claim
+
+    def _finish(self, attempt: Attempt, base_sha: str, outcome: Outcome) -> None:
+        s, number = self.s, attempt.number
+        if attempt.lost.is_set():  # lost while the agent was exiting: commit nothing
+            self._end(attempt)
+            self._salvage("lease-lost", "lease lost; attempt dropped", number, attempt.attempt)
+            return
+        current = self.workspace.current_branch()
+        if current != attempt.branch:
+            self._fail(attempt, f"the agent left branch {attempt.branch} for {current or 'a detached HEAD'}: "
+                       f"agents must stay on the issue branch", salvage_reason="failed")
+            return
+        subject = f"#{number}: {attempt.claim.issue.title}"
+        sha = self.workspace.commit_all(subject[:72], {
+            "Issue": f"#{number}", "Agent": s.agent_id, "Lease-Token": str(attempt.claim.token)})
+        self.mark()
+        head = self.workspace.head()
+        commit = head if head != base_sha else None  # the agent may have committed by itself
+        if sha:
+            self.log.event("committed", f"committed #{number} on {attempt.branch} as {sha[:12]}",
+                           issue=number, branch=attempt.branch, commit=sha)
+        claim = self._end(attempt)
+        if attempt.lost.is_set():
+            self.log.event("lease-lost", f"#{number} finished after its lease was lost: not completed; "
+                           f"{(commit or 'no commit')[:12]} stays on {attempt.branch}", issue=number, commit=commit)
+            return
+        result = {"branch": attempt.branch, "commit": commit, "duration": outcome.duration}
+        try:
+            self.store.complete(claim, result)
+        except LeaseLost as err:
+            self.log.event("lease-lost", f"#{number} not completed: {err}", issue=number, commit=commit,
+                           error=str(err))
+            return
+        self.log.event("completed", f"completed #{number} in {outcome.duration:.1f}s: "
+                       f"{(commit[:12] + ' on ' + attempt.branch) if commit else 'no change'}",
+                       issue=number, attempt=attempt.attempt, **result)
+
+    def _fail(self, attempt: Attempt, error: str, salvage_reason: str) -> None:
+        number = attempt.number
+        error = " ".join(error.split())  # one line
+        try:
+            self._salvage(salvage_reason, error[:120], number, attempt.attempt)
+        except AutopilotError as err:
+            self.log.line(f"could not stash the changes of #{number}: {err}")
+        claim = self._end(attempt)
+        if attempt.lost.is_set():
+            return  # already reported; the issue belongs to someone else now
+        try:
+            issue = self.store.fail(claim, error)
+        except LeaseLost as err:
+            self.log.event("lease-lost", f"#{number} not marked failed: {err}", issue=number, error=str(err))
+            return
+        self.log.event("failed", f"failed #{number} (attempt {attempt.attempt}/{issue.max_attempts}, now "
+                       f"{issue.status}): {error}", issue=number, attempt=attempt.attempt, status=issue.status,
+                       error=error)
+
+    def _release(self, attempt: Attempt) -> None:
+        number = attempt.number
+        try:
+            self._salvage("stopped", "agent stopped", number, attempt.attempt)
+        except AutopilotError as err:
+            self.log.line(f"could not stash the changes of #{number}: {err}")
+        claim = self._end(attempt)
+        if attempt.lost.is_set():
+            return
+        try:
+            self.store.release(claim)
+        except LeaseLost as err:
+            self.log.event("lease-lost", f"#{number} not released: {err}", issue=number, error=str(err))
+            return
+        self.log.event("released", f"released #{number} (stopping; the attempt is refunded)",
+                       issue=number, reason="stopped")
+
+    def _shutdown(self) -> None:
+        why = f" on {self.stop_signal}" if self.stop_signal else ""
+        self._done.set()
+        for thread in self._threads:
+            thread.join(timeout=5)  # no periodic report may land after "stopped"
+        self._report("stopped")
+        self.log.event("stopped", f"stopped{why}", signal=self.stop_signal)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def main(environ: dict | None = None) -> int:
+    """Entry point of ``python3 -m parallel_autopilot.runtime``: the exit code."""
+    try:
+        settings = RuntimeSettings.from_env(environ)
+    except AutopilotError as err:
+        print(f"parallel-autopilot runtime: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    try:
+        agent = Agent(settings, environ=environ)
+    except OSError as err:
+        print(f"parallel-autopilot runtime: cannot write logs under {settings.logs}: {err}", file=sys.stderr,
+              flush=True)
+        return 1
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, agent.request_stop)
+    try:
+        return agent.run()
+    except AutopilotError as err:  # at boot: bad kind, unsafe filesystem, not a worktree...
+        agent.log.event("fatal", f"cannot run: {err}", error=str(err))
+        return err.exit_code
+    except Exception as err:  # unexpected: one line here, the traceback in events.jsonl
+        agent.log.event("fatal", f"cannot run: {err!r}", error=repr(err), traceback=traceback.format_exc())
+        return 1

@@ -1,0 +1,206 @@
+"""Agent kinds: what is run for an issue, with which arguments and environment.
+
+- ``script``: the issue's own ``script`` with ``bash -c`` (``sh -c`` where bash
+  is missing), in the worktree. The embedded default; works offline. An issue
+  without a script fails with a clear error.
+- ``codex``: ``codex exec --full-auto <prompt>`` (non-interactive; full-auto is
+  the workspace-write sandbox without approval prompts). Stdin is /dev/null:
+  ``codex exec`` reads a piped stdin into the prompt and would wait forever.
+- ``claude``: ``claude -p <prompt> --dangerously-skip-permissions`` (print
+  mode; no permission prompt nobody could answer). As root, Claude Code
+  refuses that flag unless ``IS_SANDBOX=1`` says it runs in a disposable
+  sandbox - which a container is - so it is set for uid 0.
+- ``command``: ``AUTOPILOT_AGENT_COMMAND`` split with :mod:`shlex` FIRST, then
+  each word formatted with ``{number} {title} {body} {priority} {workspace}``:
+  a title with spaces or quotes stays one argument, and no shell ever sees it.
+
+The prompt names the branch ``autopilot/issue-<N>`` and forbids pushing to the
+base branch (the original told agents to push to main).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import InvalidInput
+from ..issues import Issue
+
+# Inherited from a git hook or a test, these would point the agent's git elsewhere.
+_GIT_LOCATION = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_PREFIX")
+
+#: Fields a ``command`` template may use.
+FIELDS = ("number", "title", "body", "priority", "workspace")
+
+PROMPT = """\
+You are {agent}, an autonomous coding agent. Resolve issue #{number} of the repository in \
+the current directory ({workspace}).
+
+Title: {title}
+Priority: {priority}
+
+{body}
+
+How to work:
+- The branch autopilot/issue-{number} is checked out for you. Stay on it: do not switch, \
+create or delete branches.
+- Do NOT push, and never commit to or push {base} (or main). When you exit, everything you \
+changed is committed on autopilot/issue-{number} for you and reviewed before it is merged.
+- Make the change the issue asks for and run the project's tests if it has any.
+- Exit with status 0 when the issue is resolved; exit non-zero if you could not resolve it.
+"""
+
+
+def branch_name(number: int) -> str:
+    """The branch an issue is worked on: ``autopilot/issue-<N>``."""
+    return f"autopilot/issue-{number}"
+
+
+def prompt(issue: Issue, agent: str, workspace: str | os.PathLike, base: str) -> str:
+    """The instructions given to the ``codex`` and ``claude`` kinds."""
+    return PROMPT.format(agent=agent, number=issue.number, workspace=workspace, title=issue.title,
+                         priority=issue.priority, body=issue.body.strip() or "(no description)",
+                         base=base)
+
+
+def check_template(template: str) -> list[str]:
+    """Split a ``command`` template and check its fields; InvalidInput names the problem."""
+    try:
+        words = shlex.split(template)
+    except ValueError as err:
+        raise InvalidInput(f"AUTOPILOT_AGENT_COMMAND cannot be split ({err}): balance its quotes") from None
+    if not words:
+        raise InvalidInput("AUTOPILOT_AGENT_COMMAND is empty: give a program and its arguments")
+    sample = dict.fromkeys(FIELDS, "x")
+    for word in words:
+        try:
+            word.format(**sample)
+        except (KeyError, IndexError, ValueError) as err:
+            raise InvalidInput(
+                f"AUTOPILOT_AGENT_COMMAND word {word!r} is not a valid template ({err!r}): "
+                f"use only {{{'}, {'.join(FIELDS)}}} and double other braces") from None
+    return words
+
+
+def executable(kind: str, template: str | None = None) -> str | None:
+    """The program a kind runs (None for ``script``: it uses bash or sh)."""
+    if kind == "codex":
+        return "codex"
+    if kind == "claude":
+        return "claude"
+    if kind == "command":
+        return check_template(template or "")[0]
+    return None
+
+
+def check(kind: str, template: str | None = None, path: str | None = None) -> None:
+    """Refuse at boot a kind whose program is missing (instead of failing every issue)."""
+    program = executable(kind, template)
+    if program and not shutil.which(program, path=path):
+        hint = {"codex": "build the image with agent_cli=codex",
+                "claude": "build the image with agent_cli=claude"}.get(kind, "install it in the image")
+        raise InvalidInput(f"agent kind {kind!r} needs {program!r}, which is not on PATH: {hint}")
+
+
+def command(kind: str, issue: Issue, *, agent: str, workspace: str | os.PathLike, base: str,
+            template: str | None = None) -> list[str]:
+    """The argv that works on ``issue``; InvalidInput when the issue cannot be run this way."""
+    if kind == "script":
+        if not (issue.script or "").strip():
+            raise InvalidInput(f"issue #{issue.number} has no script: give it one "
+                               "(issues.add --script ...) or run agents of kind codex, claude or command")
+        shell = shutil.which("bash") or "sh"
+        return [shell, "-c", issue.script]
+    if kind == "codex":
+        return ["codex", "exec", "--full-auto", prompt(issue, agent, workspace, base)]
+    if kind == "claude":
+        return ["claude", "-p", prompt(issue, agent, workspace, base), "--dangerously-skip-permissions"]
+    if kind == "command":
+        values = {"number": str(issue.number), "title": issue.title, "body": issue.body,
+                  "priority": issue.priority, "workspace": str(workspace)}
+        return [word.format(**values) for word in check_template(template or "")]
+    raise InvalidInput(f"unknown agent kind {kind!r}: use script, codex, claude or command")
+
+
+def environment(base: Mapping[str, str], issue: Issue, *, agent: str, workspace: str | os.PathLike,
+                kind: str) -> dict[str, str]:
+    """The agent subprocess's environment: ours plus the issue's fields and the agent's identity.
+
+    The git identity variables make any commit the agent makes itself carry the
+    agent's name, like the commit the runtime makes.
+    """
+    env = {k: v for k, v in base.items() if k not in _GIT_LOCATION}
+    env.update({
+        "ISSUE_NUMBER": str(issue.number),
+        "ISSUE_TITLE": issue.title,
+        "ISSUE_BODY": issue.body,
+        "ISSUE_PRIORITY": issue.priority,
+        "ISSUE_BRANCH": branch_name(issue.number),
+        "AUTOPILOT_AGENT_ID": agent,
+        "AUTOPILOT_WORKSPACE": str(workspace),
+        "GIT_AUTHOR_NAME": agent,
+        "GIT_COMMITTER_NAME": agent,
+        "GIT_AUTHOR_EMAIL": identity_email(agent),
+        "GIT_COMMITTER_EMAIL": identity_email(agent),
+    })
+    # the queue is the runtime's business, not the agent's
+    env.pop("AUTOPILOT_DB", None)
+    if kind == "claude" and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env.setdefault("IS_SANDBOX", "1")
+    return env
+
+
+def identity_email(agent: str) -> str:
+    """``agent-001@parallel-autopilot.invalid`` (``.invalid`` never resolves: RFC 2606)."""
+    return f"{agent}@parallel-autopilot.invalid"
+
+
+def copy_credentials(source: str | os.PathLike, home: str | os.PathLike | None) -> list[str]:
+    """Copy read-only credentials into the writable HOME; return what was copied.
+
+    Every entry ``X`` of ``source`` (``/run/credentials/codex``, ``.../ssh``,
+    ``.../gitconfig``...) becomes ``$HOME/.X``: agent CLIs write into their
+    config directories (token refresh, sessions), and the mounts stay read-only.
+    Empty placeholders (a credential the host does not have) are skipped.
+    """
+    source = Path(source)
+    if not home or not source.is_dir():
+        return []
+    home = Path(home)
+    copied = []
+    for entry in sorted(source.iterdir()):
+        if _empty(entry):
+            continue
+        target = home / (entry.name if entry.name.startswith(".") else "." + entry.name)
+        try:
+            if entry.is_dir():
+                shutil.copytree(entry, target, symlinks=True, dirs_exist_ok=True)
+                _writable(target)
+            else:
+                shutil.copy2(entry, target)
+                target.chmod(stat.S_IMODE(target.stat().st_mode) | stat.S_IWUSR)
+        except OSError:
+            continue  # one unreadable credential must not stop the agent; the CLI will say what it lacks
+        copied.append(entry.name)
+    return copied
+
+
+def _empty(entry: Path) -> bool:
+    try:
+        if entry.is_dir():
+            return not any(entry.iterdir())
+        return entry.stat().st_size == 0
+    except OSError:
+        return True
+
+
+def _writable(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        path.chmod(mode | stat.S_IWUSR | (stat.S_IXUSR if path.is_dir() else 0))

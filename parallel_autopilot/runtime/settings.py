@@ -1,0 +1,109 @@
+"""The runtime's settings, read once from ``AUTOPILOT_*`` environment variables.
+
+The compose file sets them (see ``docs/development/parallel-autopilot-containers.md``);
+every one except the first four has a default, so a runtime can also be
+started by hand on the host. A bad value is an :class:`InvalidInput` whose one
+line names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import InvalidInput
+from ..ids import agent_id
+from ..issues import DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
+
+KINDS = ("script", "codex", "claude", "command")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Everything the runtime needs; build it with :meth:`from_env`."""
+
+    agent_id: str
+    db: Path
+    workspace: Path
+    logs: Path
+    base_branch: str = "main"
+    kind: str = "script"
+    command: str | None = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
+    issue_timeout: float = 3600.0
+    poll_seconds: float = 2.0
+    watchdog_seconds: float = 120.0
+    grace_seconds: float = 10.0
+    heartbeat_file: Path = Path("/run/autopilot/heartbeat")
+    credentials: Path = Path("/run/credentials")
+    stale_seconds: float = 60.0
+
+    @property
+    def renew_seconds(self) -> float:
+        """How often the lease is renewed: a third of it, so two renewals may fail."""
+        return self.lease_seconds / 3
+
+    @property
+    def report_seconds(self) -> float:
+        """How often the agents table hears from us (also while idle)."""
+        return min(self.renew_seconds, 5.0)
+
+    @property
+    def stall_seconds(self) -> float:
+        """Loop silence after which the heartbeat file is no longer touched (health goes red)."""
+        return max(2.0, min(30.0, self.watchdog_seconds / 2))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "RuntimeSettings":
+        """Read the settings from ``environ`` (default ``os.environ``)."""
+        env = os.environ if environ is None else environ
+
+        def required(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise InvalidInput(f"{name} is not set: the compose file (or you) must set it")
+            return value
+
+        def number(name: str, default: float, minimum: float = 0.0, integer: bool = False):
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw) if integer else float(raw)
+            except ValueError:
+                kind = "an integer" if integer else "a number"
+                raise InvalidInput(f"{name}={raw!r} is not {kind}: set it to e.g. {default:g}") from None
+            if value < minimum:
+                raise InvalidInput(f"{name}={raw!r} is too small: use {minimum:g} or more")
+            return value
+
+        kind = env.get("AUTOPILOT_AGENT_KIND", "").strip() or "script"
+        if kind not in KINDS:
+            raise InvalidInput(f"AUTOPILOT_AGENT_KIND={kind!r} is unknown: use one of {', '.join(KINDS)}")
+        command = env.get("AUTOPILOT_AGENT_COMMAND", "").strip() or None
+        if kind == "command" and not command:
+            raise InvalidInput("AUTOPILOT_AGENT_KIND=command needs AUTOPILOT_AGENT_COMMAND "
+                               "(e.g. 'my-agent --issue {number} {title}')")
+        return cls(
+            agent_id=agent_id(required("AUTOPILOT_AGENT_ID")),
+            db=Path(required("AUTOPILOT_DB")),
+            workspace=Path(required("AUTOPILOT_WORKSPACE")),
+            logs=Path(required("AUTOPILOT_LOGS")),
+            base_branch=env.get("AUTOPILOT_BASE_BRANCH", "").strip() or "main",
+            kind=kind,
+            command=command,
+            lease_seconds=number("AUTOPILOT_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 0.3),
+            max_attempts=number("AUTOPILOT_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, integer=True),
+            backoff_seconds=number("AUTOPILOT_BACKOFF_SECONDS", DEFAULT_BACKOFF_SECONDS),
+            issue_timeout=number("AUTOPILOT_ISSUE_TIMEOUT", 3600.0, 0.1),
+            poll_seconds=number("AUTOPILOT_POLL_SECONDS", 2.0, 0.01),
+            watchdog_seconds=number("AUTOPILOT_WATCHDOG_SECONDS", 120.0, 1.0),
+            grace_seconds=number("AUTOPILOT_GRACE_SECONDS", 10.0),
+            heartbeat_file=Path(env.get("AUTOPILOT_HEARTBEAT_FILE", "").strip() or "/run/autopilot/heartbeat"),
+            credentials=Path(env.get("AUTOPILOT_CREDENTIALS", "").strip() or "/run/credentials"),
+            stale_seconds=number("AUTOPILOT_STALE_SECONDS", 60.0),
+        )

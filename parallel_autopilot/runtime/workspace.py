@@ -1,0 +1,91 @@
+"""The git steps on one agent's worktree, all through :mod:`parallel_autopilot.git`.
+
+Work is never silently dropped: whatever an interrupted or failed attempt left
+uncommitted is stashed (``git stash push -u``) with a message naming the agent,
+the issue and why. The stash list lives in the shared ``.git``, so the host
+sees it (``git stash list``).
+
+Between issues HEAD is detached, so no ``autopilot/issue-*`` branch stays
+checked out here while another agent may need it (git 2.39 lets ``checkout -B``
+reset a branch that another worktree has checked out).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..errors import GitError
+from ..git import Git
+from .kinds import identity_email
+
+#: What makes a stash worth retrying: another agent holds the shared ``refs/stash`` lock
+#: (git then says "Cannot save the current status" last, and leaves the tree as it was).
+_TRANSIENT = ("cannot lock ref", "unable to create", "File exists", "Cannot save the current status")
+
+
+class Workspace:
+    """The worktree at ``path``, worked by ``agent`` on branches started from ``base``."""
+
+    def __init__(self, path: str | os.PathLike, agent: str, base: str, timeout: float | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.path = Path(path)
+        self.agent = agent
+        self.base = base
+        self.sleep = sleep
+        # No git timeout below the watchdog's: a hung hook must end in a restart,
+        # which clears the lock it holds; a killed git would leave index.lock behind.
+        # A user's commit.gpgsign (copied ~/.gitconfig) would need a key the container lacks.
+        self.git = Git(self.path, timeout=timeout, config={"commit.gpgsign": "false"})
+
+    def clear_stale_lock(self) -> Path | None:
+        """Remove ``index.lock`` left by a git killed with a previous incarnation; its path or None.
+
+        Only called at boot: this worktree is ours alone and nothing of ours runs yet.
+        """
+        lock = self.git.git_dir() / "index.lock"
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            return None
+        return lock
+
+    def dirty(self) -> bool:
+        """True when anything is modified, staged or untracked."""
+        return self.git.is_dirty()
+
+    def salvage(self, message: str, attempts: int = 5) -> str | None:
+        """Stash everything uncommitted (untracked too) under ``message``; the stash sha or None."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.git.stash_push(message, name=self.agent, email=identity_email(self.agent))
+            except GitError as err:
+                if attempt == attempts or not any(t in str(err) for t in _TRANSIENT):
+                    raise
+                self.sleep(0.2 * attempt)  # another agent is updating refs/stash
+        return None
+
+    def start_branch(self, branch: str) -> str:
+        """``git checkout -B <branch> <base>``; return the base commit the branch starts at."""
+        self.git.checkout_new_branch(branch, self.base)
+        return self.git.rev_parse("HEAD")
+
+    def current_branch(self) -> str | None:
+        """The checked-out branch, None when detached."""
+        return self.git.current_branch()
+
+    def head(self) -> str:
+        """The commit HEAD points at."""
+        return self.git.rev_parse("HEAD")
+
+    def commit_all(self, subject: str, trailers: dict[str, str]) -> str | None:
+        """Commit every change (``git add -A``) as the agent; the new sha, or None if nothing changed."""
+        body = "\n".join(f"{key}: {value}" for key, value in trailers.items())
+        return self.git.commit_all(f"{subject}\n\n{body}\n", name=self.agent, email=identity_email(self.agent))
+
+    def detach(self) -> None:
+        """Leave the issue branch (HEAD stays on its commit) so other worktrees may take it."""
+        if self.git.current_branch() is not None:
+            self.git.detach()

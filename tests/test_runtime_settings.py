@@ -1,0 +1,57 @@
+"""parallel_autopilot.runtime.settings: the AUTOPILOT_* environment, read once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parallel_autopilot.errors import InvalidAgentId, InvalidInput
+from parallel_autopilot.runtime.settings import RuntimeSettings
+
+BASE = {"AUTOPILOT_AGENT_ID": "7", "AUTOPILOT_DB": "/state/autopilot.db",
+        "AUTOPILOT_WORKSPACE": "/workspace", "AUTOPILOT_LOGS": "/logs"}
+
+
+def test_defaults_and_derived_intervals():
+    s = RuntimeSettings.from_env(BASE)
+    assert s.agent_id == "agent-007"  # any accepted spelling, canonical form
+    assert (s.db, s.workspace, s.logs) == (Path("/state/autopilot.db"), Path("/workspace"), Path("/logs"))
+    assert (s.kind, s.base_branch, s.lease_seconds, s.max_attempts) == ("script", "main", 900, 3)
+    assert s.heartbeat_file == Path("/run/autopilot/heartbeat")
+    assert s.renew_seconds == 300 and s.report_seconds == 5 and s.stall_seconds == 30
+
+
+def test_every_variable_is_read():
+    s = RuntimeSettings.from_env({**BASE, "AUTOPILOT_BASE_BRANCH": "develop", "AUTOPILOT_AGENT_KIND": "command",
+                                  "AUTOPILOT_AGENT_COMMAND": "x {number}", "AUTOPILOT_LEASE_SECONDS": "6",
+                                  "AUTOPILOT_MAX_ATTEMPTS": "5", "AUTOPILOT_BACKOFF_SECONDS": "0",
+                                  "AUTOPILOT_ISSUE_TIMEOUT": "7.5", "AUTOPILOT_POLL_SECONDS": "0.5",
+                                  "AUTOPILOT_WATCHDOG_SECONDS": "8", "AUTOPILOT_GRACE_SECONDS": "0",
+                                  "AUTOPILOT_HEARTBEAT_FILE": "/tmp/hb", "AUTOPILOT_CREDENTIALS": "/creds",
+                                  "AUTOPILOT_STALE_SECONDS": "0"})
+    assert (s.base_branch, s.kind, s.command) == ("develop", "command", "x {number}")
+    assert (s.lease_seconds, s.renew_seconds, s.max_attempts, s.backoff_seconds) == (6, 2, 5, 0)
+    assert (s.issue_timeout, s.poll_seconds, s.watchdog_seconds, s.grace_seconds) == (7.5, 0.5, 8, 0)
+    assert (s.heartbeat_file, s.credentials, s.stale_seconds) == (Path("/tmp/hb"), Path("/creds"), 0)
+    assert s.stall_seconds == 4
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"AUTOPILOT_DB": ""}, "AUTOPILOT_DB is not set"),
+    ({"AUTOPILOT_AGENT_KIND": "gpt"}, "AUTOPILOT_AGENT_KIND='gpt' is unknown"),
+    ({"AUTOPILOT_AGENT_KIND": "command"}, "needs AUTOPILOT_AGENT_COMMAND"),
+    ({"AUTOPILOT_LEASE_SECONDS": "soon"}, "AUTOPILOT_LEASE_SECONDS='soon' is not a number"),
+    ({"AUTOPILOT_MAX_ATTEMPTS": "2.5"}, "AUTOPILOT_MAX_ATTEMPTS='2.5' is not an integer"),
+    ({"AUTOPILOT_MAX_ATTEMPTS": "0"}, "AUTOPILOT_MAX_ATTEMPTS='0' is too small"),
+    ({"AUTOPILOT_GRACE_SECONDS": "-1"}, "AUTOPILOT_GRACE_SECONDS='-1' is too small"),
+])
+def test_bad_values_are_one_line_naming_the_variable(change, message):
+    with pytest.raises(InvalidInput) as err:
+        RuntimeSettings.from_env({**BASE, **change})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_agent_id_is_refused():
+    with pytest.raises(InvalidAgentId):
+        RuntimeSettings.from_env({**BASE, "AUTOPILOT_AGENT_ID": "../x"})
