@@ -1,0 +1,352 @@
+"""Builds the agent image, offline when it must.
+
+:func:`ensure_image` is what ``agents.start`` calls: it builds only when the
+image is missing or was built from other sources (the image carries a label
+with a hash of the package, the Dockerfile and the build arguments, so the
+check is one ``images.get``). :func:`build` is ``inv build``.
+
+The build context is this project's checkout (the parent of the package
+directory); its ``.dockerignore`` keeps the context to the package and the
+Dockerfile. The Dockerfile starts ``FROM ${BASE_IMAGE}`` (``settings.base_image``,
+``python:3.11-slim`` by default). When that image is neither present nor
+pullable (no registry, as on a machine behind a firewall or in CI), a Debian
+bookworm base is made ONCE with ``debootstrap --variant=minbase`` and
+``docker import``, tagged :data:`OFFLINE_BASE`, and reused from then on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import docker_client
+from .errors import DockerUnavailable, ImageBuildError
+
+Progress = Callable[[str], None]
+
+#: the locally made base image (Debian bookworm minbase + python3, git)
+OFFLINE_BASE = "parallel-autopilot-base:bookworm"
+#: image label holding :func:`source_hash`
+LABEL_HASH = "parallel-autopilot.source-hash"
+LABEL_BASE = "parallel-autopilot.base-image"
+DEBOOTSTRAP_SUITE = "bookworm"
+DEBOOTSTRAP_PACKAGES = ("python3", "git", "ca-certificates")
+DOCKERFILE = "docker/autopilot/Dockerfile"
+AGENT_CLIS = ("none", "codex", "claude")
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def project_root() -> Path:
+    """This project's checkout: the build context (holds the Dockerfile and .dockerignore)."""
+    return _PACKAGE.parent
+
+
+def dockerfile() -> Path:
+    """``docker/autopilot/Dockerfile`` of this checkout, or ImageBuildError."""
+    path = project_root() / DOCKERFILE
+    if not path.is_file():
+        raise ImageBuildError(
+            f"{path} is missing: build from a checkout of parallel-autopilot (pip install -e <checkout>)")
+    return path
+
+
+def _package_files() -> list[Path]:
+    return sorted(p for p in _PACKAGE.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"))
+
+
+def source_hash(settings: Any) -> str:
+    """sha256 of what goes into the image: package files, Dockerfile, build arguments."""
+    digest = hashlib.sha256()
+    for arg in (_base_image(settings), _agent_cli(settings)):
+        digest.update(f"arg:{arg}\0".encode())
+    digest.update(b"dockerfile\0" + dockerfile().read_bytes() + b"\0")
+    for path in _package_files():
+        digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _base_image(settings: Any) -> str:
+    return str(getattr(settings, "base_image", None) or "python:3.11-slim")
+
+
+def _agent_cli(settings: Any) -> str:
+    cli = str(getattr(settings, "agent_cli", None) or "none").lower()
+    if cli not in AGENT_CLIS:
+        raise ImageBuildError(f"agent_cli {cli!r} is unknown: use none, codex or claude")
+    return cli
+
+
+def image_status(settings: Any, client: Any = None) -> str:
+    """``missing``, ``stale`` (built from other sources) or ``current``."""
+    from docker.errors import ImageNotFound
+
+    client = client or docker_client.client()
+    try:
+        found = client.images.get(settings.image)
+    except ImageNotFound:
+        return "missing"
+    labels = (found.attrs.get("Config") or {}).get("Labels") or {}
+    return "current" if labels.get(LABEL_HASH) == source_hash(settings) else "stale"
+
+
+def ensure_image(settings: Any, progress: Progress = print, rebuild: bool = False) -> str:
+    """Build ``settings.image`` unless it exists and matches the sources; return its name."""
+    client = docker_client.client()
+    status = "rebuild asked" if rebuild else image_status(settings, client)
+    if status == "current":
+        progress(f"image {settings.image} is up to date")
+        return settings.image
+    progress(f"image {settings.image}: {status}, building")
+    build(settings, progress=progress)
+    return settings.image
+
+
+def build(settings: Any, progress: Progress = print, nocache: bool = False) -> str:
+    """Build ``settings.image`` from the Dockerfile; return the image id.
+
+    The base is ``settings.base_image`` if present or pullable, else the
+    offline base (made once with debootstrap). Build output is streamed to
+    ``progress`` line by line.
+    """
+    docker_client.client()  # a clear DockerUnavailable before anything else
+    context, path = project_root(), dockerfile()
+    base = base_image(settings, progress=progress)
+    labels = {LABEL_HASH: source_hash(settings), LABEL_BASE: base}
+    progress(f"building {settings.image} on {base} (context {context})")
+    previous = _image_id(settings.image)
+    try:
+        with contextlib.closing(_long_client()) as long_client:
+            image_id, _ = _stream_build(long_client.api, settings, context, path, base, labels, nocache,
+                                        progress)
+    except ImageBuildError:
+        raise
+    except Exception as err:  # noqa: BLE001 - daemon/API failures become one line
+        raise ImageBuildError(f"building {settings.image} failed: {_one_line(err)}") from None
+    built = docker_client.client().images.get(settings.image)
+    progress(f"built {settings.image} ({built.short_id})")
+    if previous and previous != built.id:
+        _remove_quietly(previous)
+    return image_id or built.id
+
+
+def _image_id(name: str) -> str | None:
+    from docker.errors import ImageNotFound
+
+    try:
+        return docker_client.client().images.get(name).id
+    except ImageNotFound:
+        return None
+
+
+def _remove_quietly(image_id: str) -> None:
+    # the replaced image would pile up as <none>; one still used by a
+    # container (or by another tag) stays, which is what we want
+    from docker.errors import APIError
+
+    try:
+        docker_client.client().images.remove(image_id, noprune=False)
+    except APIError:
+        pass
+
+
+def _stream_build(api: Any, settings: Any, context: Path, path: Path, base: str, labels: dict,
+                  nocache: bool, progress: Progress) -> tuple[str | None, str]:
+    image_id, last = None, ""
+    stream = api.build(path=str(context), dockerfile=path.relative_to(context).as_posix(), tag=settings.image,
+                       buildargs={"BASE_IMAGE": base, "AGENT_CLI": _agent_cli(settings)},
+                       labels=labels, rm=True, forcerm=True, pull=False, nocache=nocache,
+                       decode=True, timeout=None)
+    for chunk in stream:
+        if "error" in chunk:
+            detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
+            raise ImageBuildError(f"building {settings.image} failed: {_one_line(detail)}"
+                                  f"{' (last output: ' + last + ')' if last else ''}")
+        if isinstance(chunk.get("aux"), dict):
+            image_id = chunk["aux"].get("ID", image_id)
+        for line in str(chunk.get("stream", "")).splitlines():
+            if line.strip():
+                last = _one_line(line)
+                progress(line.rstrip())
+    return image_id, last
+
+
+def base_image(settings: Any, progress: Progress = print) -> str:
+    """The base to build on: ``settings.base_image`` if present or pullable, else the offline base."""
+    from docker.errors import ImageNotFound
+
+    wanted = _base_image(settings)
+    client = docker_client.client()
+    try:
+        client.images.get(wanted)
+        return wanted
+    except ImageNotFound:
+        pass
+    if wanted != OFFLINE_BASE:
+        reason = pull(wanted, progress=progress)
+        if reason is None:
+            return wanted
+        progress(f"cannot pull {wanted} ({reason}): using the offline base {OFFLINE_BASE}")
+    return offline_base(progress=progress)
+
+
+def pull(name: str, progress: Progress = print, timeout: float = 60) -> str | None:
+    """Pull ``name``; None on success, else the reason (one line). Never hangs past ``timeout``
+    seconds of silence from the daemon (a registry that drops packets)."""
+    repository, tag = _split_tag(name)
+    progress(f"pulling {name}")
+    try:
+        with contextlib.closing(docker_client.new_client(timeout=timeout)) as puller:
+            status = ""
+            for chunk in puller.api.pull(repository, tag=tag, stream=True, decode=True):
+                if "error" in chunk:
+                    return _one_line(chunk["error"])
+                if chunk.get("status") and chunk["status"] != status and "id" not in chunk:
+                    status = chunk["status"]
+                    progress(f"  {status}")
+    except DockerUnavailable:
+        raise
+    except Exception as err:  # noqa: BLE001 - registry/DNS/timeouts: "not pullable"
+        return _one_line(getattr(err, "explanation", None) or err)
+    return None
+
+
+def _split_tag(name: str) -> tuple[str, str]:
+    # a ':' after the last '/' is a tag; before it, a registry port
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        return name[:colon], name[colon + 1:]
+    return name, "latest"
+
+
+def offline_base(progress: Progress = print, popen: Callable[..., Any] = subprocess.Popen,
+                 workdir: str | os.PathLike | None = None) -> str:
+    """Make :data:`OFFLINE_BASE` with debootstrap + docker import, unless it exists; return it.
+
+    A file lock makes concurrent callers build it once. Needs root and
+    ``debootstrap`` (Debian/Ubuntu: ``apt-get install debootstrap``).
+    """
+    from docker.errors import ImageNotFound
+
+    client = docker_client.client()
+
+    def present() -> bool:
+        try:
+            client.images.get(OFFLINE_BASE)
+            return True
+        except ImageNotFound:
+            return False
+
+    if present():
+        return OFFLINE_BASE
+    with _lock(Path(tempfile.gettempdir()) / "parallel-autopilot-base.lock"):
+        if present():  # made by another process while we waited
+            return OFFLINE_BASE
+        if shutil.which("debootstrap") is None:
+            raise ImageBuildError(
+                "no base image: the registry is unreachable and debootstrap is missing: "
+                "apt-get install debootstrap (or run scripts/bootstrap.sh), or set autopilot.base_image "
+                "to a local image")
+        if os.geteuid() != 0:
+            raise ImageBuildError(
+                f"no base image: the registry is unreachable and making {OFFLINE_BASE} with "
+                "debootstrap needs root: run `sudo inv build` once")
+        root = Path(tempfile.mkdtemp(prefix="parallel-autopilot-rootfs-", dir=workdir))
+        try:
+            _debootstrap(root, progress, popen)
+            _import(root, progress)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    progress(f"made {OFFLINE_BASE}")
+    return OFFLINE_BASE
+
+
+def _debootstrap(root: Path, progress: Progress, popen: Callable[..., Any]) -> None:
+    progress(f"making {OFFLINE_BASE} with debootstrap (once; about a minute)")
+    command = ["debootstrap", "--variant=minbase", f"--include={','.join(DEBOOTSTRAP_PACKAGES)}",
+               DEBOOTSTRAP_SUITE, str(root)]
+    last = ""
+    with popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if not line:
+                continue
+            last = line
+            if line.startswith(("I: Retrieving", "I: Validating", "I: Extracting", "I: Unpacking",
+                                "I: Configuring", "I: Checking")):
+                continue  # hundreds of per-package lines say nothing useful
+            progress(f"  {line}")
+        code = proc.wait()
+    if code != 0:
+        raise ImageBuildError(f"debootstrap failed ({_one_line(last) or f'exit {code}'}): check that "
+                              "the Debian mirror is reachable, or set autopilot.base_image to a local image")
+    # downloaded .debs and package lists are ~100 MB the image never needs
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for entry in (root / junk).glob("*"):
+            if entry.is_file() and entry.name not in ("lock",):
+                entry.unlink()
+
+
+def _import(root: Path, progress: Progress) -> None:
+    progress(f"importing {OFFLINE_BASE} (docker import)")
+    repository, tag = _split_tag(OFFLINE_BASE)
+    tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with contextlib.closing(docker_client.new_client(timeout=600)) as importer:
+            importer.api.import_image_from_stream(
+                _chunks(tar.stdout), repository=repository, tag=tag,
+                changes=["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                         "ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]'])
+    except DockerUnavailable:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise ImageBuildError(f"docker import of {OFFLINE_BASE} failed: {_one_line(err)}") from None
+    finally:
+        tar.stdout.close()
+        stderr = tar.stderr.read().decode(errors="replace")
+        code = tar.wait()
+    if code != 0:
+        raise ImageBuildError(f"tar of the debootstrap tree failed: {_one_line(stderr) or code}")
+
+
+def _chunks(handle: Any, size: int = 1 << 20) -> Iterator[bytes]:
+    while True:
+        chunk = handle.read(size)
+        if not chunk:
+            return
+        yield chunk
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _long_client() -> Any:
+    # builds and imports may be silent for minutes (apt, npm): no read timeout
+    return docker_client.new_client(timeout=None)
+
+
+def _one_line(value: object) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+__all__ = ["ensure_image", "build", "base_image", "offline_base", "pull", "image_status",
+           "source_hash", "project_root", "dockerfile", "OFFLINE_BASE", "LABEL_HASH"]

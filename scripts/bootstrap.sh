@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 machine for parallel-autopilot; safe to run again (it skips
+# what is already there, and is a fast no-op when everything is).
+#
+#   scripts/bootstrap.sh [--ssh] [--browser] [--lint] [--no-test]
+#
+#   - Docker Engine and Compose v1 (docker.io, docker-compose), debootstrap (to
+#     make the offline base image), git: from Debian's packages, if missing;
+#   - --ssh openssh-server, --browser chromium, --lint shellcheck (for the tests);
+#   - the Python package, editable, with its test extras (--no-test: without);
+#     into python3, or into <repo>/.venv when python3 is Debian's own
+#     ("externally managed": pip there would also replace the docker library
+#     that docker-compose v1 needs);
+#   - starts the Docker daemon when `docker info` fails.
+# Needs root to install or start anything; without root it says what is missing.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WANT_SSH=0 WANT_BROWSER=0 WANT_LINT=0 WANT_TEST=1
+
+say() { printf 'bootstrap: %s\n' "$*"; }
+die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
+
+for arg in "$@"; do
+  case "$arg" in
+    --ssh) WANT_SSH=1 ;;
+    --browser) WANT_BROWSER=1 ;;
+    --lint) WANT_LINT=1 ;;
+    --no-test) WANT_TEST=0 ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option $arg (use --ssh, --browser, --lint, --no-test)" ;;
+  esac
+done
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+# sbin is often not on a normal user's PATH
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+
+# -- system packages ------------------------------------------------------------
+# a package is "present" when what we need from it is on the machine, however
+# it got there (Docker CE, a compose plugin, ...)
+missing=()
+need() { # need PACKAGE TEST...
+  local package="$1"; shift
+  "$@" >/dev/null 2>&1 || missing+=("$package")
+}
+need docker.io have dockerd
+need docker-compose sh -c 'docker compose version || command -v docker-compose'
+need debootstrap have debootstrap
+need git have git
+need python3 have python3
+[ "$WANT_SSH" = 1 ] && need openssh-server have sshd
+[ "$WANT_BROWSER" = 1 ] && need chromium have chromium
+[ "$WANT_LINT" = 1 ] && need shellcheck have shellcheck
+
+# where the Python package goes: python3 itself unless Debian manages it
+PYTHON="${PYTHON:-python3}"
+externally_managed() {
+  "$1" - <<'PY' 2>/dev/null
+import os, sys, sysconfig
+in_venv = sys.prefix != sys.base_prefix
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+sys.exit(0 if (not in_venv and os.path.exists(marker)) else 1)
+PY
+}
+USE_VENV=0
+if have "$PYTHON" && { externally_managed "$PYTHON" || ! "$PYTHON" -m pip --version >/dev/null 2>&1; }; then
+  USE_VENV=1
+  [ -x "$REPO/.venv/bin/python" ] || "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  is_root || die "missing: ${missing[*]}: run as root (sudo $0) or apt-get install ${missing[*]}"
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "system packages present"
+fi
+
+# -- the Python package ---------------------------------------------------------
+if [ "$USE_VENV" = 1 ]; then
+  if [ ! -x "$REPO/.venv/bin/python" ]; then
+    [ -w "$REPO" ] || die "cannot create $REPO/.venv: run as the owner of the checkout, or set PYTHON=<a python with pip>"
+    say "creating $REPO/.venv (python3 is managed by Debian)"
+    "$PYTHON" -m venv "$REPO/.venv"
+  fi
+  PYTHON="$REPO/.venv/bin/python"
+fi
+
+installed_here() { # the package imports from THIS checkout (run outside it: cwd is on sys.path)
+  (cd / && "$PYTHON" -c 'import os, sys, parallel_autopilot as p; sys.exit(os.path.dirname(os.path.dirname(p.__file__)) != sys.argv[1])' "$REPO") >/dev/null 2>&1
+}
+extras_present() {
+  [ "$WANT_TEST" = 0 ] || (cd / && "$PYTHON" -c 'import pytest, pytest_timeout, hypothesis, httpx, fastapi, uvicorn, matplotlib, playwright, schemathesis') >/dev/null 2>&1
+}
+deps_present() {
+  (cd / && "$PYTHON" -c 'import invoke, fabric, docker, yaml, psutil') >/dev/null 2>&1
+}
+if installed_here && deps_present && extras_present; then
+  say "python package installed ($PYTHON)"
+else
+  target="$REPO"
+  [ "$WANT_TEST" = 1 ] && target="${REPO}[test]"
+  say "pip install -e $target ($PYTHON)"
+  "$PYTHON" -m pip install -q --disable-pip-version-check -e "$target"
+fi
+if [ "$USE_VENV" = 1 ]; then
+  say "commands are in $REPO/.venv/bin (run: . $REPO/.venv/bin/activate)"
+fi
+
+# -- the Docker daemon ----------------------------------------------------------
+if docker info >/dev/null 2>&1; then
+  say "docker daemon running"
+else
+  if ! is_root; then
+    [ -S /var/run/docker.sock ] && die "cannot use /var/run/docker.sock: run as root, or join the docker group (sudo usermod -aG docker $(id -un)) and log in again"
+    die "the Docker daemon is not running: start it as root (sudo systemctl start docker, or sudo $0)"
+  fi
+  if have systemctl && [ -d /run/systemd/system ]; then
+    say "starting docker (systemctl)"
+    systemctl start docker
+  else
+    say "starting dockerd (log: /var/log/dockerd.log)"
+    # setsid: the daemon outlives this script and its terminal
+    setsid dockerd >/var/log/dockerd.log 2>&1 < /dev/null &
+  fi
+  for _ in $(seq 1 30); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || die "dockerd did not answer within 30 s: see /var/log/dockerd.log"
+  say "docker daemon running"
+fi
+say "ready"
