@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -188,6 +190,11 @@ class AgentRow:
         return asdict(self)
 
 
+def _unescape_mount_point(field: str) -> str:
+    # the kernel writes space, tab, newline and backslash in mount points as octal escapes
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The type of the filesystem holding ``path`` (None where /proc is absent)."""
     try:
@@ -201,7 +208,7 @@ def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str 
         fields = left.split()
         if len(fields) < 5 or not right:
             continue
-        mount_point = fields[4].replace("\\040", " ")
+        mount_point = _unescape_mount_point(fields[4])
         inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
         if inside and len(mount_point) >= len(best):
             best, best_type = mount_point, right.split()[0]
@@ -260,6 +267,25 @@ def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, 
     }
 
 
+#: Connections inherited across fork(): never used nor closed in the child.
+#: Closing one there runs SQLite's close path on the parent's locks and WAL
+#: state (https://www.sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_;
+#: rails/solid_queue#324 corrupted databases that way), so the child keeps
+#: them referenced for its lifetime: a small one-time leak instead.
+_INHERITED: list[sqlite3.Connection] = []
+_STORES: "weakref.WeakSet[IssueStore]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        # a thread of the parent may have held the lock at fork(): it would never be released here
+        store._lock = threading.RLock()
+        store._discard_inherited()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class IssueStore:
     """The shared issue queue in the SQLite database at ``path``.
 
@@ -289,13 +315,20 @@ class IssueStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
+        _STORES.add(self)
         self._connect()
 
     # -- connection ---------------------------------------------------------
 
+    def _discard_inherited(self) -> None:
+        if self._conn is not None and self._pid != os.getpid():
+            _INHERITED.append(self._conn)
+            self._conn = None
+
     def _connect(self) -> sqlite3.Connection:
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
+        self._discard_inherited()  # where fork() bypassed the at-fork hook
         conn = sqlite3.connect(
             str(self.path),
             timeout=self.busy_timeout,
@@ -314,7 +347,13 @@ class IssueStore:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version >= len(MIGRATIONS):
+        if version > len(MIGRATIONS):
+            # an older copy (say, an agent image built earlier) must not write a newer schema
+            raise Conflict(
+                f"{self.path} has schema version {version}, newer than this parallel-autopilot "
+                f"knows ({len(MIGRATIONS)}): upgrade parallel-autopilot (and rebuild the agent image)"
+            )
+        if version == len(MIGRATIONS):
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -337,18 +376,23 @@ class IssueStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may already have rolled back (SQLITE_FULL, a failed COMMIT): a second
+                # ROLLBACK would raise and hide the real error; a left-open one blocks every later BEGIN
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._connect().execute(sql, tuple(params)).fetchall()
 
     def close(self) -> None:
+        """Close this process's connection (an inherited one is left alone)."""
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
+            self._discard_inherited()
+            if self._conn is not None:
                 self._conn.close()
             self._conn = None
 
@@ -546,18 +590,22 @@ class IssueStore:
         """
         now = self._now(now)
         with self.transaction() as conn:
-            rows = conn.execute(
-                """UPDATE issues SET
-                          status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
-                          error = CASE WHEN attempts >= max_attempts THEN :reason ELSE error END,
-                          lease_until = NULL, due_at = :now, updated_at = :now
-                   WHERE status = 'claimed' AND owner = :agent
-                   RETURNING number, token, status""",
-                {"agent": agent_id, "now": now, "reason": f"{reason} on the last attempt"},
-            ).fetchall()
-            for row in rows:
-                self._event(conn, now, row["number"], "released-agent" if row["status"] == "ready" else "dead",
-                            agent_id, row["token"], reason)
+            return self._release_agent(conn, now, agent_id, reason)
+
+    def _release_agent(self, conn, now: float, agent_id: str, reason: str) -> list[int]:
+        rows = conn.execute(
+            """UPDATE issues SET
+                      status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
+                      error = CASE WHEN attempts >= max_attempts THEN :reason ELSE error END,
+                      owner = CASE WHEN attempts >= max_attempts THEN owner END,
+                      lease_until = NULL, due_at = :now, updated_at = :now
+               WHERE status = 'claimed' AND owner = :agent
+               RETURNING number, token, status""",
+            {"agent": agent_id, "now": now, "reason": f"{reason} on the last attempt"},
+        ).fetchall()
+        for row in rows:
+            self._event(conn, now, row["number"], "released-agent" if row["status"] == "ready" else "dead",
+                        agent_id, row["token"], reason)
         return sorted(row["number"] for row in rows)
 
     def release_stale_agents(self, stale_after: float, now: float | None = None) -> dict[str, list[int]]:
@@ -570,14 +618,18 @@ class IssueStore:
         Claims of workers with no agent row (plain host processes) are left alone.
         """
         now = self._now(now)
-        owners = [r["id"] for r in self._read(
-            """SELECT DISTINCT a.id FROM agents a JOIN issues i ON i.owner = a.id
-               WHERE i.status = 'claimed' AND a.heartbeat_at < ?""", (now - stale_after,))]
         freed = {}
-        for owner in owners:
-            numbers = self.release_agent(owner, now=now, reason="agent heartbeat stale")
-            if numbers:
-                freed[owner] = numbers
+        # staleness is read in the same write transaction as the release: an agent
+        # that heartbeats meanwhile keeps its claim
+        with self.transaction() as conn:
+            owners = [r["id"] for r in conn.execute(
+                """SELECT DISTINCT a.id FROM agents a JOIN issues i ON i.owner = a.id
+                   WHERE i.status = 'claimed' AND a.heartbeat_at < ? ORDER BY a.id""",
+                (now - stale_after,))]
+            for owner in owners:
+                numbers = self._release_agent(conn, now, owner, "agent heartbeat stale")
+                if numbers:
+                    freed[owner] = numbers
         return freed
 
     # -- operator verbs -----------------------------------------------------

@@ -1,0 +1,63 @@
+"""Fixtures shared by the whole suite. Keep this file small: one fixture, one purpose."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from parallel_autopilot.issues import IssueStore
+
+pytest_plugins = ["fixtures_ssh"]  # sshd + workstation fixtures of the remote (Fabric) tests
+
+#: A fixed, round start time for stores driven by a fake clock (2023-11-14).
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    """A clock that moves only when told to: ``clock()`` is now, ``clock.advance(s)`` moves it."""
+
+    def __init__(self, start: float = T0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock starting at :data:`T0`."""
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    """An IssueStore in a temporary state directory, on the fake ``clock``, backoff 30 s, 3 attempts."""
+    with IssueStore(tmp_path / "state" / "autopilot.db", clock=clock) as s:
+        yield s
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in ``repo`` and return its stdout (raises on failure)."""
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture
+def git_repo(tmp_path) -> Path:
+    """A temporary git repository with one commit on ``main`` (and its own identity)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "Test")
+    git(repo, "config", "user.email", "test@example.invalid")
+    git(repo, "config", "commit.gpgsign", "false")
+    (repo / "README.md").write_text("test repository\n")
+    git(repo, "add", "README.md")
+    git(repo, "commit", "-q", "-m", "initial commit")
+    return repo
