@@ -187,9 +187,14 @@ class Git:
         """Detach HEAD at its commit, so the branch it was on may be checked out elsewhere."""
         self.run("checkout", "--quiet", "--detach")
 
-    def checkout_new_branch(self, name: str, start: str) -> None:
-        """``git checkout -B name start``: make (or RESET) branch ``name`` at ``start`` and switch to it."""
-        self.run("checkout", "--quiet", "-B", name, start, "--")
+    def checkout_new_branch(self, name: str, start: str, ignore_other_worktrees: bool = False) -> None:
+        """``git checkout -B name start``: make (or RESET) branch ``name`` at ``start`` and switch to it.
+
+        ``ignore_other_worktrees`` takes the branch even while another worktree has it
+        checked out (newer git refuses that; 2.39 does not ask).
+        """
+        flags = ["--ignore-other-worktrees"] if ignore_other_worktrees else []
+        self.run("checkout", "--quiet", *flags, "-B", name, start, "--")
 
     # -- commits and salvage ----------------------------------------------
 

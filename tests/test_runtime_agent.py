@@ -378,6 +378,17 @@ def test_a_hanging_git_hook_trips_the_watchdog_and_a_restart_recovers(site):
     assert git(site.repo, "diff", "--name-only", "main", issue.branch).split() == ["change.txt"]
 
 
+def test_an_idle_agent_frees_the_claim_of_an_agent_whose_heartbeat_went_silent(site):
+    site.store.add("Orphaned", script="echo rescued > rescued.txt")
+    site.store.agent_heartbeat("agent-009", "working", now=time.time() - 600)
+    assert site.store.claim("agent-009", 900).number == 1  # its container died without a word
+    proc = site.start("agent-001", AUTOPILOT_STALE_SECONDS="30")
+    site.wait(lambda: site.store.get(1).status == "done", "the orphaned issue to be finished")
+    assert site.stop(proc) == 0
+    assert site.events("agent-001", "released-stale")[0]["issues"] == [1]
+    assert site.store.get(1).owner == "agent-001"
+
+
 # -- failures -----------------------------------------------------------------
 
 def test_a_failing_script_fails_with_its_error_is_retried_and_keeps_its_changes(site):
@@ -460,7 +471,7 @@ def test_agent_kinds_run_their_program_with_the_issue(site, kind):
 
 # -- configuration and health -------------------------------------------------
 
-def test_bad_configuration_is_one_line_and_exit_2(site):
+def test_bad_configuration_stops_the_runtime_at_boot_with_one_line(site):
     proc = site.start("agent-001", AUTOPILOT_AGENT_KIND="gpt")
     assert proc.wait(timeout=30) == 2
     out = (site.tmp / "agent-001.out").read_text().strip().splitlines()
@@ -469,7 +480,11 @@ def test_bad_configuration_is_one_line_and_exit_2(site):
     proc = site.start("agent-002", AUTOPILOT_AGENT_KIND="codex", PATH="/usr/bin:/bin")
     assert proc.wait(timeout=30) == 2
     assert "needs 'codex', which is not on PATH" in (site.tmp / "agent-002.out").read_text()
-    assert site.store.counts() == dict.fromkeys(site.store.counts(), 0)
+    site.store.add("Untouched", script="true")
+    proc = site.start("agent-003", AUTOPILOT_BASE_BRANCH="trunk")
+    assert proc.wait(timeout=30) == 6
+    assert "base branch 'trunk' does not exist" in (site.tmp / "agent-003.out").read_text()
+    assert site.store.get(1).attempts == 0  # nothing was claimed, nothing burnt
 
 
 def test_health_goes_green_after_boot_and_red_when_the_heartbeat_stops(site):
@@ -501,3 +516,49 @@ def test_the_runtime_imports_with_the_standard_library_only():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the loop's parts, on a fake clock ------------------------------------------
+
+from parallel_autopilot.runtime import agent as agent_module  # noqa: E402
+from parallel_autopilot.runtime.settings import RuntimeSettings  # noqa: E402
+
+
+def test_idle_polls_are_jittered_by_30_percent():
+    assert agent_module.jittered(10, lambda: 0.0) == pytest.approx(7)
+    assert agent_module.jittered(10, lambda: 0.5) == pytest.approx(10)
+    assert agent_module.jittered(10, lambda: 0.999999) == pytest.approx(13, abs=1e-4)
+
+
+def test_heartbeat_file_follows_loop_progress_and_the_watchdog_exits_70(tmp_path, monkeypatch):
+    now = [100.0]
+    exits, killed = [], []
+    monkeypatch.setattr(agent_module.process, "kill_descendants", lambda: killed.append(True) or [])
+    settings = RuntimeSettings.from_env({
+        "AUTOPILOT_AGENT_ID": "1", "AUTOPILOT_DB": str(tmp_path / "db"), "AUTOPILOT_WORKSPACE": str(tmp_path),
+        "AUTOPILOT_LOGS": str(tmp_path / "logs"), "AUTOPILOT_WATCHDOG_SECONDS": "20",
+        "AUTOPILOT_HEARTBEAT_FILE": str(tmp_path / "hb")})
+    agent = agent_module.Agent(settings, monotonic=lambda: now[0], exit=exits.append)
+    heartbeat = tmp_path / "hb"
+
+    def look(at):
+        now[0] = at
+        if heartbeat.exists():
+            heartbeat.unlink()
+        return agent.check_progress(at), heartbeat.exists()
+
+    assert look(101) == (True, False)  # not booted yet: never healthy before boot is done
+    agent._booted = True
+    agent.mark()  # progress at 101
+    assert look(105) == (True, True)
+    assert look(111.5) == (True, False)  # stalled past watchdog/2: health goes red...
+    assert exits == []
+    assert look(122) == (False, False)  # ...and past the watchdog: exit 70
+    assert exits == [70] and killed == [True]
+    assert agent.log.events()[-1]["event"] == "watchdog"
+    # a heartbeat thread that stopped ticking trips it too
+    exits.clear()
+    agent.mark()
+    agent._heartbeat_tick = 100.0
+    assert look(122) == (False, False) and exits == [70]
+    assert "the heartbeat thread made no progress" in agent.log.agent_log.read_text().splitlines()[-1]

@@ -70,6 +70,9 @@ def test_check_refuses_a_missing_program(tmp_path):
     (tmp_path / "my-agent").write_text("#!/bin/sh\n")
     (tmp_path / "my-agent").chmod(0o755)
     kinds.check("command", "my-agent {number}", path=str(tmp_path))
+    kinds.check("command", "{workspace}/tools/agent {number}", path=str(tmp_path))  # per issue
+    with pytest.raises(InvalidInput, match="needs 'other-agent'"):
+        kinds.check("command", "other-agent {number}", path=str(tmp_path))
 
 
 def test_environment_carries_the_issue_and_the_agent_identity():

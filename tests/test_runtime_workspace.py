@@ -85,3 +85,13 @@ def test_a_stale_index_lock_is_removed(ws):
     assert ws.clear_stale_lock() is None
     lock.write_text("")
     assert ws.clear_stale_lock() == lock and not lock.exists()
+
+
+def test_a_branch_left_checked_out_by_a_dead_agent_is_taken(ws, git_repo, tmp_path):
+    other = tmp_path / "worktrees" / "agent-002"
+    git(git_repo, "worktree", "add", "-q", "-b", "autopilot/issue-5", str(other), "main")
+    (other / "half.txt").write_text("half done\n")
+    git(other, "add", "half.txt")
+    git(other, "-c", "user.name=x", "-c", "user.email=x@y", "commit", "-q", "-m", "half")
+    assert ws.start_branch("autopilot/issue-5") == git(git_repo, "rev-parse", "main")
+    assert ws.current_branch() == "autopilot/issue-5"

@@ -161,6 +161,7 @@ class Agent:
             self.log.event("released", "released the claims of the previous incarnation: "
                            + ", ".join(f"#{n}" for n in released), issues=released,
                            reason="previous incarnation")
+        self.workspace.check_base()
         lock = self.workspace.clear_stale_lock()
         if lock:
             self.log.event("stale-lock", f"removed {lock} left by a killed git", path=str(lock))
@@ -238,20 +239,23 @@ class Agent:
 
     def _monitor(self) -> None:
         """Touch the heartbeat file while the loop progresses; exit 70 when it has stalled."""
-        s = self.s
-        while not self._done.is_set():
-            now = self.monotonic()
-            beat = self._heartbeat_tick
-            stalled = max(now - self._progress, 0.0 if beat is None else now - beat)
-            if stalled > s.watchdog_seconds:
-                self._watchdog(stalled)
-                return
-            if self._booted and stalled < s.stall_seconds:
-                try:
-                    health.touch(s.heartbeat_file)
-                except OSError as err:
-                    self.log.line(f"heartbeat file not touched: {err}")
+        while not self._done.is_set() and self.check_progress(self.monotonic()):
             self._done.wait(TICK)
+
+    def check_progress(self, now: float) -> bool:
+        """One look of the monitor at ``now``: touch the heartbeat file, or trip the watchdog (False)."""
+        s = self.s
+        beat = self._heartbeat_tick
+        stalled = max(now - self._progress, 0.0 if beat is None else now - beat)
+        if stalled > s.watchdog_seconds:
+            self._watchdog(stalled)
+            return False
+        if self._booted and stalled < s.stall_seconds:
+            try:
+                health.touch(s.heartbeat_file)
+            except OSError as err:
+                self.log.line(f"heartbeat file not touched: {err}")
+        return True
 
     def _watchdog(self, stalled: float) -> None:
         what = "main loop" if self.monotonic() - self._progress >= stalled - 1 else "heartbeat thread"

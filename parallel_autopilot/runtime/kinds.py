@@ -93,7 +93,8 @@ def executable(kind: str, template: str | None = None) -> str | None:
     if kind == "claude":
         return "claude"
     if kind == "command":
-        return check_template(template or "")[0]
+        program = check_template(template or "")[0]
+        return None if "{" in program else program  # known only per issue (e.g. {workspace}/run)
     return None
 
 

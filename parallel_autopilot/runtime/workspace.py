@@ -40,6 +40,17 @@ class Workspace:
         # A user's commit.gpgsign (copied ~/.gitconfig) would need a key the container lacks.
         self.git = Git(self.path, timeout=timeout, config={"commit.gpgsign": "false"})
 
+    def check_base(self) -> str:
+        """The base branch's commit; GitError naming the setting when it does not exist.
+
+        Checked at boot: a wrong base would otherwise fail every attempt of every issue.
+        """
+        try:
+            return self.git.rev_parse(self.base)
+        except GitError:
+            raise GitError(f"base branch {self.base!r} does not exist in the repository of {self.path}: "
+                           "set AUTOPILOT_BASE_BRANCH (autopilot.base_branch) to an existing branch") from None
+
     def clear_stale_lock(self) -> Path | None:
         """Remove ``index.lock`` left by a git killed with a previous incarnation; its path or None.
 
@@ -68,8 +79,13 @@ class Workspace:
         return None
 
     def start_branch(self, branch: str) -> str:
-        """``git checkout -B <branch> <base>``; return the base commit the branch starts at."""
-        self.git.checkout_new_branch(branch, self.base)
+        """``git checkout -B <branch> <base>``; return the base commit the branch starts at.
+
+        Taken even if another worktree still has it checked out: we hold the
+        lease, so that worktree's agent is dead or lost its lease (a container
+        killed mid-issue keeps its worktree on the branch until it boots again).
+        """
+        self.git.checkout_new_branch(branch, self.base, ignore_other_worktrees=True)
         return self.git.rev_parse("HEAD")
 
     def current_branch(self) -> str | None:
