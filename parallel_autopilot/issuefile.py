@@ -1,56 +1,138 @@
 """Reading issue files (YAML or JSON lists) for ``issues.import``.
 
 A file is checked whole before anything is imported: the first problem is
-reported with the line it is on, and nothing is added.
+reported with the line it is on (the line of the field at fault where there is
+one), and nothing is added.
+
+A file is a list of issues, or a mapping whose only key is ``issues``. JSON is
+read by the JSON parser (YAML 1.1 refuses tab indentation, which JSON allows);
+YAML's composer then only supplies line numbers.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import MalformedIssueFile
+from .errors import InvalidInput, MalformedIssueFile
 from .issues import validate_fields
-from .errors import InvalidInput
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that remembers the line of every mapping (``__line__``)."""
+@dataclass
+class _Lines:
+    """Where one list item starts, and where each of its keys is."""
 
-    def construct_mapping(self, node, deep=False):
-        mapping = super().construct_mapping(node, deep=deep)
-        mapping["__line__"] = node.start_mark.line + 1
-        return mapping
+    start: int
+    keys: dict[str, int] = field(default_factory=dict)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    loader = yaml.SafeLoader(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def _construct(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _issue_nodes(node: yaml.Node | None) -> list[yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode) and len(node.value) == 1:
+        key, value = node.value[0]
+        if isinstance(key, yaml.ScalarNode) and key.value == "issues":
+            node = value
+    return node.value if isinstance(node, yaml.SequenceNode) else None
+
+
+def _lines(nodes: list[yaml.Node]) -> list[_Lines]:
+    lines = []
+    for node in nodes:
+        where = _Lines(node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    where.keys.setdefault(key.value, key.start_mark.line + 1)
+        lines.append(where)
+    return lines
+
+
+def _unwrap(data: Any) -> Any:
+    if isinstance(data, dict) and list(data) == ["issues"]:
+        return data["issues"]
+    return data
+
+
+def _parse(path: Path, text: str) -> tuple[Any, list[_Lines]]:
+    """The file's data and the lines of its items (empty where unknown)."""
+    looks_like_json = path.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{")
+    if looks_like_json:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            if path.suffix.lower() == ".json":
+                raise MalformedIssueFile(f"{path}:{err.lineno}: not valid JSON ({err.msg}); nothing imported") from None
+        else:
+            try:
+                # in valid JSON a tab can only be whitespace: as spaces, YAML reads the same structure
+                nodes = _issue_nodes(_compose(text.replace("\t", " ")))
+            except yaml.YAMLError:
+                nodes = None
+            return _unwrap(data), _lines(nodes or [])
+    try:
+        node = _compose(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        problem = err.problem or err.context
+        if err.context and err.context_mark and err.problem_mark and err.context_mark.line != mark.line:
+            # an unclosed bracket or quote: the problem shows at the end, its start is on this line
+            problem += f"; {err.context} that starts on line {err.context_mark.line + 1}"
+        raise MalformedIssueFile(
+            f"{path}:{mark.line + 1 if mark else 1}: not valid YAML ({problem}); nothing imported"
+        ) from None
+    except yaml.YAMLError as err:
+        raise MalformedIssueFile(f"{path}:1: not valid YAML ({err}); nothing imported") from None
+    if node is None:
+        return None, []
+    return _unwrap(_construct(node)), _lines(_issue_nodes(node) or [])
 
 
 def load(path: Path) -> list[dict[str, Any]]:
     """The issues in ``path``, validated; MalformedIssueFile names the line at fault."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MalformedIssueFile(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise MalformedIssueFile(f"{path}: cannot read it ({err.__class__.__name__}): give a UTF-8 YAML or JSON file") from None
-    try:
-        data = yaml.load(text, Loader=_LineLoader)  # JSON is YAML: one parser, line numbers for both
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = f"line {mark.line + 1}" if mark else "unknown line"
-        raise MalformedIssueFile(f"{path}:{line.split()[-1]}: not valid YAML/JSON ({err.problem}); nothing imported") from None
+    data, lines = _parse(path, text)
     if data is None:
         return []
-    if isinstance(data, dict) and "issues" in data and len(data) <= 2:
-        data = data["issues"]
     if not isinstance(data, list):
-        raise MalformedIssueFile(f"{path}:1: expected a list of issues (or a mapping with an 'issues' list); nothing imported")
-    items = []
+        raise MalformedIssueFile(f"{path}:1: expected a list of issues (or a mapping whose only key is 'issues'); nothing imported")
+    items, numbers = [], {}
     for index, item in enumerate(data, start=1):
-        line = item.pop("__line__", "?") if isinstance(item, dict) else "?"
+        where = lines[index - 1] if index <= len(lines) else _Lines(0)
         try:
             fields = validate_fields(item, f"issue {index}")
         except InvalidInput as err:
-            raise MalformedIssueFile(f"{path}:{line}: {err}; nothing imported") from None
+            line = where.keys.get(str(getattr(err, "field", None)), where.start)
+            raise MalformedIssueFile(f"{path}:{line or '?'}: {err}; nothing imported") from None
+        number = fields["number"]
+        if number is not None and number in numbers:
+            line = where.keys.get("number", where.start)
+            raise MalformedIssueFile(f"{path}:{line or '?'}: issue {index}: number {number} is already used by "
+                                     f"issue {numbers[number]} of this file; nothing imported")
+        numbers[number] = index
         items.append(fields)
     return items

@@ -233,30 +233,43 @@ def _as_result(result: Mapping[str, Any] | None) -> dict[str, Any]:
     return result
 
 
+def _invalid(where: str, field: Any, problem: str) -> InvalidInput:
+    err = InvalidInput(f"{where}: {problem}")
+    err.field = field  # which field is at fault: an issue file reports that field's line
+    return err
+
+
 def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, Any]:
-    """Check one issue's fields for :meth:`IssueStore.add`; return them normalised."""
+    """Check one issue's fields for :meth:`IssueStore.add`; return them normalised.
+
+    The InvalidInput raised names the field at fault in its ``field`` attribute
+    (None when the item as a whole is wrong).
+    """
     if not isinstance(item, Mapping):
-        raise InvalidInput(f"{where}: expected a mapping with at least a title, got {type(item).__name__}")
+        raise _invalid(where, None, f"expected a mapping with at least a title, got {type(item).__name__}")
     allowed = {"number", "title", "body", "priority", "script", "max_attempts"}
-    unknown = set(item) - allowed
+    unknown = sorted(set(item) - allowed, key=str)
     if unknown:
-        raise InvalidInput(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(allowed))}")
+        raise _invalid(where, unknown[0], f"unknown field(s) {', '.join(map(str, unknown))}; "
+                                          f"allowed: {', '.join(sorted(allowed))}")
     title = item.get("title")
     if not isinstance(title, str) or not title.strip():
-        raise InvalidInput(f"{where}: a non-empty 'title' is required")
+        raise _invalid(where, "title" if "title" in item else None, "a non-empty 'title' is required")
     priority = item.get("priority", "medium")
     if priority not in PRIORITIES:
-        raise InvalidInput(f"{where}: priority {priority!r} is not one of {', '.join(PRIORITIES)}")
+        raise _invalid(where, "priority", f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
     body = item.get("body", "")
     script = item.get("script")
-    if not isinstance(body, str) or (script is not None and not isinstance(script, str)):
-        raise InvalidInput(f"{where}: 'body' and 'script' must be text")
+    if not isinstance(body, str):
+        raise _invalid(where, "body", "'body' must be text")
+    if script is not None and not isinstance(script, str):
+        raise _invalid(where, "script", "'script' must be text")
     number = item.get("number")
     if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 1):
-        raise InvalidInput(f"{where}: 'number' must be a positive integer")
+        raise _invalid(where, "number", "'number' must be a positive integer")
     max_attempts = item.get("max_attempts")
     if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1):
-        raise InvalidInput(f"{where}: 'max_attempts' must be a positive integer")
+        raise _invalid(where, "max_attempts", "'max_attempts' must be a positive integer")
     return {
         "number": number,
         "title": title.strip(),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .. import issuefile
+from ..errors import InvalidInput
 from ..issues import IssueStore
 from .edge import Namespace, emit_json, settings, table, task
 
@@ -26,7 +27,7 @@ def open_store(c) -> IssueStore:
 })
 def add(c, title, body="", priority="medium", script=None, max_attempts=None, json=False):
     """Add one issue to the queue."""
-    attempts = int(max_attempts) if max_attempts is not None else None
+    attempts = _number(max_attempts, "max-attempts") if max_attempts is not None else None
     issue = open_store(c).add(title, body=body, priority=priority, script=script, max_attempts=attempts)
     if json:
         emit_json(issue.to_dict())
@@ -96,12 +97,12 @@ def block(c, number):
     print(f"#{issue.number} is {issue.status}")
 
 
-def _number(value) -> int:
-    from ..errors import InvalidInput
-
-    text = str(value).lstrip("#")
-    if not text.isdigit():
-        raise InvalidInput(f"issue number {value!r} is not a number: give e.g. 42 or #42")
+def _number(value, what: str = "issue number") -> int:
+    """A positive integer from the command line (``#42`` too), or InvalidInput."""
+    text = str(value).strip().lstrip("#")
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise InvalidInput(f"{what} {value!r} is not a positive number: give e.g. 42"
+                           + (" or #42" if what == "issue number" else ""))
     return int(text)
 
 
