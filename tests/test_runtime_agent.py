@@ -466,6 +466,8 @@ def test_agent_kinds_run_their_program_with_the_issue(site, kind):
     issue = site.store.get(1)
     assert git(site.repo, "show", f"{issue.commit}:agent-edits.txt") == \
         f"{call['name']} edited for issue 1\n"
+    committed = json.loads(git(site.repo, "show", f"{issue.commit}:.{call['name']}.argv.json"))
+    assert committed[0].endswith(call["name"]) and committed[1:] == call["argv"]
     assert commit_info(site.repo, issue.commit)["author"] == "agent-001"
 
 

@@ -438,7 +438,7 @@ class Agent:
             self._fail(attempt, f"the agent left branch {attempt.branch} for {current or 'a detached HEAD'}: "
                        f"agents must stay on the issue branch", salvage_reason="failed")
             return
-        subject = f"#{number}: {attempt.claim.issue.title}"
+        subject = f"#{number}: {' '.join(attempt.claim.issue.title.split())}"  # one line, whatever the title
         sha = self.workspace.commit_all(subject[:72], {
             "Issue": f"#{number}", "Agent": s.agent_id, "Lease-Token": str(attempt.claim.token)})
         self.mark()
