@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -42,6 +43,9 @@ DOCKERFILE = "docker/autopilot/Dockerfile"
 AGENT_CLIS = ("none", "codex", "claude")
 
 _PACKAGE = Path(__file__).resolve().parent
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# build output lines that say nothing about what went wrong
+_BOOKKEEPING = re.compile(r"^(---> |Running in |Removing intermediate container|Step \d+/\d+ :)")
 
 
 def project_root() -> Path:
@@ -136,6 +140,7 @@ def build(settings: Any, progress: Progress = print, nocache: bool = False) -> s
     progress(f"built {settings.image} ({built.short_id})")
     if previous and previous != built.id:
         _remove_quietly(previous)
+    _prune_replaced()
     return image_id or built.id
 
 
@@ -146,6 +151,17 @@ def _image_id(name: str) -> str | None:
         return docker_client.client().images.get(name).id
     except ImageNotFound:
         return None
+
+
+def _prune_replaced() -> None:
+    # earlier builds that were still in use when replaced; only images of ours
+    # (they carry LABEL_HASH) and only those no tag points to any more
+    try:
+        stale = docker_client.client().images.list(filters={"dangling": True, "label": LABEL_HASH})
+    except Exception:  # noqa: BLE001 - housekeeping must never fail a build
+        return
+    for old in stale:
+        _remove_quietly(old.id)
 
 
 def _remove_quietly(image_id: str) -> None:
@@ -169,14 +185,19 @@ def _stream_build(api: Any, settings: Any, context: Path, path: Path, base: str,
     for chunk in stream:
         if "error" in chunk:
             detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
+            # "The command '<the whole RUN script>' returned a non-zero code: 1"
+            detail = re.sub(r"^The command '.*' returned a non-zero code: (\d+)$",
+                            r"a RUN step exited with \1", str(detail).strip(), flags=re.S)
             raise ImageBuildError(f"building {settings.image} failed: {_one_line(detail)}"
-                                  f"{' (last output: ' + last + ')' if last else ''}")
+                                  f"{' (last output: ' + last + ')' if last else ''}: see the output above")
         if isinstance(chunk.get("aux"), dict):
             image_id = chunk["aux"].get("ID", image_id)
-        for line in str(chunk.get("stream", "")).splitlines():
+        for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
             if line.strip():
-                last = _one_line(line)
-                progress(line.rstrip())
+                short = _one_line(line)
+                progress(short)  # a RUN step echoes its whole script: keep lines short
+                if not _BOOKKEEPING.match(short):
+                    last = short
     return image_id, last
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
 import uuid
 
 import pytest
@@ -230,8 +229,34 @@ def test_pull_of_an_unreachable_registry_returns_the_reason(settings):
     assert reason and "\n" not in reason
 
 
-def test_subprocess_is_not_used_at_import():  # `inv --list` needs no Docker and no build
-    result = subprocess.run(["python3", "-c", "import parallel_autopilot.image, parallel_autopilot.compose, "
-                             "parallel_autopilot.docker_client, sys; print('docker' in sys.modules)"],
-                            capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+
+class FakeBuildApi:
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.kwargs = None
+
+    def build(self, **kwargs):
+        self.kwargs = kwargs
+        return iter(self.chunks)
+
+
+def test_a_failing_run_step_is_one_line_with_the_last_real_output(settings, tmp_path):
+    api = FakeBuildApi([
+        {"stream": "Step 5/13 : RUN set -eu; npm install -g @openai/codex\n"},
+        {"stream": " ---> Running in 12ae927ba4bc\n"},
+        {"stream": "\x1b[91mnpm ERR! request to https://registry.npmjs.org/@openai%2fcodex failed\x1b[0m\n"},
+        {"stream": "Removing intermediate container 12ae927ba4bc\n"},
+        {"error": "The command '/bin/sh -c set -eu;\n npm install -g @openai/codex' returned a non-zero code: 1",
+         "errorDetail": {"message": "The command '/bin/sh -c set -eu;\n npm install -g @openai/codex' "
+                                    "returned a non-zero code: 1"}},
+    ])
+    lines = []
+    with pytest.raises(ImageBuildError) as err:
+        image._stream_build(api, settings, image.project_root(), image.dockerfile(), "base:1", {}, False,
+                            lines.append)
+    assert str(err.value) == (f"building {settings.image} failed: a RUN step exited with 1 (last output: "
+                              "npm ERR! request to https://registry.npmjs.org/@openai%2fcodex failed): "
+                              "see the output above")
+    assert api.kwargs["buildargs"] == {"BASE_IMAGE": "base:1", "AGENT_CLI": "none"}
+    assert api.kwargs["dockerfile"] == image.DOCKERFILE and api.kwargs["pull"] is False
+    assert all("\x1b" not in line for line in lines)

@@ -1,0 +1,53 @@
+"""docker_client.py: lazy, pinged, and one clear line when the daemon is away."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from parallel_autopilot import docker_client
+from parallel_autopilot.errors import DockerUnavailable
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    docker_client.reset()
+    yield
+    docker_client.reset()
+
+
+def test_unreachable_daemon_is_one_line_naming_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+    with pytest.raises(DockerUnavailable) as err:
+        docker_client.client()
+    message = str(err.value)
+    assert message.startswith("Docker is not reachable (")
+    assert message.endswith("start the daemon (`sudo systemctl start docker` or scripts/bootstrap.sh)")
+    assert "\n" not in message
+    assert docker_client.available() is False
+
+
+def test_importing_the_package_contacts_no_daemon():
+    code = ("import parallel_autopilot.docker_client, parallel_autopilot.image, parallel_autopilot.compose, "
+            "parallel_autopilot.platform, sys; print('docker' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"DOCKER_HOST": "unix:///nonexistent", "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "False"
+
+
+def test_long_reasons_are_shortened():
+    err = docker_client.unavailable("x" * 500)
+    assert len(str(err)) < 300
+
+
+@pytest.mark.docker
+def test_client_is_shared_and_pinged():
+    first = docker_client.client()
+    assert docker_client.client() is first
+    fresh = docker_client.new_client(timeout=None)
+    try:
+        assert fresh is not first and fresh.ping()
+    finally:
+        fresh.close()
