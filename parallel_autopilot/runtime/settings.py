@@ -40,7 +40,7 @@ class RuntimeSettings:
     grace_seconds: float = 10.0
     heartbeat_file: Path = Path("/run/autopilot/heartbeat")
     credentials: Path = Path("/run/credentials")
-    stale_seconds: float = 60.0
+    stale_seconds: float = 8.0
 
     @property
     def renew_seconds(self) -> float:
@@ -50,7 +50,7 @@ class RuntimeSettings:
     @property
     def report_seconds(self) -> float:
         """How often the agents table hears from us (also while idle)."""
-        return min(self.renew_seconds, 5.0)
+        return min(self.renew_seconds, 1.0)
 
     @property
     def stall_seconds(self) -> float:
@@ -105,5 +105,5 @@ class RuntimeSettings:
             grace_seconds=number("AUTOPILOT_GRACE_SECONDS", 10.0),
             heartbeat_file=Path(env.get("AUTOPILOT_HEARTBEAT_FILE", "").strip() or "/run/autopilot/heartbeat"),
             credentials=Path(env.get("AUTOPILOT_CREDENTIALS", "").strip() or "/run/credentials"),
-            stale_seconds=number("AUTOPILOT_STALE_SECONDS", 60.0),
+            stale_seconds=number("AUTOPILOT_STALE_SECONDS", 8.0),
         )

@@ -39,9 +39,9 @@ def task(*args: Any, **kwargs: Any) -> Callable:
     return decorate
 
 
-def settings(c) -> config.Settings:
+def settings(c, **overrides) -> config.Settings:
     """The Settings for this invocation (see :mod:`parallel_autopilot.config`)."""
-    return config.load(c.config)
+    return config.load(c.config, **overrides)
 
 
 def parse_count(value: Any, maximum: int, what: str = "agent count") -> int:

@@ -1,0 +1,312 @@
+"""The orchestration API: start, stop, list and read the logs of agent containers.
+
+This is the design's ``parallel/mod.rs``. The edges (tasks, GUI, Fabric, the
+shell wrapper) call these functions and nothing below them::
+
+    start_agents(settings, 3)      # worktrees, image, containers, wait until healthy
+    list_agents(settings)          # id, container state, health, issue, since, uptime
+    get_logs(settings, "agent-002", tail=50, follow=False)
+    stop_agents(settings, ["agent-002"])   # or None for all
+    resources(settings)            # platform, memory, CPUs, max agents
+
+Every check that can refuse a request runs before anything is changed, so a
+refused ``start_agents`` starts nothing and loses nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from . import compose, docker_client, image, platform, worktrees
+from .config import Settings
+from .errors import AgentNotFound, AgentsUnhealthy, InvalidAgentCount
+from .ids import agent_id, agent_ids
+from .issues import IssueStore, IssueNotFound
+
+Progress = Callable[[str], None]
+LABEL_PROJECT = "parallel-autopilot.project"
+LABEL_AGENT = "parallel-autopilot.agent"
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """One agent as the orchestrator sees it: its container joined with its heartbeat."""
+
+    id: str
+    container: str | None
+    state: str
+    health: str | None
+    activity: str
+    issue: int | None
+    issue_title: str | None
+    since: float | None
+    uptime: float | None
+    heartbeat_age: float | None
+    restarts: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def open_store(settings: Settings) -> IssueStore:
+    """The shared issue store of this repository."""
+    return IssueStore(settings.db_path, max_attempts=settings.max_attempts,
+                      backoff_seconds=settings.backoff_seconds)
+
+
+def max_agents(settings: Settings) -> int:
+    """How many agents this machine may run (platform default, memory, override)."""
+    return min(platform.limits(settings).max_agents, len(compose.services(settings)))
+
+
+def check_count(settings: Settings, n) -> int:
+    """``n`` as an int in 1..max_agents, or InvalidAgentCount naming the range."""
+    maximum = max_agents(settings)
+    if n is None:
+        raise InvalidAgentCount(f"how many agents? give --n N with N from 1 to {maximum}")
+    text = str(n).strip()
+    try:
+        count = int(text)
+    except ValueError:
+        raise InvalidAgentCount(f"agent count {text!r} is not a number: use 1 to {maximum}") from None
+    if not 1 <= count <= maximum:
+        raise InvalidAgentCount(
+            f"agent count {count} is out of range: this machine runs 1 to {maximum} agents"
+            " (autopilot.max_agents overrides)")
+    return count
+
+
+def start_agents(settings: Settings, n, *, progress: Progress = print, wait: bool = True) -> list[AgentStatus]:
+    """Run agents agent-001..agent-00n; those already running are kept.
+
+    Order: validate the count, reach Docker, open the store (refuses an unsafe
+    filesystem), then act: image, worktrees, containers, wait for health.
+    """
+    count = check_count(settings, n)
+    docker_client.client()
+    store = open_store(settings)
+    release_gone(settings, store)
+    image.ensure_image(settings, progress=progress)
+    ids = agent_ids(count)
+    progress(f"worktrees: {', '.join(ids)}")
+    worktrees.create(settings, count)
+    progress(f"starting {count} agent(s)")
+    compose.run(settings, ["up", "-d", "--no-build", *ids], limits=platform.limits(settings))
+    if wait:
+        wait_healthy(settings, ids, progress=progress)
+    return [a for a in list_agents(settings) if a.id in ids]
+
+
+def wait_healthy(settings: Settings, ids: Iterable[str], *, progress: Progress = print,
+                 timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> list[AgentStatus]:
+    """Block until every agent in ``ids`` is running and healthy, or AgentsUnhealthy."""
+    wanted = set(ids)
+    deadline = clock() + (timeout if timeout is not None else settings.start_timeout_seconds)
+    reported = set()
+    while True:
+        agents = {a.id: a for a in list_agents(settings) if a.id in wanted}
+        healthy = {i for i, a in agents.items() if a.state == "running" and a.health == "healthy"}
+        for i in sorted(healthy - reported):
+            progress(f"{i} healthy")
+        reported |= healthy
+        if healthy == wanted:
+            return [agents[i] for i in sorted(wanted)]
+        if clock() > deadline:
+            bad = ", ".join(f"{i} ({agents[i].state}/{agents[i].health})" if i in agents else f"{i} (missing)"
+                            for i in sorted(wanted - healthy))
+            raise AgentsUnhealthy(f"not healthy after {settings.start_timeout_seconds}s: {bad}; "
+                                  "see `inv logs.tail --id <id>`")
+        sleep(0.25)
+
+
+def stop_agents(settings: Settings, ids: Iterable[str] | None = None, *,
+                progress: Progress = print) -> list[str]:
+    """Stop and remove the given agents (all when None); free any claim they still hold.
+
+    Each agent gets ``stop_grace_seconds`` to release its issue itself (SIGTERM);
+    whatever a killed agent still held is released here.
+    """
+    running = {a.id: a for a in list_agents(settings)}
+    if ids is None:
+        targets = sorted(running)
+    else:
+        targets = sorted({agent_id(i) for i in ids})
+        missing = [i for i in targets if i not in running]
+        if missing:
+            raise AgentNotFound(f"no such agent: {', '.join(missing)}; running: "
+                                f"{', '.join(sorted(running)) or 'none'} (see `agents.status`)")
+    if not targets:
+        progress("no agents running")
+        return []
+    progress(f"stopping {', '.join(targets)} (grace {settings.stop_grace_seconds}s)")
+    compose.run(settings, ["stop", "-t", str(settings.stop_grace_seconds), *targets])
+    compose.run(settings, ["rm", "-f", *targets])
+    store = open_store(settings)
+    for target in targets:
+        freed = store.release_agent(target, reason="stopped by the orchestrator")
+        if freed:
+            progress(f"{target}: released #{', #'.join(map(str, freed))}")
+    return targets
+
+
+def restart_agent(settings: Settings, agent: str, *, progress: Progress = print) -> AgentStatus:
+    """Restart one agent's container (it releases its old claim when it boots)."""
+    target = agent_id(agent)
+    if target not in {a.id for a in list_agents(settings)}:
+        raise AgentNotFound(f"no such agent: {target} (see `agents.status`)")
+    compose.run(settings, ["restart", "-t", str(settings.stop_grace_seconds), target])
+    progress(f"{target} restarted")
+    return next(a for a in list_agents(settings) if a.id == target)
+
+
+def release_gone(settings: Settings, store: IssueStore | None = None) -> dict[str, list[int]]:
+    """Free claims held by agents whose container no longer runs (crash recovery)."""
+    store = store or open_store(settings)
+    alive = {a.id for a in list_agents(settings) if a.state in ("running", "restarting")}
+    freed = {}
+    for issue in store.list("claimed"):
+        if issue.owner and issue.owner.startswith("agent-") and issue.owner not in alive:
+            freed.setdefault(issue.owner, []).extend(
+                store.release_agent(issue.owner, reason="container gone"))
+    return freed
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value or value.startswith("0001-"):
+        return None
+    # Docker gives RFC 3339 with nanoseconds; Python takes microseconds
+    head, _, frac = value.rstrip("Z").partition(".")
+    stamp = dt.datetime.fromisoformat(head + (("." + frac[:6]) if frac else "")).replace(tzinfo=dt.timezone.utc)
+    return stamp.timestamp()
+
+
+def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentStatus]:
+    """The agents of this repository: container state and health joined with heartbeats."""
+    now = time.time() if now is None else now
+    containers = docker_client.client().containers.list(
+        all=True, filters={"label": f"{LABEL_PROJECT}={compose.project_name(settings)}"})
+    rows = {}
+    titles = {}
+    if settings.db_path.exists():
+        store = open_store(settings)
+        rows = {r.id: r for r in store.agents()}
+    result = []
+    for container in containers:
+        attrs = container.attrs
+        ident = container.labels.get(LABEL_AGENT)
+        if not ident:
+            continue
+        state = attrs.get("State", {})
+        started = _parse_time(state.get("StartedAt")) if state.get("Status") == "running" else None
+        row = rows.get(ident)
+        issue = row.issue if row and row.state == "working" else None
+        if issue is not None and issue not in titles:
+            try:
+                titles[issue] = store.get(issue).title
+            except IssueNotFound:
+                titles[issue] = None
+        result.append(AgentStatus(
+            id=ident,
+            container=container.name,
+            state=state.get("Status", "unknown"),
+            health=(state.get("Health") or {}).get("Status"),
+            activity=row.state if row else "unknown",
+            issue=issue,
+            issue_title=titles.get(issue),
+            since=started,
+            uptime=round(now - started, 1) if started else None,
+            heartbeat_age=round(now - row.heartbeat_at, 1) if row else None,
+            restarts=attrs.get("RestartCount", 0),
+        ))
+    return sorted(result, key=lambda a: a.id)
+
+
+def agent_log_path(settings: Settings, agent: str) -> Path:
+    """``docs/logs/agents/<agent-id>/agent.log``."""
+    return settings.logs_path / "agents" / agent_id(agent) / "agent.log"
+
+
+def get_logs(settings: Settings, agent: str | None = None, tail: int = 100, follow: bool = False,
+             stop: threading.Event | None = None, poll: float = 0.25) -> Iterator[str]:
+    """Lines of one agent's log (or of all agents, prefixed with the id).
+
+    With ``follow`` the generator keeps yielding new lines until ``stop`` is
+    set. An unknown agent raises AgentNotFound before anything is yielded.
+    """
+    if agent is not None:
+        paths = {agent_id(agent): agent_log_path(settings, agent)}
+        if not paths[agent_id(agent)].exists() and agent_id(agent) not in {a.id for a in list_agents(settings)}:
+            raise AgentNotFound(f"no logs for {agent_id(agent)}: it never ran here (see `agents.status`)")
+    else:
+        root = settings.logs_path / "agents"
+        paths = {p.name: p / "agent.log" for p in sorted(root.glob("agent-*"))} if root.exists() else {}
+    return _follow(paths, tail, follow, stop or threading.Event(), poll, prefix=agent is None)
+
+
+def _follow(paths: dict[str, Path], tail: int, follow: bool, stop: threading.Event, poll: float,
+            prefix: bool) -> Iterator[str]:
+    offsets = {}
+    lines = []
+    for ident, path in paths.items():
+        data = path.read_text(errors="replace") if path.exists() else ""
+        offsets[ident] = len(data.encode())
+        lines += [(line, ident) for line in data.splitlines()]
+    if prefix:
+        lines.sort(key=lambda item: item[0][:24])  # lines start with a UTC timestamp
+    for line, ident in lines[-tail:] if tail else []:
+        yield f"{ident} | {line}" if prefix else line
+    buffers = dict.fromkeys(paths, b"")
+    while follow and not stop.is_set():
+        grew = False
+        for ident, path in paths.items():
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size < offsets[ident]:  # truncated or replaced: start over
+                offsets[ident] = 0
+            if size > offsets[ident]:
+                with path.open("rb") as handle:
+                    handle.seek(offsets[ident])
+                    chunk = handle.read(size - offsets[ident])
+                offsets[ident] = size
+                *complete, buffers[ident] = (buffers[ident] + chunk).split(b"\n")
+                for raw in complete:
+                    line = raw.decode(errors="replace")
+                    yield f"{ident} | {line}" if prefix else line
+                grew = True
+        if not grew:
+            stop.wait(poll)
+
+
+def resources(settings: Settings) -> dict:
+    """Platform, memory, CPUs, per-agent limits and the maximum number of agents."""
+    host = platform.detect()
+    limits = platform.limits(settings, host)
+    try:
+        docker_client.client()
+        docker_ok = True
+    except Exception:  # noqa: BLE001 - any failure means "not reachable" here
+        docker_ok = False
+    return {
+        "platform": f"{host.os} {host.arch}",
+        "arch": host.arch,
+        "cpus": host.cpus,
+        "memory_total": host.memory_total,
+        "memory_used": host.memory_total - host.memory_available,
+        "max_agents": min(limits.max_agents, len(compose.services(settings))),
+        "memory_per_agent": limits.memory,
+        "cpus_per_agent": limits.cpus,
+        "profile": limits.profile,
+        "docker": docker_ok,
+    }

@@ -1,0 +1,59 @@
+"""Top-level tasks: ``build``, ``cleanup``, ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import demo as demo_lib
+from .. import fleet, image, worktrees
+from .edge import emit_json, settings, table, task
+
+
+@task(help={"rebuild": "build even if the image is up to date",
+            "base_image": "base image (default autopilot.base_image; built offline with debootstrap if it cannot be pulled)",
+            "agent_cli": "also install an agent CLI in the image: none (default), codex or claude"})
+def build(c, rebuild=False, base_image=None, agent_cli=None):
+    """Build the agent image (docker/autopilot/Dockerfile)."""
+    s = settings(c)
+    s = s.replace(**{k: v for k, v in {"base_image": base_image, "agent_cli": agent_cli}.items() if v})
+    tag = image.ensure_image(s, progress=print, rebuild=rebuild)
+    print(f"image ready: {tag}")
+
+
+@task(help={"force": "also remove dirty worktrees and delete agent branches with unmerged commits",
+            "json": "print the report as JSON"})
+def cleanup(c, force=False, json=False):
+    """Stop and remove the agents, then remove worktrees whose work is safe to drop.
+
+    Dirty worktrees and agent branches with unmerged commits are KEPT (and
+    listed) unless --force; issue branches (autopilot/issue-N) are never deleted.
+    """
+    s = settings(c)
+    stopped = fleet.stop_agents(s, progress=print if not json else lambda _: None)
+    report = worktrees.remove(s, force=force, keep_unsafe=True)
+    if json:
+        emit_json({"stopped": stopped, **report.to_dict()})
+        return
+    print(report.summary())
+
+
+@task(help={"dir": "where to create the sample repository (default: a new temporary directory)",
+            "n": "number of agents (default 3; also -n)", "keep": "leave the agents running afterwards",
+            "json": "print the results as JSON"})
+def demo(c, dir=None, n=3, keep=False, json=False):
+    """Run the demo: a sample repository, 12 issues with scripts, 3 agents in containers."""
+    directory = demo_lib.new_directory(Path(dir) if dir else None)
+    result = demo_lib.run_demo(settings(c, repo=str(directory)), directory, agents=int(n), keep_running=keep,
+                               progress=print if not json else lambda _: None)
+    rows = [(f"#{i.number}", i.status, i.owner or "", i.branch or "", (i.commit or "")[:10],
+             f"{i.duration:.1f}s" if i.duration else "", i.title) for i in result.issues]
+    if json:
+        emit_json({"repo": str(result.repo), "seconds": result.seconds,
+                   "issues": [i.to_dict() for i in result.issues]})
+    else:
+        print(table(rows, ["issue", "status", "agent", "branch", "commit", "duration", "title"]))
+        print(f"{sum(i.status == 'done' for i in result.issues)}/{len(result.issues)} issues done "
+              f"in {result.seconds:.1f}s by {n} agents; repository: {result.repo}")
+    if not result.ok:
+        from invoke import Exit
+        raise Exit("error: some demo issues did not finish: see `inv issues.list` in the demo repository", code=1)
