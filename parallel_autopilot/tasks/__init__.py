@@ -17,6 +17,12 @@ ns.add_collection(bench.ns)
 from . import gui  # noqa: E402
 
 ns.add_collection(gui.ns)
+from . import agents, logs, root  # noqa: E402
+
+ns.add_collection(agents.ns)
+ns.add_collection(logs.ns)
+for _task in (root.build, root.cleanup, root.demo):
+    ns.add_task(_task)
 from ..config import DEFAULTS  # noqa: E402
 
 # invoke maps INVOKE_AUTOPILOT_<KEY> variables only onto keys it knows
