@@ -114,3 +114,10 @@ class RemoteError(AutopilotError):
 
     exit_code = 11
     http_status = 502
+
+
+class BenchmarkFailed(AutopilotError):
+    """A benchmark scenario failed; the report naming it was still written."""
+
+    exit_code = 12
+    http_status = 500

@@ -1,0 +1,24 @@
+"""``inv bench``: what parallelism buys, measured against baselines in the same run.
+
+One module per scenario, each measuring our figure AND its baseline, run by run:
+
+- :mod:`.queue` - claim+complete throughput and claim latency of the issue store at
+  1, 4 and 10 processes (and 10 split over containers) against a bare SQLite loop;
+- :mod:`.startup` - ``fleet.start_agents`` until healthy against bare
+  ``git worktree add`` + ``docker run -d``;
+- :mod:`.throughput` - makespan of M sleeping issues with N agents, speedup, efficiency;
+- :mod:`.recovery` - an agent SIGKILLed mid-issue: seconds until its issue is claimed again;
+- :mod:`.stop` - ``fleet.stop_agents`` mid-work against bare ``docker stop``;
+- :mod:`.footprint` - memory of an idle agent against a bare Python container.
+
+:mod:`.runner` runs them and :mod:`.report` writes JSON, Markdown and a PNG chart.
+
+This ``__init__`` stays standard-library-only and imports nothing: the queue
+worker (``python3 -m parallel_autopilot.bench.queue``) also runs inside agent
+containers, where only the standard library exists.
+"""
+
+#: Every scenario, in the order a full run executes them.
+SCENARIOS = ("queue", "startup", "throughput", "recovery", "stop", "footprint")
+
+__all__ = ["SCENARIOS"]

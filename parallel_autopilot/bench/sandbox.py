@@ -1,0 +1,216 @@
+"""Throw-away repositories where the fleet scenarios start real agents.
+
+A :class:`Sandbox` is a fresh git repository under the run's scratch directory
+with Settings of its own: its own compose project (named after the run, so two
+runs or two engineers never collide), state directory, worktrees and logs;
+``script`` agents with the light profile on network ``none``. The user's
+repository and queue are never touched. Leaving the ``with`` block stops the
+agents and removes every container the sandbox made, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .. import config
+from ..issues import IssueStore
+from .context import Context
+from .progress import quiet
+
+#: Label on every bare (baseline) container, valued with the run id: cleanup finds them all.
+LABEL_BENCH = "parallel-autopilot.bench"
+
+#: The user's settings that shape what is measured and are kept in sandboxes.
+KEPT = ("image", "base_image", "agent_cli", "lease_seconds", "max_attempts", "backoff_seconds",
+        "issue_timeout", "poll_seconds", "watchdog_seconds", "pids_limit", "stop_grace_seconds",
+        "health_interval_seconds", "start_timeout_seconds")
+
+
+def fleet_problem(ctx: Context) -> str | None:
+    """Why the fleet scenarios cannot run here (None when they can)."""
+    if ctx.image is None:
+        return ctx.image_problem or "the agent image is not available"
+    try:
+        from .. import fleet
+    except ImportError as err:
+        return f"parallel_autopilot.fleet cannot be imported ({err})"
+    missing = [f for f in ("start_agents", "stop_agents", "list_agents") if not hasattr(fleet, f)]
+    return f"parallel_autopilot.fleet lacks {', '.join(missing)}" if missing else None
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in ``repo`` (the sandbox's own repository); raise on failure."""
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    return proc.stdout
+
+
+class Sandbox:
+    """A fresh repository named ``name`` with its own fleet Settings (``.settings``)."""
+
+    def __init__(self, ctx: Context, name: str, **overrides: Any):
+        self.ctx = ctx
+        self.name = name
+        self.root = ctx.workdir / name
+        self.repo = self.root / "repo"
+        self.project = f"pa-bench-{ctx.run_id}-{name}"
+        self.repo.mkdir(parents=True)
+        git(self.repo, "init", "-q", "-b", "main")
+        git(self.repo, "config", "user.name", "bench")
+        git(self.repo, "config", "user.email", "bench@localhost")
+        (self.repo / "README.md").write_text(f"benchmark sandbox {self.project}\n")
+        git(self.repo, "add", "README.md")
+        git(self.repo, "commit", "-q", "-m", "sandbox")
+        user = {k: ctx.settings.values[k] for k in KEPT if k in ctx.settings.values}
+        absent = self.root / "absent"  # credentials: none (compose mounts a placeholder)
+        values = {
+            **user,
+            "image": ctx.image or user.get("image"),
+            "project": self.project,
+            "state_dir": ".autopilot", "worktrees_dir": ".worktrees", "logs_dir": "docs/logs",
+            "base_branch": "main",
+            "agent_kind": "script", "agent_command": None, "profile": "light",
+            "memory": None, "cpus": None, "max_agents": 10,
+            "network": "none", "env_file": None,
+            "codex_home": str(absent / "codex"), "ssh_dir": str(absent / "ssh"),
+            "gitconfig": str(absent / "gitconfig"),
+            **overrides,
+        }
+        self.settings = config.load({"autopilot": values}, repo=str(self.repo))
+        self.bare: list[str] = []
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the queue -----------------------------------------------------------
+
+    def store(self) -> IssueStore:
+        """The sandbox's issue store."""
+        return IssueStore(self.settings.db_path, max_attempts=self.settings.max_attempts,
+                          backoff_seconds=self.settings.backoff_seconds)
+
+    def add_sleepers(self, count: int, seconds: float, title: str) -> list[int]:
+        """Add ``count`` issues whose script sleeps ``seconds``; return their numbers."""
+        store = self.store()
+        items = [{"title": f"{title} {i + 1}/{count}", "script": f"sleep {seconds:g}"} for i in range(count)]
+        return [issue.number for issue in store.add_many(items)]
+
+    # -- the fleet -----------------------------------------------------------
+
+    def start(self, n: int, progress: Callable[[str], None] | None = None) -> list:
+        """``fleet.start_agents`` of this sandbox (waits until healthy)."""
+        from .. import fleet
+
+        return fleet.start_agents(self.settings, n, progress=progress or self.ctx.progress)
+
+    def stop(self, ids: Iterable[str] | None = None, progress: Callable[[str], None] | None = None) -> list[str]:
+        """``fleet.stop_agents`` of this sandbox."""
+        from .. import fleet
+
+        return fleet.stop_agents(self.settings, ids, progress=progress or self.ctx.progress)
+
+    def agents(self) -> list:
+        """``fleet.list_agents`` of this sandbox."""
+        from .. import fleet
+
+        return fleet.list_agents(self.settings)
+
+    def reset_worktrees(self) -> None:
+        """Remove every agent worktree and branch, so the next start makes them anew."""
+        from .. import worktrees
+
+        worktrees.remove(self.settings, force=True)
+
+    # -- bare containers (baselines) -----------------------------------------
+
+    def bare_name(self, label: str) -> str:
+        """A unique name for a baseline container of this sandbox."""
+        return f"{self.project}-bare-{label}"
+
+    def docker_run(self, name: str, *argv: str, command: Iterable[str] = (), entrypoint: str | None = None) -> str:
+        """``docker run -d`` of the agent image with the agents' light limits; return the id."""
+        from .. import platform
+
+        limits = platform.limits(self.settings)
+        self.bare.append(name)
+        cmd = ["docker", "run", "-d", "--name", name, "--label", f"{LABEL_BENCH}={self.ctx.run_id}",
+               "--init", "--network", "none", "--memory", limits.memory, "--cpus", str(limits.cpus),
+               "--pids-limit", str(limits.pids), *argv]
+        if entrypoint:
+            cmd += ["--entrypoint", entrypoint]
+        cmd += [self.settings.image, *command]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"docker run {name}: {proc.stderr.strip().splitlines()[-1:]}")
+        return proc.stdout.strip()
+
+    def docker_rm(self, names: Iterable[str]) -> None:
+        """``docker rm -f`` of baseline containers (no error if already gone)."""
+        names = list(names)
+        if names:
+            subprocess.run(["docker", "rm", "-f", *names], capture_output=True, timeout=120)
+            self.bare = [n for n in self.bare if n not in names]
+
+    # -- cleanup -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the agents and remove every container of this sandbox (never raises)."""
+        try:
+            self.stop(progress=quiet)
+        except Exception:  # noqa: BLE001 - cleanup goes on with the blunt tools below
+            pass
+        self.docker_rm(self.bare)
+        remove_labelled(f"parallel-autopilot.project={self.project}")
+
+
+def remove_labelled(label: str) -> None:
+    """``docker rm -f`` every container carrying ``label`` (``key=value``)."""
+    proc = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True,
+                          text=True, timeout=60)
+    ids = proc.stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, *, poll: float = 0.05,
+             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Poll ``predicate`` until it returns something truthy; TimeoutError naming ``what``."""
+    deadline = clock() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if clock() > deadline:
+            raise TimeoutError(f"{what}: not reached after {timeout:g}s")
+        sleep(poll)
+
+
+def container_memory(name: str) -> dict[str, float]:
+    """Memory of a running container in MiB, the way ``docker stats`` counts it.
+
+    ``used`` is the cgroup's usage minus inactive page cache (what ``docker
+    stats`` shows); ``rss`` is anonymous memory; ``usage`` is the raw counter.
+    """
+    from .. import docker_client
+
+    data = docker_client.client().api.stats(name, stream=False, one_shot=True)
+    memory = data.get("memory_stats") or {}
+    detail = memory.get("stats") or {}
+    usage = float(memory.get("usage") or 0)
+    inactive = float(detail.get("total_inactive_file", detail.get("inactive_file", 0)))
+    rss = float(detail.get("total_rss", detail.get("rss", detail.get("anon", 0))))
+    mib = 1024 * 1024
+    if usage <= 0:
+        raise RuntimeError(f"docker stats of {name} gave no memory usage: {json.dumps(memory)[:200]}")
+    return {"used": (usage - inactive) / mib, "rss": rss / mib, "usage": usage / mib}
+
+
+__all__ = ["Sandbox", "LABEL_BENCH", "fleet_problem", "git", "remove_labelled", "wait_for", "container_memory"]
