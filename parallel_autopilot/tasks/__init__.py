@@ -23,6 +23,9 @@ ns.add_collection(agents.ns)
 ns.add_collection(logs.ns)
 for _task in (root.build, root.cleanup, root.demo):
     ns.add_task(_task)
+from . import remote  # noqa: E402
+
+ns.add_collection(remote.ns)
 from ..config import DEFAULTS  # noqa: E402
 
 # invoke maps INVOKE_AUTOPILOT_<KEY> variables only onto keys it knows
