@@ -149,10 +149,9 @@ def compose_env(settings: Any, limits: platform_mod.Limits | None = None, *, str
     """
     limits = limits or platform_mod.limits(settings)
     git_dir = _git_dir(settings, strict)
-    owner = git_dir if git_dir.exists() else Path(settings.repo)
-    stat = owner.stat()
-    uid = stat.st_uid if uid is None else uid
-    gid = stat.st_gid if gid is None else gid
+    owner_uid, owner_gid = repo_owner(settings, strict)
+    uid = owner_uid if uid is None else uid
+    gid = owner_gid if gid is None else gid
 
     state, logs = settings.state_path, settings.logs_path
     generated = state / GENERATED
@@ -210,6 +209,33 @@ def limits_override(settings: Any, limits: platform_mod.Limits) -> Path:
     if not (path.is_file() and path.read_text() == text):
         path.write_text(text)
     return path
+
+
+def repo_owner(settings: Any, strict: bool = True) -> tuple[int, int]:
+    """(uid, gid) owning the repository's git directory: who the agents run as."""
+    git_dir = _git_dir(settings, strict)
+    stat = (git_dir if git_dir.exists() else Path(settings.repo)).stat()
+    return stat.st_uid, stat.st_gid
+
+
+def hand_over(settings: Any, paths: Sequence[Path]) -> None:
+    """Give ``paths`` (recursively) to the repository's owner when we run as root for someone else.
+
+    Root-made files the agents must write - the database and its -wal/-shm,
+    worktrees and their metadata in .git, agent branch refs, logs - would
+    otherwise be read-only for the agents' uid. ``chown`` by path opens
+    nothing, so SQLite's locks in this process are untouched.
+    """
+    uid, gid = repo_owner(settings)
+    if os.geteuid() != 0 or (uid, gid) == (0, 0):
+        return
+    for top in paths:
+        if not top.exists():
+            continue
+        os.chown(top, uid, gid)
+        for root, dirs, files in os.walk(top):
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
 
 
 def _git_dir(settings: Any, strict: bool) -> Path:

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 
 from . import compose, docker_client, image, platform, worktrees
 from .config import Settings
+from .git import Git
 from .errors import AgentNotFound, AgentsUnhealthy, InvalidAgentCount
 from .ids import agent_id, agent_ids
 from .issues import IssueStore, IssueNotFound
@@ -99,6 +100,10 @@ def start_agents(settings: Settings, n, *, progress: Progress = print, wait: boo
     ids = agent_ids(count)
     progress(f"worktrees: {', '.join(ids)}")
     worktrees.create(settings, count)
+    git_dir = Git(settings.repo).common_dir()
+    compose.hand_over(settings, [settings.state_path, settings.logs_path, settings.worktrees_path,
+                                 git_dir / "worktrees", git_dir / "refs" / "heads" / "agent",
+                                 git_dir / "logs" / "refs" / "heads" / "agent"])
     progress(f"starting {count} agent(s)")
     compose.run(settings, ["up", "-d", "--no-build", *ids], limits=platform.limits(settings))
     if wait:

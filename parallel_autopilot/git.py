@@ -28,6 +28,32 @@ _LOCATION_VARIABLES = (
 )
 
 
+def _owner_credentials(path: Path) -> tuple[int, int, str] | None:
+    """(uid, gid, home) to run git as, when root works on another user's repository.
+
+    git refuses a repository its user does not own ("dubious ownership"), and
+    what root's git writes (worktree metadata, refs) would be read-only for
+    the agents, who run as the owner. So root runs git AS the owner: nothing
+    of the owner's repository is trusted with root, and every file git makes
+    belongs to the owner.
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    stat = probe.stat()
+    if stat.st_uid == 0:
+        return None
+    try:
+        import pwd
+
+        home = pwd.getpwuid(stat.st_uid).pw_dir
+    except (ImportError, KeyError):
+        home = "/nonexistent"
+    return stat.st_uid, stat.st_gid, home
+
+
 @dataclass(frozen=True)
 class WorktreeEntry:
     """One record of ``git worktree list --porcelain``."""
@@ -56,10 +82,29 @@ class Git:
         config: Mapping[str, str] | None = None,
         popen: Callable[..., subprocess.Popen] = subprocess.Popen,
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(path).absolute()
         self.timeout = timeout
         self.config = dict(config or {})
         self._popen = popen
+        self._as_owner = _owner_credentials(self.path)
+
+    def makedirs(self, path: str | os.PathLike) -> None:
+        """``mkdir -p`` for a directory git will write into, owned like the repository.
+
+        Root working on another user's repository runs git as that user (see
+        ``_owner_credentials``); directories made for git must be theirs too.
+        """
+        path = Path(path)
+        missing = []
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
+        path.mkdir(parents=True, exist_ok=True)
+        if self._as_owner:
+            uid, gid, _ = self._as_owner
+            for made in missing:
+                os.chown(made, uid, gid)
 
     def __repr__(self) -> str:
         return f"Git({str(self.path)!r})"
@@ -74,6 +119,11 @@ class Git:
         full_env = {k: v for k, v in os.environ.items() if k not in _LOCATION_VARIABLES}
         full_env["GIT_TERMINAL_PROMPT"] = "0"  # never wait for a password nobody types
         full_env.update(env or {})
+        owner = {}
+        if self._as_owner:
+            uid, gid, home = self._as_owner
+            owner = {"user": uid, "group": gid, "extra_groups": [], "cwd": "/"}
+            full_env["HOME"] = home
         shown = "git " + " ".join(str(a) for a in args)
         limit = self.timeout if timeout is None else timeout
         try:
@@ -81,7 +131,7 @@ class Git:
             # (hooks, credential helpers) instead of waiting on their pipes
             proc = self._popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, errors="replace",
-                               env=full_env, start_new_session=True)
+                               env=full_env, start_new_session=True, **owner)
         except FileNotFoundError:
             raise GitError("git is not installed: install git (e.g. apt-get install git)") from None
         try:

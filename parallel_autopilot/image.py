@@ -48,6 +48,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _BOOKKEEPING = re.compile(r"^(---> |Running in |Removing intermediate container|Step \d+/\d+ :)")
 
 
+BUILD_LOCK = Path(tempfile.gettempdir()) / "parallel-autopilot-build.lock"
+
+
 def project_root() -> Path:
     """This project's checkout: the build context (holds the Dockerfile and .dockerignore)."""
     return _PACKAGE.parent
@@ -106,22 +109,32 @@ def image_status(settings: Any, client: Any = None) -> str:
 def ensure_image(settings: Any, progress: Progress = print, rebuild: bool = False) -> str:
     """Build ``settings.image`` unless it exists and matches the sources; return its name."""
     client = docker_client.client()
-    status = "rebuild asked" if rebuild else image_status(settings, client)
-    if status == "current":
+    if not rebuild and image_status(settings, client) == "current":
         progress(f"image {settings.image} is up to date")
         return settings.image
-    progress(f"image {settings.image}: {status}, building")
-    build(settings, progress=progress)
+    # one builder at a time on this host: a concurrent build's clean-up would
+    # delete our freshly built (still untagged) image, and two builds of the
+    # same sources are one too many
+    with _lock(BUILD_LOCK):
+        status = "rebuild asked" if rebuild else image_status(settings, client)
+        if status == "current":
+            progress(f"image {settings.image} is up to date (built meanwhile by another process)")
+            return settings.image
+        progress(f"image {settings.image}: {status}, building")
+        build(settings, progress=progress, _locked=True)
     return settings.image
 
 
-def build(settings: Any, progress: Progress = print, nocache: bool = False) -> str:
+def build(settings: Any, progress: Progress = print, nocache: bool = False, _locked: bool = False) -> str:
     """Build ``settings.image`` from the Dockerfile; return the image id.
 
     The base is ``settings.base_image`` if present or pullable, else the
     offline base (made once with debootstrap). Build output is streamed to
     ``progress`` line by line.
     """
+    if not _locked:
+        with _lock(BUILD_LOCK):
+            return build(settings, progress, nocache, _locked=True)
     docker_client.client()  # a clear DockerUnavailable before anything else
     context, path = project_root(), dockerfile()
     base = base_image(settings, progress=progress)

@@ -111,7 +111,7 @@ def create(settings: Settings, n: int) -> list[Worktree]:
         if entry is not None and entry.locked and not _healthy(path):
             raise GitError(f"worktree {path} is locked and its directory (or .git file) is missing: "
                            f"mount it again, or run `git worktree unlock {path}` and retry")
-    root.mkdir(parents=True, exist_ok=True)
+    git.makedirs(root)
     _exclude_from_repo(git, settings.repo, root)
     for agent in wanted:
         path, branch = root / agent, agent_branch(agent)
