@@ -149,28 +149,35 @@ def test_many_processes_complete_every_issue_exactly_once(tmp_path):
           f"{ {r['name']: r['claims'] for r in reports} }")
 
 
-def _open_and_add(path: str, name: str, go: str) -> dict:
-    _wait_for(Path(go))
-    with IssueStore(path) as store:
-        store.add(f"from {name}")
+CREATE_ROUNDS = 8
+
+
+def _open_and_add(base: str, name: str, go: str) -> dict:
+    """Round after round, open a NEW database together with the other processes and add one issue."""
+    for round_ in range(CREATE_ROUNDS):
+        _wait_for(Path(f"{go}-{round_}"))
+        with IssueStore(Path(base) / f"round-{round_}" / "autopilot.db") as store:
+            store.add(f"from {name}")
     return {"name": name}
 
 
 def test_many_processes_creating_the_database_at_once(tmp_path):
     """Containers start together: the first open of a new database races in every one of them."""
-    path = tmp_path / "state" / "autopilot.db"
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, __file__, str(path), f"agent-{i:03d}", "create", "0", str(go)],
+    procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path), f"agent-{i:03d}", "create", "0", str(go)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(1, 13)]
     time.sleep(0.5)
-    go.touch()
+    for round_ in range(CREATE_ROUNDS):
+        Path(f"{go}-{round_}").touch()
+        time.sleep(0.15)
     results = [p.communicate(timeout=120) for p in procs]
     assert [(p.returncode, err.strip().splitlines()[-1:]) for p, (_, err) in zip(procs, results)] == [(0, [])] * 12
-    with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert con.execute("SELECT count(*), count(DISTINCT title) FROM issues").fetchone() == (12, 12)
+    for round_ in range(CREATE_ROUNDS):
+        with sqlite3.connect(tmp_path / f"round-{round_}" / "autopilot.db") as con:
+            assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+            assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert con.execute("SELECT count(*), count(DISTINCT title) FROM issues").fetchone() == (12, 12)
 
 
 if __name__ == "__main__":
