@@ -58,8 +58,12 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF_SECONDS = 30.0
 DEFAULT_BUSY_TIMEOUT = 30.0
 
-#: Filesystems where SQLite's WAL (shared memory across processes) is unsafe.
-UNSAFE_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "fuse")
+#: Filesystems where SQLite's WAL (shared memory across processes) is unsafe: network
+#: filesystems and host-to-VM shares. Docker Desktop >= 4.15 shows a bind mount inside the
+#: container as ``fakeowner`` (over virtiofs or gRPC FUSE); VirtualBox, Parallels and
+#: VMware shares are ``vboxsf``, ``prl_fs`` and ``vmhgfs``; WSL1 Windows drives ``drvfs``.
+UNSAFE_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "fuse", "fakeowner",
+                      "vboxsf", "prl_fs", "vmhgfs", "drvfs", "ceph", "glusterfs", "lustre", "afs", "gpfs")
 
 MIGRATIONS = [
     # 1: the initial schema

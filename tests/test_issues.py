@@ -491,7 +491,7 @@ MOUNTINFO = """\
 
 
 @pytest.mark.parametrize("fstype", ["nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs", "fuse",
-                                    "fuse.sshfs", "fuse.grpcfuse", "fuseblk"])
+                                    "fuse.sshfs", "fuse.grpcfuse", "fuseblk", "fakeowner", "vboxsf"])
 def test_check_filesystem_refuses_network_and_fuse(tmp_path, fstype):
     base = os.path.realpath(tmp_path)
     mountinfo = tmp_path / "mountinfo"
@@ -508,9 +508,10 @@ def test_check_filesystem_refuses_network_and_fuse(tmp_path, fstype):
     assert filesystem_type(os.path.join(base, "mntx"), str(mountinfo)) == "ext4"
 
 
-def test_check_filesystem_accepts_ext4_and_this_machine(tmp_path):
+@pytest.mark.parametrize("fstype", ["ext4", "xfs", "btrfs", "overlay", "tmpfs", "zfs"])
+def test_check_filesystem_accepts_local_disks_and_this_machine(tmp_path, fstype):
     mountinfo = tmp_path / "mountinfo"
-    mountinfo.write_text(MOUNTINFO.format(base=os.path.realpath(tmp_path), fstype="ext4"))
+    mountinfo.write_text(MOUNTINFO.format(base=os.path.realpath(tmp_path), fstype=fstype))
     check_filesystem(tmp_path / "mnt" / ".autopilot", str(mountinfo))
     check_filesystem(tmp_path)  # the real /proc/self/mountinfo
     check_filesystem(tmp_path, str(tmp_path / "no-such-mountinfo"))  # no /proc: cannot tell, allowed
