@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
+from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from .config import Settings
 from .errors import Conflict, DockerUnavailable, RemoteError
@@ -101,7 +101,7 @@ def script_command(settings: Settings, script: str, args: Sequence[str] = ()) ->
 
 def connection(host: str, config: Any = None, connect_timeout: float | None = None):
     """A (lazy) Fabric Connection to ``host``; ssh config aliases resolve here."""
-    _quiet_paramiko()
+    quiet_paramiko()
     from fabric import Config, Connection
 
     conn = Connection(host, config=config if config is not None else Config())
@@ -116,9 +116,9 @@ def host_name(conn) -> str:
     return label or getattr(conn, "original_host", None) or conn.host
 
 
-def _quiet_paramiko() -> None:
-    # paramiko logs transport failures (with tracebacks) through logging's
-    # last-resort handler; the user gets our one line instead
+def quiet_paramiko() -> None:
+    """Keep paramiko's own log lines (tracebacks included) off stderr: we print one line instead."""
+    # without a handler, logging's last-resort handler would print them
     logger = logging.getLogger("paramiko")
     if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
         logger.addHandler(logging.NullHandler())
@@ -449,7 +449,7 @@ def serve_tunnelled(conn, command: str, local_port: int, remote_port: int, *,
 
 __all__ = [
     "NO_CHECKOUT", "NO_PYTHON", "PROGRAM", "HostResult", "PrefixWriter", "check_exit", "check_local_port",
-    "connection", "failure", "first_failure", "host_name", "laptop_origin", "program_command",
+    "connection", "failure", "first_failure", "host_name", "quiet_paramiko", "laptop_origin", "program_command",
     "pushed_commit", "remote_dir", "script_command", "remote_python", "remote_workdir", "run", "run_many", "setup",
     "serve_tunnelled", "shell_path", "sync",
 ]

@@ -9,7 +9,6 @@ it could have been touched.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 from parallel_autopilot import config
 from parallel_autopilot.issues import IssueStore
 
-from fixtures_ssh import ROOT, free_port, git, init_repo, laptop_untouched, run
+from fixtures_ssh import ROOT, free_port, git, laptop_untouched, run
 
 pytestmark = pytest.mark.ssh
 

@@ -261,3 +261,36 @@ def test_a_busy_local_port_is_refused_before_the_tunnel():
         port = busy.getsockname()[1]
         with pytest.raises(RemoteError, match=f"local port {port} is in use: give another with --local-port"):
             remote.check_local_port(port)
+
+
+# -- several hosts, one table -------------------------------------------------------------------
+
+def test_agents_status_on_several_hosts_is_one_table_with_a_line_per_down_host(tmp_path, monkeypatch, capsys):
+    agent = {"id": "agent-001", "state": "running", "health": "healthy", "activity": "working", "issue": 7,
+             "issue_title": "Fix the parser", "uptime": 3725.0, "restarts": 1}
+    results = [
+        remote.HostResult("alpha", 0, json.dumps([agent, {**agent, "id": "agent-002", "issue": None,
+                                                           "activity": "idle", "uptime": 65.0, "restarts": 0}])),
+        remote.HostResult("beta", None, error=RemoteError("beta: cannot connect to 10.0.0.2:22: connection refused")),
+        remote.HostResult("gamma", 0, "[]"),
+        remote.HostResult("delta", 7, "", "error: Docker is not reachable (no socket): start the daemon\n"),
+    ]
+    seen = []
+    monkeypatch.setattr(remote, "run_many", lambda conns, command: seen.append(command) or results)
+    s = settings_for(tmp_path, remote_dir="/srv/pa")
+    code = remote_tasks._agents_status(["alpha", "beta", "gamma", "delta"], s, {"json": False, "watch": 0})
+    out = capsys.readouterr().out.splitlines()
+    assert "agents.status --json" in seen[0]
+    assert out[0].split() == ["host", "agent", "container", "health", "doing", "uptime", "restarts"]
+    assert out[2].split() == ["alpha", "agent-001", "running", "healthy", "working", "on", "#7", "Fix", "the",
+                              "parser", "1h02m", "1"]
+    assert out[3].split() == ["alpha", "agent-002", "running", "healthy", "idle", "1m05s", "0"]
+    assert out[4].split() == ["gamma", "(no", "agents)"]
+    assert out[5:] == ["error: beta: cannot connect to 10.0.0.2:22: connection refused",
+                       "error: delta: Docker is not reachable (no socket): start the daemon"]
+    assert code == RemoteError.exit_code  # the first failing host decides, in host order
+
+    code = remote_tasks._agents_status(["alpha", "beta", "gamma", "delta"], s, {"json": True, "watch": 0})
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["host"], r.get("id"), "error" in r) for r in records] == [
+        ("alpha", "agent-001", False), ("alpha", "agent-002", False), ("beta", None, True), ("delta", None, True)]

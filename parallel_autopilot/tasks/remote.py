@@ -79,7 +79,7 @@ def connections(c, settings: config.Settings) -> list:
     for conn in conns:
         if not conn.connect_timeout:
             conn.connect_timeout = float(settings.remote_connect_timeout)
-    remote._quiet_paramiko()
+    remote.quiet_paramiko()
     return conns
 
 
