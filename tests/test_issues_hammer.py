@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import random
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from parallel_autopilot.errors import LeaseLost
 from parallel_autopilot.issues import MIGRATIONS, IssueStore
@@ -91,6 +92,7 @@ def worker(path: str, name: str, slow: bool, seed: int, go: str) -> dict:
     return {"name": name, "claims": claims, "completed": completed, "lost": lost, "accepted": accepted}
 
 
+@pytest.mark.slow
 def test_many_processes_complete_every_issue_exactly_once(tmp_path):
     path = tmp_path / "state" / "autopilot.db"
     go = tmp_path / "go"
