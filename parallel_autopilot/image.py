@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -115,26 +116,28 @@ def ensure_image(settings: Any, progress: Progress = print, rebuild: bool = Fals
     # one builder at a time on this host: a concurrent build's clean-up would
     # delete our freshly built (still untagged) image, and two builds of the
     # same sources are one too many
-    with _lock(BUILD_LOCK):
+    with _build_lock():
         status = "rebuild asked" if rebuild else image_status(settings, client)
         if status == "current":
             progress(f"image {settings.image} is up to date (built meanwhile by another process)")
             return settings.image
         progress(f"image {settings.image}: {status}, building")
-        build(settings, progress=progress, _locked=True)
+        build(settings, progress=progress)
     return settings.image
 
 
-def build(settings: Any, progress: Progress = print, nocache: bool = False, _locked: bool = False) -> str:
+def build(settings: Any, progress: Progress = print, nocache: bool = False) -> str:
     """Build ``settings.image`` from the Dockerfile; return the image id.
 
     The base is ``settings.base_image`` if present or pullable, else the
     offline base (made once with debootstrap). Build output is streamed to
     ``progress`` line by line.
     """
-    if not _locked:
-        with _lock(BUILD_LOCK):
-            return build(settings, progress, nocache, _locked=True)
+    with _build_lock():
+        return _build(settings, progress, nocache)
+
+
+def _build(settings: Any, progress: Progress, nocache: bool) -> str:
     docker_client.client()  # a clear DockerUnavailable before anything else
     context, path = project_root(), dockerfile()
     base = base_image(settings, progress=progress)
@@ -370,6 +373,27 @@ def _lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """The host-wide build lock; re-entrant within a thread (ensure_image -> build)."""
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+        return
+    with _lock(BUILD_LOCK):
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
 
 
 def _long_client() -> Any:

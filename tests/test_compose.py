@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -173,15 +174,14 @@ def test_detached_head_fails_only_commands_that_create_containers(settings, git_
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a repository owned by another uid")
 def test_what_it_creates_belongs_to_the_repository_owner(settings, git_repo):
+    # root runs git AS the owner (git.py), who must be able to reach the repository:
+    # pytest's root-only 0700 base directory is opened for the duration of the test
     subprocess.run(["chown", "-R", "4321:4321", str(git_repo)], check=True)
-    with_safe = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
-    old = {k: os.environ.get(k) for k in with_safe}
-    os.environ.update(with_safe)
-    try:
-        env = compose.compose_env(settings, LIMITS)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    for parent in git_repo.parents:
+        if parent == Path(tempfile.gettempdir()):
+            break
+        parent.chmod(parent.stat().st_mode | 0o711)
+    env = compose.compose_env(settings, LIMITS)
     assert (env["AUTOPILOT_UID"], env["AUTOPILOT_GID"]) == ("4321", "4321")
     for key in ("AUTOPILOT_STATE", "AUTOPILOT_LOGS_DIR", "AUTOPILOT_CODEX_HOME", "AUTOPILOT_PASSWD"):
         assert Path(env[key]).stat().st_uid == 4321, key

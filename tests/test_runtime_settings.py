@@ -19,7 +19,10 @@ def test_defaults_and_derived_intervals():
     assert (s.db, s.workspace, s.logs) == (Path("/state/autopilot.db"), Path("/workspace"), Path("/logs"))
     assert (s.kind, s.base_branch, s.lease_seconds, s.max_attempts) == ("script", "main", 900, 3)
     assert s.heartbeat_file == Path("/run/autopilot/heartbeat")
-    assert s.renew_seconds == 300 and s.report_seconds == 5 and s.stall_seconds == 30
+    assert s.renew_seconds == 300 and s.report_seconds == 1 and s.stall_seconds == 30
+    # a peer whose agents row is silent this long is presumed dead: its issue comes back in
+    # seconds (a report every second leaves room for seven missed ones)
+    assert s.stale_seconds == 8
 
 
 def test_every_variable_is_read():
