@@ -190,15 +190,17 @@ class HostResult:
         return self.exited or 0
 
 
-def run(conn, command: str, *, pty: bool = False, hide: bool = False,
+def run(conn, command: str, *, pty: bool = False, hide: bool = False, stdin: bool | None = None,
         out_stream: TextIO | None = None, err_stream: TextIO | None = None) -> HostResult:
     """Run ``command`` on ``conn``; output streams through unless ``hide``.
 
     A non-zero exit is a result, not an exception; an SSH failure raises
-    RemoteError (one line). Local stdin is forwarded only with ``pty``.
+    RemoteError (one line). Local stdin is forwarded when ``stdin`` (default:
+    with a ``pty``).
     """
+    forward = pty if stdin is None else stdin
     try:
-        result = conn.run(command, pty=pty, hide=hide, warn=True, in_stream=None if pty else False,
+        result = conn.run(command, pty=pty, hide=hide, warn=True, in_stream=None if forward else False,
                           out_stream=out_stream, err_stream=err_stream)
     except _ssh_errors() as err:
         raise failure(err, conn) from None
@@ -247,12 +249,13 @@ class PrefixWriter(io.TextIOBase):
 
 
 def run_many(conns: Sequence[Any], command: str | Callable[[Any], str], *, hide: bool = True,
-             prefix_to: TextIO | None = None, err_to: TextIO | None = None) -> list[HostResult]:
+             prefix_to: TextIO | None = None, err_to: TextIO | None = None, pty: bool = False) -> list[HostResult]:
     """Run ``command`` on every connection at once; results in the order of ``conns``.
 
     A host that cannot be reached gives a result with ``error`` set, never an
     exception, so one down host does not hide the others. With ``prefix_to``
-    output streams live, each line prefixed with its host.
+    output streams live, each line prefixed with its host. Ctrl-C closes every
+    connection (with ``pty`` the hosts then stop their commands: SIGHUP).
     """
     def one(conn) -> HostResult:
         line = command(conn) if callable(command) else command
@@ -262,7 +265,8 @@ def run_many(conns: Sequence[Any], command: str | Callable[[Any], str], *, hide:
             out = PrefixWriter(prefix_to, f"{name} | ")
             err = PrefixWriter(err_to or sys.stderr, f"{name} | ")
         try:
-            return run(conn, line, hide=hide if prefix_to is None else False, out_stream=out, err_stream=err)
+            return run(conn, line, pty=pty, stdin=False, hide=hide if prefix_to is None else False,
+                       out_stream=out, err_stream=err)
         except RemoteError as error:
             return HostResult(name, None, error=error)
         finally:
@@ -274,8 +278,17 @@ def run_many(conns: Sequence[Any], command: str | Callable[[Any], str], *, hide:
 
     if not conns:
         return []
-    with ThreadPoolExecutor(max_workers=min(16, len(conns))) as pool:
-        return list(pool.map(one, conns))
+    pool = ThreadPoolExecutor(max_workers=min(16, len(conns)))
+    try:
+        futures = [pool.submit(one, conn) for conn in conns]
+        return [future.result() for future in futures]
+    except KeyboardInterrupt:
+        for conn in conns:  # ends the sessions, so the workers return
+            with contextlib.suppress(Exception):
+                conn.close()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def first_failure(results: Sequence[HostResult]) -> int:

@@ -232,25 +232,30 @@ def test_gui_runs_on_the_workstations_loopback_and_is_reached_through_the_tunnel
 
 # -- logs.tail --follow: a PTY, so Ctrl-C stops the remote tail --------------------------------
 
-def test_logs_follow_streams_new_lines_and_ctrl_c_stops_the_remote_tail(workstation):
+@pytest.mark.parametrize("hosts", ["ws", "ws,ws"])
+def test_logs_follow_streams_new_lines_and_ctrl_c_stops_the_remote_tail(workstation, hosts):
     log = workstation.target / "docs" / "logs" / "agents" / "agent-001" / "agent.log"
     log.parent.mkdir(parents=True)
     log.write_text("2026-01-01T00:00:00Z old line\n")
+    count = len(hosts.split(","))
     proc = subprocess.Popen(
-        ["fab", "--search-root", str(ROOT), "-H", "ws", "logs.tail", "--id=1", "--follow"],
+        ["fab", "--search-root", str(ROOT), "-H", hosts, "logs.tail", "--id=1", "--follow"],
         cwd=workstation.laptop, env=workstation.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     try:
-        assert "old line" in proc.stdout.readline()
+        for _ in range(count):
+            assert "old line" in proc.stdout.readline()
 
-        def remote_tail():
-            return [p for p in psutil.process_iter(["cmdline", "cwd"])
-                    if "logs.tail" in (p.info["cmdline"] or []) and p.info["cwd"] == str(workstation.target)]
+        def remote_tails():
+            found = [p for p in psutil.process_iter(["cmdline", "cwd"])
+                     if "logs.tail" in (p.info["cmdline"] or []) and p.info["cwd"] == str(workstation.target)]
+            return found if len(found) == count else None
 
-        tails = _wait(remote_tail, 30, "the remote logs.tail process")
+        tails = _wait(remote_tails, 30, "the remote logs.tail processes")
         with log.open("a") as handle:
             handle.write("2026-01-01T00:00:01Z new line\n")
-        assert "new line" in proc.stdout.readline()
+        for _ in range(count):
+            assert "new line" in proc.stdout.readline()
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
         assert proc.returncode != 0

@@ -42,9 +42,9 @@ INTERACTIVE: dict[str, str | None] = {"logs.tail": "follow", "agents.status": "w
 def remote_settings(c) -> config.Settings:
     """The laptop's Settings, where the ``remote_*`` keys live.
 
-    Layers: DEFAULTS < the repository's invoke.yaml < ``~/.invoke.yaml`` and
-    ``INVOKE_AUTOPILOT_*`` < fab's own config (``fabric.yaml``, ``-f FILE``).
-    Works outside a git repository too (fab may run anywhere).
+    Layers: DEFAULTS < the repository's invoke.yaml < ``~/.invoke.yaml`` (what
+    :func:`config.invoke_config` reads) < fab's own config (``~/.fabric.yaml``,
+    ``FABRIC_AUTOPILOT_*``, ``-f FILE``). Works outside a git repository too.
     """
     cfg = c.config
     try:
@@ -182,7 +182,7 @@ def _run_remote(c, name: str, argv: list[str], kwargs: dict[str, Any]) -> None:
             raise invoke.Exit(code=result.exited)
         return
     merged = MERGED.get(name)
-    code = merged(conns, s, kwargs) if merged else _stream_many(conns, s, name, argv)
+    code = merged(conns, s, kwargs) if merged else _stream_many(conns, s, name, argv, _pty(name, kwargs))
     if code:
         raise invoke.Exit(code=code)
 
@@ -198,9 +198,9 @@ def _host_error(result: remote.HostResult, s: config.Settings) -> str | None:
     return None
 
 
-def _stream_many(conns: list, s: config.Settings, name: str, argv: list[str]) -> int:
+def _stream_many(conns: list, s: config.Settings, name: str, argv: list[str], pty: bool) -> int:
     """Run a task on every host at once, each output line prefixed with its host."""
-    results = remote.run_many(conns, remote.program_command(s, name, argv), prefix_to=sys.stdout)
+    results = remote.run_many(conns, remote.program_command(s, name, argv), prefix_to=sys.stdout, pty=pty)
     for result in results:
         line = _host_error(result, s)
         if line:
