@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --no-test
-python=python3
+python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] && python=.venv/bin/python
 exec "$python" -m parallel_autopilot demo "$@"

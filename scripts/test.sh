@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --ssh --browser --lint
-python=python3
+python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] && python=.venv/bin/python
 set +e
 "$python" -m pytest -ra "$@"
