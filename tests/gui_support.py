@@ -205,14 +205,11 @@ class LiveServer:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def __enter__(self) -> "LiveServer":
-        import uvicorn
-
-        from parallel_autopilot.gui.app import bind_socket
+        from parallel_autopilot.gui.app import bind_socket, server_for
 
         sock = bind_socket("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on",
-                                                    timeout_graceful_shutdown=1))
+        self.server = server_for(self.app, port=self.port)
 
         async def main() -> None:
             self.loop = asyncio.get_running_loop()

@@ -153,6 +153,11 @@ def test_start_refuses_bad_counts_with_422(env, body):
     assert env.fleet.calls == []
 
 
+def test_a_hostile_key_name_still_gives_a_one_line_error(env):
+    message = assert_error(env.client.post("/api/agents/start", json={"n": 1, "\n\r x": 1}, headers=env.csrf), 422)
+    assert message == "invalid request: '\\n\\r x': Extra inputs are not permitted"
+
+
 def test_start_refuses_a_missing_or_broken_body_with_422(env):
     assert_error(env.client.post("/api/agents/start", headers=env.csrf), 422)
     assert_error(env.client.post("/api/agents/start", content=b"{not json", headers={
@@ -327,3 +332,22 @@ def test_ten_agents_and_two_hundred_issues(env):
     ranks = [("urgent", "high", "medium", "low").index(i["priority"]) for i in snap["issues"][10:]]
     assert ranks == sorted(ranks)
     assert snap["counts"]["ready"] == 190 and snap["counts"]["claimed"] == 10
+
+
+def test_the_real_fleet_with_docker_unreachable_answers_503_and_the_snapshot_says_why(tmp_path, monkeypatch):
+    from parallel_autopilot import docker_client
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    docker_client.reset()
+    try:
+        app = create_app(make_settings(tmp_path))  # the REAL fleet module
+        with TestClient(app, base_url=BASE) as client:
+            snap = client.get("/api/snapshot").json()
+            assert snap["agents"] == [] and snap["resources"]["docker"] is False
+            assert len(snap["errors"]) == 1 and snap["errors"][0].startswith("Docker is not reachable")
+            assert_error(client.get("/api/agents"), 503)
+            csrf = {"X-CSRF-Token": app.state.guard.csrf_token}
+            assert "Docker" in assert_error(client.post("/api/agents/start", json={"n": 1}, headers=csrf), 503)
+            assert_error(client.post("/api/agents/stop", json={"all": True}, headers=csrf), 503)
+    finally:
+        docker_client.reset()

@@ -34,10 +34,11 @@ import time
 import webbrowser
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 OPEN_STATUSES = ("claimed", "ready")
+MAX_LOG_STREAMS = 64
 VOLATILE_AGENT_FIELDS = ("uptime", "heartbeat_age")  # change every second: not a "change"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
@@ -179,6 +181,9 @@ class LogsOut(BaseModel):
     agent: str
     lines: list[str]
 
+
+AgentId = Annotated[str, PathParam(description="an agent: 1, 001 or agent-001 (404 unless it is one of this fleet's)",
+                                   examples=["agent-001"])]
 
 ERROR_STATUSES = (400, 401, 403, 404, 409, 422, 502, 503, 504)
 ERRORS = {status: {"model": ErrorBody} for status in ERROR_STATUSES}
@@ -355,9 +360,11 @@ def _one_line(errors: list[dict]) -> str:
     if not errors:
         return "invalid request"
     first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    # a client's own key names appear in loc: quote odd ones so the line stays one line
+    where = ".".join(str(p) if isinstance(p, int) or str(p).isidentifier() else repr(p)
+                     for p in first.get("loc", ()) if p != "body") or "body"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"invalid request: {where}: {first.get('msg', 'invalid')}{more}"
+    return " ".join(f"invalid request: {where}: {first.get('msg', 'invalid')}{more}".split())
 
 
 # -- the app ----------------------------------------------------------------------
@@ -479,7 +486,7 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
         return {"stopped": list(stopped)}
 
     @app.post("/api/agents/{agent}/restart", response_model=Agent, tags=["act"], responses=ERRORS)
-    async def restart(agent: str) -> dict:
+    async def restart(agent: AgentId) -> dict:
         """Restart one agent's container."""
         ident = await blocking(pane.resolve, agent)
         status = await pane.run("restart", ident,
@@ -487,7 +494,7 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
         return status.to_dict()
 
     @app.get("/api/agents/{agent}/logs", response_model=LogsOut, tags=["read"], responses=ERRORS)
-    async def logs(agent: str, tail: int = Query(100, ge=0, le=10000)) -> dict:
+    async def logs(agent: AgentId, tail: int = Query(100, ge=0, le=10000)) -> dict:
         """The last ``tail`` lines of one agent's log."""
         ident = await blocking(pane.resolve, agent, for_logs=True)
         lines = await blocking(lambda: list(fleet.get_logs(settings, ident, tail=tail)))
@@ -501,9 +508,11 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
 
     @app.get("/api/agents/{agent}/logs/stream", response_class=EventStream, status_code=200, tags=["stream"],
              responses=STREAM_ERRORS)
-    async def logs_stream(agent: str, tail: int = Query(100, ge=0, le=10000)) -> EventStream:
+    async def logs_stream(agent: AgentId, tail: int = Query(100, ge=0, le=10000)) -> EventStream:
         """Server-sent events: ``lines`` (a JSON list) as the agent's log grows; ``end`` when it stops."""
         ident = await blocking(pane.resolve, agent, for_logs=True)
+        if pumps.active >= MAX_LOG_STREAMS:  # each holds a thread: bound them
+            raise Conflict(f"{MAX_LOG_STREAMS} log views are open already: close some pages first")
         stop_event = threading.Event()
         lines = await blocking(fleet.get_logs, settings, ident, tail=tail, follow=True, stop=stop_event)
         return EventStream(pumps.stream(ident, iter(lines), stop_event))
@@ -528,21 +537,45 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_class():
+    import uvicorn
+
+    class GuiServer(uvicorn.Server):
+        """uvicorn's server, ending the app's event streams first when it shuts down.
+
+        Otherwise every open page would hold the shutdown until uvicorn's
+        graceful timeout and then be cancelled with a traceback.
+        """
+
+        async def shutdown(self, sockets=None) -> None:
+            state = self.config.app.state
+            state.hub.close_streams()
+            state.pumps.close_streams()
+            await super().shutdown(sockets)
+
+    return GuiServer
+
+
+def server_for(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8787):
+    """A uvicorn server for ``app`` that ends its event streams when it stops."""
+    import uvicorn
+
+    return _server_class()(uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+        timeout_graceful_shutdown=5,  # a last resort: streams are ended before it counts
+    ))
+
+
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8787, token: str | None = None,
           public: bool = False, open_browser: bool = False, fleet: Any = None,
           echo: Callable[[str], None] = print, interval: float = 0.75) -> None:
     """Serve the pane until Ctrl-C (what ``inv gui`` runs)."""
-    import uvicorn
-
     security.check_bind(host, public=public, token=token)
     sock = bind_socket(host, port)
     app = create_app(settings, fleet, token=token, bind_host=host, interval=interval)
     shown = "127.0.0.1" if host.strip("[]") in ("0.0.0.0", "::") else security.url_name(host)
     url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-        timeout_graceful_shutdown=2,  # event streams never end by themselves
-    ))
+    server = server_for(app, host=host, port=port)
     echo(f"Parallel Agents for {settings.repo}: {url}  (Ctrl-C stops)")
     if open_browser:
         def open_when_started() -> None:
@@ -555,4 +588,4 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8787, toke
     server.run(sockets=[sock])
 
 
-__all__ = ["create_app", "serve", "bind_socket", "Pane", "fingerprint", "Snapshot"]
+__all__ = ["create_app", "serve", "server_for", "bind_socket", "Pane", "fingerprint", "Snapshot"]

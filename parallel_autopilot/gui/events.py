@@ -29,6 +29,7 @@ from ..errors import AutopilotError
 log = logging.getLogger(__name__)
 
 PING = b": ping\n\n"
+CLOSE = object()  # put in a listener's queue: the server is shutting down, end the stream
 RETRY = b"retry: 2000\n\n"  # the browser reconnects 2 s after losing the stream
 
 
@@ -154,6 +155,8 @@ class SnapshotHub:
                 except asyncio.TimeoutError:
                     yield PING  # keeps proxies from closing an idle stream
                     continue
+                if snapshot is CLOSE:
+                    return
                 yield sse("snapshot", snapshot)
         finally:
             self._subscribers.discard(queue)
@@ -195,6 +198,11 @@ class SnapshotHub:
             log.exception("computing the GUI snapshot failed")
             return {"errors": ["internal error while reading the fleet: see the `inv gui` terminal"]}
 
+    def close_streams(self) -> None:
+        """End every listener's stream now (server shutdown: they would hold it up)."""
+        for queue in list(self._subscribers):
+            _offer(queue, CLOSE)
+
     async def aclose(self) -> None:
         """Stop the watcher (server shutdown)."""
         if self._task is not None and not self._task.done():
@@ -224,6 +232,7 @@ class LogPumps:
         self.queue_size = queue_size
         self.ping_seconds = ping_seconds
         self._threads: set[threading.Thread] = set()
+        self._streams: set[tuple[asyncio.Queue, threading.Event]] = set()
         self._lock = threading.Lock()
 
     @property
@@ -231,6 +240,12 @@ class LogPumps:
         """Pump threads still running."""
         with self._lock:
             return sum(t.is_alive() for t in self._threads)
+
+    def close_streams(self) -> None:
+        """End every log stream now (server shutdown). Call on the event loop."""
+        for queue, stop in list(self._streams):
+            stop.set()
+            _offer(queue, CLOSE)
 
     async def stream(self, name: str, lines: Iterator[str], stop: threading.Event) -> AsyncIterator[bytes]:
         """SSE ``lines`` events (JSON lists of lines) from ``lines`` until ``stop`` or disconnect.
@@ -280,6 +295,7 @@ class LogPumps:
         with self._lock:
             self._threads = {t for t in self._threads if t.is_alive()} | {thread}
         thread.start()
+        self._streams.add((queue, stop))
         try:
             while True:
                 try:
@@ -287,9 +303,11 @@ class LogPumps:
                 except asyncio.TimeoutError:
                     yield PING
                     continue
+                if item is CLOSE:
+                    return
                 batch, last = [], None
                 while True:  # drain what is queued into one event
-                    if item is end or isinstance(item, tuple):
+                    if item is end or item is CLOSE or isinstance(item, tuple):
                         last = item
                         break
                     batch.append(item)
@@ -300,11 +318,14 @@ class LogPumps:
                     yield sse("lines", batch)
                 if isinstance(last, tuple):
                     yield sse(last[0], {"error": last[1]})
+                if last is CLOSE:
+                    return
                 if last is not None:
                     yield sse("end", {})
                     return
         finally:
             stop.set()
+            self._streams.discard((queue, stop))
 
 
 __all__ = ["EventStream", "SnapshotHub", "LogPumps", "sse", "PING"]

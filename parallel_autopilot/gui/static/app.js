@@ -123,8 +123,9 @@ function renderBanner() {
   if (state.connection === "lost") {
     messages.push({ text: "Lost the live connection to the GUI server; reconnecting...", kind: "warning" });
   }
+  const unique = messages.filter((m, i) => messages.findIndex((o) => o.text === m.text) === i);
   const list = $("banner-messages");
-  list.replaceChildren(...messages.map((m) => el("li", { class: m.kind }, m.text)));
+  list.replaceChildren(...unique.map((m) => el("li", { class: m.kind }, m.text)));
   $("banner").hidden = messages.length === 0;
   $("banner-close").hidden = !state.actionError;
 }
@@ -213,6 +214,9 @@ function renderAgents(snap) {
                        onclick: () => act("POST", "/api/agents/stop", { ids: [agent.id] }) }, "Stop")));
   });
   $("agents").replaceChildren(...rows);
+  if (state.selected && state.logSource && !snap.agents.some((a) => a.id === state.selected)) {
+    $("logs-state").textContent = "(agent stopped: its last lines)";
+  }
   $("agent-count").textContent = snap.agents.length;
   $("no-agents").hidden = snap.agents.length > 0;
 }
