@@ -124,7 +124,11 @@ case "$command" in
     task "issues.$sub" "$@"
     ;;
   test)
-    if [ -n "$host" ]; then task remote.test --args="$*"; fi
+    if [ -n "$host" ]; then
+      # one string that remote.test splits back into the same words (shlex)
+      quoted="$(printf '%q ' "$@")"
+      task remote.test --args="${quoted% }"
+    fi
     exec bash "$ROOT/scripts/test.sh" "$@"
     ;;
   help | -h | --help)

@@ -324,3 +324,15 @@ def test_a_workstation_without_docker_gives_the_remote_tasks_one_line(agents_sta
         "no-docker-python", DOCKER_HOST=f"unix://{station.dir}/no-docker.sock")))
     one_line_error(station.fab("agents.status"), 7, r"^error: Docker is not reachable .*: start the daemon")
     laptop_untouched(station.laptop)
+
+
+def test_remote_test_runs_the_checkouts_test_command_with_the_arguments_and_its_exit_code(workstation):
+    script = workstation.checkout / "scripts" / "test.sh"
+    script.parent.mkdir(exist_ok=True)
+    # a stand-in for scripts/test.sh: prints where it runs and its arguments, exits 5
+    script.write_text('printf "%s\\n" "$PWD" "$@"\nexit 5\n')
+    proc = workstation.fab("remote.test", "--args=-x -k 'a b' -m \"not docker\"")
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert [line.strip() for line in proc.stdout.splitlines()] == [str(workstation.checkout), "-x", "-k", "a b",
+                                                                   "-m", "not docker"]
+    laptop_untouched(workstation.laptop)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -103,13 +104,22 @@ def test_each_command_is_one_task_with_its_arguments_passed_through(tmp_path, re
     (["--host", "ws", "status"], ["-H", "ws", "agents.status"]),
     (["--host=ws", "stop", "2"], ["-H", "ws", "agents.stop", "--id=2"]),
     (["--host", "a,b", "logs", "1", "-f"], ["-H", "a,b", "logs.tail", "--id=1", "--follow"]),
-    (["--host", "ws", "test", "-x", "-k", "a b"], ["-H", "ws", "remote.test", "--args=-x -k a b"]),
 ])
 def test_host_runs_the_same_task_through_fab(tmp_path, recorder, args, fab_argv):
     fake, record = recorder
     proc = wrapper(*args, cwd=tmp_path, env={"PARALLEL_AUTOPILOT_FAB": str(fake)})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(record.read_text()) == ["--search-root", str(ROOT), *fab_argv]
+
+
+def test_host_test_passes_pytest_arguments_as_one_string_that_splits_back(tmp_path, recorder):
+    fake, record = recorder
+    pytest_args = ["-x", "-k", "a b", "-m", "not docker and not ssh", "it's"]
+    proc = wrapper("--host", "ws", "test", *pytest_args, cwd=tmp_path, env={"PARALLEL_AUTOPILOT_FAB": str(fake)})
+    assert proc.returncode == 0, proc.stderr
+    argv = json.loads(record.read_text())
+    assert argv[:5] == ["--search-root", str(ROOT), "-H", "ws", "remote.test"]
+    assert argv[5].startswith("--args=") and shlex.split(argv[5][len("--args="):]) == pytest_args
 
 
 @pytest.mark.parametrize("code", [1, 3, 7, 11])

@@ -223,38 +223,42 @@ def _uptime(seconds: float | None) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _host_agents(result: remote.HostResult, s: config.Settings) -> tuple[list[dict], str | None]:
+    """The agents one host reported (``agents.status --json``), or the one line saying why not."""
+    problem = _host_error(result, s)
+    if problem is None and result.exited == 0:
+        try:
+            return jsonlib.loads(result.stdout), None
+        except ValueError:
+            return [], f"{result.host}: agents.status did not print JSON (is its checkout current? remote.sync)"
+    if problem is None:  # the remote task's own one-line error
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        problem = f"{result.host}: {(lines[-1] if lines else f'exit {result.exited}').removeprefix('error: ')}"
+    return [], problem
+
+
 def _agents_status(conns: list, s: config.Settings, kwargs: dict[str, Any]) -> int:
     """``agents.status`` on several hosts: ONE table with a host column; a down host is one line."""
     command = remote.program_command(s, "agents.status", ["--json"])
     while True:
         results = remote.run_many(conns, command)
-        records, rows, errors = [], [], []
+        records, rows, problems = [], [], []
         for result in results:
-            problem = _host_error(result, s)
-            if problem is None and result.exited == 0:
-                try:
-                    agents = jsonlib.loads(result.stdout)
-                except ValueError:
-                    problem = f"{result.host}: agents.status did not print JSON (is the checkout current? remote.sync)"
-                else:
-                    records += [{"host": result.host, **a} for a in agents]
-                    rows += [(result.host, a["id"], a.get("state"), a.get("health") or "", _doing(a),
-                              _uptime(a.get("uptime")), a.get("restarts", 0)) for a in agents]
-                    if not agents:
-                        rows.append((result.host, "(no agents)", "", "", "", "", ""))
-                    continue
-            if problem is None:
-                lines = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
-                problem = f"{result.host}: {lines[-1] if lines else f'exit {result.exited}'}"
-                problem = problem.replace(f"{result.host}: error: ", f"{result.host}: ")
-            errors.append(problem)
-            records.append({"host": result.host, "error": problem})
+            agents, problem = _host_agents(result, s)
+            records += [{"host": result.host, **a} for a in agents]
+            rows += [(result.host, a["id"], a.get("state"), a.get("health") or "", _doing(a),
+                      _uptime(a.get("uptime")), a.get("restarts", 0)) for a in agents]
+            if problem:
+                problems.append(problem)
+                records.append({"host": result.host, "error": problem})
+            elif not agents:
+                rows.append((result.host, "(no agents)", "", "", "", "", ""))
         if kwargs.get("json"):
             emit_json(records)
         else:
             if rows:
                 print(table(rows, ["host", "agent", "container", "health", "doing", "uptime", "restarts"]))
-            for problem in errors:
+            for problem in problems:
                 print(f"error: {problem}")
         if not kwargs.get("watch"):
             return remote.first_failure(results)
