@@ -179,6 +179,8 @@ def invoke_config(repo: Path):
     from invoke import Config
 
     cfg = Config(project_location=str(repo))
+    # invoke maps INVOKE_AUTOPILOT_<KEY> only onto keys it already knows
+    cfg.load_collection({"autopilot": dict(DEFAULTS)})
     cfg.load_system()
     cfg.load_user()
     cfg.load_project()
