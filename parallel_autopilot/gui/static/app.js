@@ -15,6 +15,7 @@ const state = {
   selected: null,        // agent whose logs are shown
   logSource: null,
   logLines: 0,
+  staleOperation: null,  // id of an operation whose outcome no longer needs showing
   countChosen: false,    // the user picked a count: keep it
 };
 
@@ -63,6 +64,9 @@ async function api(method, path, body) {
 async function act(method, path, body) {
   state.pending = true;
   state.actionError = null;
+  // the previous operation's outcome is old news once the user acts again
+  const op = state.snapshot && state.snapshot.operation;
+  state.staleOperation = op ? op.id : null;
   render();
   try {
     await api(method, path, body);
@@ -148,7 +152,7 @@ function renderControls(snap) {
   $("stop-all").disabled = busy || snap.agents.length === 0;
   select.disabled = busy;
   const label = $("operation");
-  if (op) {
+  if (op && !(op.id === state.staleOperation && op.state !== "running")) {
     const last = op.lines.length ? op.lines[op.lines.length - 1] : "";
     const text = {
       running: `${op.action} ${op.detail}${last ? ": " + last : "..."}`,
