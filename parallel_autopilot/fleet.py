@@ -58,10 +58,23 @@ def _quiet(_: str) -> None:
     pass
 
 
+_stores: dict[tuple, IssueStore] = {}
+_stores_lock = threading.Lock()
+
+
 def open_store(settings: Settings) -> IssueStore:
-    """The shared issue store of this repository."""
-    return IssueStore(settings.db_path, max_attempts=settings.max_attempts,
-                      backoff_seconds=settings.backoff_seconds)
+    """The shared issue store of this repository (one per database and process).
+
+    Cached: the GUI asks for the agents several times a second, and an
+    IssueStore is thread-safe and reconnects by itself after a fork.
+    """
+    key = (str(settings.db_path), settings.max_attempts, settings.backoff_seconds)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None or not settings.db_path.exists():
+            store = _stores[key] = IssueStore(settings.db_path, max_attempts=settings.max_attempts,
+                                              backoff_seconds=settings.backoff_seconds)
+        return store
 
 
 def max_agents(settings: Settings) -> int:
