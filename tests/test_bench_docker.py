@@ -31,7 +31,7 @@ def test_quick_bench_runs_every_scenario_against_real_docker(git_repo, tmp_path)
     data, paths = runner.run(settings, None, quick=True, out_dir=tmp_path / "results",
                              display=Display(stream=progress, live=False))
     assert_report_shape(data, paths, list(SCENARIOS))
-    assert data["setup"]["image"] == settings.image and data["machine"]["docker_server"]
+    assert data["setup"]["image"] == runner.run_image(settings, data["run_id"]) and data["machine"]["docker_server"]
     by_name = {s["name"]: s for s in data["scenarios"]}
     # no sub-part skipped: the queue ran inside containers too
     assert all(r["status"] == "ok" for s in data["scenarios"] for r in s["rows"])
@@ -47,3 +47,6 @@ def test_quick_bench_runs_every_scenario_against_real_docker(git_repo, tmp_path)
         assert f"{index}/{len(SCENARIOS)} {name}: ok in" in progress.getvalue()
     # nothing left behind: agents, bare baselines and queue containers are named after the run
     assert _containers(f"pa-bench-{data['run_id']}") == []
+    tags = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert data["setup"]["image"] not in tags

@@ -172,3 +172,12 @@ def test_bench_queue_task_prints_the_table_and_writes_the_files(git_repo, tmp_pa
     assert "1/1 queue: ok" in proc.stderr  # the progress display, kept off stdout
     skipped = [r for r in data["scenarios"][0]["rows"] if r["status"] == "skipped"]
     assert len(skipped) == 1 and "Docker is not reachable" in skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("image, tag", [
+    ("parallel-autopilot:latest", "parallel-autopilot:bench-ab12"),
+    ("registry.local:5000/team/agent", "registry.local:5000/team/agent:bench-ab12"),
+    ("registry.local:5000/agent:v2", "registry.local:5000/agent:bench-ab12"),
+])
+def test_each_run_builds_its_image_under_a_tag_of_its_own(settings, image, tag):
+    assert runner.run_image(settings.replace(image=image), "ab12") == tag

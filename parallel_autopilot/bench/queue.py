@@ -218,7 +218,7 @@ class Round:
     def _start(self, db: Path) -> list:
         if not self.containers:
             return [("process", p) for p in spawn(self.mode, str(db), self.names, str(self.dir))]
-        source = Path(__file__).resolve().parents[2]  # the directory holding parallel_autopilot/
+        package = Path(__file__).resolve().parents[1]  # this very parallel_autopilot/, mounted read-only
         cpus = max(0.5, round((os.cpu_count() or 1) / self.containers, 2))
         waiters = []
         for k in range(self.containers):
@@ -229,7 +229,7 @@ class Round:
                     "--network", "none", "--memory", "256m", "--cpus", str(cpus),
                     "--user", f"{os.getuid()}:{os.getgid()}", "--entrypoint", "python3",
                     "-e", f"PYTHONPATH={SOURCE_MOUNT}", "-e", "PYTHONDONTWRITEBYTECODE=1",
-                    "-v", f"{self.dir}:{CONTAINER_MOUNT}", "-v", f"{source}:{SOURCE_MOUNT}:ro",
+                    "-v", f"{self.dir}:{CONTAINER_MOUNT}", "-v", f"{package}:{SOURCE_MOUNT}/parallel_autopilot:ro",
                     self.image, "-m", "parallel_autopilot.bench.queue", "--mode", self.mode,
                     "--db", f"{CONTAINER_MOUNT}/queue.db", "--dir", CONTAINER_MOUNT, "--names", ",".join(names)]
             waiters.append(("container", subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

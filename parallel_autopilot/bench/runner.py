@@ -1,7 +1,8 @@
 """Runs the chosen scenarios in order and writes the report.
 
-Before the scenarios, the agent image is made ready once (``image.ensure_image``),
-so no scenario measures a build. A scenario that raises is recorded as failed
+Before the scenarios, the agent image is made ready once (``image.ensure_image``)
+under a tag of the run's own (:func:`run_image`, removed at the end), so no
+scenario measures a build and no other user of the daemon can swap it mid-run. A scenario that raises is recorded as failed
 with its one-line reason and the run goes on; one that cannot run here (no
 Docker, no image) is recorded as skipped with the reason. Every container a run
 creates carries its run id and is removed at the end, whatever happened.
@@ -59,19 +60,44 @@ def results_dir(settings: Settings) -> Path:
     return settings.repo / "bench" / "results"
 
 
+def run_image(settings: Settings, run_id: str) -> str:
+    """The image tag of one run: ``<settings.image repository>:bench-<run id>``.
+
+    Same Dockerfile and sources as ``settings.image`` (the build cache makes it
+    the same layers), but a tag of its own: on a daemon shared with others, a
+    concurrent rebuild or prune of the usual tag cannot pull it away mid-run.
+    """
+    name = str(settings.image)
+    repository = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    return f"{repository}:bench-{run_id}"
+
+
 def _prepare_image(settings: Settings, ctx: Context, display: Display) -> float:
     start = ctx.clock()
     try:
         from .. import docker_client, image
 
         docker_client.client()
-        ctx.image = image.ensure_image(settings, progress=display.step)
+        ctx.image = image.ensure_image(settings.replace(image=run_image(settings, ctx.run_id)),
+                                       progress=display.step)
         ctx.image_problem = None
     except AutopilotError as err:
         ctx.image, ctx.image_problem = None, str(err)
     except ImportError as err:
         ctx.image, ctx.image_problem = None, f"the image module is not available ({err})"
     return ctx.clock() - start
+
+
+def _drop_image(tag: str | None) -> None:
+    """Remove the run's own tag (the image stays while another tag or container uses it)."""
+    if not tag:
+        return
+    try:
+        from .. import docker_client
+
+        docker_client.client().images.remove(tag, noprune=False)
+    except Exception:  # noqa: BLE001 - housekeeping must not hide the report
+        pass
 
 
 def _one_line(err: BaseException) -> str:
@@ -118,6 +144,7 @@ def run(settings: Settings, scenarios: Iterable[str] | str | None = None, *, qui
     finally:
         display.close()
         remove_labelled(f"{LABEL_BENCH}={run_id}")
+        _drop_image(ctx.image)
         shutil.rmtree(workdir, ignore_errors=True)
     data = {
         "version": 1,
@@ -144,4 +171,4 @@ def failures(data: dict[str, Any]) -> list[str]:
     return [f"{sc['name']}: {sc['reason']}" for sc in data["scenarios"] if sc["status"] == "failed"]
 
 
-__all__ = ["run", "parse_scenarios", "parse_repeats", "results_dir", "failures", "DEFAULT_REPEATS"]
+__all__ = ["run", "run_image", "parse_scenarios", "parse_repeats", "results_dir", "failures", "DEFAULT_REPEATS"]
