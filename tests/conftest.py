@@ -61,3 +61,17 @@ def git_repo(tmp_path) -> Path:
     git(repo, "add", "README.md")
     git(repo, "commit", "-q", "-m", "initial commit")
     return repo
+
+
+def open_to_others(path: Path) -> None:
+    """Let other uids reach ``path``: pytest's base directory is root's 0700.
+
+    Root runs git AS the owner of a repository owned by someone else (git.py),
+    so tests that chown a repository to another uid must open the way to it.
+    """
+    import tempfile
+
+    for parent in path.parents:
+        if parent == Path(tempfile.gettempdir()) or parent == parent.parent:
+            break
+        parent.chmod(parent.stat().st_mode | 0o711)

@@ -6,11 +6,11 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import open_to_others
 
 from parallel_autopilot import compose, config
 from parallel_autopilot.errors import ComposeError, GitError, InvalidAgentCount, InvalidInput
@@ -177,10 +177,7 @@ def test_what_it_creates_belongs_to_the_repository_owner(settings, git_repo):
     # root runs git AS the owner (git.py), who must be able to reach the repository:
     # pytest's root-only 0700 base directory is opened for the duration of the test
     subprocess.run(["chown", "-R", "4321:4321", str(git_repo)], check=True)
-    for parent in git_repo.parents:
-        if parent == Path(tempfile.gettempdir()):
-            break
-        parent.chmod(parent.stat().st_mode | 0o711)
+    open_to_others(git_repo)
     env = compose.compose_env(settings, LIMITS)
     assert (env["AUTOPILOT_UID"], env["AUTOPILOT_GID"]) == ("4321", "4321")
     for key in ("AUTOPILOT_STATE", "AUTOPILOT_LOGS_DIR", "AUTOPILOT_CODEX_HOME", "AUTOPILOT_PASSWD"):
@@ -266,6 +263,7 @@ def owned_repo(tmp_path, git_repo, home, monkeypatch):
                     health_interval_seconds=1, pids_limit=128)
     worktrees.create(s, 1)
     subprocess.run(["chown", "-R", f"{UID}:{UID}", str(git_repo), str(home)], check=True)
+    open_to_others(git_repo)
     yield s
     compose.run(s, ["down", "--timeout", "1"], check=False, limits=LIMITS)
 
