@@ -118,6 +118,29 @@ MIGRATIONS = [
 ]
 
 
+#: The claim's pick: the best eligible issue. One arm per status, each walking
+#: the issues_pick index in claim order and stopping at its first row; a single
+#: WHERE with OR would make SQLite sort every ready row on every claim.
+_PICK = """
+    SELECT number, status, owner, token FROM (
+        SELECT * FROM (SELECT number, status, owner, token, rank, created_at FROM issues
+                       WHERE status = 'ready' AND due_at <= :now AND attempts < max_attempts
+                       ORDER BY rank, created_at, number LIMIT 1)
+        UNION ALL
+        SELECT * FROM (SELECT number, status, owner, token, rank, created_at FROM issues
+                       WHERE status = 'failed' AND due_at <= :now AND attempts < max_attempts
+                       ORDER BY rank, created_at, number LIMIT 1)
+        UNION ALL
+        SELECT * FROM (SELECT number, status, owner, token, rank, created_at FROM issues
+                       WHERE status = 'claimed' AND lease_until <= :now AND attempts < max_attempts
+                       ORDER BY rank, created_at, number LIMIT 1))
+    ORDER BY rank, created_at, number LIMIT 1"""
+
+#: Claimed issues whose lease expired on their last attempt: they become dead.
+_EXHAUSTED = """SELECT number FROM issues
+                WHERE status = 'claimed' AND lease_until <= :now AND attempts >= max_attempts"""
+
+
 @dataclass(frozen=True)
 class Issue:
     """One issue, as stored."""
@@ -418,9 +441,10 @@ class IssueStore:
                     conn.execute("ROLLBACK")
                 raise
 
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    def _read(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
+        params = params if isinstance(params, Mapping) else tuple(params)
         with self._lock:
-            return self._connect().execute(sql, tuple(params)).fetchall()
+            return self._connect().execute(sql, params).fetchall()
 
     def close(self) -> None:
         """Close this process's connection (an inherited one is left alone)."""
@@ -491,24 +515,19 @@ class IssueStore:
         in the same transaction.
         """
         now = self._now(now)
+        # an idle agent polls often: answer "nothing to do" from a read, without the write lock
+        if not self._read(f"SELECT 1 FROM ({_PICK}) UNION ALL {_EXHAUSTED} LIMIT 1", {"now": now}):
+            return None
         with self.transaction() as conn:
             for row in conn.execute(
-                """UPDATE issues SET status = 'dead', error = 'lease expired on the last attempt',
+                f"""UPDATE issues SET status = 'dead', error = 'lease expired on the last attempt',
                           lease_until = NULL, updated_at = :now
-                   WHERE status = 'claimed' AND lease_until <= :now AND attempts >= max_attempts
+                   WHERE number IN ({_EXHAUSTED})
                    RETURNING number, owner, token""",
                 {"now": now},
             ).fetchall():
                 self._event(conn, now, row["number"], "dead", row["owner"], row["token"], "lease expired")
-            row = conn.execute(
-                """SELECT number, status, owner, token FROM issues
-                   WHERE attempts < max_attempts
-                     AND ((status IN ('ready', 'failed') AND due_at <= :now)
-                          OR (status = 'claimed' AND lease_until <= :now))
-                   ORDER BY rank, created_at, number
-                   LIMIT 1""",
-                {"now": now},
-            ).fetchone()
+            row = conn.execute(_PICK, {"now": now}).fetchone()
             if row is None:
                 return None
             if row["status"] == "claimed":
