@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "agent_kind": "script",  # script | codex | claude | command
     "agent_command": None,  # template for kind "command", e.g. "my-agent {number} {title}"
     "issue_timeout": 3600,
-    "poll_seconds": 2.0,
+    "poll_seconds": 0.5,  # idle agents look for work this often (+-30%); an empty poll is a read
     "watchdog_seconds": 120,
     "image": "parallel-autopilot:latest",
     "base_image": "python:3.11-slim",

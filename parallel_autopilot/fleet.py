@@ -50,8 +50,24 @@ class AgentStatus:
     heartbeat_age: float | None
     restarts: int
 
+    @property
+    def ready(self) -> bool:
+        """Running, and healthy by Docker's check or by its own report since it started.
+
+        The runtime writes its agents row once booted (old claims released,
+        heartbeat running) - the same moment its health check turns green;
+        Docker only runs that check every ``health_interval_seconds``.
+        """
+        if self.state != "running" or self.health == "unhealthy":
+            return False
+        if self.health == "healthy":
+            return True
+        reported_since_start = (self.since is not None and self.heartbeat_age is not None
+                                and self.heartbeat_age <= (self.uptime or 0) and self.heartbeat_age < 5)
+        return reported_since_start and self.activity in ("idle", "working")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "ready": self.ready}
 
 
 def _quiet(_: str) -> None:
@@ -127,15 +143,15 @@ def start_agents(settings: Settings, n, *, progress: Progress = print, wait: boo
 def wait_healthy(settings: Settings, ids: Iterable[str], *, progress: Progress = print,
                  timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> list[AgentStatus]:
-    """Block until every agent in ``ids`` is running and healthy, or AgentsUnhealthy."""
+    """Block until every agent in ``ids`` is running and ready (see AgentStatus.ready), or AgentsUnhealthy."""
     wanted = set(ids)
     deadline = clock() + (timeout if timeout is not None else settings.start_timeout_seconds)
     reported = set()
     while True:
         agents = {a.id: a for a in list_agents(settings) if a.id in wanted}
-        healthy = {i for i, a in agents.items() if a.state == "running" and a.health == "healthy"}
+        healthy = {i for i, a in agents.items() if a.ready}
         for i in sorted(healthy - reported):
-            progress(f"{i} healthy")
+            progress(f"{i} ready")
         reported |= healthy
         if healthy == wanted:
             return [agents[i] for i in sorted(wanted)]

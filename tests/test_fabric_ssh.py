@@ -299,8 +299,8 @@ def test_fab_starts_real_agents_on_the_workstation_shows_them_in_one_table_and_s
     status = station.fab("agents.status", "--json")
     assert status.returncode == 0, status.stderr
     agents = json.loads(status.stdout)
-    assert [(a["id"], a["state"], a["health"]) for a in agents] == [
-        ("agent-001", "running", "healthy"), ("agent-002", "running", "healthy")]
+    assert [(a["id"], a["state"], a["ready"]) for a in agents] == [
+        ("agent-001", "running", True), ("agent-002", "running", True)]
     # several hosts: ONE table with a host column; the down host is one line; non-zero exit
     table = station.fab("agents.status", host="ws,ws-down")
     assert table.returncode == 11, table.stdout + table.stderr

@@ -21,8 +21,8 @@ def test_defaults_and_derived_intervals():
     assert s.heartbeat_file == Path("/run/autopilot/heartbeat")
     assert s.renew_seconds == 300 and s.report_seconds == 1 and s.stall_seconds == 30
     # a peer whose agents row is silent this long is presumed dead: its issue comes back in
-    # seconds (a report every second leaves room for seven missed ones)
-    assert s.stale_seconds == 8
+    # seconds (a report every second leaves room for five missed ones)
+    assert s.stale_seconds == 6 and s.poll_seconds == 0.5
 
 
 def test_every_variable_is_read():

@@ -438,6 +438,14 @@ class Agent:
             self._fail(attempt, f"the agent left branch {attempt.branch} for {current or 'a detached HEAD'}: "
                        f"agents must stay on the issue branch", salvage_reason="failed")
             return
+        # renew (fenced) right before committing: an agent presumed dead by its peers,
+        # whose issue another agent now works on, must not write onto that branch
+        with self._lock:
+            self._renew(attempt, self.monotonic())
+        if attempt.lost.is_set():
+            self._end(attempt)
+            self._salvage("lease-lost", "lease lost before the commit; attempt dropped", number, attempt.attempt)
+            return
         subject = f"#{number}: {' '.join(attempt.claim.issue.title.split())}"  # one line, whatever the title
         sha = self.workspace.commit_all(subject[:72], {
             "Issue": f"#{number}", "Agent": s.agent_id, "Lease-Token": str(attempt.claim.token)})

@@ -35,12 +35,12 @@ class RuntimeSettings:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
     issue_timeout: float = 3600.0
-    poll_seconds: float = 2.0
+    poll_seconds: float = 0.5
     watchdog_seconds: float = 120.0
     grace_seconds: float = 10.0
     heartbeat_file: Path = Path("/run/autopilot/heartbeat")
     credentials: Path = Path("/run/credentials")
-    stale_seconds: float = 8.0
+    stale_seconds: float = 6.0
 
     @property
     def renew_seconds(self) -> float:
@@ -100,10 +100,10 @@ class RuntimeSettings:
             max_attempts=number("AUTOPILOT_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, integer=True),
             backoff_seconds=number("AUTOPILOT_BACKOFF_SECONDS", DEFAULT_BACKOFF_SECONDS),
             issue_timeout=number("AUTOPILOT_ISSUE_TIMEOUT", 3600.0, 0.1),
-            poll_seconds=number("AUTOPILOT_POLL_SECONDS", 2.0, 0.01),
+            poll_seconds=number("AUTOPILOT_POLL_SECONDS", 0.5, 0.01),
             watchdog_seconds=number("AUTOPILOT_WATCHDOG_SECONDS", 120.0, 1.0),
             grace_seconds=number("AUTOPILOT_GRACE_SECONDS", 10.0),
             heartbeat_file=Path(env.get("AUTOPILOT_HEARTBEAT_FILE", "").strip() or "/run/autopilot/heartbeat"),
             credentials=Path(env.get("AUTOPILOT_CREDENTIALS", "").strip() or "/run/credentials"),
-            stale_seconds=number("AUTOPILOT_STALE_SECONDS", 8.0),
+            stale_seconds=number("AUTOPILOT_STALE_SECONDS", 6.0),
         )

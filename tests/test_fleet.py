@@ -1,0 +1,104 @@
+"""parallel_autopilot.fleet without Docker: readiness, counts, logs, waiting (fakes for the daemon)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from parallel_autopilot import config, fleet
+from parallel_autopilot.errors import AgentNotFound, AgentsUnhealthy, InvalidAgentCount, InvalidAgentId
+
+
+def status(**changes) -> fleet.AgentStatus:
+    base = dict(id="agent-001", container="pa-x-agent-001", state="running", health="starting",
+                activity="idle", issue=None, issue_title=None, since=1000.0, uptime=3.0,
+                heartbeat_age=0.5, restarts=0)
+    return fleet.AgentStatus(**{**base, **changes})
+
+
+@pytest.mark.parametrize("changes, ready", [
+    ({}, True),                                            # reported since it started
+    ({"health": "healthy", "heartbeat_age": None}, True),  # Docker's check passed
+    ({"health": "unhealthy"}, False),
+    ({"state": "restarting"}, False),
+    ({"heartbeat_age": 4.0}, False),                       # the report is older than the container
+    ({"heartbeat_age": None}, False),                      # never reported
+    ({"activity": "stopped"}, False),                      # a previous run's last word
+    ({"activity": "working", "issue": 3}, True),
+])
+def test_ready_means_running_and_reported_by_this_incarnation(changes, ready):
+    assert status(**changes).ready is ready
+    assert status(**changes).to_dict()["ready"] is ready
+
+
+@pytest.fixture
+def settings(git_repo):
+    return config.load({}, repo=str(git_repo), max_agents=4)
+
+
+@pytest.mark.parametrize("value", [0, -1, 5, "abc", "", None, "2.5"])
+def test_counts_outside_one_to_max_are_refused_with_the_range(settings, value):
+    with pytest.raises(InvalidAgentCount, match="1 to 4"):
+        fleet.check_count(settings, value)
+
+
+def test_counts_inside_the_range_are_numbers(settings):
+    assert [fleet.check_count(settings, v) for v in (1, "4", " 2 ")] == [1, 4, 2]
+
+
+def test_wait_healthy_returns_when_all_are_ready_and_names_the_laggards_otherwise(settings, monkeypatch):
+    rounds = iter([[status(heartbeat_age=None)], [status()]])
+    monkeypatch.setattr(fleet, "list_agents", lambda s: next(rounds))
+    ticks = iter(range(100))
+    assert [a.id for a in fleet.wait_healthy(settings, ["agent-001"], progress=lambda _: None,
+                                              clock=lambda: next(ticks), sleep=lambda _: None)] == ["agent-001"]
+    monkeypatch.setattr(fleet, "list_agents", lambda s: [status(health="unhealthy")])
+    with pytest.raises(AgentsUnhealthy, match=r"agent-001 \(running/unhealthy\), agent-002 \(missing\)"):
+        fleet.wait_healthy(settings, ["agent-001", "agent-002"], timeout=3, progress=lambda _: None,
+                           clock=lambda: next(ticks), sleep=lambda _: None)
+
+
+def test_logs_of_one_agent_only_tail_and_follow(settings, monkeypatch):
+    monkeypatch.setattr(fleet, "list_agents", lambda s: [])
+    for agent in ("agent-001", "agent-002"):
+        path = fleet.agent_log_path(settings, agent)
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(f"2026-01-01T00:00:0{i}Z {agent} line {i}\n" for i in range(5)))
+    assert list(fleet.get_logs(settings, "2", tail=2)) == [
+        "2026-01-01T00:00:03Z agent-002 line 3", "2026-01-01T00:00:04Z agent-002 line 4"]
+    merged = list(fleet.get_logs(settings, None, tail=4))
+    assert merged[0].startswith("agent-001 | ") and {m.split(" | ")[0] for m in merged} == {"agent-001", "agent-002"}
+
+    stop = threading.Event()
+    lines = fleet.get_logs(settings, "002", tail=0, follow=True, stop=stop, poll=0.01)
+    got = []
+
+    def follow():
+        for line in lines:
+            got.append(line)
+            stop.set()
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    time.sleep(0.05)
+    with fleet.agent_log_path(settings, "agent-001").open("a") as other:
+        other.write("not mine\n")
+    with fleet.agent_log_path(settings, "agent-002").open("a") as mine:
+        mine.write("new line\n")
+    reader.join(5)
+    assert got == ["new line"]
+
+
+def test_logs_of_an_unknown_or_malformed_agent_are_refused(settings, monkeypatch):
+    monkeypatch.setattr(fleet, "list_agents", lambda s: [])
+    with pytest.raises(AgentNotFound, match="agent-009"):
+        fleet.get_logs(settings, "9")
+    with pytest.raises(InvalidAgentId):
+        fleet.get_logs(settings, "../../etc/passwd")
+
+
+def test_parse_docker_times_with_nanoseconds():
+    assert fleet._parse_time("2026-11-27T21:22:56.123456789Z") == pytest.approx(1795814576.123456)
+    assert fleet._parse_time("0001-01-01T00:00:00Z") is None
