@@ -516,7 +516,9 @@ class IssueStore:
         """
         now = self._now(now)
         # an idle agent polls often: answer "nothing to do" from a read, without the write lock
-        if not self._read(f"SELECT 1 FROM ({_PICK}) UNION ALL {_EXHAUSTED} LIMIT 1", {"now": now}):
+        eligible, exhausted = self._read(
+            f"SELECT EXISTS ({_PICK}), EXISTS ({_EXHAUSTED})", {"now": now})[0]
+        if not (eligible or exhausted):
             return None
         with self.transaction() as conn:
             for row in conn.execute(
@@ -525,7 +527,7 @@ class IssueStore:
                    WHERE number IN ({_EXHAUSTED})
                    RETURNING number, owner, token""",
                 {"now": now},
-            ).fetchall():
+            ).fetchall() if exhausted else ():
                 self._event(conn, now, row["number"], "dead", row["owner"], row["token"], "lease expired")
             row = conn.execute(_PICK, {"now": now}).fetchone()
             if row is None:
