@@ -115,6 +115,22 @@ MIGRATIONS = [
         pid          INTEGER
     );
     """,
+    # 2: every UPDATE of an issue names the event it records (transition, actor,
+    # note); a trigger appends it in the same statement, so a claim or a
+    # completion is ONE statement and ONE short hold of the write lock
+    [
+        "ALTER TABLE issues ADD COLUMN transition TEXT",
+        "ALTER TABLE issues ADD COLUMN actor TEXT",
+        "ALTER TABLE issues ADD COLUMN note TEXT",
+        """CREATE TRIGGER issues_transition AFTER UPDATE ON issues WHEN NEW.transition IS NOT NULL
+           BEGIN
+               INSERT INTO events (at, issue, kind, worker, token, detail)
+                   SELECT NEW.updated_at, NEW.number, 'expired', OLD.owner, OLD.token, NULL
+                   WHERE NEW.transition = 'claimed' AND OLD.status = 'claimed';
+               INSERT INTO events (at, issue, kind, worker, token, detail)
+                   VALUES (NEW.updated_at, NEW.number, NEW.transition, NEW.actor, NEW.token, NEW.note);
+           END""",
+    ],
 ]
 
 
@@ -416,7 +432,8 @@ class IssueStore:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
+                statements = script.split(";") if isinstance(script, str) else script
+                for statement in statements:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
@@ -440,6 +457,11 @@ class IssueStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def _write(self, sql: str, params: Mapping[str, Any]) -> sqlite3.Row | None:
+        """ONE write statement in its own implicit transaction; its first returned row."""
+        with self._lock:
+            return self._connect().execute(sql, params).fetchone()
 
     def _read(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
         params = params if isinstance(params, Mapping) else tuple(params)
@@ -520,49 +542,40 @@ class IssueStore:
             f"SELECT EXISTS ({_PICK}), EXISTS ({_EXHAUSTED})", {"now": now})[0]
         if not (eligible or exhausted):
             return None
-        with self.transaction() as conn:
-            for row in conn.execute(
+        if exhausted:
+            self._write(
                 f"""UPDATE issues SET status = 'dead', error = 'lease expired on the last attempt',
-                          lease_until = NULL, updated_at = :now
-                   WHERE number IN ({_EXHAUSTED})
-                   RETURNING number, owner, token""",
-                {"now": now},
-            ).fetchall() if exhausted else ():
-                self._event(conn, now, row["number"], "dead", row["owner"], row["token"], "lease expired")
-            row = conn.execute(_PICK, {"now": now}).fetchone()
-            if row is None:
-                return None
-            if row["status"] == "claimed":
-                self._event(conn, now, row["number"], "expired", row["owner"], row["token"])
-            issue = conn.execute(
-                """UPDATE issues SET status = 'claimed', owner = :worker, token = token + 1,
-                          attempts = attempts + 1, lease_until = :until, heartbeat_at = :now,
-                          claimed_at = :now, updated_at = :now
-                   WHERE number = :number
-                   RETURNING *""",
-                {"worker": worker, "until": now + lease_seconds, "now": now, "number": row["number"]},
-            ).fetchone()
-            self._event(conn, now, issue["number"], "claimed", worker, issue["token"],
-                        f"attempt {issue['attempts']} of {issue['max_attempts']}")
-        issue = self._issue(issue)
+                          lease_until = NULL, updated_at = :now,
+                          transition = 'dead', actor = owner, note = 'lease expired'
+                   WHERE number IN ({_EXHAUSTED})""",
+                {"now": now})
+        # one statement: pick, lease, count the attempt, bump the token, and (trigger) the event
+        row = self._write(
+            f"""UPDATE issues SET status = 'claimed', owner = :worker, token = token + 1,
+                      attempts = attempts + 1, lease_until = :until, heartbeat_at = :now,
+                      claimed_at = :now, updated_at = :now, transition = 'claimed', actor = :worker,
+                      note = 'attempt ' || (attempts + 1) || ' of ' || max_attempts
+               WHERE number = (SELECT number FROM ({_PICK}))
+               RETURNING *""",
+            {"worker": worker, "until": now + lease_seconds, "now": now})
+        if row is None:
+            return None
+        issue = self._issue(row)
         return Claim(issue=issue, token=issue.token, worker=worker, lease_until=issue.lease_until)
 
     def renew(self, claim: Claim, lease_seconds: float = DEFAULT_LEASE_SECONDS,
               now: float | None = None) -> Claim:
         """Extend a live lease (the heartbeat); raise LeaseLost if it is not live."""
         now = self._now(now)
-        with self.transaction() as conn:
-            row = conn.execute(
-                """UPDATE issues SET lease_until = :until, heartbeat_at = :now, updated_at = :now
-                   WHERE number = :number AND token = :token AND status = 'claimed'
-                     AND lease_until > :now
-                   RETURNING *""",
-                {"until": now + lease_seconds, "now": now, "number": claim.number, "token": claim.token},
-            ).fetchone()
-            if row is None:
-                self._refuse(conn, now, claim, "renew")
+        row = self._write(
+            """UPDATE issues SET lease_until = :until, heartbeat_at = :now, updated_at = :now,
+                      transition = NULL
+               WHERE number = :number AND token = :token AND status = 'claimed'
+                 AND lease_until > :now
+               RETURNING *""",
+            {"until": now + lease_seconds, "now": now, "number": claim.number, "token": claim.token})
         if row is None:
-            raise self._lost(claim, "renew")
+            raise self._refuse(now, claim, "renew")
         issue = self._issue(row)
         return Claim(issue=issue, token=claim.token, worker=claim.worker, lease_until=issue.lease_until)
 
@@ -574,7 +587,8 @@ class IssueStore:
         return self._fenced(
             claim, "complete", now,
             """UPDATE issues SET status = 'done', lease_until = NULL, branch = :branch,
-                      commit_sha = :commit, duration = :duration, error = NULL, updated_at = :now
+                      commit_sha = :commit, duration = :duration, error = NULL, updated_at = :now,
+                      transition = 'done', actor = :worker, note = :detail
                WHERE number = :number AND token = :token AND status = 'claimed'
                RETURNING *""",
             {"branch": result.get("branch"), "commit": result.get("commit"),
@@ -591,7 +605,9 @@ class IssueStore:
             claim, "fail", now,
             """UPDATE issues SET
                       status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
-                      due_at = :now + :backoff, lease_until = NULL, error = :error, updated_at = :now
+                      due_at = :now + :backoff, lease_until = NULL, error = :error, updated_at = :now,
+                      transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
+                      actor = :worker, note = :detail
                WHERE number = :number AND token = :token AND status = 'claimed'
                RETURNING *""",
             {"backoff": backoff, "error": str(error)[:4000]},
@@ -605,7 +621,8 @@ class IssueStore:
         return self._fenced(
             claim, "release", now,
             """UPDATE issues SET status = 'ready', owner = NULL, lease_until = NULL,
-                      attempts = MAX(attempts - 1, 0), due_at = :now, updated_at = :now
+                      attempts = MAX(attempts - 1, 0), due_at = :now, updated_at = :now,
+                      transition = 'released', actor = :worker, note = NULL
                WHERE number = :number AND token = :token AND status = 'claimed'
                RETURNING *""",
             {},
@@ -613,23 +630,21 @@ class IssueStore:
 
     def _fenced(self, claim: Claim, verb: str, now: float, sql: str, params: dict,
                 detail: str | None = None) -> Issue:
-        with self.transaction() as conn:
-            row = conn.execute(sql, {**params, "now": now, "number": claim.number, "token": claim.token}).fetchone()
-            if row is None:
-                self._refuse(conn, now, claim, verb)
-            else:
-                kind = {"complete": "done", "release": "released"}.get(verb, row["status"])
-                self._event(conn, now, claim.number, kind, claim.worker, claim.token, detail)
+        row = self._write(sql, {**params, "now": now, "number": claim.number, "token": claim.token,
+                                "worker": claim.worker, "detail": detail})
         if row is None:
-            raise self._lost(claim, verb)
+            raise self._refuse(now, claim, verb)
         return self._issue(row)
 
-    def _refuse(self, conn, now: float, claim: Claim, verb: str) -> None:
-        current = conn.execute("SELECT status, owner, token FROM issues WHERE number = ?",
-                               (claim.number,)).fetchone()
-        detail = (f"stale token {claim.token}; issue is {current['status']}, token {current['token']}"
-                  f" held by {current['owner']}" if current else "issue does not exist")
-        self._event(conn, now, claim.number, f"refused-{verb}", claim.worker, claim.token, detail)
+    def _refuse(self, now: float, claim: Claim, verb: str) -> LeaseLost:
+        """Record a refused fenced call (the issue is unchanged); the LeaseLost to raise."""
+        with self.transaction() as conn:
+            current = conn.execute("SELECT status, owner, token FROM issues WHERE number = ?",
+                                   (claim.number,)).fetchone()
+            detail = (f"stale token {claim.token}; issue is {current['status']}, token {current['token']}"
+                      f" held by {current['owner']}" if current else "issue does not exist")
+            self._event(conn, now, claim.number, f"refused-{verb}", claim.worker, claim.token, detail)
+        return self._lost(claim, verb)
 
     def _lost(self, claim: Claim, verb: str) -> LeaseLost:
         return LeaseLost(
@@ -653,14 +668,13 @@ class IssueStore:
                       status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
                       error = CASE WHEN attempts >= max_attempts THEN :reason ELSE error END,
                       owner = CASE WHEN attempts >= max_attempts THEN owner END,
-                      lease_until = NULL, due_at = :now, updated_at = :now
+                      lease_until = NULL, due_at = :now, updated_at = :now,
+                      transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'released-agent' END,
+                      actor = :agent, note = :note
                WHERE status = 'claimed' AND owner = :agent
                RETURNING number, token, status""",
-            {"agent": agent_id, "now": now, "reason": f"{reason} on the last attempt"},
+            {"agent": agent_id, "now": now, "reason": f"{reason} on the last attempt", "note": reason},
         ).fetchall()
-        for row in rows:
-            self._event(conn, now, row["number"], "released-agent" if row["status"] == "ready" else "dead",
-                        agent_id, row["token"], reason)
         return sorted(row["number"] for row in rows)
 
     def release_stale_agents(self, stale_after: float, now: float | None = None) -> dict[str, list[int]]:
@@ -710,9 +724,10 @@ class IssueStore:
                     + (f" by {row['owner']}" if row["status"] == "claimed" else "")
                     + f": cannot {verb} it now (stop its agent first, or wait)"
                 )
-            conn.execute(f"UPDATE issues SET {assignment}, updated_at = :now WHERE number = :number",
-                         {"now": now, "number": number})
-            self._event(conn, now, number, verb, "operator")
+            conn.execute(f"""UPDATE issues SET {assignment}, updated_at = :now,
+                                    transition = :verb, actor = 'operator', note = NULL
+                             WHERE number = :number""",
+                         {"now": now, "number": number, "verb": verb})
         return self.get(number)
 
     # -- agents -------------------------------------------------------------
@@ -744,7 +759,8 @@ class IssueStore:
     @staticmethod
     def _issue(row: sqlite3.Row) -> Issue:
         data = dict(row)
-        data.pop("rank", None)
+        for internal in ("rank", "transition", "actor", "note"):
+            data.pop(internal, None)
         data["commit"] = data.pop("commit_sha")
         return Issue(**data)
 

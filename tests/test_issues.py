@@ -389,14 +389,14 @@ def test_a_new_migration_applies_once_and_a_failing_one_applies_nothing(tmp_path
     with pytest.raises(sqlite3.OperationalError):
         IssueStore(path)
     with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
 
     monkeypatch.setattr(issues, "MIGRATIONS", MIGRATIONS + ["ALTER TABLE issues ADD COLUMN labels TEXT"])
     IssueStore(path).close()
-    IssueStore(path).close()  # already at version 2: not applied twice (it would fail)
+    IssueStore(path).close()  # already applied: not applied twice (it would fail)
     with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
         assert con.execute("SELECT title, labels FROM issues").fetchall() == [("old row", None)]
 
 
@@ -554,3 +554,18 @@ def test_add_many_is_all_or_nothing(store):
         store.add_many([{"title": "fine"}, {"title": "bad", "priority": "whenever"}])
     assert [i.number for i in store.list()] == [5]
     assert store.add("next").number == 6
+
+
+def test_a_version_1_database_upgrades_and_keeps_its_audit_trail(tmp_path, monkeypatch):
+    from conftest import T0
+
+    path = tmp_path / "autopilot.db"
+    monkeypatch.setattr(issues, "MIGRATIONS", MIGRATIONS[:1])
+    with IssueStore(path) as old:
+        old.add("from before", now=T0)
+    monkeypatch.setattr(issues, "MIGRATIONS", MIGRATIONS)
+    with IssueStore(path) as store:
+        claim = store.claim("agent-001", now=T0 + 1)
+        store.complete(claim, {"branch": "b"}, now=T0 + 2)
+        kinds = [(e.kind, e.worker, e.token) for e in store.events(claim.number)]
+    assert kinds == [("added", None, None), ("claimed", "agent-001", 1), ("done", "agent-001", 1)]
