@@ -28,10 +28,15 @@ Time is a parameter: every verb takes ``now`` (seconds since the epoch),
 defaulting to the store's clock. Times are stored as REAL epoch seconds, so a
 comparison is a comparison of numbers, never of differently formatted text.
 
-Connections. ``isolation_level=None`` with explicit ``BEGIN IMMEDIATE`` around
-every read-then-write; WAL is set when the database is created; no transaction
-is held across agent work; a store used after ``fork()`` reconnects instead of
-sharing the parent's connection.
+Writes. A claim and each fenced verb is ONE ``UPDATE ... RETURNING`` statement
+(atomic on its own: the pick is a subquery of the UPDATE); the ``issues_transition``
+trigger appends the audit event in that same statement, so the write lock is
+held once and briefly. Reads that lead to writes (imports, operator verbs,
+refusals, the stale-agent sweep) use explicit ``BEGIN IMMEDIATE``.
+
+Connections. ``isolation_level=None``; WAL is set when the database is created;
+no transaction is held across agent work; a store used after ``fork()``
+reconnects instead of sharing the parent's connection.
 """
 
 from __future__ import annotations
