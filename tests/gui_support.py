@@ -9,7 +9,6 @@ reading of the queue is tested for real.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import tempfile
 import threading
@@ -26,6 +25,7 @@ with warnings.catch_warnings():  # starlette nags about httpx2 at import; the te
     from starlette.testclient import TestClient  # noqa: F401 - re-exported for the GUI tests
 from parallel_autopilot.errors import AgentNotFound, DockerUnavailable, InvalidAgentCount
 from parallel_autopilot.ids import agent_id
+from parallel_autopilot.fleet import AgentStatus
 from parallel_autopilot.issues import IssueStore
 
 CHROMIUM = "/usr/bin/chromium"
@@ -34,24 +34,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
-@dataclasses.dataclass(frozen=True)
-class FakeAgentStatus:
-    """The fields of fleet.AgentStatus."""
-
-    id: str
-    container: str | None
-    state: str
-    health: str | None
-    activity: str
-    issue: int | None
-    issue_title: str | None
-    since: float | None
-    uptime: float | None
-    heartbeat_age: float | None
-    restarts: int
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+# the real dataclass: a fake with its own copy would drift from what the GUI really gets
+FakeAgentStatus = AgentStatus
 
 
 class FakeFleet:
