@@ -224,6 +224,20 @@ class Git:
         """True when every commit of ``branch`` is in ``base``."""
         return self.ok("merge-base", "--is-ancestor", branch, base)
 
+    def merge(self, branch: str, message: str) -> bool:
+        """``git merge --no-ff`` of ``branch`` into the checked-out branch.
+
+        True when merged; False on a conflict, after ``git merge --abort`` has
+        put the checkout back as it was. Other failures raise GitError.
+        """
+        shown, proc = self._run(["merge", "--no-ff", "--no-edit", "-m", message, branch], None, None)
+        if proc.returncode == 0:
+            return True
+        if self.ok("rev-parse", "-q", "--verify", "MERGE_HEAD"):
+            self.run("merge", "--abort")
+            return False
+        raise GitError(f"{shown} (in {self.path}) failed: {_last_line(proc.stderr, proc.returncode)}")
+
     def on_a_branch(self, rev: str) -> bool:
         """True when commit ``rev`` is reachable from some local branch (not only from HEAD)."""
         out = self.run("for-each-ref", "--count=1", f"--contains={rev}", "--format=%(refname)", "refs/heads/")

@@ -106,6 +106,22 @@ def _number(value, what: str = "issue number") -> int:
     return int(text)
 
 
+@task(help={"number": "merge only this issue (default: every done issue)",
+            "dry_run": "only say what would be merged", "json": "print the report as JSON"})
+def merge(c, number=None, dry_run=False, json=False):
+    """Merge done issues' branches into the base branch (--no-ff; a conflict is aborted and reported)."""
+    from .. import results
+
+    report = results.merge_done(settings(c), open_store(c), [_number(number)] if number else None,
+                                dry_run=dry_run)
+    emit_json(report.to_dict()) if json else print(report.summary())
+    if report.conflicts:
+        from invoke import Exit
+
+        raise Exit(f"error: {len(report.conflicts)} issue(s) conflict with {report.base}: "
+                   "resolve by hand on their branches, or retry them", code=4)
+
+
 ns = Namespace("issues")
-for t in (add, import_, list_, show, retry, block):
+for t in (add, import_, list_, show, retry, block, merge):
     ns.add_task(t)
