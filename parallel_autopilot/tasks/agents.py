@@ -27,7 +27,7 @@ def status_table(agents: list[fleet.AgentStatus]) -> str:
     )
 
 
-@task(help={"n": "number of agents, 1..max (also -n)", "no_wait": "return without waiting until healthy",
+@task(help={"n": "number of agents, 1..max (--n N or -n N)", "no_wait": "return without waiting until healthy",
             "json": "print the agents as JSON"})
 def start(c, n=None, no_wait=False, json=False):
     """Start N agents (worktrees, image if missing, containers) and wait until healthy."""

@@ -79,7 +79,7 @@ def _alias_letter_flags(contexts):
     for ctx in contexts:
         for flag in list(ctx.flags.keys()):
             if len(flag) == 2 and flag.startswith("-") and "-" + flag not in ctx.flags:
-                ctx.flags["-" + flag] = ctx.flags[flag]
+                ctx.flags.alias("-" + flag, to=flag)  # an alias: listed once in --help
     return contexts
 
 

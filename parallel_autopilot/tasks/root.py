@@ -38,7 +38,7 @@ def cleanup(c, force=False, json=False):
 
 
 @task(help={"dir": "where to create the sample repository (default: a new temporary directory)",
-            "n": "number of agents (default 3; also -n)", "keep": "leave the agents running afterwards",
+            "n": "number of agents (default 3)", "keep": "leave the agents running afterwards",
             "json": "print the results as JSON"})
 def demo(c, dir=None, n=3, keep=False, json=False):
     """Run the demo: a sample repository, 12 issues with scripts, 3 agents in containers."""
