@@ -107,7 +107,7 @@ def test_compose_env_passes_limits_and_settings(settings, git_repo):
     assert env["AUTOPILOT_GRACE_SECONDS"] == "10"
     assert env["AUTOPILOT_HEALTH_INTERVAL"] == "2s"
     assert env["AUTOPILOT_LEASE_SECONDS"] == "900"
-    assert env["AUTOPILOT_POLL_SECONDS"] == "2"
+    assert env["AUTOPILOT_POLL_SECONDS"] == "0.5"
     assert env["AUTOPILOT_NETWORK"] == "bridge"
     stat = (git_repo / ".git").stat()
     assert (env["AUTOPILOT_UID"], env["AUTOPILOT_GID"]) == (str(stat.st_uid), str(stat.st_gid))
