@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Iterator
 from . import compose, docker_client, image, platform, worktrees
 from .config import Settings
 from .git import Git
-from .errors import AgentNotFound, AgentsUnhealthy, InvalidAgentCount
-from .ids import agent_id, agent_ids
+from .errors import AgentNotFound, AgentsUnhealthy
+from .ids import agent_count, agent_id, agent_ids
 from .issues import IssueStore, IssueNotFound
 
 Progress = Callable[[str], None]
@@ -100,19 +100,7 @@ def max_agents(settings: Settings) -> int:
 
 def check_count(settings: Settings, n) -> int:
     """``n`` as an int in 1..max_agents, or InvalidAgentCount naming the range."""
-    maximum = max_agents(settings)
-    if n is None:
-        raise InvalidAgentCount(f"how many agents? give --n N with N from 1 to {maximum}")
-    text = str(n).strip()
-    try:
-        count = int(text)
-    except ValueError:
-        raise InvalidAgentCount(f"agent count {text!r} is not a number: use 1 to {maximum}") from None
-    if not 1 <= count <= maximum:
-        raise InvalidAgentCount(
-            f"agent count {count} is out of range: this machine runs 1 to {maximum} agents"
-            " (autopilot.max_agents overrides)")
-    return count
+    return agent_count(n, max_agents(settings))
 
 
 def start_agents(settings: Settings, n, *, progress: Progress = print, wait: bool = True) -> list[AgentStatus]:

@@ -6,7 +6,7 @@ else (``../x``, ``001;rm``, ``0``) is refused. Standard library only.
 
 import re
 
-from .errors import InvalidAgentId
+from .errors import InvalidAgentCount, InvalidAgentId
 
 _ID = re.compile(r"^(?:agent-?)?0*([1-9][0-9]{0,2})$")
 MAX_ID = 999
@@ -35,3 +35,19 @@ def agent_branch(value) -> str:
 def agent_ids(n: int) -> list[str]:
     """Return ``agent-001`` .. ``agent-00n``."""
     return [agent_id(i) for i in range(1, n + 1)]
+
+
+def agent_count(value, maximum: int) -> int:
+    """A count of agents as given by a user (``--n``): an int in 1..maximum, or InvalidAgentCount."""
+    if value is None:
+        raise InvalidAgentCount(f"how many agents? give --n N with N from 1 to {maximum}")
+    text = str(value).strip()
+    try:
+        n = int(text)
+    except ValueError:
+        raise InvalidAgentCount(
+            f"agent count {text!r} is not a number: give --n N with N from 1 to {maximum}") from None
+    if not 1 <= n <= maximum:
+        raise InvalidAgentCount(f"agent count {n} is out of range: give --n N with N from 1 to {maximum} "
+                                "on this machine (autopilot.max_agents sets the maximum)")
+    return n

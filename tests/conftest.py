@@ -48,6 +48,20 @@ def git(repo: Path, *args: str) -> str:
                           text=True).stdout
 
 
+def sh(cwd: Path, *args: str) -> str:
+    """Run git directly (not through the module under test); stdout stripped."""
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def hermetic_git(monkeypatch, tmp_path_factory):
+    """No user or system git configuration leaks into the test."""
+    empty = tmp_path_factory.mktemp("gitconfig") / "config"
+    empty.write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
 @pytest.fixture
 def git_repo(tmp_path) -> Path:
     """A temporary git repository with one commit on ``main`` (and its own identity)."""

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from conftest import sh
 
 from parallel_autopilot.errors import GitError
 from parallel_autopilot.git import Git
 
 
-def sh(cwd: Path, *args: str) -> str:
-    """Run git directly (not through the module under test)."""
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def hermetic_git(monkeypatch, tmp_path_factory):
-    """No user or system git configuration leaks into the tests."""
-    empty = tmp_path_factory.mktemp("gitconfig") / "config"
-    empty.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+pytestmark = pytest.mark.usefixtures("hermetic_git")
 
 
 @pytest.fixture

@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import sh
 
 from parallel_autopilot import config, worktrees
 from parallel_autopilot.errors import AgentNotFound, GitError, UnmergedWork, WorktreeDirty
 
 
-def sh(cwd: Path, *args: str) -> str:
-    """Run git directly (not through the module under test)."""
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def hermetic_git(monkeypatch, tmp_path_factory):
-    """No user or system git configuration leaks into the tests."""
-    empty = tmp_path_factory.mktemp("gitconfig") / "config"
-    empty.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+pytestmark = pytest.mark.usefixtures("hermetic_git")
 
 
 def init_repo(path: Path, commit: bool = True) -> Path:

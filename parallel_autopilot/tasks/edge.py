@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 import invoke
 
 from .. import config
-from ..errors import AutopilotError, InvalidAgentCount
+from ..errors import AutopilotError
 
 
 def task(*args: Any, **kwargs: Any) -> Callable:
@@ -42,22 +42,6 @@ def task(*args: Any, **kwargs: Any) -> Callable:
 def settings(c, **overrides) -> config.Settings:
     """The Settings for this invocation (see :mod:`parallel_autopilot.config`)."""
     return config.load(c.config, **overrides)
-
-
-def parse_count(value: Any, maximum: int, what: str = "agent count") -> int:
-    """A count from the command line: an integer in 1..maximum, or InvalidAgentCount."""
-    text = str(value).strip() if value is not None else ""
-    try:
-        n = int(text)
-    except ValueError:
-        raise InvalidAgentCount(
-            f"{what} {text!r} is not a number: give --n N with N from 1 to {maximum}"
-        ) from None
-    if not 1 <= n <= maximum:
-        raise InvalidAgentCount(
-            f"{what} {n} is out of range: give --n N with N from 1 to {maximum} on this machine"
-        )
-    return n
 
 
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:

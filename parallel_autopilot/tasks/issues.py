@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .. import issuefile
+from .. import fleet, issuefile
 from ..errors import InvalidInput
 from ..issues import IssueStore
 from .edge import Namespace, emit_json, settings, table, task
 
 
 def open_store(c) -> IssueStore:
-    """The IssueStore of this invocation's settings."""
-    s = settings(c)
-    return IssueStore(s.db_path, max_attempts=s.max_attempts, backoff_seconds=s.backoff_seconds)
+    """The IssueStore of this invocation's settings (the same one the orchestrator uses)."""
+    return fleet.open_store(settings(c))
 
 
 @task(help={

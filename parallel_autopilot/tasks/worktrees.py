@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .. import worktrees
 from ..config import Settings
-from .edge import Namespace, emit_json, parse_count, settings, table, task
+from ..ids import agent_count
+from .edge import Namespace, emit_json, settings, table, task
 
 #: The most agents when neither ``autopilot.max_agents`` nor the platform says otherwise.
 FALLBACK_MAX_AGENTS = 10
@@ -32,7 +33,7 @@ def _print(ws: list[worktrees.Worktree]) -> None:
 def create(c, n, json=False):
     """Create (or reuse, or repair) the worktrees .worktrees/agent-001.. on branches agent/001.."""
     s = settings(c)
-    made = worktrees.create(s, parse_count(n, max_agents(s)))
+    made = worktrees.create(s, agent_count(n, max_agents(s)))
     if json:
         emit_json([w.to_dict() for w in made])
     else:
