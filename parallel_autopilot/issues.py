@@ -57,7 +57,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from .errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, UnsafeFilesystem
 
 PRIORITIES = ("urgent", "high", "medium", "low")
-STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked")
+STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked", "empty", "merged", "rejected")
 DEFAULT_LEASE_SECONDS = 900
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF_SECONDS = 30.0
@@ -69,6 +69,16 @@ DEFAULT_BUSY_TIMEOUT = 30.0
 #: VMware shares are ``vboxsf``, ``prl_fs`` and ``vmhgfs``; WSL1 Windows drives ``drvfs``.
 UNSAFE_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "fuse", "fakeowner",
                       "vboxsf", "prl_fs", "vmhgfs", "drvfs", "ceph", "glusterfs", "lustre", "afs", "gpfs")
+
+#: Appends the audit event an UPDATE names (transition, actor, note), in the same statement.
+_TRANSITION_TRIGGER = """CREATE TRIGGER issues_transition AFTER UPDATE ON issues WHEN NEW.transition IS NOT NULL
+           BEGIN
+               INSERT INTO events (at, issue, kind, worker, token, detail)
+                   SELECT NEW.updated_at, NEW.number, 'expired', OLD.owner, OLD.token, NULL
+                   WHERE NEW.transition = 'claimed' AND OLD.status = 'claimed';
+               INSERT INTO events (at, issue, kind, worker, token, detail)
+                   VALUES (NEW.updated_at, NEW.number, NEW.transition, NEW.actor, NEW.token, NEW.note);
+           END"""
 
 MIGRATIONS = [
     # 1: the initial schema
@@ -127,14 +137,63 @@ MIGRATIONS = [
         "ALTER TABLE issues ADD COLUMN transition TEXT",
         "ALTER TABLE issues ADD COLUMN actor TEXT",
         "ALTER TABLE issues ADD COLUMN note TEXT",
-        """CREATE TRIGGER issues_transition AFTER UPDATE ON issues WHEN NEW.transition IS NOT NULL
-           BEGIN
-               INSERT INTO events (at, issue, kind, worker, token, detail)
-                   SELECT NEW.updated_at, NEW.number, 'expired', OLD.owner, OLD.token, NULL
-                   WHERE NEW.transition = 'claimed' AND OLD.status = 'claimed';
-               INSERT INTO events (at, issue, kind, worker, token, detail)
-                   VALUES (NEW.updated_at, NEW.number, NEW.transition, NEW.actor, NEW.token, NEW.note);
-           END""",
+        _TRANSITION_TRIGGER,
+    ],
+    # 3: verified work and a merge queue (statuses empty/merged/rejected, the check's
+    # result, the report handed to the next attempt), model usage per issue. SQLite
+    # cannot alter a CHECK constraint: the table is rebuilt, trigger and index with it.
+    [
+        "DROP TRIGGER issues_transition",
+        """CREATE TABLE issues_v3 (
+            number       INTEGER PRIMARY KEY,
+            title        TEXT NOT NULL,
+            body         TEXT NOT NULL DEFAULT '',
+            priority     TEXT NOT NULL CHECK (priority IN ('urgent','high','medium','low')),
+            rank         INTEGER NOT NULL,
+            script       TEXT,
+            status       TEXT NOT NULL DEFAULT 'ready'
+                         CHECK (status IN ('ready','claimed','done','failed','dead','blocked',
+                                           'empty','merged','rejected')),
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+            due_at       REAL NOT NULL,
+            owner        TEXT,
+            token        INTEGER NOT NULL DEFAULT 0,
+            lease_until  REAL,
+            heartbeat_at REAL,
+            claimed_at   REAL,
+            branch       TEXT,
+            commit_sha   TEXT,
+            duration     REAL,
+            error        TEXT,
+            created_at   REAL NOT NULL,
+            updated_at   REAL NOT NULL,
+            transition   TEXT,
+            actor        TEXT,
+            note         TEXT,
+            check_cmd    TEXT,                      -- per-issue check (None: the repository's)
+            check_status TEXT,                      -- passed | failed | timeout | none
+            check_duration REAL,
+            check_output TEXT,                      -- the check's last lines
+            feedback     TEXT,                      -- report handed to the next attempt's prompt
+            completed_at REAL,
+            merge_commit TEXT,
+            merged_at    REAL,
+            usage        TEXT                       -- JSON: model tokens/cost, summed over attempts
+        )""",
+        """INSERT INTO issues_v3 (number, title, body, priority, rank, script, status, attempts,
+                                 max_attempts, due_at, owner, token, lease_until, heartbeat_at,
+                                 claimed_at, branch, commit_sha, duration, error, created_at,
+                                 updated_at, transition, actor, note, completed_at)
+           SELECT number, title, body, priority, rank, script, status, attempts, max_attempts,
+                  due_at, owner, token, lease_until, heartbeat_at, claimed_at, branch, commit_sha,
+                  duration, error, created_at, updated_at, NULL, NULL, NULL,
+                  CASE WHEN status = 'done' THEN updated_at END
+           FROM issues""",
+        "DROP TABLE issues",
+        "ALTER TABLE issues_v3 RENAME TO issues",
+        "CREATE INDEX issues_pick ON issues (status, rank, created_at, number)",
+        _TRANSITION_TRIGGER,
     ],
 ]
 
@@ -186,6 +245,15 @@ class Issue:
     error: str | None
     created_at: float
     updated_at: float
+    check: str | None = None  # this issue's check command (None: the repository's)
+    check_status: str | None = None  # passed | failed | timeout | none (no check configured)
+    check_duration: float | None = None
+    check_output: str | None = None  # the check's last lines
+    feedback: str | None = None  # the report the next attempt's prompt carries
+    completed_at: float | None = None
+    merge_commit: str | None = None
+    merged_at: float | None = None
+    usage: dict | None = None  # model usage summed over attempts (tokens, cost)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,11 +342,15 @@ def check_filesystem(directory: Path, mountinfo: str = "/proc/self/mountinfo") -
         )
 
 
+#: What a completion may record about the attempt.
+RESULT_FIELDS = ("branch", "commit", "duration", "check_status", "check_duration", "check_output", "usage")
+
+
 def _as_result(result: Mapping[str, Any] | None) -> dict[str, Any]:
     result = dict(result or {})
-    unknown = set(result) - {"branch", "commit", "duration"}
+    unknown = set(result) - set(RESULT_FIELDS)
     if unknown:
-        raise InvalidInput(f"unknown result field(s) {sorted(unknown)}: use branch, commit, duration")
+        raise InvalidInput(f"unknown result field(s) {sorted(unknown)}: use {', '.join(RESULT_FIELDS)}")
     return result
 
 
@@ -296,7 +368,7 @@ def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, 
     """
     if not isinstance(item, Mapping):
         raise _invalid(where, None, f"expected a mapping with at least a title, got {type(item).__name__}")
-    allowed = {"number", "title", "body", "priority", "script", "max_attempts"}
+    allowed = {"number", "title", "body", "priority", "script", "check", "max_attempts"}
     unknown = sorted(set(item) - allowed, key=str)
     if unknown:
         raise _invalid(where, unknown[0], f"unknown field(s) {', '.join(map(str, unknown))}; "
@@ -313,6 +385,9 @@ def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, 
         raise _invalid(where, "body", "'body' must be text")
     if script is not None and not isinstance(script, str):
         raise _invalid(where, "script", "'script' must be text")
+    check = item.get("check")
+    if check is not None and (not isinstance(check, str) or not check.strip()):
+        raise _invalid(where, "check", "'check' must be a non-empty command")
     number = item.get("number")
     if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 1):
         raise _invalid(where, "number", "'number' must be a positive integer")
@@ -325,6 +400,7 @@ def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, 
         "body": body,
         "priority": priority,
         "script": script,
+        "check": check,
         "max_attempts": max_attempts,
     }
 
@@ -500,10 +576,11 @@ class IssueStore:
     # -- adding -------------------------------------------------------------
 
     def add(self, title: str, body: str = "", priority: str = "medium", script: str | None = None,
-            max_attempts: int | None = None, number: int | None = None, now: float | None = None) -> Issue:
+            max_attempts: int | None = None, number: int | None = None, now: float | None = None,
+            check: str | None = None) -> Issue:
         """Add one ready issue and return it."""
         fields = {"title": title, "body": body, "priority": priority, "script": script,
-                  "max_attempts": max_attempts, "number": number}
+                  "max_attempts": max_attempts, "number": number, "check": check}
         return self.add_many([fields], now=now)[0]
 
     def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None) -> list[Issue]:
@@ -518,11 +595,11 @@ class IssueStore:
                 ).fetchone():
                     raise Conflict(f"issue #{fields['number']} already exists: leave 'number' out to get a new one")
                 cur = conn.execute(
-                    """INSERT INTO issues (number, title, body, priority, rank, script, max_attempts,
-                                           due_at, created_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    """INSERT INTO issues (number, title, body, priority, rank, script, check_cmd,
+                                           max_attempts, due_at, created_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (fields["number"], fields["title"], fields["body"], fields["priority"],
-                     PRIORITIES.index(fields["priority"]), fields["script"],
+                     PRIORITIES.index(fields["priority"]), fields["script"], fields["check"],
                      fields["max_attempts"] or self.max_attempts, now, now, now),
                 )
                 numbers.append(cur.lastrowid)
@@ -593,11 +670,16 @@ class IssueStore:
             claim, "complete", now,
             """UPDATE issues SET status = 'done', lease_until = NULL, branch = :branch,
                       commit_sha = :commit, duration = :duration, error = NULL, updated_at = :now,
+                      completed_at = :now, check_status = :check_status,
+                      check_duration = :check_duration, check_output = :check_output,
+                      usage = :usage, feedback = NULL,
                       transition = 'done', actor = :worker, note = :detail
                WHERE number = :number AND token = :token AND status = 'claimed'
                RETURNING *""",
             {"branch": result.get("branch"), "commit": result.get("commit"),
-             "duration": result.get("duration")},
+             "duration": result.get("duration"), "check_status": result.get("check_status"),
+             "check_duration": result.get("check_duration"), "check_output": result.get("check_output"),
+             "usage": json.dumps(result["usage"]) if result.get("usage") is not None else None},
             detail=json.dumps(result) if result else None,
         )
 
@@ -767,6 +849,9 @@ class IssueStore:
         for internal in ("rank", "transition", "actor", "note"):
             data.pop(internal, None)
         data["commit"] = data.pop("commit_sha")
+        data["check"] = data.pop("check_cmd", None)
+        if data.get("usage"):
+            data["usage"] = json.loads(data["usage"])
         return Issue(**data)
 
     def get(self, number: int) -> Issue:

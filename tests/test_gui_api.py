@@ -79,7 +79,8 @@ def test_snapshot_shows_agents_queue_counts_and_resources(env):
         ("Urgent hotfix", "claimed"), ("Fix bug in Y", "ready"), ("Write the docs", "ready")]
     assert snap["issues"][0]["owner"] == "agent-002"
     assert snap["open_total"] == 3
-    assert snap["counts"] == {"ready": 2, "claimed": 1, "done": 1, "failed": 0, "dead": 0, "blocked": 0}
+    assert snap["counts"] == {"ready": 2, "claimed": 1, "done": 1, "failed": 0, "dead": 0, "blocked": 0,
+                              "empty": 0, "merged": 0, "rejected": 0}
     assert snap["resources"]["platform"] == "Linux x86_64" and snap["max_agents"] == 10
     assert snap["errors"] == [] and snap["repo"] == str(env.settings.repo)
 

@@ -537,7 +537,8 @@ def test_list_counts_and_events(store, clock):
     assert [i.number for i in store.list()] == [a.number, b.number]
     assert [i.number for i in store.list("done")] == [b.number]
     assert [i.number for i in store.list(["ready", "done"])] == [b.number, a.number]
-    assert store.counts() == {"ready": 1, "claimed": 0, "done": 1, "failed": 0, "dead": 0, "blocked": 0}
+    assert store.counts() == {"ready": 1, "claimed": 0, "done": 1, "failed": 0, "dead": 0, "blocked": 0,
+                              "empty": 0, "merged": 0, "rejected": 0}
     with pytest.raises(InvalidInput, match="unknown status 'bogus'"):
         store.list("bogus")
     assert [e.kind for e in store.events(limit=2)] == ["claimed", "done"]
@@ -561,11 +562,15 @@ def test_a_version_1_database_upgrades_and_keeps_its_audit_trail(tmp_path, monke
 
     path = tmp_path / "autopilot.db"
     monkeypatch.setattr(issues, "MIGRATIONS", MIGRATIONS[:1])
-    with IssueStore(path) as old:
-        old.add("from before", now=T0)
+    with IssueStore(path) as old, old.transaction() as conn:  # as version 1 wrote it
+        number = conn.execute("""INSERT INTO issues (title, priority, rank, due_at, created_at, updated_at)
+                                 VALUES ('from before', 'medium', 2, ?, ?, ?)""", (T0, T0, T0)).lastrowid
+        conn.execute("INSERT INTO events (at, issue, kind) VALUES (?, ?, 'added')", (T0, number))
     monkeypatch.setattr(issues, "MIGRATIONS", MIGRATIONS)
     with IssueStore(path) as store:
         claim = store.claim("agent-001", now=T0 + 1)
         store.complete(claim, {"branch": "b"}, now=T0 + 2)
         kinds = [(e.kind, e.worker, e.token) for e in store.events(claim.number)]
+        upgraded = store.get(claim.number)
     assert kinds == [("added", None, None), ("claimed", "agent-001", 1), ("done", "agent-001", 1)]
+    assert (upgraded.title, upgraded.status, upgraded.completed_at) == ("from before", "done", T0 + 2)
