@@ -41,6 +41,12 @@ class RuntimeSettings:
     heartbeat_file: Path = Path("/run/autopilot/heartbeat")
     credentials: Path = Path("/run/credentials")
     stale_seconds: float = 6.0
+    # model CLIs (kinds codex and claude): endpoint, model, the CLI's own retries
+    openai_base_url: str | None = None
+    anthropic_base_url: str | None = None
+    model: str | None = None
+    model_retries: int | None = None
+    quota_backoff_seconds: float = 60.0
 
     @property
     def renew_seconds(self) -> float:
@@ -106,4 +112,19 @@ class RuntimeSettings:
             heartbeat_file=Path(env.get("AUTOPILOT_HEARTBEAT_FILE", "").strip() or "/run/autopilot/heartbeat"),
             credentials=Path(env.get("AUTOPILOT_CREDENTIALS", "").strip() or "/run/credentials"),
             stale_seconds=number("AUTOPILOT_STALE_SECONDS", 6.0),
+            openai_base_url=_url(env, "AUTOPILOT_OPENAI_BASE_URL"),
+            anthropic_base_url=_url(env, "AUTOPILOT_ANTHROPIC_BASE_URL"),
+            model=env.get("AUTOPILOT_MODEL", "").strip() or None,
+            model_retries=(number("AUTOPILOT_MODEL_RETRIES", 0, 0, integer=True)
+                           if env.get("AUTOPILOT_MODEL_RETRIES", "").strip() else None),
+            quota_backoff_seconds=number("AUTOPILOT_QUOTA_BACKOFF_SECONDS", 60.0, 0.1),
         )
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise InvalidInput(f"{name}={value!r} is not a URL: use http(s)://host:port[/path]")
+    return value.rstrip("/")

@@ -20,11 +20,16 @@ def status_table(agents: list[fleet.AgentStatus]) -> str:
     if not agents:
         return "no agents (start some with `agents.start --n 3`)"
     return table(
-        [(a.id, a.state, a.health or "", (f"working on #{a.issue} {(a.issue_title or '')[:40]}"
-                                          if a.issue else a.activity),
-          _duration(a.uptime), a.restarts) for a in agents],
-        ["agent", "container", "health", "doing", "uptime", "restarts"],
+        [(a.id, a.state, a.health or "", getattr(a, "doing", None) or a.activity, _duration(a.uptime), a.restarts,
+          getattr(a, "cli", None) or "", _tokens(getattr(a, "tokens", None))) for a in agents],
+        ["agent", "container", "health", "doing", "uptime", "restarts", "cli", "tokens in/out"],
     )
+
+
+def _tokens(tokens: dict | None) -> str:
+    if not tokens:
+        return ""
+    return f"{tokens['input_tokens']}/{tokens['output_tokens']}"
 
 
 @task(help={"n": "number of agents, 1..max (--n N or -n N)", "no_wait": "return without waiting until healthy",
