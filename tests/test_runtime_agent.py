@@ -455,10 +455,16 @@ def test_agent_kinds_run_their_program_with_the_issue(site, kind):
         assert call["argv"] == ["--issue", "1", "--title", title, "--priority", "urgent", "--in", ws]
     else:
         assert call["name"] == kind
-        prompt = call["argv"][{"codex": 2, "claude": 1}[kind]]
-        expected = {"codex": ["exec", "--full-auto", prompt],
-                    "claude": ["-p", prompt, "--dangerously-skip-permissions"]}[kind]
-        assert call["argv"] == expected
+        prompt = call["argv"][{"codex": -1, "claude": 1}[kind]]
+        expected = {"codex": ["exec", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
+                              "--json", "--color", "never", "-C", ws],
+                    "claude": ["-p", prompt, "--dangerously-skip-permissions", "--output-format", "stream-json",
+                               "--verbose", "--no-session-persistence"]}[kind]
+        if kind == "codex":
+            assert call["argv"][:len(expected)] == expected and call["argv"][-1] == prompt
+            assert call["argv"][call["argv"].index("-o") + 1].endswith("issue-1-attempt-1.last.txt")
+        else:
+            assert call["argv"] == expected
         assert "#1" in prompt and title in prompt and "autopilot/issue-1" in prompt
         assert "Do NOT push" in prompt and "main" in prompt
         if kind == "claude":
