@@ -262,4 +262,23 @@ def preflight(settings: Any, image_labels: Mapping[str, str] | None, count: int 
     return warnings
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m parallel_autopilot.agentcli [codex|claude|all]``: fill the host cache (bootstrap.sh)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        for cli in clis(args[0] if args else "all"):
+            found = fetch(cli, progress=lambda line: print(f"agent CLIs: {line}"))
+            print(f"agent CLIs: {PINS[cli][0]}@{found.version} in {found.prefix}")
+    except (ImageBuildError, InvalidInput) as err:
+        print(f"agent CLIs: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
 __all__ = ["PINS", "CHOICES", "clis", "labels", "fetch", "stage", "preflight", "credentials", "cache_root"]
