@@ -29,7 +29,7 @@ for arg in "$@"; do
     --browser) WANT_BROWSER=1 ;;
     --lint) WANT_LINT=1 ;;
     --no-test) WANT_TEST=0 ;;
-    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $arg (use --ssh, --browser, --lint, --no-test)" ;;
   esac
 done
