@@ -148,12 +148,16 @@ def stage(choice: str | None, target: Path, settings: Any = None,
         _link_tree(found.binary_dir(), target / cli)
         relative = Path("..") / cli / found.executable().relative_to(found.binary_dir())
         link = bin_dir / cli
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(relative)
-        (target / f"{cli}.version").write_text(found.version + "\n")
-        os.utime(target / f"{cli}.version", (0, 0))
+        if not (link.is_symlink() and os.readlink(link) == str(relative)):
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(relative)
+        version = target / f"{cli}.version"
+        if not (version.is_file() and version.read_text() == found.version + "\n"):
+            version.write_text(found.version + "\n")
+        os.utime(version, (0, 0))
         done.append(found)
+    os.utime(bin_dir, (0, 0))
     return done
 
 
