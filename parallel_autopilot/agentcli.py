@@ -260,9 +260,10 @@ def preflight(settings: Any, image_labels: Mapping[str, str] | None, count: int 
                            f"to bridge (or host), or autopilot.{what} to a server on the container's loopback")
     warnings = []
     if count > 1 and (source.startswith("CLAUDE_CODE_OAUTH_TOKEN") or source.endswith("auth.json")):
+        known = " (anthropics/claude-code#43392)" if kind == "claude" else ""
         warnings.append(f"warning: {count} {kind} agents share ONE OAuth login ({source.split(' ')[0]}); "
-                        "refresh tokens are single use, so one agent's refresh can log the others out "
-                        "(anthropics/claude-code#43392): use an API key, or one token per agent")
+                        f"refresh tokens are single use, so one agent's refresh can log the others out{known}: "
+                        "use an API key, or one token per agent")
     return warnings
 
 
