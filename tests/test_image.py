@@ -50,6 +50,9 @@ def test_build_context_is_only_the_package_and_the_dockerfile():
 
 def test_dockerfile_bakes_no_credentials_and_runs_the_runtime():
     text = image.dockerfile().read_text()
+    # the agent CLIs (hundreds of MB) come before the package: a package edit never copies them again
+    assert text.index("COPY docker/autopilot/agent-cli") < text.index("COPY parallel_autopilot")
+    assert "npm install" not in text and "apt-get install -y --no-install-recommends ca-certificates $missing" in text
     assert "ARG BASE_IMAGE=python:3.11-slim" in text
     assert "ARG AGENT_CLI=none" in text
     assert 'CMD ["python3", "-m", "parallel_autopilot.runtime"]' in text
