@@ -85,6 +85,7 @@ class Agent(BaseModel):
     uptime: float | None = None
     heartbeat_age: float | None = None
     restarts: int = 0
+    problem: str | None = None  # killed, out of memory, crash-looping, container gone
 
 
 class IssueSummary(BaseModel):

@@ -20,8 +20,8 @@ def status_table(agents: list[fleet.AgentStatus]) -> str:
     if not agents:
         return "no agents (start some with `agents.start --n 3`)"
     return table(
-        [(a.id, a.state, a.health or "", (f"working on #{a.issue} {(a.issue_title or '')[:40]}"
-                                          if a.issue else a.activity),
+        [(a.id, a.state, a.health or "", a.problem or (f"working on #{a.issue} {(a.issue_title or '')[:40]}"
+                                                       if a.issue else a.activity),
           _duration(a.uptime), a.restarts) for a in agents],
         ["agent", "container", "health", "doing", "uptime", "restarts"],
     )
