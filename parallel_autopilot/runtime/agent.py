@@ -13,8 +13,7 @@ duration (a successful run that changed nothing completes with commit None);
 on a non-zero exit or a timeout stash the changes and fail (retried after a
 backoff). Every claim also takes over an issue whose agent's heartbeat has been
 silent for ``stale`` seconds (a killed container), ahead of newer issues. Idle:
-sweep claims of agents whose heartbeat went silent, then sleep ``poll`` seconds
-+-30 %.
+sleep ``poll`` seconds +-30 %.
 
 Threads: the heartbeat renews the lease every lease/3 and updates the agents
 table; a renewal refused (LeaseLost) stops the agent subprocess at once and
@@ -307,15 +306,6 @@ class Agent:
     def _idle(self) -> None:
         if self.state != "idle":
             self._report("idle")
-        if self.s.stale_seconds > 0:
-            try:
-                freed = self.store.release_stale_agents(self.s.stale_seconds)
-            except Exception as err:
-                freed = {}
-                self.log.line(f"stale-agent sweep failed: {err}")
-            for owner, numbers in freed.items():
-                self.log.event("released-stale", f"released {', '.join(f'#{n}' for n in numbers)} of {owner} "
-                               f"(no heartbeat for {self.s.stale_seconds:g}s)", owner=owner, issues=numbers)
         self._sleep(jittered(self.s.poll_seconds, self.rng))
 
     def _work(self, claim: Claim) -> None:
