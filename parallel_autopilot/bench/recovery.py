@@ -112,7 +112,7 @@ def one_round(ctx, box: Sandbox, sleep: float, label: str) -> dict[str, Any]:
         raise RuntimeError(f"issue #{number} ended {done.status}: {done.error}")
     events = [e for e in store.events(number) if e.id > last_event]
     released = [f"{e.kind} ({e.detail})" if e.detail else e.kind for e in events
-                if e.kind.startswith("released") or e.kind == "expired"]
+                if e.kind.startswith("released") or e.kind in ("expired", "abandoned")]
     ctx.progress(f"{label}: restarting {victim}")
     box.start(plan(ctx)["agents"], progress=lambda _: None)
     return {"claimed_again": t_claim, "done": t_done, "victim": victim, "claimed_by": again.owner,
