@@ -49,6 +49,7 @@ class AgentStatus:
     uptime: float | None
     heartbeat_age: float | None
     restarts: int
+    problem: str | None = None  # why it is not working: killed, out of memory, crash-looping, gone
     cli: str | None = None  # the model CLI and its version in the agent's image, e.g. "codex 0.171.0"
     waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
     tokens: dict | None = None  # model usage summed over the issues this agent completed
@@ -198,13 +199,16 @@ def stop_agents(settings: Settings, ids: Iterable[str] | None = None, *,
         progress("no agents running")
         return []
     progress(f"stopping {', '.join(targets)} (grace {settings.stop_grace_seconds}s)")
-    compose.run(settings, ["stop", "-t", str(settings.stop_grace_seconds), *targets])
-    compose.run(settings, ["rm", "-f", *targets])
+    containers = [t for t in targets if running[t].container]  # a missing one has nothing to stop
+    if containers:
+        compose.run(settings, ["stop", "-t", str(settings.stop_grace_seconds), *containers])
+        compose.run(settings, ["rm", "-f", *containers])
     store = open_store(settings)
     for target in targets:
         freed = store.release_agent(target, reason="stopped by the orchestrator")
         if freed:
             progress(f"{target}: released #{', #'.join(map(str, freed))}")
+        store.agent_heartbeat(target, "stopped")  # a runtime killed at the end of its grace could not say so
     return targets
 
 
@@ -228,6 +232,33 @@ def release_gone(settings: Settings, store: IssueStore | None = None) -> dict[st
             freed.setdefault(issue.owner, []).extend(
                 store.release_agent(issue.owner, reason="container gone"))
     return freed
+
+
+#: Restarts after which a container counts as crash-looping.
+CRASH_LOOP_RESTARTS = 3
+
+
+def problem(state: dict, restarts: int) -> str | None:
+    """Why a container is not doing its work, from Docker's State (None when nothing is wrong).
+
+    A clean exit (``docker stop`` gives the runtime its SIGTERM and it exits 0)
+    is not a problem; a kill, the OOM killer, a crash loop are.
+    """
+    status = state.get("Status")
+    if state.get("OOMKilled"):
+        return "out of memory (killed by the kernel)"
+    if status == "restarting" or (restarts >= CRASH_LOOP_RESTARTS and status != "running"):
+        return f"crash-looping ({restarts} restarts)"
+    if status in ("exited", "dead"):
+        code = state.get("ExitCode")
+        if code in (0, None):
+            return None
+        if code == 137:
+            return "killed (exit 137)"
+        return f"exited with code {code}"
+    if restarts >= CRASH_LOOP_RESTARTS:
+        return f"restarted {restarts} times"
+    return None
 
 
 def _parse_time(value: str | None) -> float | None:
@@ -262,9 +293,12 @@ def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentSt
         if not ident:
             continue
         state = attrs.get("State", {})
-        started = _parse_time(state.get("StartedAt")) if state.get("Status") == "running" else None
-        row = rows.get(ident)
-        issue = row.issue if row and row.state == "working" else None
+        running = state.get("Status") == "running"
+        started = _parse_time(state.get("StartedAt")) if running else None
+        row = rows.pop(ident, None)
+        # a dead container's last report says "working": it works on nothing now
+        issue = row.issue if row and row.state == "working" and running else None
+        restarts = attrs.get("RestartCount", 0)
         if issue is not None and issue not in titles:
             try:
                 titles[issue] = store.get(issue).title
@@ -275,17 +309,26 @@ def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentSt
             container=container.name,
             state=state.get("Status", "unknown"),
             health=(state.get("Health") or {}).get("Status"),
-            activity=row.state if row else "unknown",
+            activity=(row.state if row else "unknown") if running else state.get("Status", "unknown"),
             issue=issue,
             issue_title=titles.get(issue),
             since=started,
             uptime=round(now - started, 1) if started else None,
             heartbeat_age=round(now - row.heartbeat_at, 1) if row else None,
-            restarts=attrs.get("RestartCount", 0),
+            restarts=restarts,
+            problem=problem(state, restarts),
             cli=cli.get(attrs.get("Image")),
             waiting_until=getattr(row, "waiting_until", None) if row and row.state == "quota" else None,
             tokens=_tokens(spent.get(ident)),
         ))
+    # an agent that reported but has no container any more (removed by hand, its host
+    # rebooted) and never said "stopped": shown as missing, not silently left out
+    for row in rows.values():
+        if row.state != "stopped" and row.id.startswith("agent-"):
+            result.append(AgentStatus(
+                id=row.id, container=None, state="missing", health=None, activity="missing", issue=None,
+                issue_title=None, since=None, uptime=None, heartbeat_age=round(now - row.heartbeat_at, 1),
+                restarts=0, problem="container gone"))
     return sorted(result, key=lambda a: a.id)
 
 

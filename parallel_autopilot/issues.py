@@ -74,7 +74,9 @@ UNSAFE_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", 
 _TRANSITION_TRIGGER = """CREATE TRIGGER issues_transition AFTER UPDATE ON issues WHEN NEW.transition IS NOT NULL
            BEGIN
                INSERT INTO events (at, issue, kind, worker, token, detail)
-                   SELECT NEW.updated_at, NEW.number, 'expired', OLD.owner, OLD.token, NULL
+                   SELECT NEW.updated_at, NEW.number,
+                          CASE WHEN OLD.lease_until <= NEW.updated_at THEN 'expired' ELSE 'abandoned' END,
+                          OLD.owner, OLD.token, NULL
                    WHERE NEW.transition = 'claimed' AND OLD.status = 'claimed';
                INSERT INTO events (at, issue, kind, worker, token, detail)
                    VALUES (NEW.updated_at, NEW.number, NEW.transition, NEW.actor, NEW.token, NEW.note);
@@ -200,9 +202,17 @@ MIGRATIONS = [
 ]
 
 
+#: A claimed issue whose holder is gone: its lease expired, or its owner is an
+#: agent whose heartbeat (the agents table) has been silent since :stale_before.
+#: With :stale_before NULL only expiry counts (host workers have no agent row).
+_ABANDONED = """status = 'claimed' AND (lease_until <= :now
+                     OR owner IN (SELECT id FROM agents WHERE heartbeat_at < :stale_before))"""
+
 #: The claim's pick: the best eligible issue. One arm per status, each walking
 #: the issues_pick index in claim order and stopping at its first row; a single
-#: WHERE with OR would make SQLite sort every ready row on every claim.
+#: WHERE with OR would make SQLite sort every ready row on every claim. An
+#: abandoned issue competes in the same order, so it is taken ahead of newer
+#: issues of its priority, even while the queue is busy.
 _PICK = """
     SELECT number, status, owner, token FROM (
         SELECT * FROM (SELECT number, status, owner, token, rank, created_at FROM issues
@@ -214,13 +224,12 @@ _PICK = """
                        ORDER BY rank, created_at, number LIMIT 1)
         UNION ALL
         SELECT * FROM (SELECT number, status, owner, token, rank, created_at FROM issues
-                       WHERE status = 'claimed' AND lease_until <= :now AND attempts < max_attempts
+                       WHERE {abandoned} AND attempts < max_attempts
                        ORDER BY rank, created_at, number LIMIT 1))
-    ORDER BY rank, created_at, number LIMIT 1"""
+    ORDER BY rank, created_at, number LIMIT 1""".format(abandoned=_ABANDONED)
 
-#: Claimed issues whose lease expired on their last attempt: they become dead.
-_EXHAUSTED = """SELECT number FROM issues
-                WHERE status = 'claimed' AND lease_until <= :now AND attempts >= max_attempts"""
+#: Abandoned issues whose last attempt it was: they become dead.
+_EXHAUSTED = f"""SELECT number FROM issues WHERE {_ABANDONED} AND attempts >= max_attempts"""
 
 
 @dataclass(frozen=True)
@@ -612,28 +621,33 @@ class IssueStore:
     # -- the lease verbs ----------------------------------------------------
 
     def claim(self, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-              now: float | None = None) -> Claim | None:
+              now: float | None = None, stale_after: float | None = None) -> Claim | None:
         """Lease the best eligible issue to ``worker``, or return None.
 
-        Eligible: ready (or failed) and due, or claimed with an expired lease;
-        and attempts below the limit - inside the pick, so an exhausted issue
-        never blocks the queue. Best: priority urgent > high > medium > low,
-        then oldest. An expired lease whose attempts are used up is marked dead
-        in the same transaction.
+        Eligible: ready (or failed) and due, or abandoned - claimed with an
+        expired lease, or (with ``stale_after``) held by an agent whose
+        heartbeat has been silent that many seconds; and attempts below the
+        limit - inside the pick, so an exhausted issue never blocks the queue.
+        Best: priority urgent > high > medium > low, then oldest. An abandoned
+        issue whose attempts are used up is marked dead in the same call.
+        The previous holder is fenced out by the new token.
         """
         now = self._now(now)
+        params = {"now": now, "stale_before": None if stale_after is None else now - stale_after}
         # an idle agent polls often: answer "nothing to do" from a read, without the write lock
         eligible, exhausted = self._read(
-            f"SELECT EXISTS ({_PICK}), EXISTS ({_EXHAUSTED})", {"now": now})[0]
+            f"SELECT EXISTS ({_PICK}), EXISTS ({_EXHAUSTED})", params)[0]
         if not (eligible or exhausted):
             return None
         if exhausted:
             self._write(
-                f"""UPDATE issues SET status = 'dead', error = 'lease expired on the last attempt',
-                          lease_until = NULL, updated_at = :now,
-                          transition = 'dead', actor = owner, note = 'lease expired'
+                f"""UPDATE issues SET status = 'dead', lease_until = NULL, updated_at = :now,
+                          error = CASE WHEN lease_until <= :now THEN 'lease expired on the last attempt'
+                                       ELSE 'agent heartbeat stale on the last attempt' END,
+                          transition = 'dead', actor = owner,
+                          note = CASE WHEN lease_until <= :now THEN 'lease expired' ELSE 'agent heartbeat stale' END
                    WHERE number IN ({_EXHAUSTED})""",
-                {"now": now})
+                params)
         # one statement: pick, lease, count the attempt, bump the token, and (trigger) the event
         row = self._write(
             f"""UPDATE issues SET status = 'claimed', owner = :worker, token = token + 1,
@@ -642,7 +656,7 @@ class IssueStore:
                       note = 'attempt ' || (attempts + 1) || ' of ' || max_attempts
                WHERE number = (SELECT number FROM ({_PICK}))
                RETURNING *""",
-            {"worker": worker, "until": now + lease_seconds, "now": now})
+            {**params, "worker": worker, "until": now + lease_seconds})
         if row is None:
             return None
         issue = self._issue(row)

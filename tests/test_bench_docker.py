@@ -42,6 +42,8 @@ def test_quick_bench_runs_every_scenario_against_real_docker(git_repo, tmp_path)
     # stop released every claim; recovery really finished the killed agent's issue on another claim
     assert all(r["claims_left"] == 0 for r in by_name["stop"]["details"]["rounds"])
     assert all(r["released_by"] for r in by_name["recovery"]["details"]["rounds"])
+    # on the busy queue the killed agent's issue was taken over by a claim, not by its lease expiring
+    assert all(r["freed_by"] == ["abandoned"] for r in by_name["recovery"]["details"]["busy_rounds"])
     # every scenario was announced and closed by the progress display
     for index, name in enumerate(SCENARIOS, start=1):
         assert f"{index}/{len(SCENARIOS)} {name}: ok in" in progress.getvalue()

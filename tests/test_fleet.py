@@ -102,3 +102,42 @@ def test_logs_of_an_unknown_or_malformed_agent_are_refused(settings, monkeypatch
 def test_parse_docker_times_with_nanoseconds():
     assert fleet._parse_time("2026-11-27T21:22:56.123456789Z") == pytest.approx(1795814576.123456)
     assert fleet._parse_time("0001-01-01T00:00:00Z") is None
+
+
+@pytest.mark.parametrize("state, restarts, expected", [
+    ({"Status": "running"}, 0, None),
+    ({"Status": "exited", "ExitCode": 0}, 0, None),                      # docker stop: a clean exit
+    ({"Status": "exited", "ExitCode": 137}, 0, "killed (exit 137)"),     # docker kill / SIGKILL
+    ({"Status": "exited", "ExitCode": 137, "OOMKilled": True}, 0, "out of memory (killed by the kernel)"),
+    ({"Status": "exited", "ExitCode": 2}, 0, "exited with code 2"),
+    ({"Status": "restarting", "ExitCode": 70}, 4, "crash-looping (4 restarts)"),
+    ({"Status": "exited", "ExitCode": 70}, 5, "crash-looping (5 restarts)"),
+    ({"Status": "running"}, 3, "restarted 3 times"),
+])
+def test_problem_names_why_a_container_is_not_working(state, restarts, expected):
+    assert fleet.problem(state, restarts) == expected
+
+
+class FakeContainer:
+    def __init__(self, agent, status, code=0):
+        self.name, self.labels = f"pa-{agent}", {fleet.LABEL_AGENT: agent}
+        self.attrs = {"State": {"Status": status, "ExitCode": code, "StartedAt": "2026-01-01T00:00:00Z"},
+                      "RestartCount": 0}
+
+
+def test_list_agents_shows_killed_and_vanished_agents_with_their_problem(settings, monkeypatch):
+    store = fleet.open_store(settings)
+    for agent in ("agent-001", "agent-002", "agent-003", "agent-004"):
+        store.agent_heartbeat(agent, "working", issue=7)
+    store.agent_heartbeat("agent-004", "stopped")  # said goodbye: not missing
+    containers = [FakeContainer("agent-001", "running"), FakeContainer("agent-002", "exited", 137)]
+    client = type("Client", (), {"containers": type("C", (), {"list": lambda self, **kw: containers})()})()
+    monkeypatch.setattr(fleet.docker_client, "client", lambda: client)
+    agents = {a.id: a for a in fleet.list_agents(settings)}
+    assert sorted(agents) == ["agent-001", "agent-002", "agent-003"]
+    assert (agents["agent-001"].issue, agents["agent-001"].problem) == (7, None)
+    # the killed agent's last report said "working on #7": it works on nothing now
+    assert (agents["agent-002"].issue, agents["agent-002"].activity, agents["agent-002"].problem) == (
+        None, "exited", "killed (exit 137)")
+    assert (agents["agent-003"].state, agents["agent-003"].container, agents["agent-003"].problem) == (
+        "missing", None, "container gone")

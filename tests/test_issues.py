@@ -168,6 +168,59 @@ def test_release_stale_agents_frees_only_silent_agents(store, clock):
     assert store.release_stale_agents(stale_after=60) == {}
 
 
+def test_claim_takes_over_a_silent_agents_issue_ahead_of_newer_ones(store, clock):
+    old, newer = store.add("old"), store.add("newer")
+    store.agent_heartbeat("agent-001", "working")
+    dead = store.claim("agent-001")
+    assert dead.number == old.number
+    clock.advance(5)
+    store.agent_heartbeat("agent-002", "idle")
+    # silent for 5 s, threshold 6 s: not yet abandoned, the newer issue is next
+    assert store.claim("agent-002", stale_after=6).number == newer.number
+    store.add("newest")
+    clock.advance(2)
+    store.agent_heartbeat("agent-003", "idle")
+    # silent for 7 s now: its issue is claimable at once, before the newest, lease or not
+    again = store.claim("agent-003", stale_after=6)
+    assert (again.number, again.token, again.issue.attempts) == (old.number, dead.token + 1, 2)
+    assert again.lease_until > clock.now + 800  # the default lease is far from expired
+    kinds = [(e.kind, e.worker) for e in store.events(old.number)][-2:]
+    assert kinds == [("abandoned", "agent-001"), ("claimed", "agent-003")]
+    # fencing holds: the presumed-dead holder changes nothing
+    before = store.get(old.number)
+    for verb in (lambda: store.complete(dead, {"branch": "b"}), lambda: store.fail(dead, "x"),
+                 lambda: store.release(dead), lambda: store.renew(dead)):
+        with pytest.raises(LeaseLost):
+            verb()
+    assert store.get(old.number) == before
+
+
+def test_claim_stale_rule_is_off_without_stale_after_and_spares_live_and_host_workers(store, clock):
+    a, b, c, d = (store.add(t) for t in "abcd")
+    store.agent_heartbeat("agent-001", "working")
+    silent = store.claim("agent-001")
+    host = store.claim("host-process")  # no agent row: only its lease can expire
+    store.agent_heartbeat("agent-002", "working")
+    live = store.claim("agent-002")
+    clock.advance(30)
+    store.agent_heartbeat("agent-002", "working")
+    assert store.claim("agent-009").number == d.number  # no stale_after: the old rule
+    assert store.claim("agent-009", stale_after=6).number == silent.number
+    assert store.claim("agent-009", stale_after=6) is None  # live agent and host worker keep theirs
+    assert {store.get(n.number).owner for n in (host, live)} == {"host-process", "agent-002"}
+
+
+def test_a_silent_agents_issue_on_its_last_attempt_goes_dead_not_around(store, clock):
+    issue = store.add("fragile", max_attempts=1)
+    store.agent_heartbeat("agent-001", "working")
+    store.claim("agent-001")
+    clock.advance(10)
+    store.agent_heartbeat("agent-002", "idle")
+    assert store.claim("agent-002", stale_after=6) is None
+    dead = store.get(issue.number)
+    assert (dead.status, dead.error) == ("dead", "agent heartbeat stale on the last attempt")
+
+
 def test_operator_block_and_retry(store, clock):
     issue = store.add("x", max_attempts=1)
     blocked = store.block(issue.number)

@@ -378,14 +378,15 @@ def test_a_hanging_git_hook_trips_the_watchdog_and_a_restart_recovers(site):
     assert git(site.repo, "diff", "--name-only", "main", issue.branch).split() == ["change.txt"]
 
 
-def test_an_idle_agent_frees_the_claim_of_an_agent_whose_heartbeat_went_silent(site):
+def test_an_agent_takes_over_the_claim_of_an_agent_whose_heartbeat_went_silent(site):
     site.store.add("Orphaned", script="echo rescued > rescued.txt")
     site.store.agent_heartbeat("agent-009", "working", now=time.time() - 600)
     assert site.store.claim("agent-009", 900).number == 1  # its container died without a word
     proc = site.start("agent-001", AUTOPILOT_STALE_SECONDS="30")
     site.wait(lambda: site.store.get(1).status == "done", "the orphaned issue to be finished")
     assert site.stop(proc) == 0
-    assert site.events("agent-001", "released-stale")[0]["issues"] == [1]
+    assert [(e.kind, e.worker) for e in site.store.events(1)][2:4] == [("abandoned", "agent-009"),
+                                                                         ("claimed", "agent-001")]
     assert site.store.get(1).owner == "agent-001"
 
 

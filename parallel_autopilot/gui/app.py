@@ -85,6 +85,7 @@ class Agent(BaseModel):
     uptime: float | None = None
     heartbeat_age: float | None = None
     restarts: int = 0
+    problem: str | None = None  # killed, out of memory, crash-looping, container gone
     cli: str | None = None  # the model CLI and version in its image, e.g. "codex 0.171.0"
     waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
     tokens: dict[str, float] | None = None  # model usage over the issues it completed

@@ -11,8 +11,9 @@ timeout) -> on exit 0 commit everything as the agent with the trailers
 ``Issue``, ``Agent`` and ``Lease-Token`` and complete with branch, commit and
 duration (a successful run that changed nothing completes with commit None);
 on a non-zero exit or a timeout stash the changes and fail (retried after a
-backoff). Idle: sweep claims of agents whose heartbeat went silent, then sleep
-``poll`` seconds +-30 %.
+backoff). Every claim also takes over an issue whose agent's heartbeat has been
+silent for ``stale`` seconds (a killed container), ahead of newer issues. Idle:
+sleep ``poll`` seconds +-30 %.
 
 Threads: the heartbeat renews the lease every lease/3 and updates the agents
 table; a renewal refused (LeaseLost) stops the agent subprocess at once and
@@ -296,7 +297,10 @@ class Agent:
             while not self.stopping.is_set():
                 self.mark()
                 try:
-                    claim = self.store.claim(self.s.agent_id, self.s.lease_seconds)
+                    # an issue whose agent went silent is taken over here too, not only when idle:
+                    # a busy queue must not leave it to the 15-minute lease
+                    claim = self.store.claim(self.s.agent_id, self.s.lease_seconds,
+                                             stale_after=self.s.stale_seconds or None)
                     if claim is None:
                         self._idle()
                     else:
@@ -312,15 +316,6 @@ class Agent:
     def _idle(self) -> None:
         if self.state != "idle":
             self._report("idle")
-        if self.s.stale_seconds > 0:
-            try:
-                freed = self.store.release_stale_agents(self.s.stale_seconds)
-            except Exception as err:
-                freed = {}
-                self.log.line(f"stale-agent sweep failed: {err}")
-            for owner, numbers in freed.items():
-                self.log.event("released-stale", f"released {', '.join(f'#{n}' for n in numbers)} of {owner} "
-                               f"(no heartbeat for {self.s.stale_seconds:g}s)", owner=owner, issues=numbers)
         self._sleep(jittered(self.s.poll_seconds, self.rng))
 
     def _work(self, claim: Claim) -> None:

@@ -20,8 +20,8 @@ def status_table(agents: list[fleet.AgentStatus]) -> str:
     if not agents:
         return "no agents (start some with `agents.start --n 3`)"
     return table(
-        [(a.id, a.state, a.health or "", getattr(a, "doing", None) or a.activity, _duration(a.uptime), a.restarts,
-          getattr(a, "cli", None) or "", _tokens(getattr(a, "tokens", None))) for a in agents],
+        [(a.id, a.state, a.health or "", a.problem or a.doing, _duration(a.uptime), a.restarts,
+          a.cli or "", _tokens(a.tokens)) for a in agents],
         ["agent", "container", "health", "doing", "uptime", "restarts", "cli", "tokens in/out"],
     )
 

@@ -186,6 +186,7 @@ function formatDuration(seconds) {
 
 function describe(agent, readyCount) {
   // -> [dot class, activity text]
+  if (agent.problem) return ["bad", agent.problem.charAt(0).toUpperCase() + agent.problem.slice(1)];
   if (agent.state !== "running") {
     const text = { restarting: "Restarting...", created: "Starting...", exited: "Exited", dead: "Dead",
                    paused: "Paused", missing: "Missing" }[agent.state] || agent.state;
