@@ -51,6 +51,11 @@ def test_rate_limits_and_quotas_are_recognised():
     assert "rate limit" in usage.limit("claude", CLAUDE_429).message
 
 
+def test_the_attempt_header_is_not_a_limit():
+    header = "### 2026-12-01T18:00:00Z agent-001 issue #429 attempt 1 token 429 kind codex on autopilot/issue-429"
+    assert usage.limit("codex", header + "\n" + CODEX_OK) is None
+
+
 def test_what_the_model_said_is_not_a_limit():
     # the agent's message mentions a rate limit: an ordinary failure, not a quota wait
     assert usage.limit("codex", CODEX_OK) is None

@@ -97,6 +97,8 @@ def limit(kind: str, text: str, now: float | None = None) -> Limit | None:
     found = None
     for event, line in _events(text):
         if event is None:
+            if line.startswith("### "):
+                continue  # the runtime's own header ("issue #429 ... token 429"), not the CLI's
             candidate = line  # stderr, or a line that is not the CLI's JSON
         elif kind == "codex" and event.get("type") in ("error", "turn.failed"):
             candidate = event.get("message") or (event.get("error") or {}).get("message") or ""
