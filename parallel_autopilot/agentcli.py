@@ -259,11 +259,15 @@ def preflight(settings: Any, image_labels: Mapping[str, str] | None, count: int 
         raise InvalidInput(f"agent kind {kind} cannot reach its model with network none: set autopilot.network "
                            f"to bridge (or host), or autopilot.{what} to a server on the container's loopback")
     warnings = []
-    if count > 1 and (source.startswith("CLAUDE_CODE_OAUTH_TOKEN") or source.endswith("auth.json")):
-        known = " (anthropics/claude-code#43392)" if kind == "claude" else ""
-        warnings.append(f"warning: {count} {kind} agents share ONE OAuth login ({source.split(' ')[0]}); "
-                        f"refresh tokens are single use, so one agent's refresh can log the others out{known}: "
-                        "use an API key, or one token per agent")
+    if count > 1 and source.endswith("auth.json"):
+        # each agent refreshes its own copy; the provider rotates the refresh token on use
+        warnings.append(f"warning: {count} codex agents share ONE login ({source}): its refresh token is "
+                        "single use, so one agent's refresh logs the others out: use an API key "
+                        "(OPENAI_API_KEY in autopilot.env_file), or one login per agent")
+    if count > 1 and source.startswith("CLAUDE_CODE_OAUTH_TOKEN"):
+        warnings.append(f"warning: {count} claude agents share ONE subscription token (CLAUDE_CODE_OAUTH_TOKEN): "
+                        "they share its usage limit, and a shared OAuth login races on refresh "
+                        "(anthropics/claude-code#43392): use ANTHROPIC_API_KEY, or one token per agent")
     return warnings
 
 

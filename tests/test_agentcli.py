@@ -113,7 +113,7 @@ def test_codex_login_in_codex_home_counts_and_several_agents_are_warned(settings
     login = settings.replace(env_file=None, codex_home=str(home))
     assert agentcli.preflight(login, labels_ok(), count=1) == []
     (warning,) = agentcli.preflight(login, labels_ok(), count=3)
-    assert "3 codex agents share ONE OAuth login" in warning and "one token per agent" in warning
+    assert "3 codex agents share ONE login" in warning and "one login per agent" in warning
 
 
 def test_claude_oauth_token_shared_by_agents_is_one_warning(settings, tmp_path):
@@ -121,5 +121,5 @@ def test_claude_oauth_token_shared_by_agents_is_one_warning(settings, tmp_path):
     keys.write_text("CLAUDE_CODE_OAUTH_TOKEN=tok\n")
     shared = settings.replace(agent_kind="claude", env_file=str(keys))
     (warning,) = agentcli.preflight(shared, labels_ok(), count=2)
-    assert "CLAUDE_CODE_OAUTH_TOKEN" in warning and "claude-code#43392" in warning
+    assert "CLAUDE_CODE_OAUTH_TOKEN" in warning and "claude-code#43392" in warning and "one token per agent" in warning
     assert agentcli.preflight(shared, labels_ok(), count=1) == []
