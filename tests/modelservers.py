@@ -6,3 +6,5 @@ parallel_autopilot/bench/modelservers.py (standard library only).
 
 from parallel_autopilot.bench.modelservers import (USAGE_IN, USAGE_OUT, MessagesServer, ResponsesServer,  # noqa: F401
                                                    ScriptedServer, default_command)
+
+__all__ = ["USAGE_IN", "USAGE_OUT", "MessagesServer", "ResponsesServer", "ScriptedServer", "default_command"]

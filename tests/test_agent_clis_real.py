@@ -154,7 +154,7 @@ def test_real_cli_resolves_an_issue_in_a_container(cli_image, sample, kind):
         issue = store.get(1)
         assert issue.status == "done", (issue.error, attempt_logs(settings)[-2000:])
         assert issue.commit and issue.branch == "autopilot/issue-1"
-        assert git(repo, "show", f"autopilot/issue-1:resolved-1.txt") == "resolved by the scripted model"
+        assert git(repo, "show", "autopilot/issue-1:resolved-1.txt") == "resolved by the scripted model"
         assert "Issue: #1" in git(repo, "log", "-1", "--format=%B", "autopilot/issue-1")
         assert [e.issue for e in store.events() if e.kind == "done"] == [1]
         assert issue.attempts == 1
