@@ -458,7 +458,7 @@ def test_agent_kinds_run_their_program_with_the_issue(site, kind):
         assert call["name"] == kind
         prompt = call["argv"][{"codex": -1, "claude": 1}[kind]]
         expected = {"codex": ["exec", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
-                              "--json", "--color", "never", "-C", ws],
+                              "--ephemeral", "--json", "--color", "never", "-C", ws],
                     "claude": ["-p", prompt, "--dangerously-skip-permissions", "--output-format", "stream-json",
                                "--verbose", "--no-session-persistence"]}[kind]
         if kind == "codex":

@@ -41,7 +41,8 @@ def test_codex_and_claude_are_non_interactive_with_the_prompt():
     codex, claude = argv("codex"), argv("claude")
     # Codex CLI 0.171 rejects --full-auto (exit 2); its own sandbox cannot start in our container
     assert codex[:2] == ["codex", "exec"] and "--full-auto" not in codex
-    assert {"--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check", "--json"} <= set(codex)
+    assert {"--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check", "--json",
+            "--ephemeral"} <= set(codex)
     assert codex[codex.index("-C") + 1] == "/workspace"
     assert claude[:2] == ["claude", "-p"] and "--dangerously-skip-permissions" in claude
     assert claude[claude.index("--output-format") + 1] == "stream-json" and "--verbose" in claude

@@ -4,7 +4,7 @@
   is missing), in the worktree. The embedded default; works offline. An issue
   without a script fails with a clear error.
 - ``codex`` (Codex CLI 0.171): ``codex exec --dangerously-bypass-approvals-and-sandbox
-  --skip-git-repo-check --json -o <last message file> -C <workspace> <prompt>``.
+  --skip-git-repo-check --ephemeral --json -o <last message file> -C <workspace> <prompt>``.
   The container IS the sandbox: codex's own (bwrap) cannot start under
   cap_drop ALL + no-new-privileges, and with it every command fails while codex
   still exits 0. ``--full-auto`` no longer exists (exit 2). Stdin is /dev/null:
@@ -168,8 +168,9 @@ def command(kind: str, issue: Issue, *, agent: str, workspace: str | os.PathLike
         shell = shutil.which("bash") or "sh"
         return [shell, "-c", issue.script]
     if kind == "codex":
+        # --ephemeral: no session files piling up in the agent's tmpfs HOME (and a quarter less CPU)
         argv = ["codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
-                "--json", "--color", "never", "-C", str(workspace)]
+                "--ephemeral", "--json", "--color", "never", "-C", str(workspace)]
         if last_message:
             argv += ["-o", str(last_message)]
         if model:
