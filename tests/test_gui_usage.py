@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import pytest
 from gui_support import FakeFleet, TestClient, make_settings
 
 from parallel_autopilot.gui import create_app
@@ -50,3 +51,23 @@ def test_snapshot_has_tokens_per_issue_and_agent_and_the_quota_wait(tmp_path):
         assert agent["waiting_until"] == fleet.until
         script = client.get("/static/app.js").text
         assert 'agent.activity === "quota"' in script and "tokenText(issue.usage)" in script
+
+
+@pytest.mark.docker
+def test_the_guis_start_runs_the_preflight_and_starts_nothing(git_repo, tmp_path):
+    from parallel_autopilot import fleet
+
+    settings = make_settings(git_repo, agent_kind="claude", agent_cli="none", image="parallel-autopilot-test:absent",
+                             codex_home=str(tmp_path / "none"), ssh_dir=str(tmp_path / "none"),
+                             gitconfig=str(tmp_path / "none"))
+    app = create_app(settings, fleet=fleet)  # the real fleet: the refusal comes from start_agents itself
+    with TestClient(app, base_url=BASE) as client:
+        csrf = {"X-CSRF-Token": app.state.guard.csrf_token}
+        response = client.post("/api/agents/start", json={"n": 1}, headers=csrf)
+        assert response.status_code == 422, response.text  # InvalidInput, as every refusal of bad input
+        error = response.json()["error"]
+        assert "needs @anthropic-ai/claude-code in the image" in error and "inv build --cli claude" in error
+        assert "\n" not in error
+        snap = client.get("/api/snapshot").json()
+        assert snap["operation"]["state"] == "failed" and snap["agents"] == []
+    assert not settings.worktrees_path.exists()
