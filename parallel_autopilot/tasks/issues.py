@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import fleet, issuefile
-from ..errors import InvalidInput
+from .. import fleet, issuefile, snapshots
+from ..errors import Conflict, DockerUnavailable, InvalidInput
 from ..issues import IssueStore
 from .edge import Namespace, emit_json, settings, table, task
 
@@ -120,6 +120,42 @@ def merge(c, number=None, dry_run=False, json=False):
                    "resolve by hand on their branches, or retry them", code=4)
 
 
+@task(help={"keep": f"snapshots kept, oldest dropped first (default {snapshots.KEEP})",
+            "json": "print the snapshot as JSON"})
+def backup(c, keep=snapshots.KEEP, json=False):
+    """Snapshot the database now (safe while agents run), after PRAGMA quick_check."""
+    store = open_store(c)
+    store.quick_check()
+    path = snapshots.take(store, keep=_number(keep, "keep"))
+    counts = snapshots.check(path)
+    if json:
+        emit_json({"snapshot": str(path), **counts})
+    else:
+        print(f"snapshot {path} ({counts['issues']} issues, {counts['events']} events)")
+
+
+@task(help={"snapshot": "file name in <state_dir>/snapshots or a path (default: the latest)",
+            "json": "print the result as JSON"})
+def restore(c, snapshot=None, json=False):
+    """Bring back a snapshot of the database (refused while agents run; the current file is kept aside)."""
+    s = settings(c)
+    path = snapshots.resolve(s.db_path, snapshot)
+    try:
+        running = fleet.running_agent_ids(s)
+    except DockerUnavailable:
+        running = []  # no daemon: no agent of this machine can be running
+    if running:
+        raise Conflict(f"agents are running ({', '.join(running)}): stop them first with "
+                       "`parallel-autopilot agents.stop`, then restore")
+    fleet.close_store(s)
+    result = snapshots.restore(s.db_path, path)
+    if json:
+        emit_json(result)
+        return
+    aside = f"; the previous file is kept as {result['kept_aside'][0]}" if result["kept_aside"] else ""
+    print(f"restored {s.db_path} from {path.name} ({result['issues']} issues, {result['events']} events){aside}")
+
+
 ns = Namespace("issues")
-for t in (add, import_, list_, show, retry, block, merge):
+for t in (add, import_, list_, show, retry, block, merge, backup, restore):
     ns.add_task(t)
