@@ -133,3 +133,9 @@ class DatabaseDamaged(AutopilotError):
 
     exit_code = 13
     http_status = 503
+
+
+class MissingDependency(AutopilotError):
+    """An optional Python dependency (an extra: gui, bench) is not installed; the line names the pip command."""
+
+    exit_code = 14

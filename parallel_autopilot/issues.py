@@ -394,7 +394,9 @@ def inspect_file(db: Path) -> None:
     without a WAL: a checkpoint in progress may grow the file after its
     header); a WAL whose page size differs or whose first page carries
     another database's ``application_id`` (each database gets a random one
-    when created: SQLite itself would replay a foreign WAL into this file).
+    when created: SQLite itself would replay a foreign WAL into this file;
+    a WAL left by a database of the same age, never checkpointed, is not
+    told apart here - ``PRAGMA quick_check`` at ``agents.start`` is the next net).
     """
     db = Path(db)
     try:
@@ -416,6 +418,7 @@ def inspect_file(db: Path) -> None:
     wal = Path(f"{db}-wal")
     wal_size = wal.stat().st_size if wal.exists() else 0
     if wal_size == 0:
+        size = db.stat().st_size  # measured after the header: a checkpoint meanwhile only grows it
         if pages is not None and size < pages * page_size:
             raise damaged(db, f"truncated: {size} bytes of the {pages * page_size} its header counts")
         return
@@ -441,8 +444,10 @@ def _inspect_wal(db: Path, wal: Path, page_size: int, app_id: int) -> None:
             if (s1, s2) != (salt1, salt2):
                 return  # frames of an older WAL generation: SQLite ignores them
             if number == 1:
+                # the file's own id is 0 until the first checkpoint after its creation; once
+                # set it never changes, so only a set id that differs is another database's
                 page = handle.read(100)
-                if not page.startswith(_SQLITE_MAGIC) or struct.unpack(">I", page[68:72])[0] != app_id:
+                if app_id and (not page.startswith(_SQLITE_MAGIC) or struct.unpack(">I", page[68:72])[0] != app_id):
                     raise damaged(db, f"{wal.name} belongs to another database", wal=wal)
                 handle.seek(wal_page - 100, os.SEEK_CUR)
             else:
@@ -584,6 +589,11 @@ class IssueStore:
         )
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if names and "issues" not in names:
+            # another program's database: switching it to WAL or adding our tables would write into it
+            conn.close()
+            raise damaged(self.path, f"it holds the tables {', '.join(sorted(names)[:5])}", foreign=True)
         self._set_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -632,10 +642,6 @@ class IssueStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if names and "issues" not in names:
-                # another program's database: adding our tables would write into it
-                raise damaged(self.path, f"it holds the tables {', '.join(sorted(names)[:5])}", foreign=True)
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 statements = script.split(";") if isinstance(script, str) else script
                 for statement in statements:

@@ -15,6 +15,7 @@ newest ``KEEP`` are kept in ``<state_dir>/snapshots/``::
 
 from __future__ import annotations
 
+import calendar
 import fcntl
 import os
 import sqlite3
@@ -103,9 +104,18 @@ def take_if_due(store: IssueStore, every: float = EVERY_SECONDS, keep: int = KEE
         return take(store, keep, now)
 
 
+def taken_at(path: Path) -> float:
+    """When a snapshot was taken (from its name: the clock of whoever took it)."""
+    stamp = path.name[len(PREFIX):-len(".db")]
+    try:
+        return calendar.timegm(time.strptime(stamp[:15], "%Y%m%d-%H%M%S")) + int(stamp[16:19]) / 1000
+    except ValueError:
+        return path.stat().st_mtime
+
+
 def _due(db: Path, every: float, now: float) -> bool:
     newest = list_snapshots(db)[-1:]
-    return not newest or now - newest[0].stat().st_mtime >= every
+    return not newest or now - taken_at(newest[0]) >= every
 
 
 def resolve(db: Path, name: str | None = None) -> Path:

@@ -7,15 +7,17 @@ exit code, never a traceback, for every expected failure.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import invoke
+from invoke.parser.parser import ParseMachine
 
 from .. import config
-from ..errors import AutopilotError
+from ..errors import AutopilotError, MissingDependency
 
 
 def task(*args: Any, **kwargs: Any) -> Callable:
@@ -37,6 +39,18 @@ def task(*args: Any, **kwargs: Any) -> Callable:
         body, args = args[0], ()
         return decorate(body)
     return decorate
+
+
+@contextlib.contextmanager
+def require_extra(extra: str, what: str | None = None):
+    """An ImportError inside becomes MissingDependency naming the pip command of ``extra``."""
+    try:
+        yield
+    except ImportError as err:
+        raise MissingDependency(
+            f"{what or extra} needs the Python package {err.name or err}, which is not installed: "
+            f"run `{sys.executable} -m pip install 'parallel-autopilot[{extra}]'` "
+            f"(in a checkout: `pip install -e '.[{extra}]'`, or `bash scripts/bootstrap.sh`)") from None
 
 
 def settings(c, **overrides) -> config.Settings:
@@ -84,3 +98,23 @@ def _to_contexts_with_long_letter_flags(self, ignore_unknown_help=None):
 
 
 invoke.Collection.to_contexts = _to_contexts_with_long_letter_flags
+
+
+# `issues.show --help` must show help, not be refused as a bad number: invoke's parser
+# gives a token to a task's missing positional argument BEFORE it looks for the core
+# --help/-h, so `issues.add --help` added an issue titled "--help". Help goes first
+# here (a value right after a flag that takes one, `--title --help`, stays a value).
+_plain_handle = ParseMachine.handle
+
+
+def _handle_help_first(self, token):
+    if (token in ("--help", "-h") and self.current_state != "unknown" and self.context is not None
+            and not self.waiting_for_flag_value and token not in self.context.flags
+            and self.initial is not None and token in self.initial.flags):
+        self.initial.flags[token].value = self.context.name
+        self.context.positional_args[:] = []  # help needs none: no "did not receive" error
+        return None
+    return _plain_handle(self, token)
+
+
+ParseMachine.handle = _handle_help_first
