@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from .. import fleet, issuefile, snapshots
@@ -73,12 +74,42 @@ def show(c, number, json=False):
     if json:
         emit_json({**issue.to_dict(), "events": [e.to_dict() for e in events]})
         return
+    now = time.time()
     for key, value in issue.to_dict().items():
         if value not in (None, ""):
-            print(f"{key:>13}: {value}")
-    print("       events:")
+            print(f"{key:>14}: {_shown(key, value, now)}")
+    print("        events:")
     for e in events:
-        print(f"   {e.at:.3f} {e.kind:<16} {e.worker or '':<10} token={e.token} {e.detail or ''}")
+        print(f"   {local_time(e.at)} {e.kind:<16} {e.worker or '':<10} token={e.token} {e.detail or ''}".rstrip())
+
+
+#: Issue fields that are epoch seconds, and those that are durations (--json keeps the numbers).
+TIME_FIELDS = ("due_at", "lease_until", "heartbeat_at", "claimed_at", "created_at", "updated_at",
+               "completed_at", "merged_at")
+DURATION_FIELDS = ("duration", "check_duration")
+
+
+def local_time(epoch: float) -> str:
+    """``2026-12-01 19:02:03`` in the local time zone."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def duration(seconds: float) -> str:
+    """``0.4s``, ``12.3s``, ``4m05s``, ``2h03m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(round(seconds))
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m" if whole >= 3600 else f"{whole // 60}m{whole % 60:02d}s"
+
+
+def _shown(key: str, value, now: float) -> str:
+    if key in TIME_FIELDS and isinstance(value, (int, float)):
+        delta = value - now
+        when = f"in {duration(delta)}" if delta > 0.5 else ("now" if delta > -0.5 else f"{duration(-delta)} ago")
+        return f"{local_time(value)} ({when})"
+    if key in DURATION_FIELDS and isinstance(value, (int, float)):
+        return duration(value)
+    return str(value)
 
 
 @task(help={"number": "the issue number"})
