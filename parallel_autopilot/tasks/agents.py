@@ -15,15 +15,36 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def state(a: fleet.AgentStatus) -> str:
+    """ONE state per agent, the real one: Docker's container state joined with the agent's own report.
+
+    Docker's health says "starting" until its first check ran, though the agent
+    already reported itself booted: then it is ``ready``, as `agents.start` said.
+    """
+    if a.state != "running":
+        return a.state  # exited, restarting, created, dead, gone
+    if a.health == "unhealthy":
+        return "unhealthy"
+    return "ready" if a.ready else "starting"
+
+
+def doing(a: fleet.AgentStatus) -> str:
+    """What the agent does; "booting" while only its previous incarnation has reported."""
+    if a.issue:
+        return f"working on #{a.issue} {(a.issue_title or '')[:40]}".rstrip()
+    reported_since_start = a.heartbeat_age is not None and a.uptime is not None and a.heartbeat_age <= a.uptime
+    if a.state == "running" and not reported_since_start:
+        return "booting"
+    return a.activity
+
+
 def status_table(agents: list[fleet.AgentStatus]) -> str:
     """The agents as the table `agents.status` and `agents.start` print."""
     if not agents:
         return "no agents (start some with `agents.start --n 3`)"
     return table(
-        [(a.id, a.state, a.health or "", (f"working on #{a.issue} {(a.issue_title or '')[:40]}"
-                                          if a.issue else a.activity),
-          _duration(a.uptime), a.restarts) for a in agents],
-        ["agent", "container", "health", "doing", "uptime", "restarts"],
+        [(a.id, state(a), doing(a), _duration(a.uptime), a.restarts) for a in agents],
+        ["agent", "state", "doing", "uptime", "restarts"],
     )
 
 
@@ -43,11 +64,16 @@ def stop(c, id=None, json=False):
     emit_json(stopped) if json else print(f"stopped {len(stopped)} agent(s)")
 
 
-@task(help={"id": "the agent to restart (1, 01, 001 or agent-001)"})
-def restart(c, id):
-    """Restart one agent's container."""
-    agent = fleet.restart_agent(settings(c), id)
-    print(status_table([agent]))
+@task(help={"id": "the agent to restart (1, 01, 001 or agent-001)",
+            "no_wait": "return without waiting until it is ready again", "json": "print the agent as JSON"})
+def restart(c, id, no_wait=False, json=False):
+    """Restart one agent's container and wait until its new incarnation is ready."""
+    s = settings(c)
+    progress = print if not json else lambda _: None
+    agent = fleet.restart_agent(s, id, progress=progress)
+    if not no_wait:  # else the table shows the old incarnation's last word ("stopped")
+        agent = fleet.wait_healthy(s, [agent.id], progress=progress)[0]
+    emit_json(agent.to_dict()) if json else print(status_table([agent]))
 
 
 @task(help={"json": "machine-readable output", "watch": "refresh every N seconds until Ctrl-C"})
