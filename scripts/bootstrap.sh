@@ -98,7 +98,7 @@ extras_present() {
   [ "$WANT_TEST" = 0 ] || (cd / && "$PYTHON" -c 'import pytest, pytest_timeout, hypothesis, httpx, matplotlib, playwright, schemathesis') >/dev/null 2>&1
 }
 deps_present() {
-  (cd / && "$PYTHON" -c 'import invoke, fabric, docker, yaml, psutil') >/dev/null 2>&1
+  (cd / && "$PYTHON" -c 'import invoke, fabric, docker, yaml, psutil, rich') >/dev/null 2>&1
 }
 if installed_here && deps_present && extras_present; then
   say "python package installed ($PYTHON)"

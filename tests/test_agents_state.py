@@ -59,3 +59,40 @@ def test_start_and_restart_print_the_state_they_announced(git_repo):
         assert _row(out, "agent-001")[1:3] == ["ready", "idle"], out
     finally:
         _cli(git_repo, "agents.stop")
+
+
+@pytest.mark.docker
+def test_status_watch_is_a_live_view_that_ends_cleanly_on_ctrl_c(git_repo):
+    """Under a REAL pseudo-terminal: the rich view redraws, Ctrl-C (SIGINT) ends it with exit 0."""
+    import pty
+    import select
+    import signal
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["parallel-autopilot", "agents.status", "--watch", "0.3"], cwd=git_repo,
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            env={**os.environ, "TERM": "xterm", "COLUMNS": "120"})
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while seen.count(b"(Ctrl-C stops)") < 2 and time.monotonic() < deadline:  # drawn, then redrawn
+        if select.select([master], [], [], 1)[0]:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:
+                break
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C: the whole foreground group
+    code = proc.wait(timeout=30)
+    while select.select([master], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    text = seen.decode(errors="replace")
+    assert code == 0, text
+    assert text.count("(Ctrl-C stops)") >= 2 and "no agents" in text
+    assert "Traceback" not in text and "interrupted" not in text

@@ -83,3 +83,13 @@ def test_python_m_entry_point_is_the_same_program():
     proc = subprocess.run([sys.executable, "-m", "parallel_autopilot", "issues.show", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "issues.show" in proc.stdout
+
+
+@pytest.mark.skipif(PROGRAM is None, reason="the console program is not installed (pip install -e .)")
+@pytest.mark.parametrize("args", [["demo", "--n", "abc"], ["agents.status", "--watch", "soon"],
+                                  ["issues.backup", "--keep", "x"]])
+def test_a_value_of_the_wrong_type_is_one_line(args, git_repo):
+    proc = subprocess.run([PROGRAM, *args], cwd=git_repo, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "give e.g." in lines[0], proc.stderr

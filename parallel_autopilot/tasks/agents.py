@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from .. import fleet
-from .edge import Namespace, emit_json, settings, table, task
+from ..errors import InvalidInput
+from .edge import Namespace, emit_json, print_table, rich_table, settings, table, task
 
 
 def _duration(seconds: float | None) -> str:
@@ -38,14 +40,24 @@ def doing(a: fleet.AgentStatus) -> str:
     return a.activity
 
 
+HEADERS = ["agent", "state", "doing", "uptime", "restarts"]
+
+
+def _rows(agents: list[fleet.AgentStatus]) -> list[tuple]:
+    return [(a.id, state(a), doing(a), _duration(a.uptime), a.restarts) for a in agents]
+
+
+NO_AGENTS = "no agents (start some with `agents.start --n 3`)"
+
+
 def status_table(agents: list[fleet.AgentStatus]) -> str:
-    """The agents as the table `agents.status` and `agents.start` print."""
-    if not agents:
-        return "no agents (start some with `agents.start --n 3`)"
-    return table(
-        [(a.id, state(a), doing(a), _duration(a.uptime), a.restarts) for a in agents],
-        ["agent", "state", "doing", "uptime", "restarts"],
-    )
+    """The agents as the table `agents.status` and `agents.start` print (plain text)."""
+    return table(_rows(agents), HEADERS) if agents else NO_AGENTS
+
+
+def show(agents: list[fleet.AgentStatus]) -> None:
+    """Print the agents: a ``rich`` table on a terminal, :func:`status_table` elsewhere."""
+    print_table(_rows(agents), HEADERS) if agents else print(NO_AGENTS)
 
 
 @task(help={"n": "number of agents, 1..max (--n N or -n N)", "no_wait": "return without waiting until healthy",
@@ -54,7 +66,7 @@ def start(c, n=None, no_wait=False, json=False):
     """Start N agents (worktrees, image if missing, containers) and wait until healthy."""
     s = settings(c)
     agents = fleet.start_agents(s, n, progress=print if not json else lambda _: None, wait=not no_wait)
-    emit_json([a.to_dict() for a in agents]) if json else print(status_table(agents))
+    emit_json([a.to_dict() for a in agents]) if json else show(agents)
 
 
 @task(help={"id": "stop only this agent (1, 01, 001 or agent-001); default: all", "json": "print stopped ids as JSON"})
@@ -73,23 +85,53 @@ def restart(c, id, no_wait=False, json=False):
     agent = fleet.restart_agent(s, id, progress=progress)
     if not no_wait:  # else the table shows the old incarnation's last word ("stopped")
         agent = fleet.wait_healthy(s, [agent.id], progress=progress)[0]
-    emit_json(agent.to_dict()) if json else print(status_table([agent]))
+    emit_json(agent.to_dict()) if json else show([agent])
 
 
-@task(help={"json": "machine-readable output", "watch": "refresh every N seconds until Ctrl-C"})
-def status(c, json=False, watch=0):
-    """Show each agent: container state, health, current issue, uptime."""
+@task(help={"json": "machine-readable output",
+            "watch": "a live view refreshed every N seconds (like `docker stats`) until Ctrl-C"})
+def status(c, json=False, watch=None):
+    """Show each agent: its state, what it does, uptime, restarts."""
     s = settings(c)
-    while True:
+    try:
+        every = float(watch or 0)  # a string: invoke would cast to the default's type (int)
+    except ValueError:
+        every = -1
+    if every < 0 or every != every:
+        raise InvalidInput(f"--watch {watch!r} is not a number of seconds: give e.g. --watch 2")
+    if every and not json and sys.stdout.isatty():
+        return _live(s, every)
+    try:
+        while True:
+            agents = fleet.list_agents(s)
+            emit_json([a.to_dict() for a in agents]) if json else show(agents)
+            if not every:
+                return
+            time.sleep(every)
+            print(flush=True)
+    except KeyboardInterrupt:
+        return  # Ctrl-C ends a watch: that is how it is stopped, not a failure
+
+
+def _live(s, every: float) -> None:
+    """`agents.status --watch` on a terminal: one table redrawn in place (``rich.live``)."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    def view():
         agents = fleet.list_agents(s)
-        if json:
-            emit_json([a.to_dict() for a in agents])
-        else:
-            print(status_table(agents))
-        if not watch:
-            return
-        time.sleep(float(watch))
-        print()
+        stamp = time.strftime("%H:%M:%S")
+        head = Text(f"agents of {s.repo} at {stamp}, every {every:g}s (Ctrl-C stops)", style="dim")
+        return Group(head, rich_table(_rows(agents), HEADERS) if agents else Text(NO_AGENTS))
+
+    try:
+        with Live(view(), auto_refresh=False, redirect_stdout=False) as live:
+            while True:
+                time.sleep(every)
+                live.update(view(), refresh=True)
+    except KeyboardInterrupt:
+        return  # the last table stays on the screen
 
 
 ns = Namespace("agents")

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import invoke
+from invoke.exceptions import ParseError
 from invoke.parser.parser import ParseMachine
 
 from .. import config
@@ -66,6 +67,27 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, body)])
 
 
+def rich_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], title: str | None = None):
+    """The same table as a ``rich`` Table, for a terminal (bold headers, no box)."""
+    from rich.table import Table
+
+    grid = Table(*headers, box=None, header_style="bold", pad_edge=False, title=title, title_justify="left")
+    for row in rows:
+        grid.add_row(*("" if v is None else str(v) for v in row))
+    return grid
+
+
+def print_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
+    """``rich`` on a terminal; the plain :func:`table` for pipes and scripts (stable text)."""
+    rows = list(rows)
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(rich_table(rows, headers))
+    else:
+        print(table(rows, headers))
+
+
 def emit_json(data: Any) -> None:
     """Print ``data`` as JSON for scripts (stable key order, no colours)."""
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
@@ -114,7 +136,16 @@ def _handle_help_first(self, token):
         self.initial.flags[token].value = self.context.name
         self.context.positional_args[:] = []  # help needs none: no "did not receive" error
         return None
-    return _plain_handle(self, token)
+    try:
+        return _plain_handle(self, token)
+    except ValueError:
+        # invoke casts to the default's type (`--watch 0.3` where the default is 0) and
+        # would end in a traceback; a ParseError is the one line invoke prints for bad input
+        flag = getattr(self, "flag", None)
+        name = flag.name.replace("_", "-") if flag is not None else "this option"
+        kind = getattr(getattr(flag, "kind", None), "__name__", "value")
+        raise ParseError(f"--{name} {token!r} is not {'an' if kind == 'int' else 'a'} {kind}: "
+                         f"give e.g. --{name} 3") from None
 
 
 ParseMachine.handle = _handle_help_first

@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import fleet, issuefile, snapshots
 from ..errors import Conflict, DockerUnavailable, InvalidInput
 from ..issues import IssueStore
-from .edge import Namespace, emit_json, settings, table, task
+from .edge import Namespace, emit_json, print_table, settings, task
 
 
 def open_store(c) -> IssueStore:
@@ -56,11 +56,11 @@ def list_(c, status=None, json=False):
     if json:
         emit_json([i.to_dict() for i in issues])
         return
-    print(table(
+    print_table(
         [(f"#{i.number}", i.status, i.priority, f"{i.attempts}/{i.max_attempts}", i.owner or "",
           i.branch or "", i.title[:60]) for i in issues],
         ["issue", "status", "priority", "attempts", "agent", "branch", "title"],
-    ))
+    )
     counts = store.counts()
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no issues")
 
@@ -153,11 +153,11 @@ def merge(c, number=None, dry_run=False, json=False):
 
 @task(help={"keep": f"snapshots kept, oldest dropped first (default {snapshots.KEEP})",
             "json": "print the snapshot as JSON"})
-def backup(c, keep=snapshots.KEEP, json=False):
+def backup(c, keep=None, json=False):
     """Snapshot the database now (safe while agents run), after PRAGMA quick_check."""
     store = open_store(c)
     store.quick_check()
-    path = snapshots.take(store, keep=_number(keep, "keep"))
+    path = snapshots.take(store, keep=_number(keep, "keep") if keep is not None else snapshots.KEEP)
     counts = snapshots.check(path)
     if json:
         emit_json({"snapshot": str(path), **counts})
