@@ -565,6 +565,7 @@ class IssueStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
+        self._id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
         _STORES.add(self)
         inspect_file(self.path)
         with self._damage_as_error():
@@ -577,9 +578,24 @@ class IssueStore:
             _INHERITED.append(self._conn)
             self._conn = None
 
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
     def _connect(self) -> sqlite3.Connection:
         if self._conn is not None and self._pid == os.getpid():
-            return self._conn
+            now_id = self._file_id()
+            if now_id is None or now_id == self._id:
+                return self._conn
+            # replaced under us (`issues.restore` renamed a snapshot into place): follow the new
+            # file. The old connection is never closed: SQLite's close would checkpoint and then
+            # unlink "<path>-wal" BY NAME - the new database's WAL.
+            _INHERITED.append(self._conn)
+            self._conn = None
+            inspect_file(self.path)
         self._discard_inherited()  # where fork() bypassed the at-fork hook
         conn = sqlite3.connect(
             str(self.path),
@@ -597,7 +613,7 @@ class IssueStore:
         self._set_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        self._conn, self._pid = conn, os.getpid()
+        self._conn, self._pid, self._id = conn, os.getpid(), self._file_id()
         self._migrate(conn)
         return conn
 

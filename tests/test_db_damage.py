@@ -224,3 +224,16 @@ def test_another_programs_sqlite_file_is_refused_and_not_written(tmp_path):
     with pytest.raises(DatabaseDamaged, match="not a parallel-autopilot database"):
         IssueStore(db)
     assert db.read_bytes() == before
+
+
+def test_a_store_open_during_a_restore_follows_the_restored_file(tmp_path):
+    """A long-running process (the GUI) must not keep reading, or writing, the file moved aside."""
+    db = tmp_path / "autopilot.db"
+    gui = IssueStore(db)
+    gui.add("in the snapshot")
+    snapshot = snapshots.take(gui)
+    gui.add("after the snapshot")
+    snapshots.restore(db, snapshot)
+    assert [i.title for i in gui.list()] == ["in the snapshot"]
+    gui.add("written after the restore")
+    assert [i.title for i in IssueStore(db).list()] == ["in the snapshot", "written after the restore"]
