@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import socket
@@ -89,26 +90,37 @@ class NewUser:
     def briefly(self, command: str, cwd: Path, ready: str, then=None, timeout: float = 60) -> str:
         """Run a command that runs until Ctrl-C: wait for ``ready`` in its output, ``then()``, Ctrl-C."""
         proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        seen = ""
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        out = proc.stdout.fileno()
+
+        def drain(seconds: float) -> bytes:
+            got = b""
+            while select.select([out], [], [], seconds)[0]:
+                chunk = os.read(out, 65536)
+                if not chunk:
+                    break
+                got += chunk
+                seconds = 0.05
+            return got
+
+        seen = b""
         deadline = time.monotonic() + timeout
-        os.set_blocking(proc.stdout.fileno(), False)
-        while ready not in seen and time.monotonic() < deadline and proc.poll() is None:
-            seen += proc.stdout.read() or ""
-            time.sleep(0.2)
+        while ready.encode() not in seen and time.monotonic() < deadline and proc.poll() is None:
+            seen += drain(0.5)
         try:
-            assert ready in seen, f"{command}: never said {ready!r}:\n{seen[-3000:]}"
+            assert ready.encode() in seen, f"{command}: never said {ready!r}:\n{seen.decode()[-3000:]}"
             if then:
-                then(seen)
+                then(seen.decode())
         finally:
-            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
             code = proc.wait(timeout=60)
-            os.set_blocking(proc.stdout.fileno(), True)
-            seen += proc.stdout.read() or ""
-        self.log.append(f"$ {command} (then Ctrl-C)\n{seen}[exit {code}]")
-        assert code in (0, 130), f"{command}: exit {code} after Ctrl-C\n{seen[-3000:]}"
-        assert "Traceback" not in seen, f"{command}:\n{seen[-3000:]}"
-        return seen
+            seen += drain(0.2)
+            proc.stdout.close()
+        text = seen.decode(errors="replace")
+        self.log.append(f"$ {command} (then Ctrl-C)\n{text}[exit {code}]")
+        assert code in (0, 130), f"{command}: exit {code} after Ctrl-C\n{text[-3000:]}"
+        assert "Traceback" not in text, f"{command}:\n{text[-3000:]}"
+        return text
 
 
 def _wait_done(user: NewUser, repo: Path, number: int, timeout: float = 180) -> None:
