@@ -41,7 +41,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import AutopilotError, InvalidInput, LeaseLost
+from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
 from ..issues import Claim, IssueStore
 from .. import snapshots
 from . import health, kinds, process
@@ -294,6 +294,8 @@ class Agent:
                         self._idle()
                     else:
                         self._work(claim)
+                except DatabaseDamaged:
+                    raise  # not a passing trouble: one "cannot run" line, exit 13 (main)
                 except Exception as err:  # database busy past its timeout, disk full...: not fatal
                     self.log.event("error", f"loop error: {err!r}; going on", error=repr(err),
                                    traceback=traceback.format_exc())
