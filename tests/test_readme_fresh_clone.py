@@ -153,8 +153,9 @@ def test_a_fresh_clone_runs_the_readme_first_command_then_every_command_it_shows
         script.parent.mkdir()
         script.write_text("#!/bin/sh\nmkdir -p textkit && echo 'def slugify2(t): return t' > textkit/slug2.py\n")
         script.chmod(0o755)
-        subprocess.run(["git", "-C", str(demo), "add", "tools"], check=True)
-        subprocess.run(["git", "-C", str(demo), "commit", "-q", "-m", "the slugify tool"], check=True)
+        # committed: `issues.merge` refuses a main checkout with untracked files (see the report of issue 11)
+        subprocess.run(["git", "-C", str(demo), "add", "tools", "backlog.yaml"], check=True)
+        subprocess.run(["git", "-C", str(demo), "commit", "-q", "-m", "the slugify tool and its backlog"], check=True)
 
         ran, skipped = [], []
         for command in commands[1:]:
