@@ -22,7 +22,8 @@ def serve(c, port=None, host=None, open_=False, token=None, public=False):
     if s.db_path.exists():
         fleet.open_store(s)  # a damaged database is one line now, not a red banner later
     app.serve(s, host=host or s.gui_host, port=int(port if port is not None else s.gui_port),
-              token=token, public=public, open_browser=open_)
+              token=token, public=public, open_browser=open_,
+              echo=lambda line: print(line, flush=True))  # the URL shows at once, even through a pipe
 
 
 ns = Namespace("gui")
