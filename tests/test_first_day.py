@@ -48,3 +48,28 @@ def test_the_demo_summary_says_where_the_repository_is_and_what_to_do_next(tmp_p
     assert f"cd {tmp_path / 'repo'}" in text
     assert [line.split()[1] for line in steps[2:]] == ["issues.list", "issues.merge", "gui", "cleanup"]
     assert "agents.status" in "\n".join(demo.next_steps(result, keep_running=True))
+
+
+BLOCK_GUI_PACKAGES = """
+import sys
+class Missing:  # as on a machine where only the base package was installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("anyio", "fastapi", "uvicorn", "starlette"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Missing())
+from parallel_autopilot.program import main
+main(["parallel-autopilot", "gui"])
+"""
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_the_install_command(git_repo):
+    """Beside the real fresh-venv run (test_readme_fresh_clone): the import itself made to fail."""
+    import sys
+
+    from parallel_autopilot.errors import MissingDependency
+
+    proc = subprocess.run([sys.executable, "-c", BLOCK_GUI_PACKAGES], cwd=git_repo, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == MissingDependency.exit_code and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install" in lines[0] and "parallel-autopilot[gui]" in lines[0], lines
