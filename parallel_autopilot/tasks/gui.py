@@ -21,9 +21,12 @@ def serve(c, port=None, host=None, open_=False, token=None, public=False):
     s = settings(c)
     if s.db_path.exists():
         fleet.open_store(s)  # a damaged database is one line now, not a red banner later
-    app.serve(s, host=host or s.gui_host, port=int(port if port is not None else s.gui_port),
-              token=token, public=public, open_browser=open_,
-              echo=lambda line: print(line, flush=True))  # the URL shows at once, even through a pipe
+    try:
+        app.serve(s, host=host or s.gui_host, port=int(port if port is not None else s.gui_port),
+                  token=token, public=public, open_browser=open_,
+                  echo=lambda line: print(line, flush=True))  # the URL shows at once, even through a pipe
+    except KeyboardInterrupt:
+        print("stopped", flush=True)  # Ctrl-C is how it is stopped: exit 0, not "interrupted"
 
 
 ns = Namespace("gui")
