@@ -422,7 +422,13 @@ def inspect_file(db: Path) -> None:
         if pages is not None and size < pages * page_size:
             raise damaged(db, f"truncated: {size} bytes of the {pages * page_size} its header counts")
         return
-    _inspect_wal(db, wal, page_size, struct.unpack(">I", header[68:72])[0])
+    try:
+        _inspect_wal(db, wal, page_size, struct.unpack(">I", header[68:72])[0])
+    except DatabaseDamaged:
+        # a writer puts a frame's header and its page in two writes: a frame caught between them
+        # shows what was there before. Damage stays; a write in flight does not.
+        time.sleep(0.1)
+        _inspect_wal(db, wal, page_size, struct.unpack(">I", header[68:72])[0])
 
 
 def _inspect_wal(db: Path, wal: Path, page_size: int, app_id: int) -> None:
