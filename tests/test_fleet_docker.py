@@ -298,7 +298,7 @@ def test_limits_credentials_read_only_and_uid_of_repository_owner():
 
 
 @pytest.mark.parametrize("kind", ["codex", "claude"])
-def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind):
+def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind, built_test_image):
     from parallel_autopilot import image
 
     repo, make = sample
@@ -309,25 +309,29 @@ def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind):
     fakes = Path(__file__).parent / "fakes"
     shutil.copy(fakes / kind, context / kind)
     (context / "Dockerfile").write_text(f"FROM {base.image}\nCOPY {kind} /usr/local/bin/{kind}\n")
-    tag = f"parallel-autopilot-test-{kind}:latest"
+    tag = built_test_image(f"parallel-autopilot-test-{kind}:latest")
     subprocess.run(["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True)
     settings = make(image=tag, agent_kind=kind)
-    store = fleet.open_store(settings)
-    store.add("Make the greeting friendlier", body="Say hello nicely.")
-    fleet.start_agents(settings, 1, progress=lambda _: None)
-    wait_for(lambda: store.get(1).status == "done", 90, what=f"the {kind} stand-in")
-    issue = store.get(1)
-    assert issue.commit, "the stand-in's edit was committed"
-    files = git(repo, "show", "--name-only", "--format=", issue.commit).split()
-    argv_file = next(f for f in files if f.endswith(".argv.json"))
-    argv = json.loads(git(repo, "show", f"{issue.commit}:{argv_file}"))
-    assert argv[0].endswith(kind)
-    prompt = " ".join(argv)
-    assert "Make the greeting friendlier" in prompt and "autopilot/issue-1" in prompt
-    if kind == "codex":
-        assert argv[1] == "exec" and "--full-auto" in argv
-    else:
-        assert "-p" in argv or "--print" in argv
+    try:
+        store = fleet.open_store(settings)
+        store.add("Make the greeting friendlier", body="Say hello nicely.")
+        fleet.start_agents(settings, 1, progress=lambda _: None)
+        wait_for(lambda: store.get(1).status == "done", 90, what=f"the {kind} stand-in")
+        issue = store.get(1)
+        assert issue.commit, "the stand-in's edit was committed"
+        files = git(repo, "show", "--name-only", "--format=", issue.commit).split()
+        argv_file = next(f for f in files if f.endswith(".argv.json"))
+        argv = json.loads(git(repo, "show", f"{issue.commit}:{argv_file}"))
+        assert argv[0].endswith(kind)
+        prompt = " ".join(argv)
+        assert "Make the greeting friendlier" in prompt and "autopilot/issue-1" in prompt
+        if kind == "codex":
+            assert argv[1] == "exec" and "--full-auto" in argv
+        else:
+            assert "-p" in argv or "--print" in argv
+    finally:  # the containers first: an image in use would only lose its tag
+        fleet.stop_agents(settings, progress=lambda _: None)
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
 def run_cli(repo: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
