@@ -171,3 +171,17 @@ def run_demo(base: Settings, directory: Path | None = None, agents: int = 3, tim
         if not keep_running:
             fleet.stop_agents(settings, progress=progress)
     return DemoResult(repo=repo, issues=store.list(), seconds=time.monotonic() - started)
+
+
+def next_steps(result: DemoResult, keep_running: bool = False) -> list[str]:
+    """What to do after the demo: where the repository is and the commands that follow."""
+    done = sum(i.status == "done" for i in result.issues)
+    lines = [f"next, in the sample repository ({done} branches autopilot/issue-N wait there):",
+             f"  cd {result.repo}",
+             "  parallel-autopilot issues.list              # who did what: status, agent, branch",
+             "  parallel-autopilot issues.merge --dry-run   # then without --dry-run: merge the done branches into main",
+             "  parallel-autopilot gui                      # the Parallel Agents pane on http://127.0.0.1:8787",
+             "  parallel-autopilot cleanup                  # remove the agents and their worktrees (keeps unmerged work)"]
+    if keep_running:
+        lines.insert(2, "  parallel-autopilot agents.status            # the agents are still running (--keep)")
+    return lines

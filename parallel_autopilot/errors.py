@@ -121,3 +121,21 @@ class BenchmarkFailed(AutopilotError):
 
     exit_code = 12
     http_status = 500
+
+
+class DatabaseDamaged(AutopilotError):
+    """The queue's database file is damaged or foreign; it was left untouched.
+
+    Raised before anything writes to it: garbage, a truncated or zero-length
+    file where snapshots exist, a WAL left by another database, another
+    program's SQLite file. The line names the file and the fix (``issues.restore``).
+    """
+
+    exit_code = 13
+    http_status = 503
+
+
+class MissingDependency(AutopilotError):
+    """An optional Python dependency (an extra: gui, bench) is not installed; the line names the pip command."""
+
+    exit_code = 14

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from . import agentcli, compose, docker_client, image, platform, worktrees
+from . import agentcli, compose, docker_client, image, platform, snapshots, worktrees
 from .config import Settings
 from .git import Git
 from .errors import AgentNotFound, AgentsUnhealthy
@@ -106,6 +106,20 @@ def open_store(settings: Settings) -> IssueStore:
         return store
 
 
+def close_store(settings: Settings) -> None:
+    """Close and forget this process's cached store of the database (before it is replaced)."""
+    with _stores_lock:
+        for key in [k for k in _stores if k[0] == str(settings.db_path)]:
+            _stores.pop(key).close()
+
+
+def running_agent_ids(settings: Settings) -> list[str]:
+    """The agents of this repository whose container runs (Docker only: the store is not opened)."""
+    containers = docker_client.client().containers.list(
+        filters={"label": f"{LABEL_PROJECT}={compose.project_name(settings)}"})
+    return sorted(c.labels[LABEL_AGENT] for c in containers if c.labels.get(LABEL_AGENT))
+
+
 def max_agents(settings: Settings) -> int:
     """How many agents this machine may run (platform default, memory, override)."""
     return min(platform.limits(settings).max_agents, len(compose.services(settings)))
@@ -127,6 +141,7 @@ def start_agents(settings: Settings, n, *, progress: Progress = print, wait: boo
     for warning in preflight(settings, count):
         progress(warning)
     store = open_store(settings)
+    snapshots.at_start(store, progress)
     release_gone(settings, store)
     image.ensure_image(settings, progress=progress)
     ids = agent_ids(count)

@@ -46,6 +46,7 @@ import os
 import random
 import re
 import sqlite3
+import struct
 import threading
 import time
 import weakref
@@ -54,7 +55,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from .errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, UnsafeFilesystem
+from .errors import Conflict, DatabaseDamaged, InvalidInput, IssueNotFound, LeaseLost, UnsafeFilesystem
 
 PRIORITIES = ("urgent", "high", "medium", "low")
 STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked", "empty", "merged", "rejected")
@@ -354,6 +355,123 @@ def check_filesystem(directory: Path, mountinfo: str = "/proc/self/mountinfo") -
         )
 
 
+#: Snapshots of the database live in this directory next to it (see :mod:`.snapshots`).
+SNAPSHOT_DIR = "snapshots"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_WAL_MAGICS = (0x377F0682, 0x377F0683)
+#: SQLite's primary result codes that mean "this file is not (or no longer) a sound database".
+_DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def snapshot_dir(db: Path) -> Path:
+    """Where the snapshots of the database at ``db`` are kept."""
+    return Path(db).parent / SNAPSHOT_DIR
+
+
+def damaged(db: Path, problem: str, foreign: bool = False, wal: Path | None = None) -> DatabaseDamaged:
+    """The one line for a damaged database: the file, what is wrong, the fix."""
+    db = Path(db)
+    snaps = snapshot_dir(db)
+    has_snapshot = snaps.is_dir() and any(snaps.glob("*.db"))
+    what = "is not a parallel-autopilot database" if foreign else "is damaged"
+    if wal is not None:
+        fix = (f"move {wal} aside (SQLite would replay it into this file)"
+               + (", or restore the latest snapshot with `parallel-autopilot issues.restore`" if has_snapshot else ""))
+    elif has_snapshot:
+        fix = (f"restore the latest snapshot with `parallel-autopilot issues.restore` "
+               f"(it keeps this file aside; snapshots in {snaps})")
+    elif foreign:
+        fix = "move it away or set autopilot.state_dir to another directory"
+    else:
+        fix = f"no snapshot exists in {snaps}: move the file aside to start an empty queue"
+    return DatabaseDamaged(f"{db} {what} ({problem}); it was left untouched: {fix}")
+
+
+def _header_fields(header: bytes) -> tuple[int, int | None]:
+    """Page size and (when the header vouches for it) the page count of a database header."""
+    page_size = struct.unpack(">H", header[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    change_counter, pages, valid_for = (struct.unpack(">I", header[o:o + 4])[0] for o in (24, 28, 92))
+    return page_size, (pages if pages and valid_for == change_counter else None)
+
+
+def inspect_file(db: Path) -> None:
+    """Refuse a damaged or foreign database file BEFORE SQLite touches it.
+
+    Only reads. A missing file is a new queue. A zero-length file is one
+    too (``sqlite3.connect`` leaves one when a process dies before its first
+    write), unless snapshots exist: a database that has been snapshotted was
+    not empty, so an empty file there is damage, not a fresh start. Checked:
+    the SQLite magic; a size that holds the pages the header counts (only
+    without a WAL: a checkpoint in progress may grow the file after its
+    header); a WAL whose page size differs or whose first page carries
+    another database's ``application_id`` (each database gets a random one
+    when created: SQLite itself would replay a foreign WAL into this file;
+    a WAL left by a database of the same age, never checkpointed, is not
+    told apart here - ``PRAGMA quick_check`` at ``agents.start`` is the next net).
+    """
+    db = Path(db)
+    try:
+        size = db.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        snaps = snapshot_dir(db)
+        if snaps.is_dir() and any(snaps.glob("*.db")):
+            raise damaged(db, "a zero-length file where snapshots exist")
+        return
+    with db.open("rb") as handle:
+        header = handle.read(100)
+    if not header.startswith(_SQLITE_MAGIC):
+        raise damaged(db, "not a SQLite database file")
+    if len(header) < 100:
+        raise damaged(db, f"truncated to {size} bytes")
+    page_size, pages = _header_fields(header)
+    wal = Path(f"{db}-wal")
+    wal_size = wal.stat().st_size if wal.exists() else 0
+    if wal_size == 0:
+        size = db.stat().st_size  # measured after the header: a checkpoint meanwhile only grows it
+        if pages is not None and size < pages * page_size:
+            raise damaged(db, f"truncated: {size} bytes of the {pages * page_size} its header counts")
+        return
+    try:
+        _inspect_wal(db, wal, page_size, struct.unpack(">I", header[68:72])[0])
+    except DatabaseDamaged:
+        # a writer puts a frame's header and its page in two writes: a frame caught between them
+        # shows what was there before. Damage stays; a write in flight does not.
+        time.sleep(0.1)
+        _inspect_wal(db, wal, page_size, struct.unpack(">I", header[68:72])[0])
+
+
+def _inspect_wal(db: Path, wal: Path, page_size: int, app_id: int) -> None:
+    with wal.open("rb") as handle:
+        head = handle.read(32)
+        if len(head) < 32:
+            return  # SQLite ignores a WAL shorter than its header
+        magic, _version, wal_page, _seq, salt1, salt2 = struct.unpack(">6I", head[:24])
+        if magic not in _WAL_MAGICS:
+            return  # not a valid WAL: SQLite ignores it and starts a new one
+        if wal_page != page_size:
+            raise damaged(db, f"{wal.name} belongs to another database (page size {wal_page}, not {page_size})",
+                          wal=wal)
+        while True:
+            frame = handle.read(24)
+            if len(frame) < 24:
+                return
+            number, _commit, s1, s2 = struct.unpack(">4I", frame[:16])
+            if (s1, s2) != (salt1, salt2):
+                return  # frames of an older WAL generation: SQLite ignores them
+            if number == 1:
+                # the file's own id is 0 until the first checkpoint after its creation; once
+                # set it never changes, so only a set id that differs is another database's
+                page = handle.read(100)
+                if app_id and (not page.startswith(_SQLITE_MAGIC) or struct.unpack(">I", page[68:72])[0] != app_id):
+                    raise damaged(db, f"{wal.name} belongs to another database", wal=wal)
+                handle.seek(wal_page - 100, os.SEEK_CUR)
+            else:
+                handle.seek(wal_page, os.SEEK_CUR)
+
+
 #: What a completion may record about the attempt.
 RESULT_FIELDS = ("branch", "commit", "duration", "check_status", "check_duration", "check_output", "usage")
 
@@ -465,8 +583,11 @@ class IssueStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
+        self._id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
         _STORES.add(self)
-        self._connect()
+        self._inspect()
+        with self._damage_as_error():
+            self._connect()
 
     # -- connection ---------------------------------------------------------
 
@@ -475,9 +596,40 @@ class IssueStore:
             _INHERITED.append(self._conn)
             self._conn = None
 
+    def _inspect(self) -> None:
+        """:func:`inspect_file`, unless this process already has a connection to that very file.
+
+        Closing ANY descriptor of a file drops every POSIX lock this process holds
+        on it, SQLite's included (https://www.sqlite.org/howtocorrupt.html#_posix_advisory_locks_canceled_by_a_separate_thread_doing_close_):
+        a plain open/close beside a live connection would let another process
+        checkpoint and delete the WAL under it. A file that is open here was
+        inspected when it was opened, and SQLite itself watches it now.
+        """
+        file_id = self._file_id()
+        if file_id is not None and any(
+                other is not self and other._conn is not None and other._pid == os.getpid()
+                and other._id == file_id for other in list(_STORES)):
+            return
+        inspect_file(self.path)
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
     def _connect(self) -> sqlite3.Connection:
         if self._conn is not None and self._pid == os.getpid():
-            return self._conn
+            now_id = self._file_id()
+            if now_id is None or now_id == self._id:
+                return self._conn
+            # replaced under us (`issues.restore` renamed a snapshot into place): follow the new
+            # file. The old connection is never closed: SQLite's close would checkpoint and then
+            # unlink "<path>-wal" BY NAME - the new database's WAL.
+            _INHERITED.append(self._conn)
+            self._conn = None
+            self._inspect()
         self._discard_inherited()  # where fork() bypassed the at-fork hook
         conn = sqlite3.connect(
             str(self.path),
@@ -487,12 +639,28 @@ class IssueStore:
         )
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if names and "issues" not in names:
+            # another program's database: switching it to WAL or adding our tables would write into it
+            conn.close()
+            raise damaged(self.path, f"it holds the tables {', '.join(sorted(names)[:5])}", foreign=True)
         self._set_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        self._conn, self._pid = conn, os.getpid()
+        self._conn, self._pid, self._id = conn, os.getpid(), self._file_id()
         self._migrate(conn)
         return conn
+
+    @contextmanager
+    def _damage_as_error(self) -> Iterator[None]:
+        """SQLite's "malformed" / "not a database" become :class:`DatabaseDamaged` (one line)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as err:
+            code = getattr(err, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _DAMAGE_CODES:
+                raise damaged(self.path, str(err)) from None
+            raise
 
     def _set_wal(self, conn: sqlite3.Connection) -> None:
         # Switching a new database to WAL needs an exclusive lock, and SQLite answers
@@ -519,7 +687,7 @@ class IssueStore:
                 f"{self.path} has schema version {version}, newer than this parallel-autopilot "
                 f"knows ({len(MIGRATIONS)}): upgrade parallel-autopilot (and rebuild the agent image)"
             )
-        if version == len(MIGRATIONS):
+        if version == len(MIGRATIONS) and conn.execute("PRAGMA application_id").fetchone()[0]:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -530,15 +698,20 @@ class IssueStore:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
+            if not conn.execute("PRAGMA application_id").fetchone()[0]:
+                # this database's own id, in its first page: a WAL whose first page carries
+                # another id belongs to another database (see inspect_file)
+                conn.execute(f"PRAGMA application_id = {random.randint(1, 2**31 - 1)}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any error)."""
-        with self._lock:
+        with self._lock, self._damage_as_error():
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -553,12 +726,12 @@ class IssueStore:
 
     def _write(self, sql: str, params: Mapping[str, Any]) -> sqlite3.Row | None:
         """ONE write statement in its own implicit transaction; its first returned row."""
-        with self._lock:
+        with self._lock, self._damage_as_error():
             return self._connect().execute(sql, params).fetchone()
 
     def _read(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
         params = params if isinstance(params, Mapping) else tuple(params)
-        with self._lock:
+        with self._lock, self._damage_as_error():
             return self._connect().execute(sql, params).fetchall()
 
     def close(self) -> None:
@@ -910,10 +1083,23 @@ class IssueStore:
         return [Event(**dict(r)) for r in self._read(sql, params)]
 
     def backup(self, target: str | os.PathLike) -> None:
-        """Copy the database safely while it is in use (SQLite's backup API)."""
-        with self._lock:
-            dest = sqlite3.connect(str(target))
+        """Copy the database safely while it is in use (SQLite's backup API).
+
+        One step under a read transaction, so the copy is one consistent state
+        while agents keep writing. The copy is left in rollback-journal mode: a
+        single self-contained file (a store opening it switches it to WAL).
+        """
+        with self._lock, self._damage_as_error():
+            dest = sqlite3.connect(str(target), isolation_level=None)
             try:
                 self._connect().backup(dest)
+                dest.execute("PRAGMA journal_mode = DELETE")
             finally:
                 dest.close()
+
+    def quick_check(self) -> None:
+        """``PRAGMA quick_check``: DatabaseDamaged unless SQLite finds the file sound."""
+        with self._lock, self._damage_as_error():
+            rows = [r[0] for r in self._connect().execute("PRAGMA quick_check(5)").fetchall()]
+        if rows != ["ok"]:
+            raise damaged(self.path, f"quick_check: {'; '.join(rows)[:200]}")

@@ -7,12 +7,13 @@
 #   - Docker Engine and Compose v1 (docker.io, docker-compose), debootstrap (to
 #     make the offline base image), git: from Debian's packages, if missing;
 #   - --ssh openssh-server, --browser chromium, --lint shellcheck (for the tests);
-#   - the Python package, editable, with its test extras (--no-test: without);
-#   - for the tests: npm, and the agent CLIs at their pinned versions in the host
-#     cache ~/.cache/parallel-autopilot/cli (the image build copies them from there);
+#   - the Python package, editable, with its test extras (--no-test: with only the
+#     GUI's, so every README command works after the demo);
 #     into python3, or into <repo>/.venv when python3 is Debian's own
 #     ("externally managed": pip there would also replace the docker library
 #     that docker-compose v1 needs);
+#   - for the tests: npm, and the agent CLIs at their pinned versions in the host
+#     cache ~/.cache/parallel-autopilot/cli (the image build copies them from there);
 #   - starts the Docker daemon when `docker info` fails.
 # Needs root to install or start anything; without root it says what is missing.
 set -euo pipefail
@@ -29,7 +30,7 @@ for arg in "$@"; do
     --browser) WANT_BROWSER=1 ;;
     --lint) WANT_LINT=1 ;;
     --no-test) WANT_TEST=0 ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $arg (use --ssh, --browser, --lint, --no-test)" ;;
   esac
 done
@@ -97,15 +98,16 @@ installed_here() { # the package imports from THIS checkout (run outside it: cwd
   (cd / && "$PYTHON" -c 'import os, sys, parallel_autopilot as p; sys.exit(os.path.dirname(os.path.dirname(p.__file__)) != sys.argv[1])' "$REPO") >/dev/null 2>&1
 }
 extras_present() {
-  [ "$WANT_TEST" = 0 ] || (cd / && "$PYTHON" -c 'import pytest, pytest_timeout, hypothesis, httpx, fastapi, uvicorn, matplotlib, playwright, schemathesis') >/dev/null 2>&1
+  (cd / && "$PYTHON" -c 'import fastapi, uvicorn, anyio') >/dev/null 2>&1 || return 1
+  [ "$WANT_TEST" = 0 ] || (cd / && "$PYTHON" -c 'import pytest, pytest_timeout, hypothesis, httpx, matplotlib, playwright, schemathesis') >/dev/null 2>&1
 }
 deps_present() {
-  (cd / && "$PYTHON" -c 'import invoke, fabric, docker, yaml, psutil') >/dev/null 2>&1
+  (cd / && "$PYTHON" -c 'import invoke, fabric, docker, yaml, psutil, rich') >/dev/null 2>&1
 }
 if installed_here && deps_present && extras_present; then
   say "python package installed ($PYTHON)"
 else
-  target="$REPO"
+  target="${REPO}[gui]"  # the demo path too: `parallel-autopilot gui` must work after it
   [ "$WANT_TEST" = 1 ] && target="${REPO}[test]"
   say "pip install -e $target ($PYTHON)"
   "$PYTHON" -m pip install -q --disable-pip-version-check -e "$target"

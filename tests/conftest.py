@@ -89,3 +89,46 @@ def open_to_others(path: Path) -> None:
         if parent == Path(tempfile.gettempdir()) or parent == parent.parent:
             break
         parent.chmod(parent.stat().st_mode | 0o711)
+
+
+# -- images that tests build: removed by the test, checked at the session's end ----------
+
+_BUILT_TEST_IMAGES: set[str] = set()
+
+
+@pytest.fixture
+def built_test_image():
+    """``built_test_image(tag)`` registers an image tag the test builds; it is removed afterwards.
+
+    Only the tags registered in THIS session are checked at its end (other runs on the
+    same daemon may be building theirs right now).
+    """
+    tags: list[str] = []
+
+    def register(tag: str) -> str:
+        tags.append(tag)
+        _BUILT_TEST_IMAGES.add(tag)
+        return tag
+
+    yield register
+    for tag in tags:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def _images_left() -> list[str]:
+    left = []
+    for tag in sorted(_BUILT_TEST_IMAGES):
+        proc = subprocess.run(["docker", "image", "inspect", tag], capture_output=True)
+        if proc.returncode == 0:
+            left.append(tag)
+    return left
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves no image it built behind (263 MB each)."""
+    left = _images_left()
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"test images left behind: {', '.join(left)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

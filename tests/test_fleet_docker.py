@@ -298,7 +298,7 @@ def test_limits_credentials_read_only_and_uid_of_repository_owner():
 
 
 @pytest.mark.parametrize("kind", ["codex", "claude"])
-def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind):
+def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind, built_test_image):
     from parallel_autopilot import image
 
     repo, make = sample
@@ -313,29 +313,33 @@ def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind):
     # the label the preflight looks for (a real build sets it: tests/test_agent_clis_real.py)
     (context / "Dockerfile").write_text(f"FROM {base.image}\nCOPY {kind} /usr/local/bin/{kind}\n"
                                         f"LABEL {agentcli.LABEL_PREFIX}{kind}={agentcli.PINS[kind][1]}\n")
-    tag = f"parallel-autopilot-test-{kind}:latest"
+    tag = built_test_image(f"parallel-autopilot-test-{kind}:latest")
     subprocess.run(["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True)
     keys = tmp_path / "keys.env"
     keys.write_text("OPENAI_API_KEY=sk-stand-in\nANTHROPIC_API_KEY=sk-stand-in\n")
     # network none is allowed for a model kind only with an endpoint on the container's loopback
     settings = make(image=tag, agent_kind=kind, env_file=str(keys), openai_base_url="http://127.0.0.1:9/v1",
                     anthropic_base_url="http://127.0.0.1:9")
-    store = fleet.open_store(settings)
-    store.add("Make the greeting friendlier", body="Say hello nicely.")
-    fleet.start_agents(settings, 1, progress=lambda _: None)
-    wait_for(lambda: store.get(1).status == "done", 90, what=f"the {kind} stand-in")
-    issue = store.get(1)
-    assert issue.commit, "the stand-in's edit was committed"
-    files = git(repo, "show", "--name-only", "--format=", issue.commit).split()
-    argv_file = next(f for f in files if f.endswith(".argv.json"))
-    argv = json.loads(git(repo, "show", f"{issue.commit}:{argv_file}"))
-    assert argv[0].endswith(kind)
-    prompt = " ".join(argv)
-    assert "Make the greeting friendlier" in prompt and "autopilot/issue-1" in prompt
-    if kind == "codex":
-        assert argv[1] == "exec" and "--dangerously-bypass-approvals-and-sandbox" in argv
-    else:
-        assert "-p" in argv or "--print" in argv
+    try:
+        store = fleet.open_store(settings)
+        store.add("Make the greeting friendlier", body="Say hello nicely.")
+        fleet.start_agents(settings, 1, progress=lambda _: None)
+        wait_for(lambda: store.get(1).status == "done", 90, what=f"the {kind} stand-in")
+        issue = store.get(1)
+        assert issue.commit, "the stand-in's edit was committed"
+        files = git(repo, "show", "--name-only", "--format=", issue.commit).split()
+        argv_file = next(f for f in files if f.endswith(".argv.json"))
+        argv = json.loads(git(repo, "show", f"{issue.commit}:{argv_file}"))
+        assert argv[0].endswith(kind)
+        prompt = " ".join(argv)
+        assert "Make the greeting friendlier" in prompt and "autopilot/issue-1" in prompt
+        if kind == "codex":
+            assert argv[1] == "exec" and "--dangerously-bypass-approvals-and-sandbox" in argv
+        else:
+            assert "-p" in argv or "--print" in argv
+    finally:  # the containers first: an image in use would only lose its tag
+        fleet.stop_agents(settings, progress=lambda _: None)
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
 def run_cli(repo: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -440,10 +440,11 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
         return anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> HTMLResponse:
+    def index() -> HTMLResponse:  # a plain def: FastAPI runs it in a thread (the snapshot blocks)
         # the request passed the token check, so the page may carry the token on
         body = (page.replace("{{csrf}}", html.escape(guard.csrf_token))
-                    .replace("{{token}}", html.escape(guard.token or "")))
+                    .replace("{{token}}", html.escape(guard.token or ""))
+                    .replace("{{snapshot}}", _inline_json(hub.latest if hub.running and hub.latest else pane.snapshot())))
         return HTMLResponse(body, headers={"cache-control": "no-store", "content-security-policy": CSP})
 
     @app.get("/api/snapshot", response_model=Snapshot, tags=["read"], responses=ERRORS)
@@ -564,6 +565,12 @@ def _server_class():
             await super().shutdown(sockets)
 
     return GuiServer
+
+
+def _inline_json(data: Any) -> str:
+    """JSON safe inside <script type="application/json">: no "</script>", "<!--" or "&" can appear."""
+    text = json.dumps(jsonable_encoder(data), separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def server_for(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8787):

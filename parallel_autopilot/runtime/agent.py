@@ -42,8 +42,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import AutopilotError, InvalidInput, LeaseLost
+from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
 from ..issues import Claim, IssueStore
+from .. import snapshots
 from . import health, kinds, process, usage
 from .logs import AgentLog, last_line
 from .settings import RuntimeSettings
@@ -116,6 +117,7 @@ class Agent:
         self._progress = now
         self._heartbeat_tick: float | None = None  # None until the heartbeat thread runs
         self._booted = False
+        self._next_snapshot_look = 0.0
         self._threads: list[threading.Thread] = []
         self.waiting_until: float | None = None  # waiting for a model quota to reset
         self._quota_streak = 0
@@ -297,6 +299,7 @@ class Agent:
             while not self.stopping.is_set():
                 self.mark()
                 try:
+                    self._snapshot_if_due()
                     # an issue whose agent went silent is taken over here too, not only when idle:
                     # a busy queue must not leave it to the 15-minute lease
                     claim = self.store.claim(self.s.agent_id, self.s.lease_seconds,
@@ -305,6 +308,8 @@ class Agent:
                         self._idle()
                     else:
                         self._work(claim)
+                except DatabaseDamaged:
+                    raise  # not a passing trouble: one "cannot run" line, exit 13 (main)
                 except Exception as err:  # database busy past its timeout, disk full...: not fatal
                     self.log.event("error", f"loop error: {err!r}; going on", error=repr(err),
                                    traceback=traceback.format_exc())
@@ -312,6 +317,17 @@ class Agent:
         finally:
             self._shutdown()
         return 0
+
+    def _snapshot_if_due(self) -> None:
+        """Every ``snapshot_seconds`` one agent (the first to look, holding the lock) snapshots the db."""
+        now = self.monotonic()
+        if self.s.snapshot_seconds <= 0 or now < self._next_snapshot_look:
+            return
+        self._next_snapshot_look = now + min(self.s.snapshot_seconds, 60.0) * (0.7 + 0.6 * self.rng())
+        path = snapshots.take_if_due(self.store, self.s.snapshot_seconds, self.s.snapshots_kept,
+                                     now=self.clock())
+        if path is not None:
+            self.log.event("snapshot", f"database snapshot {path.name}", path=str(path))
 
     def _idle(self) -> None:
         if self.state != "idle":

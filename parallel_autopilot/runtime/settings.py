@@ -41,6 +41,8 @@ class RuntimeSettings:
     heartbeat_file: Path = Path("/run/autopilot/heartbeat")
     credentials: Path = Path("/run/credentials")
     stale_seconds: float = 6.0
+    snapshot_seconds: float = 600.0  # one agent snapshots the database this often (0: never)
+    snapshots_kept: int = 10
     # model CLIs (kinds codex and claude): endpoint, model, the CLI's own retries
     openai_base_url: str | None = None
     anthropic_base_url: str | None = None
@@ -112,6 +114,8 @@ class RuntimeSettings:
             heartbeat_file=Path(env.get("AUTOPILOT_HEARTBEAT_FILE", "").strip() or "/run/autopilot/heartbeat"),
             credentials=Path(env.get("AUTOPILOT_CREDENTIALS", "").strip() or "/run/credentials"),
             stale_seconds=number("AUTOPILOT_STALE_SECONDS", 6.0),
+            snapshot_seconds=number("AUTOPILOT_SNAPSHOT_SECONDS", 600.0),
+            snapshots_kept=number("AUTOPILOT_SNAPSHOTS_KEPT", 10, 1, integer=True),
             openai_base_url=_url(env, "AUTOPILOT_OPENAI_BASE_URL"),
             anthropic_base_url=_url(env, "AUTOPILOT_ANTHROPIC_BASE_URL"),
             model=env.get("AUTOPILOT_MODEL", "").strip() or None,

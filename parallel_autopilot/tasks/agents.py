@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from .. import fleet
-from .edge import Namespace, emit_json, settings, table, task
+from ..errors import InvalidInput
+from .edge import Namespace, emit_json, print_table, rich_table, settings, table, task
 
 
 def _duration(seconds: float | None) -> str:
@@ -15,15 +17,53 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def state(a: fleet.AgentStatus) -> str:
+    """ONE state per agent, the real one: Docker's container state joined with the agent's own report.
+
+    Docker's health says "starting" until its first check ran, though the agent
+    already reported itself booted: then it is ``ready``, as `agents.start` said.
+    """
+    if a.state != "running":
+        return a.state  # exited, restarting, created, dead, gone
+    if a.health == "unhealthy":
+        return "unhealthy"
+    return "ready" if a.ready else "starting"
+
+
+def doing(a: fleet.AgentStatus) -> str:
+    """What the agent does; why it does nothing (killed, out of memory...); "booting" while only
+    its previous incarnation has reported."""
+    if a.problem:
+        return a.problem
+    if a.activity == "quota" and a.waiting_until:
+        return a.doing  # "waiting for quota until HH:MM"
+    if a.issue:
+        return f"working on #{a.issue} {(a.issue_title or '')[:40]}".rstrip()
+    reported_since_start = a.heartbeat_age is not None and a.uptime is not None and a.heartbeat_age <= a.uptime
+    if a.state == "running" and not reported_since_start:
+        return "booting"
+    return a.activity
+
+
+HEADERS = ["agent", "state", "doing", "uptime", "restarts", "cli", "tokens in/out"]
+
+
+def _rows(agents: list[fleet.AgentStatus]) -> list[tuple]:
+    return [(a.id, state(a), doing(a), _duration(a.uptime), a.restarts, a.cli or "", _tokens(a.tokens))
+            for a in agents]
+
+
+NO_AGENTS = "no agents (start some with `agents.start --n 3`)"
+
+
 def status_table(agents: list[fleet.AgentStatus]) -> str:
-    """The agents as the table `agents.status` and `agents.start` print."""
-    if not agents:
-        return "no agents (start some with `agents.start --n 3`)"
-    return table(
-        [(a.id, a.state, a.health or "", a.problem or a.doing, _duration(a.uptime), a.restarts,
-          a.cli or "", _tokens(a.tokens)) for a in agents],
-        ["agent", "container", "health", "doing", "uptime", "restarts", "cli", "tokens in/out"],
-    )
+    """The agents as the table `agents.status` and `agents.start` print (plain text)."""
+    return table(_rows(agents), HEADERS) if agents else NO_AGENTS
+
+
+def show(agents: list[fleet.AgentStatus]) -> None:
+    """Print the agents: a ``rich`` table on a terminal, :func:`status_table` elsewhere."""
+    print_table(_rows(agents), HEADERS) if agents else print(NO_AGENTS)
 
 
 def _tokens(tokens: dict | None) -> str:
@@ -38,7 +78,7 @@ def start(c, n=None, no_wait=False, json=False):
     """Start N agents (worktrees, image if missing, containers) and wait until healthy."""
     s = settings(c)
     agents = fleet.start_agents(s, n, progress=print if not json else lambda _: None, wait=not no_wait)
-    emit_json([a.to_dict() for a in agents]) if json else print(status_table(agents))
+    emit_json([a.to_dict() for a in agents]) if json else show(agents)
 
 
 @task(help={"id": "stop only this agent (1, 01, 001 or agent-001); default: all", "json": "print stopped ids as JSON"})
@@ -48,27 +88,62 @@ def stop(c, id=None, json=False):
     emit_json(stopped) if json else print(f"stopped {len(stopped)} agent(s)")
 
 
-@task(help={"id": "the agent to restart (1, 01, 001 or agent-001)"})
-def restart(c, id):
-    """Restart one agent's container."""
-    agent = fleet.restart_agent(settings(c), id)
-    print(status_table([agent]))
-
-
-@task(help={"json": "machine-readable output", "watch": "refresh every N seconds until Ctrl-C"})
-def status(c, json=False, watch=0):
-    """Show each agent: container state, health, current issue, uptime."""
+@task(help={"id": "the agent to restart (1, 01, 001 or agent-001)",
+            "no_wait": "return without waiting until it is ready again", "json": "print the agent as JSON"})
+def restart(c, id, no_wait=False, json=False):
+    """Restart one agent's container and wait until its new incarnation is ready."""
     s = settings(c)
-    while True:
+    progress = print if not json else lambda _: None
+    agent = fleet.restart_agent(s, id, progress=progress)
+    if not no_wait:  # else the table shows the old incarnation's last word ("stopped")
+        agent = fleet.wait_healthy(s, [agent.id], progress=progress)[0]
+    emit_json(agent.to_dict()) if json else show([agent])
+
+
+@task(help={"json": "machine-readable output",
+            "watch": "a live view refreshed every N seconds (like `docker stats`) until Ctrl-C"})
+def status(c, json=False, watch=None):
+    """Show each agent: its state, what it does, uptime, restarts."""
+    s = settings(c)
+    try:
+        every = float(watch or 0)  # a string: invoke would cast to the default's type (int)
+    except ValueError:
+        every = -1
+    if every < 0 or every != every:
+        raise InvalidInput(f"--watch {watch!r} is not a number of seconds: give e.g. --watch 2")
+    if every and not json and sys.stdout.isatty():
+        return _live(s, every)
+    try:
+        while True:
+            agents = fleet.list_agents(s)
+            emit_json([a.to_dict() for a in agents]) if json else show(agents)
+            if not every:
+                return
+            time.sleep(every)
+            print(flush=True)
+    except KeyboardInterrupt:
+        return  # Ctrl-C ends a watch: that is how it is stopped, not a failure
+
+
+def _live(s, every: float) -> None:
+    """`agents.status --watch` on a terminal: one table redrawn in place (``rich.live``)."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    def view():
         agents = fleet.list_agents(s)
-        if json:
-            emit_json([a.to_dict() for a in agents])
-        else:
-            print(status_table(agents))
-        if not watch:
-            return
-        time.sleep(float(watch))
-        print()
+        stamp = time.strftime("%H:%M:%S")
+        head = Text(f"agents of {s.repo} at {stamp}, every {every:g}s (Ctrl-C stops)", style="dim")
+        return Group(head, rich_table(_rows(agents), HEADERS) if agents else Text(NO_AGENTS))
+
+    try:
+        with Live(view(), auto_refresh=False, redirect_stdout=False) as live:
+            while True:
+                time.sleep(every)
+                live.update(view(), refresh=True)
+    except KeyboardInterrupt:
+        return  # the last table stays on the screen
 
 
 ns = Namespace("agents")

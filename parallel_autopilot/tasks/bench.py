@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..bench import SCENARIOS, report, runner
 from ..errors import BenchmarkFailed
-from .edge import Namespace, emit_json, settings, task
+from .edge import Namespace, emit_json, require_extra, settings, task
 
 _HELP = {
     "quick": "a small version of every scenario (seconds each, small N)",
@@ -17,6 +17,8 @@ _HELP = {
 
 
 def _run(c, scenarios, quick, json, repeat, out) -> None:
+    with require_extra("bench", "the benchmark's chart"):
+        import matplotlib  # noqa: F401 - checked before minutes of measuring, not after
     data, paths = runner.run(settings(c), runner.parse_scenarios(scenarios), quick=quick,
                              repeats=runner.parse_repeats(repeat), out_dir=Path(out) if out else None)
     if json:

@@ -7,15 +7,18 @@ exit code, never a traceback, for every expected failure.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import invoke
+from invoke.exceptions import ParseError
+from invoke.parser.parser import ParseMachine
 
 from .. import config
-from ..errors import AutopilotError
+from ..errors import AutopilotError, MissingDependency
 
 
 def task(*args: Any, **kwargs: Any) -> Callable:
@@ -39,6 +42,18 @@ def task(*args: Any, **kwargs: Any) -> Callable:
     return decorate
 
 
+@contextlib.contextmanager
+def require_extra(extra: str, what: str | None = None):
+    """An ImportError inside becomes MissingDependency naming the pip command of ``extra``."""
+    try:
+        yield
+    except ImportError as err:
+        raise MissingDependency(
+            f"{what or extra} needs the Python package {err.name or err}, which is not installed: "
+            f"run `{sys.executable} -m pip install 'parallel-autopilot[{extra}]'` "
+            f"(in a checkout: `pip install -e '.[{extra}]'`, or `bash scripts/bootstrap.sh`)") from None
+
+
 def settings(c, **overrides) -> config.Settings:
     """The Settings for this invocation (see :mod:`parallel_autopilot.config`)."""
     return config.load(c.config, **overrides)
@@ -50,6 +65,27 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def rich_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], title: str | None = None):
+    """The same table as a ``rich`` Table, for a terminal (bold headers, no box)."""
+    from rich.table import Table
+
+    grid = Table(*headers, box=None, header_style="bold", pad_edge=False, title=title, title_justify="left")
+    for row in rows:
+        grid.add_row(*("" if v is None else str(v) for v in row))
+    return grid
+
+
+def print_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
+    """``rich`` on a terminal; the plain :func:`table` for pipes and scripts (stable text)."""
+    rows = list(rows)
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(rich_table(rows, headers))
+    else:
+        print(table(rows, headers))
 
 
 def emit_json(data: Any) -> None:
@@ -84,3 +120,32 @@ def _to_contexts_with_long_letter_flags(self, ignore_unknown_help=None):
 
 
 invoke.Collection.to_contexts = _to_contexts_with_long_letter_flags
+
+
+# `issues.show --help` must show help, not be refused as a bad number: invoke's parser
+# gives a token to a task's missing positional argument BEFORE it looks for the core
+# --help/-h, so `issues.add --help` added an issue titled "--help". Help goes first
+# here (a value right after a flag that takes one, `--title --help`, stays a value).
+_plain_handle = ParseMachine.handle
+
+
+def _handle_help_first(self, token):
+    if (token in ("--help", "-h") and self.current_state != "unknown" and self.context is not None
+            and not self.waiting_for_flag_value and token not in self.context.flags
+            and self.initial is not None and token in self.initial.flags):
+        self.initial.flags[token].value = self.context.name
+        self.context.positional_args[:] = []  # help needs none: no "did not receive" error
+        return None
+    try:
+        return _plain_handle(self, token)
+    except ValueError:
+        # invoke casts to the default's type (`--watch 0.3` where the default is 0) and
+        # would end in a traceback; a ParseError is the one line invoke prints for bad input
+        flag = getattr(self, "flag", None)
+        name = flag.name.replace("_", "-") if flag is not None else "this option"
+        kind = getattr(getattr(flag, "kind", None), "__name__", "value")
+        raise ParseError(f"--{name} {token!r} is not {'an' if kind == 'int' else 'a'} {kind}: "
+                         f"give e.g. --{name} 3") from None
+
+
+ParseMachine.handle = _handle_help_first

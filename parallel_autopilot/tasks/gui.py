@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .edge import Namespace, settings, task
+from .. import fleet
+from .edge import Namespace, require_extra, settings, task
 
 
 @task(default=True, auto_shortflags=False, help={
@@ -14,11 +15,18 @@ from .edge import Namespace, settings, task
 })
 def serve(c, port=None, host=None, open_=False, token=None, public=False):
     """Serve the Parallel Agents pane on http://127.0.0.1:8787/ until Ctrl-C."""
-    from ..gui import app  # FastAPI/uvicorn only when the GUI is wanted: `inv --list` works without
+    with require_extra("gui", "`parallel-autopilot gui`"):
+        from ..gui import app  # FastAPI/uvicorn only when the GUI is wanted: `inv --list` works without
 
     s = settings(c)
-    app.serve(s, host=host or s.gui_host, port=int(port if port is not None else s.gui_port),
-              token=token, public=public, open_browser=open_)
+    if s.db_path.exists():
+        fleet.open_store(s)  # a damaged database is one line now, not a red banner later
+    try:
+        app.serve(s, host=host or s.gui_host, port=int(port if port is not None else s.gui_port),
+                  token=token, public=public, open_browser=open_,
+                  echo=lambda line: print(line, flush=True))  # the URL shows at once, even through a pipe
+    except KeyboardInterrupt:
+        print("stopped", flush=True)  # Ctrl-C is how it is stopped: exit 0, not "interrupted"
 
 
 ns = Namespace("gui")

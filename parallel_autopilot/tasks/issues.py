@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from .. import fleet, issuefile
-from ..errors import InvalidInput
+from .. import fleet, issuefile, snapshots
+from ..errors import Conflict, DockerUnavailable, InvalidInput
 from ..issues import IssueStore
-from .edge import Namespace, emit_json, settings, table, task
+from .edge import Namespace, emit_json, print_table, settings, task
 
 
 def open_store(c) -> IssueStore:
@@ -55,11 +56,11 @@ def list_(c, status=None, json=False):
     if json:
         emit_json([i.to_dict() for i in issues])
         return
-    print(table(
+    print_table(
         [(f"#{i.number}", i.status, i.priority, f"{i.attempts}/{i.max_attempts}", i.owner or "",
           i.branch or "", tokens(i.usage), i.title[:60]) for i in issues],
         ["issue", "status", "priority", "attempts", "agent", "branch", "tokens in/out", "title"],
-    ))
+    )
     counts = store.counts()
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no issues")
 
@@ -84,14 +85,44 @@ def show(c, number, json=False):
     if json:
         emit_json({**issue.to_dict(), "events": [e.to_dict() for e in events]})
         return
+    now = time.time()
     for key, value in issue.to_dict().items():
         if key == "usage" and value:
             value = tokens(value, long=True)
         if value not in (None, ""):
-            print(f"{key:>13}: {value}")
-    print("       events:")
+            print(f"{key:>14}: {_shown(key, value, now)}")
+    print("        events:")
     for e in events:
-        print(f"   {e.at:.3f} {e.kind:<16} {e.worker or '':<10} token={e.token} {e.detail or ''}")
+        print(f"   {local_time(e.at)} {e.kind:<16} {e.worker or '':<10} token={e.token} {e.detail or ''}".rstrip())
+
+
+#: Issue fields that are epoch seconds, and those that are durations (--json keeps the numbers).
+TIME_FIELDS = ("due_at", "lease_until", "heartbeat_at", "claimed_at", "created_at", "updated_at",
+               "completed_at", "merged_at")
+DURATION_FIELDS = ("duration", "check_duration")
+
+
+def local_time(epoch: float) -> str:
+    """``2026-12-01 19:02:03`` in the local time zone."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def duration(seconds: float) -> str:
+    """``0.4s``, ``12.3s``, ``4m05s``, ``2h03m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(round(seconds))
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m" if whole >= 3600 else f"{whole // 60}m{whole % 60:02d}s"
+
+
+def _shown(key: str, value, now: float) -> str:
+    if key in TIME_FIELDS and isinstance(value, (int, float)):
+        delta = value - now
+        when = f"in {duration(delta)}" if delta > 0.5 else ("now" if delta > -0.5 else f"{duration(-delta)} ago")
+        return f"{local_time(value)} ({when})"
+    if key in DURATION_FIELDS and isinstance(value, (int, float)):
+        return duration(value)
+    return str(value)
 
 
 @task(help={"number": "the issue number"})
@@ -133,6 +164,42 @@ def merge(c, number=None, dry_run=False, json=False):
                    "resolve by hand on their branches, or retry them", code=4)
 
 
+@task(help={"keep": f"snapshots kept, oldest dropped first (default {snapshots.KEEP})",
+            "json": "print the snapshot as JSON"})
+def backup(c, keep=None, json=False):
+    """Snapshot the database now (safe while agents run), after PRAGMA quick_check."""
+    store = open_store(c)
+    store.quick_check()
+    path = snapshots.take(store, keep=_number(keep, "keep") if keep is not None else snapshots.KEEP)
+    counts = snapshots.check(path)
+    if json:
+        emit_json({"snapshot": str(path), **counts})
+    else:
+        print(f"snapshot {path} ({counts['issues']} issues, {counts['events']} events)")
+
+
+@task(help={"snapshot": "file name in <state_dir>/snapshots or a path (default: the latest)",
+            "json": "print the result as JSON"})
+def restore(c, snapshot=None, json=False):
+    """Bring back a snapshot of the database (refused while agents run; the current file is kept aside)."""
+    s = settings(c)
+    path = snapshots.resolve(s.db_path, snapshot)
+    try:
+        running = fleet.running_agent_ids(s)
+    except DockerUnavailable:
+        running = []  # no daemon: no agent of this machine can be running
+    if running:
+        raise Conflict(f"agents are running ({', '.join(running)}): stop them first with "
+                       "`parallel-autopilot agents.stop`, then restore")
+    fleet.close_store(s)
+    result = snapshots.restore(s.db_path, path)
+    if json:
+        emit_json(result)
+        return
+    aside = f"; the previous file is kept as {result['kept_aside'][0]}" if result["kept_aside"] else ""
+    print(f"restored {s.db_path} from {path.name} ({result['issues']} issues, {result['events']} events){aside}")
+
+
 ns = Namespace("issues")
-for t in (add, import_, list_, show, retry, block, merge):
+for t in (add, import_, list_, show, retry, block, merge, backup, restore):
     ns.add_task(t)

@@ -59,11 +59,13 @@ def demo(c, dir=None, n=3, keep=False, json=False):
              f"{i.duration:.1f}s" if i.duration else "", i.title) for i in result.issues]
     if json:
         emit_json({"repo": str(result.repo), "seconds": result.seconds,
-                   "issues": [i.to_dict() for i in result.issues]})
+                   "issues": [i.to_dict() for i in result.issues],
+                   "next": demo_lib.next_steps(result, keep_running=keep)})
     else:
         print(table(rows, ["issue", "status", "agent", "branch", "commit", "duration", "title"]))
         print(f"{sum(i.status == 'done' for i in result.issues)}/{len(result.issues)} issues done "
               f"in {result.seconds:.1f}s by {n} agents; repository: {result.repo}")
+        print("\n".join(demo_lib.next_steps(result, keep_running=keep)))
     if not result.ok:
         from invoke import Exit
         raise Exit("error: some demo issues did not finish: see `inv issues.list` in the demo repository", code=1)

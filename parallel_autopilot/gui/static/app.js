@@ -82,7 +82,8 @@ async function act(method, path, body) {
 
 function connect() {
   const source = new EventSource(withToken("/api/events"));
-  source.addEventListener("open", () => { state.connection = "live"; renderLive(); renderBanner(); });
+  // "live" only once the stream has delivered a snapshot: an open connection alone shows nothing yet
+  source.addEventListener("open", () => { if (state.connection === "lost") state.connection = "connecting"; render(); });
   source.addEventListener("snapshot", (event) => {
     state.snapshot = JSON.parse(event.data);
     state.receivedAt = performance.now();
@@ -363,6 +364,14 @@ function main() {
       if (agent) row.querySelector(".uptime").textContent = formatDuration(uptimeSeconds(agent));
     }
   }, 1000);
+  // the server put the state of the moment it made the page in it: paint that now (still
+  // "connecting"), so the first paint is never a blank "No agents" before the first event
+  const first = document.getElementById("first-snapshot");
+  try {
+    const snap = first && JSON.parse(first.textContent);
+    if (snap) { state.snapshot = snap; state.receivedAt = performance.now(); }
+  } catch (_) { /* no usable first snapshot: wait for the stream */ }
+  render();
   connect();
 }
 
