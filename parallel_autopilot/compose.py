@@ -189,8 +189,19 @@ def compose_env(settings: Any, limits: platform_mod.Limits | None = None, *, str
         "AUTOPILOT_POLL_SECONDS": _number(settings.poll_seconds),
         "AUTOPILOT_WATCHDOG_SECONDS": _number(settings.watchdog_seconds),
         "AUTOPILOT_GRACE_SECONDS": _number(grace_seconds(settings)),
+        # the model CLIs' endpoint and limits (kinds codex, claude); empty = the CLI's default
+        "AUTOPILOT_OPENAI_BASE_URL": _optional(settings, "openai_base_url"),
+        "AUTOPILOT_ANTHROPIC_BASE_URL": _optional(settings, "anthropic_base_url"),
+        "AUTOPILOT_MODEL": _optional(settings, "agent_model"),
+        "AUTOPILOT_MODEL_RETRIES": _optional(settings, "model_retries"),
+        "AUTOPILOT_QUOTA_BACKOFF_SECONDS": _number(settings.values.get("quota_backoff_seconds") or 60),
     }
     return env
+
+
+def _optional(settings: Any, key: str) -> str:
+    value = settings.values.get(key)
+    return "" if value is None else str(value).strip()
 
 
 def limits_override(settings: Any, limits: platform_mod.Limits) -> Path:

@@ -36,7 +36,14 @@ DEFAULTS: dict[str, Any] = {
     "watchdog_seconds": 120,
     "image": "parallel-autopilot:latest",
     "base_image": "python:3.11-slim",
-    "agent_cli": "none",  # build arg: none | codex | claude
+    "agent_cli": "none",  # agent CLIs in the image: none | codex | claude | all (pinned in agentcli.py)
+    "cli_cache": "~/.cache/parallel-autopilot/cli",  # host npm cache of the pinned CLIs
+    # model endpoints of this repository (a gateway, a local server); None = the vendor's
+    "openai_base_url": None,  # codex: an OpenAI Responses API base, e.g. http://127.0.0.1:8000/v1
+    "anthropic_base_url": None,  # claude: an Anthropic Messages API base, e.g. http://127.0.0.1:8001
+    "agent_model": None,  # model name handed to the CLI; None = the CLI's default
+    "model_retries": None,  # the CLI's own retries of a failed model request; None = its default
+    "quota_backoff_seconds": 60,  # wait after a rate limit that names no reset time (doubles, max 1 h)
     "profile": "auto",  # auto | light | full: resources per agent
     "memory": None,  # per agent, e.g. "12g"; None = platform default
     "cpus": None,  # per agent, e.g. 4; None = platform default

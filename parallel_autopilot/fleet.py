@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from . import compose, docker_client, image, platform, snapshots, worktrees
+from . import agentcli, compose, docker_client, image, platform, snapshots, worktrees
 from .config import Settings
 from .git import Git
 from .errors import AgentNotFound, AgentsUnhealthy
@@ -50,6 +50,18 @@ class AgentStatus:
     heartbeat_age: float | None
     restarts: int
     problem: str | None = None  # why it is not working: killed, out of memory, crash-looping, gone
+    cli: str | None = None  # the model CLI and its version in the agent's image, e.g. "codex 0.171.0"
+    waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
+    tokens: dict | None = None  # model usage summed over the issues this agent completed
+
+    @property
+    def doing(self) -> str:
+        """What the agent does, in words (the status table, the GUI)."""
+        if self.activity == "quota" and self.waiting_until:
+            return f"waiting for quota until {time.strftime('%H:%M', time.localtime(self.waiting_until))}"
+        if self.issue:
+            return f"working on #{self.issue} {(self.issue_title or '')[:40]}"
+        return self.activity
 
     @property
     def ready(self) -> bool:
@@ -68,7 +80,7 @@ class AgentStatus:
         return reported_since_start and self.activity in ("idle", "working")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "ready": self.ready}
+        return {**asdict(self), "ready": self.ready, "doing": self.doing}
 
 
 def _quiet(_: str) -> None:
@@ -126,6 +138,8 @@ def start_agents(settings: Settings, n, *, progress: Progress = print, wait: boo
     """
     count = check_count(settings, n)
     docker_client.client()
+    for warning in preflight(settings, count):
+        progress(warning)
     store = open_store(settings)
     snapshots.at_start(store, progress)
     release_gone(settings, store)
@@ -142,6 +156,19 @@ def start_agents(settings: Settings, n, *, progress: Progress = print, wait: boo
     if wait:
         wait_healthy(settings, ids, progress=progress)
     return [a for a in list_agents(settings) if a.id in ids]
+
+
+def preflight(settings: Settings, count: int = 1) -> list[str]:
+    """Refuse a model kind that cannot work (CLI in the image, credentials, network); warnings.
+
+    Runs before anything is created: InvalidInput names the fix in one line.
+    The image's labels count when it is current; otherwise it is about to be
+    built from these settings, and their ``agent_cli`` counts.
+    """
+    if str(settings.agent_kind) not in agentcli.MODEL_KINDS:
+        return []
+    current = image.image_status(settings) == "current"
+    return agentcli.preflight(settings, image.image_labels(settings) if current else None, count)
 
 
 def wait_healthy(settings: Settings, ids: Iterable[str], *, progress: Progress = print,
@@ -265,9 +292,15 @@ def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentSt
         all=True, filters={"label": f"{LABEL_PROJECT}={compose.project_name(settings)}"})
     rows = {}
     titles = {}
+    spent: dict[str, list] = {}
     if settings.db_path.exists():
         store = open_store(settings)
         rows = {r.id: r for r in store.agents()}
+        if containers:
+            for done in store.list():
+                if done.usage and done.owner:
+                    spent.setdefault(done.owner, []).append(done.usage)
+    cli = _cli_label(containers)
     result = []
     for container in containers:
         attrs = container.attrs
@@ -299,6 +332,9 @@ def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentSt
             heartbeat_age=round(now - row.heartbeat_at, 1) if row else None,
             restarts=restarts,
             problem=problem(state, restarts),
+            cli=cli.get(attrs.get("Image")),
+            waiting_until=getattr(row, "waiting_until", None) if row and row.state == "quota" else None,
+            tokens=_tokens(spent.get(ident)),
         ))
     # an agent that reported but has no container any more (removed by hand, its host
     # rebooted) and never said "stopped": shown as missing, not silently left out
@@ -309,6 +345,32 @@ def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentSt
                 issue_title=None, since=None, uptime=None, heartbeat_age=round(now - row.heartbeat_at, 1),
                 restarts=0, problem="container gone"))
     return sorted(result, key=lambda a: a.id)
+
+
+def _cli_label(containers) -> dict:
+    """image id -> "codex 0.171.0" (the CLIs named by each image's labels)."""
+    found = {}
+    for ident in {c.attrs.get("Image") for c in containers} - {None}:
+        try:
+            labels = (docker_client.client().images.get(ident).attrs.get("Config") or {}).get("Labels") or {}
+        except Exception:  # noqa: BLE001 - an image removed under a container: no label
+            continue
+        names = [f"{k[len(agentcli.LABEL_PREFIX):]} {v}" for k, v in sorted(labels.items())
+                 if k.startswith(agentcli.LABEL_PREFIX)]
+        found[ident] = ", ".join(names) or None
+    return found
+
+
+def _tokens(usages: list | None) -> dict | None:
+    if not usages:
+        return None
+    total = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+    for u in usages:
+        total["input_tokens"] += int(u.get("input_tokens") or 0)
+        total["output_tokens"] += int(u.get("output_tokens") or 0)
+        total["cost_usd"] += float(u.get("cost_usd") or 0.0)
+    total["cost_usd"] = round(total["cost_usd"], 6)
+    return total
 
 
 def agent_log_path(settings: Settings, agent: str) -> Path:

@@ -28,8 +28,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import docker_client
-from .errors import DockerUnavailable, ImageBuildError
+from . import agentcli, docker_client
+from .errors import DockerUnavailable, ImageBuildError, InvalidInput
 
 Progress = Callable[[str], None]
 
@@ -41,7 +41,7 @@ LABEL_BASE = "parallel-autopilot.base-image"
 DEBOOTSTRAP_SUITE = "bookworm"
 DEBOOTSTRAP_PACKAGES = ("python3", "git", "ca-certificates")
 DOCKERFILE = "docker/autopilot/Dockerfile"
-AGENT_CLIS = ("none", "codex", "claude")
+AGENT_CLIS = agentcli.CHOICES
 
 _PACKAGE = Path(__file__).resolve().parent
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -74,7 +74,7 @@ def _package_files() -> list[Path]:
 def source_hash(settings: Any) -> str:
     """sha256 of what goes into the image: package files, Dockerfile, build arguments."""
     digest = hashlib.sha256()
-    for arg in (_base_image(settings), _agent_cli(settings)):
+    for arg in (_base_image(settings), _agent_cli(settings), *sorted(agentcli.labels(_agent_cli(settings)).items())):
         digest.update(f"arg:{arg}\0".encode())
     digest.update(b"dockerfile\0" + dockerfile().read_bytes() + b"\0")
     for path in _package_files():
@@ -90,8 +90,20 @@ def _base_image(settings: Any) -> str:
 def _agent_cli(settings: Any) -> str:
     cli = str(getattr(settings, "agent_cli", None) or "none").lower()
     if cli not in AGENT_CLIS:
-        raise ImageBuildError(f"agent_cli {cli!r} is unknown: use none, codex or claude")
+        raise ImageBuildError(f"agent_cli {cli!r} is unknown: use none, codex, claude or all")
     return cli
+
+
+def image_labels(settings: Any, client: Any = None) -> dict[str, str] | None:
+    """The labels of ``settings.image``, or None when it does not exist."""
+    from docker.errors import ImageNotFound
+
+    client = client or docker_client.client()
+    try:
+        found = client.images.get(settings.image)
+    except ImageNotFound:
+        return None
+    return dict((found.attrs.get("Config") or {}).get("Labels") or {})
 
 
 def image_status(settings: Any, client: Any = None) -> str:
@@ -126,7 +138,8 @@ def ensure_image(settings: Any, progress: Progress = print, rebuild: bool = Fals
     return settings.image
 
 
-def build(settings: Any, progress: Progress = print, nocache: bool = False) -> str:
+def build(settings: Any, progress: Progress = print, nocache: bool = False,
+          network_mode: str | None = None) -> str:
     """Build ``settings.image`` from the Dockerfile; return the image id.
 
     The base is ``settings.base_image`` if present or pullable, else the
@@ -134,20 +147,22 @@ def build(settings: Any, progress: Progress = print, nocache: bool = False) -> s
     ``progress`` line by line.
     """
     with _build_lock():
-        return _build(settings, progress, nocache)
+        return _build(settings, progress, nocache, network_mode)
 
 
-def _build(settings: Any, progress: Progress, nocache: bool) -> str:
+def _build(settings: Any, progress: Progress, nocache: bool, network_mode: str | None = None) -> str:
     docker_client.client()  # a clear DockerUnavailable before anything else
-    context, path = project_root(), dockerfile()
+    cli = _agent_cli(settings)
+    context, path = build_context(settings, progress), dockerfile()
+    path = context / DOCKERFILE
     base = base_image(settings, progress=progress)
-    labels = {LABEL_HASH: source_hash(settings), LABEL_BASE: base}
+    labels = {LABEL_HASH: source_hash(settings), LABEL_BASE: base, **agentcli.labels(cli)}
     progress(f"building {settings.image} on {base} (context {context})")
     previous = _image_id(settings.image)
     try:
         with contextlib.closing(_long_client()) as long_client:
             image_id, _ = _stream_build(long_client.api, settings, context, path, base, labels, nocache,
-                                        progress)
+                                        progress, network_mode)
     except ImageBuildError:
         raise
     except Exception as err:  # noqa: BLE001 - daemon/API failures become one line
@@ -158,6 +173,15 @@ def _build(settings: Any, progress: Progress, nocache: bool) -> str:
         _remove_quietly(previous)
     _prune_replaced()
     return image_id or built.id
+
+
+def describe(settings: Any) -> dict:
+    """The image's name, id, size in bytes and agent CLI versions (from its labels)."""
+    found = docker_client.client().images.get(settings.image)
+    labels = (found.attrs.get("Config") or {}).get("Labels") or {}
+    return {"image": settings.image, "id": found.id, "size": found.attrs.get("Size"),
+            "clis": {k[len(agentcli.LABEL_PREFIX):]: v for k, v in sorted(labels.items())
+                     if k.startswith(agentcli.LABEL_PREFIX)}}
 
 
 def _image_id(name: str) -> str | None:
@@ -191,13 +215,53 @@ def _remove_quietly(image_id: str) -> None:
         pass
 
 
+def build_context(settings: Any, progress: Progress = print) -> Path:
+    """The directory sent to the daemon: this checkout, or with CLIs a copy holding them too.
+
+    Without CLIs it is the checkout itself (its .dockerignore keeps the package
+    and the Dockerfile). With CLIs it is ``<cli_cache>/context-<checkout hash>``:
+    the package, the Dockerfile and the staged binaries (hard links into the npm
+    cache), never anything else of the checkout.
+    """
+    cli = _agent_cli(settings)
+    root = project_root()
+    if cli == "none":
+        return root
+    try:
+        agentcli.clis(cli)
+    except InvalidInput as err:
+        raise ImageBuildError(str(err)) from None
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:10]
+    context = agentcli.cache_root(settings) / f"context-{digest}"
+    # the package and Dockerfile are copied fresh (small); the CLI tree is kept and
+    # topped up, so an unchanged CLI is the same files, and the same COPY layer
+    shutil.rmtree(context / "parallel_autopilot", ignore_errors=True)
+    (context / "docker" / "autopilot").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(_PACKAGE, context / "parallel_autopilot",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.egg-info"))
+    shutil.copy2(root / DOCKERFILE, context / DOCKERFILE)
+    shutil.copy2(root / ".dockerignore", context / ".dockerignore")
+    cli_dir = context / agentcli.CONTEXT_DIR
+    cli_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root / agentcli.CONTEXT_DIR / "README.md", cli_dir / "README.md")
+    wanted = set(agentcli.clis(cli))
+    for other in set(agentcli.MODEL_KINDS) - wanted:  # a CLI no longer asked for must not linger
+        shutil.rmtree(cli_dir / other, ignore_errors=True)
+        for leftover in (cli_dir / "bin" / other, cli_dir / f"{other}.version"):
+            if leftover.is_symlink() or leftover.exists():
+                leftover.unlink()
+    agentcli.stage(cli, cli_dir, settings, progress)
+    return context
+
+
 def _stream_build(api: Any, settings: Any, context: Path, path: Path, base: str, labels: dict,
-                  nocache: bool, progress: Progress) -> tuple[str | None, str]:
+                  nocache: bool, progress: Progress, network_mode: str | None = None) -> tuple[str | None, str]:
     image_id, last = None, ""
+    extra = {"network_mode": network_mode} if network_mode else {}
     stream = api.build(path=str(context), dockerfile=path.relative_to(context).as_posix(), tag=settings.image,
                        buildargs={"BASE_IMAGE": base, "AGENT_CLI": _agent_cli(settings)},
                        labels=labels, rm=True, forcerm=True, pull=False, nocache=nocache,
-                       decode=True, timeout=None)
+                       decode=True, timeout=None, **extra)
     for chunk in stream:
         if "error" in chunk:
             detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]

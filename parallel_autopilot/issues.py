@@ -198,6 +198,8 @@ MIGRATIONS = [
         "CREATE INDEX issues_pick ON issues (status, rank, created_at, number)",
         _TRANSITION_TRIGGER,
     ],
+    # 4: an agent waiting for a model's rate limit / quota to reset says until when
+    ["ALTER TABLE agents ADD COLUMN waiting_until REAL"],
 ]
 
 
@@ -312,6 +314,7 @@ class AgentRow:
     incarnation: str | None
     host: str | None
     pid: int | None
+    waiting_until: float | None = None  # state "quota": waiting for a model limit to reset
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -1009,19 +1012,21 @@ class IssueStore:
     def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
                         token: int | None = None, incarnation: str | None = None,
                         host: str | None = None, pid: int | None = None,
-                        now: float | None = None) -> None:
+                        now: float | None = None, waiting_until: float | None = None) -> None:
         """Record what an agent is doing now (upsert of its row)."""
         now = self._now(now)
         with self.transaction() as conn:
             conn.execute(
-                """INSERT INTO agents (id, state, issue, token, heartbeat_at, started_at, incarnation, host, pid)
-                   VALUES (:id, :state, :issue, :token, :now, :now, :inc, :host, :pid)
+                """INSERT INTO agents (id, state, issue, token, heartbeat_at, started_at, incarnation, host, pid,
+                                      waiting_until)
+                   VALUES (:id, :state, :issue, :token, :now, :now, :inc, :host, :pid, :waiting)
                    ON CONFLICT (id) DO UPDATE SET state = :state, issue = :issue, token = :token,
+                          waiting_until = :waiting,
                           heartbeat_at = :now, host = COALESCE(:host, host), pid = COALESCE(:pid, pid),
                           started_at = CASE WHEN incarnation IS :inc THEN started_at ELSE :now END,
                           incarnation = :inc""",
                 {"id": agent_id, "state": state, "issue": issue, "token": token, "now": now,
-                 "inc": incarnation, "host": host, "pid": pid},
+                 "inc": incarnation, "host": host, "pid": pid, "waiting": waiting_until},
             )
 
     def agents(self) -> list[AgentRow]:

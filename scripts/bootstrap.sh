@@ -12,6 +12,8 @@
 #     into python3, or into <repo>/.venv when python3 is Debian's own
 #     ("externally managed": pip there would also replace the docker library
 #     that docker-compose v1 needs);
+#   - for the tests: npm, and the agent CLIs at their pinned versions in the host
+#     cache ~/.cache/parallel-autopilot/cli (the image build copies them from there);
 #   - starts the Docker daemon when `docker info` fails.
 # Needs root to install or start anything; without root it says what is missing.
 set -euo pipefail
@@ -28,7 +30,7 @@ for arg in "$@"; do
     --browser) WANT_BROWSER=1 ;;
     --lint) WANT_LINT=1 ;;
     --no-test) WANT_TEST=0 ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $arg (use --ssh, --browser, --lint, --no-test)" ;;
   esac
 done
@@ -50,6 +52,8 @@ need docker-compose sh -c 'docker compose version || command -v docker-compose'
 need debootstrap have debootstrap
 need git have git
 need python3 have python3
+# npm fetches the pinned agent CLIs on the host (the image build has no network)
+[ "$WANT_TEST" = 1 ] && need npm have npm
 [ "$WANT_SSH" = 1 ] && need openssh-server have sshd
 [ "$WANT_BROWSER" = 1 ] && need chromium have chromium
 [ "$WANT_LINT" = 1 ] && need shellcheck have shellcheck
@@ -110,6 +114,13 @@ else
 fi
 if [ "$USE_VENV" = 1 ]; then
   say "commands are in $REPO/.venv/bin (run: . $REPO/.venv/bin/activate)"
+fi
+
+# -- the agent CLIs (for the real-CLI tests) -------------------------------------
+# Codex CLI and Claude Code at the versions pinned in parallel_autopilot/agentcli.py,
+# into the host cache (~/.cache/parallel-autopilot/cli): a no-op when they are there
+if [ "$WANT_TEST" = 1 ]; then
+  (cd / && "$PYTHON" -m parallel_autopilot.agentcli all) || die "cannot fetch the agent CLIs with npm: see above"
 fi
 
 # -- the Docker daemon ----------------------------------------------------------

@@ -308,10 +308,18 @@ def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind, built
     context.mkdir()
     fakes = Path(__file__).parent / "fakes"
     shutil.copy(fakes / kind, context / kind)
-    (context / "Dockerfile").write_text(f"FROM {base.image}\nCOPY {kind} /usr/local/bin/{kind}\n")
+    from parallel_autopilot import agentcli
+
+    # the label the preflight looks for (a real build sets it: tests/test_agent_clis_real.py)
+    (context / "Dockerfile").write_text(f"FROM {base.image}\nCOPY {kind} /usr/local/bin/{kind}\n"
+                                        f"LABEL {agentcli.LABEL_PREFIX}{kind}={agentcli.PINS[kind][1]}\n")
     tag = built_test_image(f"parallel-autopilot-test-{kind}:latest")
     subprocess.run(["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True)
-    settings = make(image=tag, agent_kind=kind)
+    keys = tmp_path / "keys.env"
+    keys.write_text("OPENAI_API_KEY=sk-stand-in\nANTHROPIC_API_KEY=sk-stand-in\n")
+    # network none is allowed for a model kind only with an endpoint on the container's loopback
+    settings = make(image=tag, agent_kind=kind, env_file=str(keys), openai_base_url="http://127.0.0.1:9/v1",
+                    anthropic_base_url="http://127.0.0.1:9")
     try:
         store = fleet.open_store(settings)
         store.add("Make the greeting friendlier", body="Say hello nicely.")
@@ -326,7 +334,7 @@ def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind, built
         prompt = " ".join(argv)
         assert "Make the greeting friendlier" in prompt and "autopilot/issue-1" in prompt
         if kind == "codex":
-            assert argv[1] == "exec" and "--full-auto" in argv
+            assert argv[1] == "exec" and "--dangerously-bypass-approvals-and-sandbox" in argv
         else:
             assert "-p" in argv or "--print" in argv
     finally:  # the containers first: an image in use would only lose its tag

@@ -456,10 +456,16 @@ def test_agent_kinds_run_their_program_with_the_issue(site, kind):
         assert call["argv"] == ["--issue", "1", "--title", title, "--priority", "urgent", "--in", ws]
     else:
         assert call["name"] == kind
-        prompt = call["argv"][{"codex": 2, "claude": 1}[kind]]
-        expected = {"codex": ["exec", "--full-auto", prompt],
-                    "claude": ["-p", prompt, "--dangerously-skip-permissions"]}[kind]
-        assert call["argv"] == expected
+        prompt = call["argv"][{"codex": -1, "claude": 1}[kind]]
+        expected = {"codex": ["exec", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
+                              "--ephemeral", "--json", "--color", "never", "-C", ws],
+                    "claude": ["-p", prompt, "--dangerously-skip-permissions", "--output-format", "stream-json",
+                               "--verbose", "--no-session-persistence"]}[kind]
+        if kind == "codex":
+            assert call["argv"][:len(expected)] == expected and call["argv"][-1] == prompt
+            assert call["argv"][call["argv"].index("-o") + 1].endswith("issue-1-attempt-1.last.txt")
+        else:
+            assert call["argv"] == expected
         assert "#1" in prompt and title in prompt and "autopilot/issue-1" in prompt
         assert "Do NOT push" in prompt and "main" in prompt
         if kind == "claude":
@@ -565,3 +571,38 @@ def test_heartbeat_file_follows_loop_progress_and_the_watchdog_exits_70(tmp_path
     agent._heartbeat_tick = 100.0
     assert look(122) == (False, False) and exits == [70]
     assert "the heartbeat thread made no progress" in agent.log.agent_log.read_text().splitlines()[-1]
+
+
+# -- model CLIs: usage and rate limits (stand-in; the real CLIs: tests/test_agent_clis_real.py) ----
+
+RATE_LIMITED_CODEX = r'''#!/bin/sh
+# first call: what Codex CLI 0.171 prints when it gives up on a 429; later: one turn with usage
+count_file="$HOME/.codex-calls"
+n=$(cat "$count_file" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$count_file"
+if [ "$n" = 1 ]; then
+  echo '{"type":"error","message":"exceeded retry limit, last status: 429 Too Many Requests"}'
+  echo '{"type":"turn.failed","error":{"message":"exceeded retry limit, last status: 429 Too Many Requests"}}'
+  exit 1
+fi
+echo done > resolved.txt
+echo '{"type":"turn.completed","usage":{"input_tokens":100,"cached_input_tokens":0,"output_tokens":7}}'
+'''
+
+
+def test_a_rate_limited_cli_releases_the_issue_unpaid_waits_and_records_usage(site, tmp_path):
+    bin_dir = tmp_path / "cli-bin"
+    bin_dir.mkdir()
+    (bin_dir / "codex").write_text(RATE_LIMITED_CODEX)
+    (bin_dir / "codex").chmod(0o755)
+    site.store.add("rate limited once", max_attempts=1)  # a counted attempt would make it dead
+    proc = site.start("agent-001", AUTOPILOT_AGENT_KIND="codex", AUTOPILOT_QUOTA_BACKOFF_SECONDS="2",
+                      PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}")
+    row = site.wait(lambda: next((a for a in site.store.agents() if a.state == "quota"), None), "the quota wait")
+    assert row.waiting_until and row.waiting_until > time.time() - 1
+    assert site.store.get(1).status == "ready" and site.store.get(1).attempts == 0  # refunded
+    site.wait(lambda: site.store.get(1).status == "done", "the retry after the wait")
+    assert site.stop(proc) == 0
+    issue = site.store.get(1)
+    assert issue.attempts == 1 and issue.usage["input_tokens"] == 100 and issue.usage["output_tokens"] == 7
+    (quota,) = site.events("agent-001", "quota")
+    assert "429" in quota["message"] and quota["issue"] == 1

@@ -39,12 +39,61 @@ def test_script_without_a_script_fails_clearly():
 
 def test_codex_and_claude_are_non_interactive_with_the_prompt():
     codex, claude = argv("codex"), argv("claude")
-    assert codex[:3] == ["codex", "exec", "--full-auto"] and len(codex) == 4
-    assert claude[:2] == ["claude", "-p"] and claude[3:] == ["--dangerously-skip-permissions"]
-    prompt = codex[3]
+    # Codex CLI 0.171 rejects --full-auto (exit 2); its own sandbox cannot start in our container
+    assert codex[:2] == ["codex", "exec"] and "--full-auto" not in codex
+    assert {"--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check", "--json",
+            "--ephemeral"} <= set(codex)
+    assert codex[codex.index("-C") + 1] == "/workspace"
+    assert claude[:2] == ["claude", "-p"] and "--dangerously-skip-permissions" in claude
+    assert claude[claude.index("--output-format") + 1] == "stream-json" and "--verbose" in claude
+    prompt = codex[-1]
     assert prompt == claude[2]
     assert "issue #42" in prompt and "Fix the 'parser' now" in prompt and "{braces}" in prompt
     assert "autopilot/issue-42" in prompt and "Do NOT push" in prompt and "trunk" in prompt
+
+
+def test_codex_writes_its_last_message_and_takes_a_model():
+    codex = kinds.command("codex", issue(), agent="agent-001", workspace="/w", base="main",
+                          last_message="/logs/x.last.txt", model="gpt-local")
+    assert codex[codex.index("-o") + 1] == "/logs/x.last.txt" and codex[codex.index("-m") + 1] == "gpt-local"
+    claude = kinds.command("claude", issue(), agent="agent-001", workspace="/w", base="main", model="opus")
+    assert claude[claude.index("--model") + 1] == "opus"
+
+
+def test_is_sandbox_is_forced_to_exactly_1_for_root_claude():
+    env = kinds.environment({"IS_SANDBOX": "yes", "HOME": "/h"}, issue(), agent="agent-001", workspace="/w",
+                            kind="claude", uid=0)
+    assert env["IS_SANDBOX"] == "1"
+    env = kinds.environment({"HOME": "/h"}, issue(), agent="agent-001", workspace="/w", kind="claude", uid=1000)
+    assert "IS_SANDBOX" not in env
+
+
+def test_claude_endpoint_and_retries_go_into_its_environment():
+    config = kinds.ModelConfig(anthropic_base_url="http://127.0.0.1:9/", retries=1)
+    env = kinds.environment({"HOME": "/h"}, issue(), agent="agent-001", workspace="/w", kind="claude",
+                            config=config, uid=1000)
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9/"
+    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1" and env["CLAUDE_CODE_MAX_RETRIES"] == "1"
+    plain = kinds.environment({"HOME": "/h"}, issue(), agent="agent-001", workspace="/w", kind="claude", uid=1000)
+    assert "ANTHROPIC_BASE_URL" not in plain
+
+
+def test_codex_endpoint_is_a_config_toml_in_the_agents_home(tmp_path):
+    import tomllib
+
+    config = kinds.ModelConfig(openai_base_url="http://127.0.0.1:8/v1", model="m", retries=0)
+    written = kinds.prepare_home("codex", tmp_path, config)
+    path = tmp_path / ".codex" / "config.toml"
+    assert written == [str(path)]
+    data = tomllib.loads(path.read_text())
+    assert data["model_provider"] == "local" and data["model"] == "m"
+    provider = data["model_providers"]["local"]
+    assert provider["base_url"] == "http://127.0.0.1:8/v1" and provider["wire_api"] == "responses"
+    assert provider["request_max_retries"] == 0 and data["analytics"]["enabled"] is False
+    assert data["features"]["plugins"] is False
+    assert kinds.prepare_home("codex", tmp_path / "other", kinds.ModelConfig()) == []
+    env = kinds.environment({"HOME": str(tmp_path)}, issue(), agent="a", workspace="/w", kind="codex")
+    assert env["CODEX_HOME"] == str(tmp_path / ".codex")
 
 
 def test_command_template_is_split_before_it_is_filled():

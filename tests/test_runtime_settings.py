@@ -58,3 +58,16 @@ def test_bad_values_are_one_line_naming_the_variable(change, message):
 def test_a_bad_agent_id_is_refused():
     with pytest.raises(InvalidAgentId):
         RuntimeSettings.from_env({**BASE, "AUTOPILOT_AGENT_ID": "../x"})
+
+
+def test_model_endpoints_and_retries():
+    s = RuntimeSettings.from_env({**BASE, "AUTOPILOT_OPENAI_BASE_URL": "http://127.0.0.1:8000/v1/",
+                                  "AUTOPILOT_ANTHROPIC_BASE_URL": "https://gateway.example/anthropic",
+                                  "AUTOPILOT_MODEL": "gpt-local", "AUTOPILOT_MODEL_RETRIES": "0",
+                                  "AUTOPILOT_QUOTA_BACKOFF_SECONDS": "5"})
+    assert s.openai_base_url == "http://127.0.0.1:8000/v1" and s.anthropic_base_url.endswith("/anthropic")
+    assert s.model == "gpt-local" and s.model_retries == 0 and s.quota_backoff_seconds == 5
+    empty = RuntimeSettings.from_env({**BASE, "AUTOPILOT_OPENAI_BASE_URL": "", "AUTOPILOT_MODEL_RETRIES": ""})
+    assert empty.openai_base_url is None and empty.model_retries is None
+    with pytest.raises(InvalidInput, match="AUTOPILOT_OPENAI_BASE_URL='127.0.0.1:8000' is not a URL"):
+        RuntimeSettings.from_env({**BASE, "AUTOPILOT_OPENAI_BASE_URL": "127.0.0.1:8000"})

@@ -86,6 +86,10 @@ class Agent(BaseModel):
     heartbeat_age: float | None = None
     restarts: int = 0
     problem: str | None = None  # killed, out of memory, crash-looping, container gone
+    cli: str | None = None  # the model CLI and version in its image, e.g. "codex 0.171.0"
+    waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
+    tokens: dict[str, float] | None = None  # model usage over the issues it completed
+    doing: str | None = None  # what it does, in words ("waiting for quota until 14:05")
 
 
 class IssueSummary(BaseModel):
@@ -98,6 +102,7 @@ class IssueSummary(BaseModel):
     owner: str | None = None
     attempts: int
     max_attempts: int
+    usage: dict[str, Any] | None = None  # model tokens (and cost) of the attempt that resolved it
 
 
 class IssueOut(IssueSummary):
@@ -143,6 +148,7 @@ class Snapshot(BaseModel):
     repo: str
     agents: list[Agent]
     issues: list[IssueSummary]
+    done: list[IssueSummary] = []  # the last issues resolved, newest first, with their tokens
     open_total: int
     counts: dict[str, int]
     resources: dict[str, Any]
@@ -267,6 +273,8 @@ class Pane:
 
         agents = part(self.agents, [])
         issues, counts = part(lambda: (self.issues(), self.counts()), ([], dict.fromkeys(STATUSES, 0)))
+        done = part(lambda: sorted(self.issues(("done",)), key=lambda i: -(i.completed_at or i.updated_at))[:10],
+                    [])
         resources, maximum = part(self.resources, ({}, 1))
         if resources.get("docker") is False and not errors:
             errors.append("Docker is not reachable: start Docker (dockerd or Docker Desktop); this page updates by itself")
@@ -276,6 +284,7 @@ class Pane:
             "repo": str(self.settings.repo),
             "agents": agents,
             "issues": [_summary(i) for i in issues[: self.queue_limit]],
+            "done": [_summary(i) for i in done],
             "open_total": len(issues),
             "counts": counts,
             "resources": resources,

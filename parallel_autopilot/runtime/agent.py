@@ -45,7 +45,7 @@ from typing import Callable
 from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
 from ..issues import Claim, IssueStore
 from .. import snapshots
-from . import health, kinds, process
+from . import health, kinds, process, usage
 from .logs import AgentLog, last_line
 from .settings import RuntimeSettings
 from .workspace import Workspace
@@ -78,6 +78,8 @@ class Outcome:
     code: int | None = None
     duration: float = 0.0
     last: str | None = None
+    usage: dict | None = None  # tokens/cost the model CLI reported (runtime/usage.py)
+    limit: usage.Limit | None = None  # the CLI gave up on a rate limit / quota
 
 
 def jittered(seconds: float, rng: Callable[[], float] = random.random) -> float:
@@ -117,6 +119,10 @@ class Agent:
         self._booted = False
         self._next_snapshot_look = 0.0
         self._threads: list[threading.Thread] = []
+        self.waiting_until: float | None = None  # waiting for a model quota to reset
+        self._quota_streak = 0
+        self.model = kinds.ModelConfig(settings.openai_base_url, settings.anthropic_base_url, settings.model,
+                                       settings.model_retries)
 
     # -- progress and signals ---------------------------------------------
 
@@ -156,6 +162,9 @@ class Agent:
         copied = kinds.copy_credentials(s.credentials, self.environ.get("HOME"))
         if copied:
             self.log.event("credentials", f"credentials copied into HOME: {', '.join(copied)}", copied=copied)
+        written = kinds.prepare_home(s.kind, self.environ.get("HOME"), self.model)
+        if written:
+            self.log.event("cli-config", f"model endpoint configured in {', '.join(written)}", files=written)
         self.store = IssueStore(s.db, max_attempts=s.max_attempts, backoff_seconds=s.backoff_seconds,
                                 clock=self.clock)
         self.mark()
@@ -191,7 +200,8 @@ class Agent:
                 self.store.agent_heartbeat(
                     self.s.agent_id, self.state,
                     issue=attempt.number if attempt else None, token=attempt.claim.token if attempt else None,
-                    incarnation=self.incarnation, host=socket.gethostname(), pid=os.getpid())
+                    incarnation=self.incarnation, host=socket.gethostname(), pid=os.getpid(),
+                    waiting_until=self.waiting_until if self.state == "quota" else None)
                 return True
             except Exception as err:
                 self.log.line(f"agents table not updated ({self.state}): {err}")
@@ -360,9 +370,11 @@ class Agent:
 
     def _attempt_issue(self, attempt: Attempt) -> None:
         s, issue = self.s, attempt.claim.issue
+        last_message = self.log.attempt_path(attempt.number, attempt.attempt).with_suffix(".last.txt")
         argv = kinds.command(s.kind, issue, agent=s.agent_id, workspace=s.workspace, base=s.base_branch,
-                             template=s.command)
-        env = kinds.environment(self.environ, issue, agent=s.agent_id, workspace=s.workspace, kind=s.kind)
+                             template=s.command, last_message=last_message, model=s.model)
+        env = kinds.environment(self.environ, issue, agent=s.agent_id, workspace=s.workspace, kind=s.kind,
+                                config=self.model)
         if self.workspace.dirty():  # should not happen: every attempt ends clean
             self._salvage("salvage", "found before starting", attempt.number, attempt.attempt)
         base_sha = self.workspace.start_branch(attempt.branch)
@@ -376,10 +388,13 @@ class Agent:
         elif outcome.kind == "timeout":
             self._fail(attempt, f"timed out after {s.issue_timeout:g}s (agent killed); last output: "
                        f"{outcome.last or '(none)'}", salvage_reason="timeout")
+        elif outcome.code != 0 and outcome.limit is not None:
+            self._wait_for_quota(attempt, outcome.limit)
         elif outcome.code != 0:
             self._fail(attempt, f"{_describe_exit(outcome.code)}; last output: {outcome.last or '(none)'}",
                        salvage_reason="failed")
         else:
+            self._quota_streak = 0
             self._finish(attempt, base_sha, outcome)
 
     def _run_agent(self, attempt: Attempt, argv: list[str], env: dict[str, str]) -> Outcome:
@@ -428,7 +443,12 @@ class Agent:
         self.child.clear()
         duration = round(self.monotonic() - started, 3)
         last = last_line(log_path)
-        return Outcome(kind or "exit", code, duration, last)
+        spent, limit = None, None
+        if s.kind in ("codex", "claude"):
+            text = _read_tail(log_path)
+            spent = usage.parse(s.kind, text)
+            limit = usage.limit(s.kind, text, self.clock()) if code else None
+        return Outcome(kind or "exit", code, duration, last, spent, limit)
 
     # -- endings ----------------------------------------------------------
 
@@ -472,6 +492,8 @@ class Agent:
                            f"{(commit or 'no commit')[:12]} stays on {attempt.branch}", issue=number, commit=commit)
             return
         result = {"branch": attempt.branch, "commit": commit, "duration": outcome.duration}
+        if outcome.usage is not None:
+            result["usage"] = outcome.usage
         try:
             self.store.complete(claim, result)
         except LeaseLost as err:
@@ -501,6 +523,35 @@ class Agent:
                        f"{issue.status}): {error}", issue=number, attempt=attempt.attempt, status=issue.status,
                        error=error)
 
+    def _wait_for_quota(self, attempt: Attempt, limit: "usage.Limit") -> None:
+        """A rate limit or exhausted quota is not the issue's fault: give it back, sleep until the reset.
+
+        The release refunds the attempt, and the issue is ready at once for an
+        agent with another credential. Without a reset time from the CLI the
+        wait doubles from ``quota_backoff_seconds`` up to an hour.
+        """
+        number, now = attempt.number, self.clock()
+        wait = min(self.s.quota_backoff_seconds * 2 ** self._quota_streak, 3600.0)
+        until = limit.reset_at if limit.reset_at and limit.reset_at > now else now + wait
+        self._quota_streak += 1
+        try:
+            self._salvage("quota", "rate limit / quota", number, attempt.attempt)
+        except AutopilotError as err:
+            self.log.line(f"could not stash the changes of #{number}: {err}")
+        claim = self._end(attempt)
+        if not attempt.lost.is_set():
+            try:
+                self.store.release(claim)
+            except LeaseLost as err:
+                self.log.event("lease-lost", f"#{number} not released: {err}", issue=number, error=str(err))
+        self.waiting_until = until
+        self.log.event("quota", f"rate limit / quota on #{number} (released, attempt refunded): waiting until "
+                       f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC; the CLI said: {limit.message}",
+                       issue=number, until=until, message=limit.message)
+        self._report("quota")
+        self._sleep(max(0.0, until - self.clock()))
+        self.waiting_until = None
+
     def _release(self, attempt: Attempt) -> None:
         number = attempt.number
         try:
@@ -525,6 +576,18 @@ class Agent:
             thread.join(timeout=5)  # no periodic report may land after "stopped"
         self._report("stopped")
         self.log.event("stopped", f"stopped{why}", signal=self.stop_signal)
+
+
+def _read_tail(path, limit: int = 4 << 20) -> str:
+    """The end of an attempt log (the CLI's last events), at most ``limit`` bytes."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _describe_exit(code: int | None) -> str:

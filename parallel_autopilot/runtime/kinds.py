@@ -3,13 +3,20 @@
 - ``script``: the issue's own ``script`` with ``bash -c`` (``sh -c`` where bash
   is missing), in the worktree. The embedded default; works offline. An issue
   without a script fails with a clear error.
-- ``codex``: ``codex exec --full-auto <prompt>`` (non-interactive; full-auto is
-  the workspace-write sandbox without approval prompts). Stdin is /dev/null:
-  ``codex exec`` reads a piped stdin into the prompt and would wait forever.
-- ``claude``: ``claude -p <prompt> --dangerously-skip-permissions`` (print
-  mode; no permission prompt nobody could answer). As root, Claude Code
-  refuses that flag unless ``IS_SANDBOX=1`` says it runs in a disposable
-  sandbox - which a container is - so it is set for uid 0.
+- ``codex`` (Codex CLI 0.171): ``codex exec --dangerously-bypass-approvals-and-sandbox
+  --skip-git-repo-check --ephemeral --json -o <last message file> -C <workspace> <prompt>``.
+  The container IS the sandbox: codex's own (bwrap) cannot start under
+  cap_drop ALL + no-new-privileges, and with it every command fails while codex
+  still exits 0. ``--full-auto`` no longer exists (exit 2). Stdin is /dev/null:
+  a piped stdin is read as more prompt. JSONL events go to the attempt log
+  (usage and rate limits are read from them: :mod:`.usage`). A custom endpoint
+  is a ``config.toml`` written into ``$CODEX_HOME`` (the tmpfs HOME) at boot.
+- ``claude`` (Claude Code 2.1): ``claude -p <prompt> --dangerously-skip-permissions
+  --output-format stream-json --verbose`` (print mode; no permission prompt
+  nobody could answer). As root, Claude Code refuses that flag unless
+  ``IS_SANDBOX`` is exactly ``1`` (``yes`` is refused), so it is FORCED to 1
+  for uid 0. A custom endpoint is ``ANTHROPIC_BASE_URL`` with
+  ``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`` (else it calls the vendor anyway).
 - ``command``: ``AUTOPILOT_AGENT_COMMAND`` split with :mod:`shlex` FIRST, then
   each word formatted with ``{number} {title} {body} {priority} {workspace}``:
   a title with spaces or quotes stays one argument, and no shell ever sees it.
@@ -20,10 +27,12 @@ base branch (the original told agents to push to main).
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -86,6 +95,47 @@ def check_template(template: str) -> list[str]:
     return words
 
 
+#: what the runtime hands the model CLIs (from RuntimeSettings; all optional)
+@dataclass(frozen=True)
+class ModelConfig:
+    openai_base_url: str | None = None
+    anthropic_base_url: str | None = None
+    model: str | None = None
+    retries: int | None = None
+
+
+def codex_config(config: ModelConfig) -> str | None:
+    """``$CODEX_HOME/config.toml`` for a custom endpoint (None: leave the user's config alone)."""
+    if not config.openai_base_url:
+        return None
+    lines = [f"model = {_toml(config.model or 'gpt-5-codex')}", 'model_provider = "local"', "",
+             "[model_providers.local]", 'name = "local"', f"base_url = {_toml(config.openai_base_url)}",
+             'env_key = "OPENAI_API_KEY"', 'wire_api = "responses"']
+    if config.retries is not None:
+        lines += [f"request_max_retries = {int(config.retries)}", f"stream_max_retries = {int(config.retries)}"]
+    # without these it looks up the vendor's hosts even with a local provider
+    lines += ["", "[analytics]", "enabled = false", "", "[features]", "plugins = false", ""]
+    return "\n".join(lines)
+
+
+def _toml(value: str) -> str:
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def prepare_home(kind: str, home: str | os.PathLike | None, config: ModelConfig) -> list[str]:
+    """Write the kind's CLI config into the agent's own (tmpfs) HOME; what was written."""
+    if kind != "codex" or not home:
+        return []
+    text = codex_config(config)
+    if text is None:
+        return []
+    path = Path(home) / ".codex" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    return [str(path)]
+
+
 def executable(kind: str, template: str | None = None) -> str | None:
     """The program a kind runs (None for ``script``: it uses bash or sh)."""
     if kind == "codex":
@@ -102,13 +152,14 @@ def check(kind: str, template: str | None = None, path: str | None = None) -> No
     """Refuse at boot a kind whose program is missing (instead of failing every issue)."""
     program = executable(kind, template)
     if program and not shutil.which(program, path=path):
-        hint = {"codex": "build the image with agent_cli=codex",
-                "claude": "build the image with agent_cli=claude"}.get(kind, "install it in the image")
+        hint = {"codex": "build the image with `inv build --cli codex` (or all)",
+                "claude": "build the image with `inv build --cli claude` (or all)"}.get(kind, "install it in the image")
         raise InvalidInput(f"agent kind {kind!r} needs {program!r}, which is not on PATH: {hint}")
 
 
 def command(kind: str, issue: Issue, *, agent: str, workspace: str | os.PathLike, base: str,
-            template: str | None = None) -> list[str]:
+            template: str | None = None, last_message: str | os.PathLike | None = None,
+            model: str | None = None) -> list[str]:
     """The argv that works on ``issue``; InvalidInput when the issue cannot be run this way."""
     if kind == "script":
         if not (issue.script or "").strip():
@@ -117,9 +168,18 @@ def command(kind: str, issue: Issue, *, agent: str, workspace: str | os.PathLike
         shell = shutil.which("bash") or "sh"
         return [shell, "-c", issue.script]
     if kind == "codex":
-        return ["codex", "exec", "--full-auto", prompt(issue, agent, workspace, base)]
+        # --ephemeral: no session files piling up in the agent's tmpfs HOME (and a quarter less CPU)
+        argv = ["codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
+                "--ephemeral", "--json", "--color", "never", "-C", str(workspace)]
+        if last_message:
+            argv += ["-o", str(last_message)]
+        if model:
+            argv += ["-m", model]
+        return [*argv, prompt(issue, agent, workspace, base)]
     if kind == "claude":
-        return ["claude", "-p", prompt(issue, agent, workspace, base), "--dangerously-skip-permissions"]
+        argv = ["claude", "-p", prompt(issue, agent, workspace, base), "--dangerously-skip-permissions",
+                "--output-format", "stream-json", "--verbose", "--no-session-persistence"]
+        return argv + (["--model", model] if model else [])
     if kind == "command":
         values = {"number": str(issue.number), "title": issue.title, "body": issue.body,
                   "priority": issue.priority, "workspace": str(workspace)}
@@ -128,7 +188,7 @@ def command(kind: str, issue: Issue, *, agent: str, workspace: str | os.PathLike
 
 
 def environment(base: Mapping[str, str], issue: Issue, *, agent: str, workspace: str | os.PathLike,
-                kind: str) -> dict[str, str]:
+                kind: str, config: ModelConfig | None = None, uid: int | None = None) -> dict[str, str]:
     """The agent subprocess's environment: ours plus the issue's fields and the agent's identity.
 
     The git identity variables make any commit the agent makes itself carry the
@@ -150,8 +210,18 @@ def environment(base: Mapping[str, str], issue: Issue, *, agent: str, workspace:
     })
     # the queue is the runtime's business, not the agent's
     env.pop("AUTOPILOT_DB", None)
-    if kind == "claude" and hasattr(os, "geteuid") and os.geteuid() == 0:
-        env.setdefault("IS_SANDBOX", "1")
+    config = config or ModelConfig()
+    uid = (os.geteuid() if hasattr(os, "geteuid") else None) if uid is None else uid
+    if kind == "codex" and env.get("HOME"):
+        env["CODEX_HOME"] = str(Path(env["HOME"]) / ".codex")  # the writable copy, with our config.toml
+    if kind == "claude":
+        if uid == 0:
+            env["IS_SANDBOX"] = "1"  # exactly 1: an inherited IS_SANDBOX=yes is refused by Claude Code
+        if config.anthropic_base_url:
+            env["ANTHROPIC_BASE_URL"] = config.anthropic_base_url
+            env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] = "1"
+        if config.retries is not None:
+            env["CLAUDE_CODE_MAX_RETRIES"] = str(int(config.retries))
     return env
 
 

@@ -43,6 +43,12 @@ class RuntimeSettings:
     stale_seconds: float = 6.0
     snapshot_seconds: float = 600.0  # one agent snapshots the database this often (0: never)
     snapshots_kept: int = 10
+    # model CLIs (kinds codex and claude): endpoint, model, the CLI's own retries
+    openai_base_url: str | None = None
+    anthropic_base_url: str | None = None
+    model: str | None = None
+    model_retries: int | None = None
+    quota_backoff_seconds: float = 60.0
 
     @property
     def renew_seconds(self) -> float:
@@ -110,4 +116,19 @@ class RuntimeSettings:
             stale_seconds=number("AUTOPILOT_STALE_SECONDS", 6.0),
             snapshot_seconds=number("AUTOPILOT_SNAPSHOT_SECONDS", 600.0),
             snapshots_kept=number("AUTOPILOT_SNAPSHOTS_KEPT", 10, 1, integer=True),
+            openai_base_url=_url(env, "AUTOPILOT_OPENAI_BASE_URL"),
+            anthropic_base_url=_url(env, "AUTOPILOT_ANTHROPIC_BASE_URL"),
+            model=env.get("AUTOPILOT_MODEL", "").strip() or None,
+            model_retries=(number("AUTOPILOT_MODEL_RETRIES", 0, 0, integer=True)
+                           if env.get("AUTOPILOT_MODEL_RETRIES", "").strip() else None),
+            quota_backoff_seconds=number("AUTOPILOT_QUOTA_BACKOFF_SECONDS", 60.0, 0.1),
         )
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise InvalidInput(f"{name}={value!r} is not a URL: use http(s)://host:port[/path]")
+    return value.rstrip("/")

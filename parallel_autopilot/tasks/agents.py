@@ -35,6 +35,8 @@ def doing(a: fleet.AgentStatus) -> str:
     its previous incarnation has reported."""
     if a.problem:
         return a.problem
+    if a.activity == "quota" and a.waiting_until:
+        return a.doing  # "waiting for quota until HH:MM"
     if a.issue:
         return f"working on #{a.issue} {(a.issue_title or '')[:40]}".rstrip()
     reported_since_start = a.heartbeat_age is not None and a.uptime is not None and a.heartbeat_age <= a.uptime
@@ -43,11 +45,12 @@ def doing(a: fleet.AgentStatus) -> str:
     return a.activity
 
 
-HEADERS = ["agent", "state", "doing", "uptime", "restarts"]
+HEADERS = ["agent", "state", "doing", "uptime", "restarts", "cli", "tokens in/out"]
 
 
 def _rows(agents: list[fleet.AgentStatus]) -> list[tuple]:
-    return [(a.id, state(a), doing(a), _duration(a.uptime), a.restarts) for a in agents]
+    return [(a.id, state(a), doing(a), _duration(a.uptime), a.restarts, a.cli or "", _tokens(a.tokens))
+            for a in agents]
 
 
 NO_AGENTS = "no agents (start some with `agents.start --n 3`)"
@@ -61,6 +64,12 @@ def status_table(agents: list[fleet.AgentStatus]) -> str:
 def show(agents: list[fleet.AgentStatus]) -> None:
     """Print the agents: a ``rich`` table on a terminal, :func:`status_table` elsewhere."""
     print_table(_rows(agents), HEADERS) if agents else print(NO_AGENTS)
+
+
+def _tokens(tokens: dict | None) -> str:
+    if not tokens:
+        return ""
+    return f"{tokens['input_tokens']}/{tokens['output_tokens']}"
 
 
 @task(help={"n": "number of agents, 1..max (--n N or -n N)", "no_wait": "return without waiting until healthy",

@@ -58,11 +58,22 @@ def list_(c, status=None, json=False):
         return
     print_table(
         [(f"#{i.number}", i.status, i.priority, f"{i.attempts}/{i.max_attempts}", i.owner or "",
-          i.branch or "", i.title[:60]) for i in issues],
-        ["issue", "status", "priority", "attempts", "agent", "branch", "title"],
+          i.branch or "", tokens(i.usage), i.title[:60]) for i in issues],
+        ["issue", "status", "priority", "attempts", "agent", "branch", "tokens in/out", "title"],
     )
     counts = store.counts()
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no issues")
+
+
+def tokens(usage: dict | None, long: bool = False) -> str:
+    """A model usage dict in words: ``2400/68`` (table) or ``2400 in, 68 out, $0.0137`` (show)."""
+    if not usage:
+        return ""
+    if not long:
+        return f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}"
+    cost = usage.get("cost_usd")
+    return (f"{usage.get('input_tokens', 0)} tokens in, {usage.get('output_tokens', 0)} out"
+            + (f", ${cost:.4f}" if cost else ""))
 
 
 @task(help={"number": "the issue number", "json": "machine-readable output"})
@@ -76,6 +87,8 @@ def show(c, number, json=False):
         return
     now = time.time()
     for key, value in issue.to_dict().items():
+        if key == "usage" and value:
+            value = tokens(value, long=True)
         if value not in (None, ""):
             print(f"{key:>14}: {_shown(key, value, now)}")
     print("        events:")

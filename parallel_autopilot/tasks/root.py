@@ -5,19 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import demo as demo_lib
-from .. import fleet, image, worktrees
+from .. import agentcli, fleet, image, worktrees
 from .edge import emit_json, settings, table, task
 
 
 @task(help={"rebuild": "build even if the image is up to date",
             "base_image": "base image (default autopilot.base_image; built offline with debootstrap if it cannot be pulled)",
-            "agent_cli": "also install an agent CLI in the image: none (default), codex or claude"})
-def build(c, rebuild=False, base_image=None, agent_cli=None):
-    """Build the agent image (docker/autopilot/Dockerfile)."""
+            "cli": "agent CLIs to put in the image at their pinned versions: none, codex, claude or all "
+                   "(default autopilot.agent_cli); the host fetches them with npm, the build needs no network",
+            "agent_cli": "the same as --cli (older name)",
+            "json": "print the image, its CLI versions and size as JSON"})
+def build(c, rebuild=False, base_image=None, cli=None, agent_cli=None, json=False):
+    """Build the agent image (docker/autopilot/Dockerfile), with the agent CLIs asked for."""
     s = settings(c)
-    s = s.replace(**{k: v for k, v in {"base_image": base_image, "agent_cli": agent_cli}.items() if v})
-    tag = image.ensure_image(s, progress=print, rebuild=rebuild)
-    print(f"image ready: {tag}")
+    s = s.replace(**{k: v for k, v in {"base_image": base_image, "agent_cli": cli or agent_cli}.items() if v})
+    agentcli.clis(s.agent_cli)  # an unknown value: one line before anything is fetched
+    quiet = (lambda _: None) if json else print
+    tag = image.ensure_image(s, progress=quiet, rebuild=rebuild)
+    info = image.describe(s)
+    if json:
+        emit_json(info)
+        return
+    versions = ", ".join(f"{k} {v}" for k, v in info["clis"].items()) or "no agent CLI"
+    print(f"image ready: {tag} ({versions}; {info['size'] / 1e6:.0f} MB)")
 
 
 @task(help={"force": "also remove dirty worktrees and delete agent branches with unmerged commits",

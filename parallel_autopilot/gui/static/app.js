@@ -112,6 +112,7 @@ function render() {
   renderControls(snap);
   renderAgents(snap);
   renderIssues(snap);
+  renderDone(snap);
   renderResources(snap.resources || {}, snap.max_agents);
 }
 
@@ -193,6 +194,7 @@ function describe(agent, readyCount) {
     return [agent.state === "created" || agent.state === "restarting" ? "starting" : "bad", text];
   }
   if (agent.health === "unhealthy") return ["bad", "Unhealthy"];
+  if (agent.activity === "quota") return ["starting", agent.doing || "Waiting for quota"];
   if (agent.issue !== null && agent.issue !== undefined) {
     return ["working", `Working on #${agent.issue}` + (agent.issue_title ? ` ${agent.issue_title}` : "")];
   }
@@ -211,6 +213,8 @@ function renderAgents(snap) {
       el("span", { class: `dot ${dot}`, title: `${agent.state}${agent.health ? " / " + agent.health : ""}` }),
       el("span", { class: "id" }, agent.id),
       el("span", { class: "activity", title: text }, text),
+      el("span", { class: "tokens", title: agent.cli ? `agent CLI: ${agent.cli}` : "no model CLI" },
+        tokenText(agent.tokens) + (agent.cli ? ` · ${agent.cli}` : "")),
       el("span", { class: "uptime" }, formatDuration(uptimeSeconds(agent))),
       el("span", { class: "actions" },
         el("button", { type: "button", class: "view-logs", onclick: () => openLogs(agent.id) }, "View Logs"),
@@ -225,6 +229,23 @@ function renderAgents(snap) {
   }
   $("agent-count").textContent = snap.agents.length;
   $("no-agents").hidden = snap.agents.length > 0;
+}
+
+function tokenText(usage) {
+  // model tokens in/out (and cost when the CLI reports it); empty without usage
+  if (!usage) return "";
+  const cost = usage.cost_usd ? ` $${Number(usage.cost_usd).toFixed(4)}` : "";
+  return `${usage.input_tokens || 0} in / ${usage.output_tokens || 0} out tokens${cost}`;
+}
+
+function renderDone(snap) {
+  const items = (snap.done || []).map((issue) => el("li", { "data-issue": issue.number, "data-status": "done" },
+    el("span", { class: "num" }, `#${issue.number}`),
+    el("span", { class: "title", title: issue.title }, issue.title),
+    el("span", { class: "owner" }, issue.owner || ""),
+    el("span", { class: "tokens" }, tokenText(issue.usage))));
+  $("done").replaceChildren(...items);
+  $("no-done").hidden = items.length > 0;
 }
 
 function renderIssues(snap) {
