@@ -75,6 +75,13 @@ class UnsafeFilesystem(AutopilotError):
     exit_code = 5
 
 
+class QueueUnavailable(AutopilotError):
+    """The PostgreSQL issue queue cannot be reached (within its reconnect window)."""
+
+    exit_code = 13
+    http_status = 503
+
+
 class GitError(AutopilotError):
     """A git command failed (not a git repository, bad base branch...)."""
 

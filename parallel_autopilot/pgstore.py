@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .errors import AutopilotError, Conflict, InvalidInput, IssueNotFound, LeaseLost
+from .errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, QueueUnavailable
 from .issues import (
     DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, PRIORITIES, STATUSES,
     AgentRow, Claim, Event, Issue, _as_result, validate_fields,
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RECONNECT_SECONDS = 120.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
+ANALYZE_AFTER = 200  # issues added at once
 #: pg_advisory_xact_lock keys: schema migration, issue numbering
 _MIGRATE_LOCK, _NUMBER_LOCK = 0x5041_0001, 0x5041_0002
 
@@ -167,9 +168,11 @@ WITH n AS (SELECT {NOW} AS now, CAST(:stale_after AS float8) AS stale_after),
                            FOR UPDATE OF issues SKIP LOCKED)
         RETURNING i.number),
      picked AS (
+        -- one condition the partial index issues_pick serves in claim order (an OR of the
+        -- arms would make PostgreSQL sort every open issue on every claim)
         SELECT number FROM issues, n2 n
-        WHERE ((status IN ('ready', 'failed') AND due_at <= n.now) OR ({_ABANDONED}))
-          AND attempts < max_attempts
+        WHERE status IN ('ready', 'failed', 'claimed') AND attempts < max_attempts
+          AND CASE WHEN status = 'claimed' THEN {_ABANDONED} ELSE due_at <= n.now END
         ORDER BY rank, created_at, number
         LIMIT 1
         FOR UPDATE OF issues SKIP LOCKED)
@@ -198,13 +201,6 @@ UPDATE issues SET
        actor = :agent, note = :note
 WHERE status = 'claimed' AND owner = :agent
 RETURNING number"""
-
-
-class QueueUnavailable(AutopilotError):
-    """The PostgreSQL queue could not be reached (within the reconnect window)."""
-
-    exit_code = 13
-    http_status = 503
 
 
 class _Uncertain(Exception):
@@ -465,10 +461,19 @@ class PgIssueStore:
                 raise _Uncertain() from err
             raise
 
+    @staticmethod
+    def _exec(conn, sql: str, **params) -> tuple[list, list]:
+        """Run a statement prepared once per connection (parsed and planned once); rows, column names."""
+        statements = conn.__dict__.setdefault("_autopilot_statements", {})
+        statement = statements.get(sql)
+        if statement is None:
+            statement = statements[sql] = conn.prepare(sql)
+        rows = statement.run(**params)
+        return rows or [], [c["name"] for c in statement.columns or ()]
+
     def _rows(self, conn, sql: str, **params) -> list[dict[str, Any]]:
-        rows = conn.run(sql, **params)
-        names = [c["name"] for c in conn.columns or ()]
-        return [dict(zip(names, row)) for row in rows or ()]
+        rows, names = self._exec(conn, sql, **params)
+        return [dict(zip(names, row)) for row in rows]
 
     def _read(self, sql: str, **params) -> list[dict[str, Any]]:
         return self._retrying(lambda conn: self._rows(conn, sql, **params))
@@ -534,7 +539,15 @@ class PgIssueStore:
                              issue=rows[-1]["number"])
                 return [self._issue(r) for r in rows]
 
-        return self._retrying(op, uncertain_ok=False)
+        added = self._retrying(op, uncertain_ok=False)
+        if len(added) >= ANALYZE_AFTER:
+            self._analyze()
+        return added
+
+    def _analyze(self) -> None:
+        """Tell the planner the tables' new sizes now, not at autovacuum's next round:
+        until then it takes a big backlog for a tiny one and sorts it on every claim."""
+        self._retrying(lambda conn: conn.run("ANALYZE issues, events, agents"))
 
     # -- the lease verbs ----------------------------------------------------
 
@@ -629,7 +642,7 @@ class PgIssueStore:
             rows = self._rows(conn, sql, **params)
             if rows:
                 return rows[0]
-            conn.run(_REFUSE, now=now, number=claim.number, kind=f"refused-{verb}", worker=claim.worker,
+            self._exec(conn, _REFUSE, now=now, number=claim.number, kind=f"refused-{verb}", worker=claim.worker,
                      token=claim.token)
             return False
 
@@ -656,8 +669,8 @@ class PgIssueStore:
     def release_agent(self, agent_id: str, now: float | None = None, reason: str = "agent gone") -> list[int]:
         """Free at once every claim held by ``agent_id`` (crash recovery; the attempt counts)."""
         now = self._now(now)
-        rows = self._retrying(lambda conn: conn.run(
-            _RELEASE_AGENT, now=now, agent=agent_id, reason=f"{reason} on the last attempt", note=reason))
+        rows, _ = self._retrying(lambda conn: self._exec(
+            conn, _RELEASE_AGENT, now=now, agent=agent_id, reason=f"{reason} on the last attempt", note=reason))
         return sorted(r[0] for r in rows)
 
     def release_stale_agents(self, stale_after: float, now: float | None = None) -> dict[str, list[int]]:
@@ -675,9 +688,9 @@ class PgIssueStore:
                           AND id IN (SELECT owner FROM issues WHERE status = 'claimed')
                         ORDER BY id FOR UPDATE""", now=now, stale=float(stale_after))]
                 for owner in owners:
-                    numbers = sorted(r[0] for r in conn.run(
-                        _RELEASE_AGENT, now=now, agent=owner, reason="agent heartbeat stale on the last attempt",
-                        note="agent heartbeat stale"))
+                    numbers = sorted(r[0] for r in self._exec(
+                        conn, _RELEASE_AGENT, now=now, agent=owner, reason="agent heartbeat stale on the last attempt",
+                        note="agent heartbeat stale")[0])
                     if numbers:
                         freed[owner] = numbers
             return freed
@@ -723,8 +736,8 @@ class PgIssueStore:
                         now: float | None = None) -> None:
         """Record what an agent is doing now (upsert of its row; repeating it is harmless)."""
         now = self._now(now)
-        self._retrying(lambda conn: conn.run(
-            f"""INSERT INTO agents AS a (id, state, issue, token, heartbeat_at, started_at, incarnation, host, pid)
+        self._retrying(lambda conn: self._exec(
+            conn, f"""INSERT INTO agents AS a (id, state, issue, token, heartbeat_at, started_at, incarnation, host, pid)
                 VALUES (:id, :state, CAST(:issue AS bigint), CAST(:token AS bigint), {NOW}, {NOW}, :inc, :host,
                         CAST(:pid AS integer))
                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, issue = EXCLUDED.issue,

@@ -86,7 +86,9 @@ def sqlite_to_pg(source: IssueStore, target, progress: Progress = _quiet) -> dic
                    "FROM events")
         return copied
 
-    return target._retrying(op, uncertain_ok=False)
+    copied = target._retrying(op, uncertain_ok=False)
+    target._analyze()
+    return copied
 
 
 def pg_to_sqlite(source, path: str | os.PathLike, progress: Progress = _quiet) -> dict[str, int]:
