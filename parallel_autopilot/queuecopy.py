@@ -40,7 +40,8 @@ def _copy_text(value: Any) -> str:
     return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r"))
 
 
-def _chunks(rows: list, size: int = CHUNK) -> Iterator[list]:
+def _chunks(rows: list) -> Iterator[list]:
+    size = CHUNK
     for start in range(0, len(rows), size):
         yield rows[start:start + size]
 
