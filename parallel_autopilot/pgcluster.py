@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .errors import AutopilotError
 
-#: Settings for a throwaway cluster. fsync stays on unless ``durable=False`` (the tests).
+#: Settings of a throwaway cluster that need not survive a crash of the machine (the tests').
 FAST = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
 
 
@@ -74,7 +74,8 @@ def unavailable() -> str | None:
 class Cluster:
     """One PostgreSQL cluster of its own, on a Unix socket in a temporary directory."""
 
-    def __init__(self, base: str | os.PathLike | None = None, durable: bool = False, port: int = 5432):
+    def __init__(self, base: str | os.PathLike | None = None, durable: bool = False, port: int = 5432,
+                 options: tuple[str, ...] = ()):
         problem = unavailable()
         if problem:
             raise ClusterUnavailable(problem)
@@ -82,6 +83,7 @@ class Cluster:
         self.user = _server_user()
         self.port = port
         self.durable = durable
+        self.options = tuple(options)  # more server options, e.g. ("-c", "synchronous_commit=off")
         self.root = Path(tempfile.mkdtemp(prefix="pa-pg-", dir=base))
         self.data = self.root / "data"
         self.socket_dir = self.root / "sock"
@@ -115,6 +117,7 @@ class Cluster:
                    "-c", "max_connections=100"]
         if not self.durable:
             options += FAST
+        options += self.options
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", " ".join(
             f"'{o}'" if o.endswith("=") else o for o in options), "-w", "-t", "60", "start")
         self.running = True

@@ -2,11 +2,12 @@
 # Set up a Debian 12 machine for parallel-autopilot; safe to run again (it skips
 # what is already there, and is a fast no-op when everything is).
 #
-#   scripts/bootstrap.sh [--ssh] [--browser] [--lint] [--no-test]
+#   scripts/bootstrap.sh [--ssh] [--browser] [--lint] [--postgres] [--no-test]
 #
 #   - Docker Engine and Compose v1 (docker.io, docker-compose), debootstrap (to
 #     make the offline base image), git: from Debian's packages, if missing;
-#   - --ssh openssh-server, --browser chromium, --lint shellcheck (for the tests);
+#   - --ssh openssh-server, --browser chromium, --lint shellcheck, --postgres the
+#     PostgreSQL server binaries (postgresql; the tests start clusters of their own);
 #   - the Python package, editable, with its test extras (--no-test: without);
 #     into python3, or into <repo>/.venv when python3 is Debian's own
 #     ("externally managed": pip there would also replace the docker library
@@ -16,7 +17,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-WANT_SSH=0 WANT_BROWSER=0 WANT_LINT=0 WANT_TEST=1
+WANT_SSH=0 WANT_BROWSER=0 WANT_LINT=0 WANT_POSTGRES=0 WANT_TEST=1
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
@@ -26,9 +27,10 @@ for arg in "$@"; do
     --ssh) WANT_SSH=1 ;;
     --browser) WANT_BROWSER=1 ;;
     --lint) WANT_LINT=1 ;;
+    --postgres) WANT_POSTGRES=1 ;;
     --no-test) WANT_TEST=0 ;;
     -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown option $arg (use --ssh, --browser, --lint, --no-test)" ;;
+    *) die "unknown option $arg (use --ssh, --browser, --lint, --postgres, --no-test)" ;;
   esac
 done
 
@@ -52,6 +54,9 @@ need python3 have python3
 [ "$WANT_SSH" = 1 ] && need openssh-server have sshd
 [ "$WANT_BROWSER" = 1 ] && need chromium have chromium
 [ "$WANT_LINT" = 1 ] && need shellcheck have shellcheck
+# initdb/pg_ctl are off PATH in Debian's layout (/usr/lib/postgresql/N/bin)
+pg_server() { compgen -G '/usr/lib/postgresql/*/bin/initdb' || command -v initdb; }
+[ "$WANT_POSTGRES" = 1 ] && need postgresql pg_server
 
 # where the Python package goes: python3 itself unless Debian manages it
 PYTHON="${PYTHON:-python3}"
@@ -93,7 +98,7 @@ installed_here() { # the package imports from THIS checkout (run outside it: cwd
   (cd / && "$PYTHON" -c 'import os, sys, parallel_autopilot as p; sys.exit(os.path.dirname(os.path.dirname(p.__file__)) != sys.argv[1])' "$REPO") >/dev/null 2>&1
 }
 extras_present() {
-  [ "$WANT_TEST" = 0 ] || (cd / && "$PYTHON" -c 'import pytest, pytest_timeout, hypothesis, httpx, fastapi, uvicorn, matplotlib, playwright, schemathesis') >/dev/null 2>&1
+  [ "$WANT_TEST" = 0 ] || (cd / && "$PYTHON" -c 'import pytest, pytest_timeout, hypothesis, httpx, fastapi, uvicorn, matplotlib, playwright, schemathesis, pg8000') >/dev/null 2>&1
 }
 deps_present() {
   (cd / && "$PYTHON" -c 'import invoke, fabric, docker, yaml, psutil') >/dev/null 2>&1
