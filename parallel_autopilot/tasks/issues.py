@@ -12,6 +12,7 @@ from ..errors import InvalidInput
 from ..issues import IssueStore
 from .edge import Namespace, emit_json, settings, table, task
 
+INTERACTIVE_RECONNECT_SECONDS = 15.0
 _queues: dict[tuple, object] = {}
 _queues_lock = threading.Lock()
 
@@ -28,8 +29,10 @@ def store_for(s: Settings):
     key = (s.queue, s.max_attempts, s.backoff_seconds)
     with _queues_lock:
         if key not in _queues:
+            # a person waits for these tasks: a server that is away is said within seconds
             _queues[key] = issues.open_store(s.queue, max_attempts=s.max_attempts,
-                                             backoff_seconds=s.backoff_seconds)
+                                             backoff_seconds=s.backoff_seconds,
+                                             reconnect_seconds=INTERACTIVE_RECONNECT_SECONDS)
         return _queues[key]
 
 
