@@ -50,7 +50,10 @@ from .issues import (
 log = logging.getLogger(__name__)
 
 DEFAULT_RECONNECT_SECONDS = 120.0
-DEFAULT_CONNECT_TIMEOUT = 10.0
+#: pg8000's one socket timeout: to connect, and for every reply. A network that swallows
+#: packets stalls a call this long before the reconnect path takes over; a longer lock wait
+#: counts as a lost connection (and is retried, fenced as any other).
+DEFAULT_SOCKET_TIMEOUT = 30.0
 ANALYZE_AFTER = 200  # issues added at once
 #: pg_advisory_xact_lock keys: schema migration, issue numbering
 _MIGRATE_LOCK, _NUMBER_LOCK = 0x5041_0001, 0x5041_0002
@@ -250,7 +253,7 @@ def connect_options(url: str) -> dict[str, Any]:
         "database": query.get("dbname") or unquote(parts.path.lstrip("/")) or None,
         "password": query.get("password") or (unquote(parts.password) if parts.password else None)
                     or os.environ.get("PGPASSWORD"),
-        "timeout": float(query.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT),
+        "timeout": float(query.get("connect_timeout") or DEFAULT_SOCKET_TIMEOUT),
         "application_name": query.get("application_name") or "parallel-autopilot",
     }
     if not host or host.startswith("/"):

@@ -27,7 +27,6 @@ from parallel_autopilot.errors import LeaseLost
 from parallel_autopilot.issues import MIGRATIONS, is_url, open_store
 
 ISSUES = 5_000
-PG_ISSUES = 2_000  # every PostgreSQL call is a socket round trip: fewer issues, the same races
 WORKERS = 8
 SLOW_WORKERS = 3  # short leases, and they sometimes sleep past them
 SHORT_LEASE = 0.05
@@ -118,7 +117,7 @@ class Query:
 @pytest.mark.slow
 def test_many_processes_complete_every_issue_exactly_once(tmp_path, queue_target):
     path = queue_target
-    issues = PG_ISSUES if is_url(path) else ISSUES
+    issues = ISSUES
     go = tmp_path / "go"
     with open_store(path, max_attempts=1000) as store:  # lease losses use attempts: never dead here
         store.add_many([{"title": f"issue {i}", "priority": ("urgent", "high", "medium", "low")[i % 4]}
@@ -187,10 +186,10 @@ def _open_and_add(targets: str, name: str, go: str) -> dict:
     return {"name": name}
 
 
-def test_many_processes_creating_the_database_at_once(tmp_path, queue_target):
+def test_many_processes_creating_the_database_at_once(tmp_path, queue_target, request):
     """Containers (or hosts) start together: the first open of a new database races in every one."""
     if is_url(queue_target):
-        cluster = pgcluster_of(queue_target)
+        cluster = request.getfixturevalue("pg_cluster")
         targets = [queue_target] + [cluster.create_database() for _ in range(CREATE_ROUNDS - 1)]
     else:
         targets = [str(tmp_path / f"round-{r}") for r in range(CREATE_ROUNDS)]
@@ -213,24 +212,6 @@ def test_many_processes_creating_the_database_at_once(tmp_path, queue_target):
             assert q("SELECT version FROM autopilot_schema") == [(len(pgstore.MIGRATIONS),)]
         assert q("SELECT count(*), count(DISTINCT title) FROM issues") == [(12, 12)]
         q.close()
-
-
-_CLUSTERS: dict[str, "pgcluster.Cluster"] = {}
-
-
-def pgcluster_of(url: str):
-    """The session's cluster serving ``url`` (registered by the fixture below)."""
-    return next(c for socket_dir, c in _CLUSTERS.items() if socket_dir in url)
-
-
-@pytest.fixture(autouse=True)
-def _register_cluster(request):
-    if "pg_url" in request.fixturenames or "queue_target" in request.fixturenames:
-        try:
-            cluster = request.getfixturevalue("pg_cluster")
-        except pytest.skip.Exception:
-            return
-        _CLUSTERS[str(cluster.socket_dir)] = cluster
 
 
 # -- PostgreSQL restarted in the middle of a many-process run -----------------------
