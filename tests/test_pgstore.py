@@ -36,6 +36,23 @@ def _columns(url, table):
                                           "WHERE table_name = :t", t=table)}
 
 
+# -- one public API ------------------------------------------------------------------------
+
+
+def test_the_public_api_is_the_sqlite_stores_verb_for_verb():
+    """Same names, same parameters and defaults; ``transaction()`` alone differs: it hands
+    out a raw sqlite3 connection, which has no PostgreSQL equivalent behind the same API."""
+    import inspect
+
+    sqlite_api = {n: inspect.signature(f) for n, f in inspect.getmembers(IssueStore, inspect.isfunction)
+                  if not n.startswith("_")}
+    pg_api = {n: inspect.signature(f) for n, f in inspect.getmembers(PgIssueStore, inspect.isfunction)
+              if not n.startswith("_")}
+    assert set(sqlite_api) - set(pg_api) == {"transaction"}
+    assert {n: s for n, s in sqlite_api.items() if n != "transaction"} == {n: pg_api[n] for n in sqlite_api
+                                                                           if n != "transaction"}
+
+
 # -- open_store, URLs, passwords ----------------------------------------------------
 
 
