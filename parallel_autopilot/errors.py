@@ -82,6 +82,10 @@ class QueueUnavailable(AutopilotError):
     http_status = 503
 
 
+class ClusterUnavailable(AutopilotError):
+    """No PostgreSQL server binaries here, or a throwaway cluster would not start (tests, bench)."""
+
+
 class GitError(AutopilotError):
     """A git command failed (not a git repository, bad base branch...)."""
 

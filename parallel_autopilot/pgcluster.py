@@ -25,14 +25,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import AutopilotError
+from .errors import ClusterUnavailable
+
+__all__ = ["Cluster", "ClusterUnavailable", "bindir", "unavailable"]
 
 #: Settings of a throwaway cluster that need not survive a crash of the machine (the tests').
 FAST = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
-
-
-class ClusterUnavailable(AutopilotError):
-    """No PostgreSQL server binaries, or the cluster would not start."""
 
 
 def bindir() -> Path | None:

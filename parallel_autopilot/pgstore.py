@@ -150,6 +150,8 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 
+_ISSUE_FIELDS = frozenset(Issue.__dataclass_fields__)
+
 #: Columns of ``issues`` that are the store's own bookkeeping, not part of an Issue.
 INTERNAL_COLUMNS = ("rank", "transition", "actor", "note", "claim_nonce")
 
@@ -208,6 +210,10 @@ RETURNING number"""
 
 class _Uncertain(Exception):
     """A write whose COMMIT was sent when the connection broke: it may have happened."""
+
+
+class _Replan(Exception):
+    """A statement prepared before another host changed the schema: nothing ran; run it again."""
 
 
 def redact(url: str) -> str:
@@ -421,6 +427,8 @@ class PgIssueStore:
                     result = op(conn)
                     self._recovered()
                     return result
+                except _Replan:
+                    continue  # the statement did not run: prepare it anew, no outage
                 except _Uncertain as err:
                     self._drop()
                     if not uncertain_ok:
@@ -467,11 +475,22 @@ class PgIssueStore:
     @staticmethod
     def _exec(conn, sql: str, **params) -> tuple[list, list]:
         """Run a statement prepared once per connection (parsed and planned once); rows, column names."""
+        import pg8000
+
         statements = conn.__dict__.setdefault("_autopilot_statements", {})
         statement = statements.get(sql)
         if statement is None:
             statement = statements[sql] = conn.prepare(sql)
-        rows = statement.run(**params)
+        try:
+            rows = statement.run(**params)
+        except pg8000.DatabaseError as err:
+            code = err.args[0].get("C") if err.args and isinstance(err.args[0], dict) else None
+            if code == "0A000" and "cached plan" in str(err.args[0].get("M", "")):
+                # "cached plan must not change result type": a migration made elsewhere added a
+                # column under this connection's prepared SELECT * / RETURNING *
+                statements.clear()
+                raise _Replan() from err
+            raise
         return rows or [], [c["name"] for c in statement.columns or ()]
 
     def _rows(self, conn, sql: str, **params) -> list[dict[str, Any]]:
@@ -766,7 +785,8 @@ class PgIssueStore:
         data["check"] = data.pop("check_cmd", None)
         if data.get("usage"):
             data["usage"] = json.loads(data["usage"])
-        return Issue(**data)
+        # a column a newer version added (one host upgraded before the others) is not ours to show
+        return Issue(**{k: v for k, v in data.items() if k in _ISSUE_FIELDS})
 
     def get(self, number: int) -> Issue:
         """The issue with that number; IssueNotFound if there is none."""

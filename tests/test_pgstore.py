@@ -155,6 +155,21 @@ def test_a_failing_migration_applies_nothing_and_a_new_one_applies_once(pg_url, 
     assert _sql(pg_url, "SELECT version FROM autopilot_schema") == [[len(good) + 1]]
 
 
+def test_a_store_already_open_keeps_working_when_another_host_adds_a_column(pg_url, monkeypatch):
+    """Hosts upgrade one at a time: a running agent's prepared statements outlive a migration."""
+    old = PgIssueStore(pg_url)
+    old.add("before")
+    claim = old.claim("agent-001")  # its SELECT * / RETURNING * statements are prepared now
+    old.get(claim.number)
+    monkeypatch.setattr(pgstore, "MIGRATIONS", pgstore.MIGRATIONS + [["ALTER TABLE issues ADD COLUMN labels text"]])
+    PgIssueStore(pg_url).close()  # the upgraded host migrates
+    assert old.get(claim.number).status == "claimed"  # a statement prepared before the migration
+    done = old.complete(claim, {"branch": "b"})
+    assert (done.status, old.get(claim.number).status) == ("done", "done")
+    assert [e.kind for e in old.events(claim.number)] == ["added", "claimed", "done"]
+    old.close()
+
+
 def test_a_database_of_a_newer_version_is_refused(pg_url):
     PgIssueStore(pg_url).close()
     _sql(pg_url, "UPDATE autopilot_schema SET version = version + 1")
