@@ -350,7 +350,14 @@ class PgIssueStore:
         except ImportError:
             raise InvalidInput("a postgresql:// queue needs the pg8000 driver: "
                                "pip install 'parallel-autopilot[postgres]'") from None
-        conn = pg8000.native.Connection(**self._options)
+        try:
+            conn = pg8000.native.Connection(**self._options)
+        except pg8000.DatabaseError as err:
+            if _connection_lost(err):
+                raise
+            # the server answered and said no: a wrong user, password or database is no outage
+            raise QueueUnavailable(f"the issue queue {self.url} refused the connection ({_describe(err)}): "
+                                   "check the user, password and database name in autopilot.queue") from None
         self._conn, self._pid = conn, os.getpid()
         self._migrate(conn)
         return conn

@@ -89,6 +89,16 @@ def test_an_unreachable_server_is_one_line_without_the_password(tmp_path):
     assert len(lines) == 1 and "secret" not in lines[0]
 
 
+def test_a_database_that_does_not_exist_is_one_line_at_once(pg_url):
+    database = connect_options(pg_url)["database"]
+    url = pg_url.replace(f"postgres@/{database}?", "postgres:secret@/no_such_db?")
+    started = time.monotonic()
+    with pytest.raises(QueueUnavailable, match='database "no_such_db" does not exist') as err:
+        PgIssueStore(url)
+    assert time.monotonic() - started < 5  # not retried as if the server were away
+    assert "secret" not in str(err.value) and "autopilot.queue" in str(err.value)
+
+
 def test_the_queue_setting_from_file_and_environment_and_refused_when_not_a_url(git_repo, monkeypatch, pg_url):
     assert config.load(cwd=git_repo).queue_target == str(git_repo.resolve() / ".autopilot")
     (git_repo / "invoke.yaml").write_text(f"autopilot:\n  queue: '{pg_url}'\n")
