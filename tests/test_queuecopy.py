@@ -135,3 +135,15 @@ def test_issues_migrate_task_copies_once_then_refuses_in_one_line_and_never_prin
 
     bad = _run(git_repo, "issues.migrate", "--to", "mysql://root:s3cr3t@db/x")
     assert bad.returncode == 2 and "postgresql://" in bad.stderr and "s3cr3t" not in bad.stderr
+
+
+@pytest.mark.skipif(PROGRAM is None, reason="the console program is not installed (pip install -e .)")
+def test_issues_migrate_shows_progress_of_a_large_backlog_on_stderr(git_repo, pg_url):
+    with IssueStore(git_repo / ".autopilot" / "autopilot.db") as lite:
+        lite.add_many([{"title": f"issue {i}"} for i in range(queuecopy.CHUNK + 1)])
+    proc = _run(git_repo, "issues.migrate", "--to", pg_url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["issues"] == queuecopy.CHUNK + 1  # stdout stays JSON
+    total = queuecopy.CHUNK + 1
+    assert proc.stderr.splitlines() == [f"issues: {queuecopy.CHUNK}/{total}", f"issues: {total}/{total}",
+                                        f"events: {queuecopy.CHUNK}/{total}", f"events: {total}/{total}"]
