@@ -3,11 +3,13 @@
 The same public API and semantics as :class:`parallel_autopilot.issues.IssueStore`
 (read its docstring first); what differs is how PostgreSQL gives them:
 
-- **Claim**: ONE statement. A CTE marks dead the abandoned issues whose attempts
-  are used up; another picks the best eligible issue ``FOR UPDATE SKIP LOCKED``
+- **Claim**: ONE call of the function ``autopilot_claim`` (one round trip, one
+  transaction): the abandoned issues whose attempts are used up become dead, then
+  ONE UPDATE leases the best eligible issue, picked ``FOR UPDATE SKIP LOCKED``
   (priority then age, attempts below the limit inside the pick), so concurrent
   claimers on many hosts never wait for each other nor take the same row; the
-  UPDATE leases it, and the ``issues_transition`` trigger appends the event.
+  ``issues_transition`` trigger appends the events. (A single statement with the
+  dead-marking as a CTE would record its events in an unpredictable order.)
 - **Fencing**: every renew/complete/fail/release is one ``UPDATE ... WHERE number
   AND token AND status = 'claimed'``. Under READ COMMITTED a concurrent writer of
   the row makes PostgreSQL re-check that WHERE on the committed row, so a stale
@@ -147,6 +149,50 @@ MIGRATIONS: list[list[str]] = [
            END $$""",
         """CREATE TRIGGER issues_transition AFTER UPDATE ON issues
            FOR EACH ROW WHEN (NEW.transition IS NOT NULL) EXECUTE FUNCTION issues_transition()""",
+        # The claim, one round trip and one transaction. First the abandoned issues whose
+        # attempts are used up become dead (by number, as SQLite does, so the audit trail
+        # reads the same on both); then ONE UPDATE leases the best eligible issue, picked
+        # FOR UPDATE SKIP LOCKED: concurrent claimers on many hosts neither wait for each
+        # other nor take the same row. The pick is one condition the partial index
+        # issues_pick serves in claim order (an OR of the arms would sort every open issue).
+        # Abandoned: claimed, and the lease expired or the owner's heartbeat is older than
+        # p_stale_after seconds (NULL: only expiry counts).
+        """CREATE FUNCTION autopilot_claim(p_now float8, p_stale_after float8, p_worker text,
+                                           p_lease float8, p_nonce text)
+           RETURNS SETOF issues LANGUAGE plpgsql AS $$
+           DECLARE
+               t_now float8 := COALESCE(p_now, CAST(EXTRACT(EPOCH FROM now()) AS float8));
+               t_stale float8 := t_now - p_stale_after;
+               r record;
+           BEGIN
+               FOR r IN SELECT number FROM issues
+                        WHERE status = 'claimed' AND attempts >= max_attempts
+                          AND (lease_until <= t_now OR owner IN (SELECT id FROM agents WHERE heartbeat_at < t_stale))
+                        ORDER BY number FOR UPDATE SKIP LOCKED LOOP
+                   UPDATE issues SET status = 'dead', lease_until = NULL, updated_at = t_now,
+                          error = CASE WHEN lease_until <= t_now THEN 'lease expired on the last attempt'
+                                       ELSE 'agent heartbeat stale on the last attempt' END,
+                          transition = 'dead', actor = owner,
+                          note = CASE WHEN lease_until <= t_now THEN 'lease expired' ELSE 'agent heartbeat stale' END
+                   WHERE number = r.number;
+               END LOOP;
+               RETURN QUERY
+               UPDATE issues i SET status = 'claimed', owner = p_worker, token = i.token + 1,
+                      attempts = i.attempts + 1, lease_until = t_now + p_lease, heartbeat_at = t_now,
+                      claimed_at = t_now, updated_at = t_now, transition = 'claimed', actor = p_worker,
+                      note = 'attempt ' || (i.attempts + 1) || ' of ' || i.max_attempts, claim_nonce = p_nonce
+               WHERE i.number = (
+                   SELECT number FROM issues
+                   WHERE status IN ('ready', 'failed', 'claimed') AND attempts < max_attempts
+                     AND CASE WHEN status = 'claimed'
+                              THEN lease_until <= t_now
+                                   OR owner IN (SELECT id FROM agents WHERE heartbeat_at < t_stale)
+                              ELSE due_at <= t_now END
+                   ORDER BY rank, created_at, number
+                   LIMIT 1
+                   FOR UPDATE SKIP LOCKED)
+               RETURNING i.*;
+           END $$""",
     ],
 ]
 
@@ -155,39 +201,9 @@ _ISSUE_FIELDS = frozenset(Issue.__dataclass_fields__)
 #: Columns of ``issues`` that are the store's own bookkeeping, not part of an Issue.
 INTERNAL_COLUMNS = ("rank", "transition", "actor", "note", "claim_nonce")
 
-_ABANDONED = """status = 'claimed' AND (lease_until <= n.now
-                 OR owner IN (SELECT id FROM agents WHERE heartbeat_at < n.stale_before))"""
-
-#: The claim: exhausted abandoned issues die, the best eligible one is leased. ONE statement.
-_CLAIM = f"""
-WITH n AS (SELECT {NOW} AS now, CAST(:stale_after AS float8) AS stale_after),
-     n2 AS (SELECT now, now - stale_after AS stale_before FROM n),
-     dead AS (
-        UPDATE issues i SET status = 'dead', lease_until = NULL, updated_at = n.now,
-               error = CASE WHEN lease_until <= n.now THEN 'lease expired on the last attempt'
-                            ELSE 'agent heartbeat stale on the last attempt' END,
-               transition = 'dead', actor = owner,
-               note = CASE WHEN lease_until <= n.now THEN 'lease expired' ELSE 'agent heartbeat stale' END
-        FROM n2 n
-        WHERE i.number IN (SELECT number FROM issues, n2 n WHERE {_ABANDONED} AND attempts >= max_attempts
-                           FOR UPDATE OF issues SKIP LOCKED)
-        RETURNING i.number),
-     picked AS (
-        -- one condition the partial index issues_pick serves in claim order (an OR of the
-        -- arms would make PostgreSQL sort every open issue on every claim)
-        SELECT number FROM issues, n2 n
-        WHERE status IN ('ready', 'failed', 'claimed') AND attempts < max_attempts
-          AND CASE WHEN status = 'claimed' THEN {_ABANDONED} ELSE due_at <= n.now END
-        ORDER BY rank, created_at, number
-        LIMIT 1
-        FOR UPDATE OF issues SKIP LOCKED)
-UPDATE issues i SET status = 'claimed', owner = :worker, token = token + 1, attempts = attempts + 1,
-       lease_until = n.now + CAST(:lease AS float8), heartbeat_at = n.now, claimed_at = n.now,
-       updated_at = n.now, transition = 'claimed', actor = :worker,
-       note = 'attempt ' || (attempts + 1) || ' of ' || max_attempts, claim_nonce = :nonce
-FROM picked, n2 n
-WHERE i.number = picked.number
-RETURNING i.*"""
+#: The claim: ONE call, ONE transaction (see the function autopilot_claim in MIGRATIONS).
+_CLAIM = """SELECT * FROM autopilot_claim(CAST(:now AS float8), CAST(:stale_after AS float8), :worker,
+                                          CAST(:lease AS float8), :nonce)"""
 
 _REFUSE = f"""
 INSERT INTO events (at, issue, kind, worker, token, detail)
@@ -204,7 +220,7 @@ UPDATE issues SET
        lease_until = NULL, due_at = {NOW}, updated_at = {NOW},
        transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'released-agent' END,
        actor = :agent, note = :note
-WHERE status = 'claimed' AND owner = :agent
+WHERE number = CAST(:number AS bigint) AND status = 'claimed' AND owner = :agent
 RETURNING number"""
 
 
@@ -698,9 +714,23 @@ class PgIssueStore:
     def release_agent(self, agent_id: str, now: float | None = None, reason: str = "agent gone") -> list[int]:
         """Free at once every claim held by ``agent_id`` (crash recovery; the attempt counts)."""
         now = self._now(now)
-        rows, _ = self._retrying(lambda conn: self._exec(
-            conn, _RELEASE_AGENT, now=now, agent=agent_id, reason=f"{reason} on the last attempt", note=reason))
-        return sorted(r[0] for r in rows)
+
+        def op(conn):
+            with self._transaction(conn):
+                return self._release_agent(conn, now, agent_id, reason)
+
+        return self._retrying(op)
+
+    def _release_agent(self, conn, now: float | None, agent_id: str, reason: str) -> list[int]:
+        # one issue at a time, by number: the audit trail then reads as SQLite's does
+        # (one UPDATE of many rows would record them in the table's physical order)
+        numbers = [r[0] for r in self._exec(
+            conn, "SELECT number FROM issues WHERE status = 'claimed' AND owner = :agent ORDER BY number FOR UPDATE",
+            agent=agent_id)[0]]
+        for number in numbers:
+            self._exec(conn, _RELEASE_AGENT, now=now, number=number, agent=agent_id,
+                       reason=f"{reason} on the last attempt", note=reason)
+        return numbers
 
     def release_stale_agents(self, stale_after: float, now: float | None = None) -> dict[str, list[int]]:
         """Free the claims of agents whose heartbeat is older than ``stale_after`` seconds."""
@@ -717,9 +747,7 @@ class PgIssueStore:
                           AND id IN (SELECT owner FROM issues WHERE status = 'claimed')
                         ORDER BY id FOR UPDATE""", now=now, stale=float(stale_after))]
                 for owner in owners:
-                    numbers = sorted(r[0] for r in self._exec(
-                        conn, _RELEASE_AGENT, now=now, agent=owner, reason="agent heartbeat stale on the last attempt",
-                        note="agent heartbeat stale")[0])
+                    numbers = self._release_agent(conn, now, owner, "agent heartbeat stale")
                     if numbers:
                         freed[owner] = numbers
             return freed

@@ -301,11 +301,12 @@ def test_a_fenced_write_whose_reply_was_lost_is_not_done_twice(own_cluster, monk
     url = own_cluster.create_database()
     store = PgIssueStore(url, on_reconnect=lambda line: None)
     store.add("once only")
-    markers = {"claim": "picked AS", "complete": "status = 'done'", "fail": "THEN 'dead' ELSE 'failed'",
+    markers = {"claim": "FROM autopilot_claim(", "complete": "status = 'done'", "fail": "THEN 'dead' ELSE 'failed'",
                "release": "transition = 'released'"}
     claim = None if verb == "claim" else store.claim("agent-001")
     monkeypatch.setattr(PgIssueStore, "_exec", staticmethod(ReplyLost(store, own_cluster, markers[verb])))
 
+    reply_lost = PgIssueStore._exec
     if verb == "claim":
         claim = store.claim("agent-001")
         assert claim is not None and claim.token == 1
@@ -313,6 +314,7 @@ def test_a_fenced_write_whose_reply_was_lost_is_not_done_twice(own_cluster, monk
     else:
         issue = getattr(store, verb)(claim, *(["boom"] if verb == "fail" else []))
         assert issue.token == claim.token
+    assert not reply_lost.armed, "the reply was never lost: the stand-in did not find its statement"
     kinds = [e.kind for e in store.events()]
     assert kinds.count({"claim": "claimed", "complete": "done", "fail": "failed",
                         "release": "released"}[verb]) == 1, kinds
