@@ -23,6 +23,7 @@ from .errors import GitError, InvalidInput
 DEFAULTS: dict[str, Any] = {
     "repo": None,  # target repository; None = git top level of the cwd
     "state_dir": ".autopilot",  # holds autopilot.db (a DIRECTORY is bind-mounted)
+    "queue": None,  # None = SQLite in state_dir; postgresql://user@host/db = one backlog for many hosts
     "worktrees_dir": ".worktrees",
     "logs_dir": "docs/logs",
     "base_branch": None,  # None = the repository's current branch
@@ -110,6 +111,11 @@ class Settings:
         return self.state_path / "autopilot.db"
 
     @property
+    def queue_target(self) -> str:
+        """Where the issue queue is, for ``issues.open_store``: the PostgreSQL URL, else the state directory."""
+        return self.values.get("queue") or str(self.state_path)
+
+    @property
     def worktrees_path(self) -> Path:
         return self.path("worktrees_dir")
 
@@ -123,7 +129,27 @@ class Settings:
         return Settings(repo=repo, values={**self.values, **changes})
 
     def as_dict(self) -> dict[str, Any]:
-        return {"repo": str(self.repo), **{k: v for k, v in self.values.items() if k != "repo"}}
+        """The values, for showing: a password in the queue URL is left out."""
+        values = {k: v for k, v in self.values.items() if k != "repo"}
+        if values.get("queue"):
+            values["queue"] = redact_url(values["queue"])
+        return {"repo": str(self.repo), **values}
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (``postgresql://user:secret@host/db`` -> ``postgresql://user@host/db``)."""
+    from .pgstore import redact
+
+    return redact(url)
+
+
+def _check_queue(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+        shown = redact_url(value) if isinstance(value, str) else repr(value)
+        raise InvalidInput(f"autopilot.queue {shown!r} is not a postgresql:// URL: "
+                           "give postgresql://user@host/db, or leave it unset for SQLite in state_dir")
 
 
 def _section(config: Any) -> dict[str, Any]:
@@ -166,6 +192,9 @@ def load(config: Any = None, cwd: Path | None = None, **overrides: Any) -> Setti
         # invoke.yaml themselves; `inv` does, and reading it twice is harmless
         values = {**DEFAULTS, **_repo_file(repo), **_section(config), **explicit}
     values["repo"] = str(repo)
+    if values.get("queue") == "":
+        values["queue"] = None  # INVOKE_AUTOPILOT_QUEUE= (empty) means unset
+    _check_queue(values["queue"])
     return Settings(repo=repo, values=values)
 
 

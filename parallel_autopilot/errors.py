@@ -75,6 +75,17 @@ class UnsafeFilesystem(AutopilotError):
     exit_code = 5
 
 
+class QueueUnavailable(AutopilotError):
+    """The PostgreSQL issue queue cannot be reached (within its reconnect window)."""
+
+    exit_code = 13
+    http_status = 503
+
+
+class ClusterUnavailable(AutopilotError):
+    """No PostgreSQL server binaries here, or a throwaway cluster would not start (tests, bench)."""
+
+
 class GitError(AutopilotError):
     """A git command failed (not a git repository, bad base branch...)."""
 

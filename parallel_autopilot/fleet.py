@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 from . import agentcli, compose, docker_client, image, platform, snapshots, worktrees
 from .config import Settings
 from .git import Git
-from .errors import AgentNotFound, AgentsUnhealthy
+from .errors import InvalidInput, AgentNotFound, AgentsUnhealthy
 from .ids import agent_count, agent_id, agent_ids
 from .issues import IssueStore, IssueNotFound
 
@@ -137,6 +137,12 @@ def start_agents(settings: Settings, n, *, progress: Progress = print, wait: boo
     filesystem), then act: image, worktrees, containers, wait for health.
     """
     count = check_count(settings, n)
+    if settings.queue:
+        # the runtime in the containers speaks SQLite only so far: agents started now would
+        # work through another backlog than the one the issues.* tasks show
+        raise InvalidInput("agents in containers cannot use a PostgreSQL queue yet (autopilot.queue is set): "
+                           "unset autopilot.queue / INVOKE_AUTOPILOT_QUEUE to run agents on this repository's "
+                           "SQLite queue")
     docker_client.client()
     for warning in preflight(settings, count):
         progress(warning)

@@ -1103,3 +1103,29 @@ class IssueStore:
             rows = [r[0] for r in self._connect().execute("PRAGMA quick_check(5)").fetchall()]
         if rows != ["ok"]:
             raise damaged(self.path, f"quick_check: {'; '.join(rows)[:200]}")
+
+#: URL schemes of a PostgreSQL queue (libpq's two spellings).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(target: Any) -> bool:
+    """Whether ``target`` names a PostgreSQL queue (else it is a state directory or db path)."""
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+def open_store(target: str | os.PathLike, **options: Any):
+    """The issue store at ``target``: a state directory or ``.db`` path (SQLite, the
+    embedded default) or a ``postgresql://`` URL (one backlog shared by many hosts).
+
+    Both have the one public API of :class:`IssueStore`; ``options`` are its keyword
+    arguments (``clock``, ``max_attempts``, ``backoff_seconds``; SQLite also takes
+    ``busy_timeout``/``check_fs``, PostgreSQL ``reconnect_seconds``/``on_reconnect``).
+    """
+    if is_url(target):
+        from .pgstore import PgIssueStore  # not standard library: imported only for a URL
+
+        return PgIssueStore(str(target), **options)
+    path = Path(target)
+    if path.suffix != ".db" or path.is_dir():
+        path = path / "autopilot.db"
+    return IssueStore(path, **options)

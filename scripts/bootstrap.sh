@@ -2,11 +2,12 @@
 # Set up a Debian 12 machine for parallel-autopilot; safe to run again (it skips
 # what is already there, and is a fast no-op when everything is).
 #
-#   scripts/bootstrap.sh [--ssh] [--browser] [--lint] [--no-test]
+#   scripts/bootstrap.sh [--ssh] [--browser] [--lint] [--postgres] [--no-test]
 #
 #   - Docker Engine and Compose v1 (docker.io, docker-compose), debootstrap (to
 #     make the offline base image), git: from Debian's packages, if missing;
-#   - --ssh openssh-server, --browser chromium, --lint shellcheck (for the tests);
+#   - --ssh openssh-server, --browser chromium, --lint shellcheck, --postgres the
+#     PostgreSQL server binaries (postgresql; the tests start clusters of their own);
 #   - the Python package, editable, with its test extras (--no-test: with only the
 #     GUI's, so every README command works after the demo);
 #     into python3, or into <repo>/.venv when python3 is Debian's own
@@ -19,7 +20,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-WANT_SSH=0 WANT_BROWSER=0 WANT_LINT=0 WANT_TEST=1
+WANT_SSH=0 WANT_BROWSER=0 WANT_LINT=0 WANT_POSTGRES=0 WANT_TEST=1
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
@@ -29,9 +30,10 @@ for arg in "$@"; do
     --ssh) WANT_SSH=1 ;;
     --browser) WANT_BROWSER=1 ;;
     --lint) WANT_LINT=1 ;;
+    --postgres) WANT_POSTGRES=1 ;;
     --no-test) WANT_TEST=0 ;;
     -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown option $arg (use --ssh, --browser, --lint, --no-test)" ;;
+    *) die "unknown option $arg (use --ssh, --browser, --lint, --postgres, --no-test)" ;;
   esac
 done
 
@@ -57,6 +59,9 @@ need python3 have python3
 [ "$WANT_SSH" = 1 ] && need openssh-server have sshd
 [ "$WANT_BROWSER" = 1 ] && need chromium have chromium
 [ "$WANT_LINT" = 1 ] && need shellcheck have shellcheck
+# initdb/pg_ctl are off PATH in Debian's layout (/usr/lib/postgresql/N/bin)
+pg_server() { compgen -G '/usr/lib/postgresql/*/bin/initdb' || command -v initdb; }
+[ "$WANT_POSTGRES" = 1 ] && need postgresql pg_server
 
 # where the Python package goes: python3 itself unless Debian manages it
 PYTHON="${PYTHON:-python3}"
@@ -99,7 +104,7 @@ installed_here() { # the package imports from THIS checkout (run outside it: cwd
 }
 extras_present() {
   (cd / && "$PYTHON" -c 'import fastapi, uvicorn, anyio') >/dev/null 2>&1 || return 1
-  [ "$WANT_TEST" = 0 ] || (cd / && "$PYTHON" -c 'import pytest, pytest_timeout, hypothesis, httpx, matplotlib, playwright, schemathesis') >/dev/null 2>&1
+  [ "$WANT_TEST" = 0 ] || (cd / && "$PYTHON" -c 'import pytest, pytest_timeout, hypothesis, httpx, matplotlib, playwright, schemathesis, pg8000') >/dev/null 2>&1
 }
 deps_present() {
   (cd / && "$PYTHON" -c 'import invoke, fabric, docker, yaml, psutil, rich') >/dev/null 2>&1

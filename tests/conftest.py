@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from parallel_autopilot.issues import IssueStore
+from parallel_autopilot import pgcluster
+from parallel_autopilot.issues import open_store
 
 pytest_plugins = ["fixtures_ssh"]  # sshd + workstation fixtures of the remote (Fabric) tests
 
@@ -35,10 +36,47 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A real PostgreSQL server of the session's own: Unix socket only, stopped at the end.
+
+    Skips (with the reason) only where no server can be had: no binaries
+    (scripts/bootstrap.sh --postgres installs them) or no user to run it as.
+    """
+    problem = pgcluster.unavailable()
+    if problem:
+        pytest.skip(f"PostgreSQL: {problem}")
+    try:
+        import pg8000  # noqa: F401
+    except ImportError:
+        pytest.skip("PostgreSQL: the pg8000 driver is missing: pip install -e '.[test]'")
+    cluster = pgcluster.Cluster().start()
+    yield cluster
+    cluster.destroy()
+
+
 @pytest.fixture
-def store(tmp_path, clock):
-    """An IssueStore in a temporary state directory, on the fake ``clock``, backoff 30 s, 3 attempts."""
-    with IssueStore(tmp_path / "state" / "autopilot.db", clock=clock) as s:
+def pg_url(pg_cluster) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return pg_cluster.create_database()
+
+
+#: The queue backends every store test runs against.
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def queue_target(request, tmp_path) -> str:
+    """Where a store lives, once per backend: a state directory, or a fresh database's URL."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_url")
+    return str(tmp_path / "state")
+
+
+@pytest.fixture
+def store(queue_target, clock):
+    """An issue store (each backend in turn) on the fake ``clock``, backoff 30 s, 3 attempts."""
+    with open_store(queue_target, clock=clock) as s:
         yield s
 
 

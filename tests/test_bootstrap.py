@@ -20,11 +20,11 @@ def test_shellcheck_clean():
 def test_unknown_option_is_one_line_and_changes_nothing():
     proc = subprocess.run(["bash", str(SCRIPT), "--frobnicate"], capture_output=True, text=True)
     assert proc.returncode == 1
-    assert proc.stderr == "bootstrap: unknown option --frobnicate (use --ssh, --browser, --lint, --no-test)\n"
+    assert proc.stderr == "bootstrap: unknown option --frobnicate (use --ssh, --browser, --lint, --postgres, --no-test)\n"
     assert proc.stdout == ""
 
 
 def test_help_describes_the_options():
     proc = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, check=True)
-    for option in ("--ssh", "--browser", "--lint", "--no-test"):
+    for option in ("--ssh", "--browser", "--lint", "--postgres", "--no-test"):
         assert option in proc.stdout

@@ -141,3 +141,11 @@ def test_list_agents_shows_killed_and_vanished_agents_with_their_problem(setting
         None, "exited", "killed (exit 137)")
     assert (agents["agent-003"].state, agents["agent-003"].container, agents["agent-003"].problem) == (
         "missing", None, "container gone")
+
+
+def test_start_refuses_a_postgresql_queue_in_one_line_before_touching_docker(git_repo, monkeypatch):
+    settings = config.load({}, repo=str(git_repo), queue="postgresql://autopilot@db.invalid/backlog")
+    monkeypatch.setattr(fleet.docker_client, "client", lambda: pytest.fail("Docker was reached"))
+    with pytest.raises(fleet.InvalidInput, match="unset autopilot.queue"):
+        fleet.start_agents(settings, 1, progress=lambda _: None)
+    assert not (git_repo / ".worktrees").exists()

@@ -24,7 +24,15 @@ from parallel_autopilot import issues
 from parallel_autopilot.errors import (
     Conflict, InvalidInput, IssueNotFound, LeaseLost, UnsafeFilesystem,
 )
-from parallel_autopilot.issues import MIGRATIONS, IssueStore, check_filesystem, filesystem_type
+from parallel_autopilot.issues import (
+    MIGRATIONS, IssueStore, check_filesystem, filesystem_type, is_url, open_store,
+)
+
+#: Tests marked so are about SQLite itself (its files, WAL, fork, filesystems, its
+#: schema history): they run against SQLite alone. Everything on the ``store`` (or
+#: ``queue_target``) fixture runs against BOTH backends; PostgreSQL's own schema,
+#: fork and reconnect tests are in test_pgstore.py.
+sqlite_only = pytest.mark.sqlite_only
 
 
 def kinds(store, number=None):
@@ -264,6 +272,9 @@ def _verbs(store, claim):
 
 
 def _row(store, number):
+    """The raw row, every column (the store's bookkeeping too)."""
+    if not isinstance(store, IssueStore):
+        return store._read("SELECT * FROM issues WHERE number = CAST(:n AS bigint)", n=number)
     with sqlite3.connect(store.path) as con:
         return con.execute("SELECT * FROM issues WHERE number = ?", (number,)).fetchone()
 
@@ -354,8 +365,8 @@ def test_fenced_call_on_a_missing_issue_is_refused(store):
 
 CLAIM_AND_HANG = textwrap.dedent("""
     import sys, time
-    from parallel_autopilot.issues import IssueStore
-    store = IssueStore(sys.argv[1])
+    from parallel_autopilot.issues import open_store
+    store = open_store(sys.argv[1])
     claim = store.claim(sys.argv[2], lease_seconds=2.0)
     print(claim.number, claim.token, repr(claim.issue.claimed_at), repr(claim.lease_until), flush=True)
     time.sleep(600)
@@ -377,14 +388,17 @@ def _claim_then_sigkill(path, worker):
     return int(number), int(token), float(claimed_at), float(lease_until)
 
 
-def _integrity(path):
+def _integrity(target):
+    if is_url(target):
+        return "ok"  # PostgreSQL's own business: a killed client cannot damage its files
+    path = str(target) if str(target).endswith(".db") else os.path.join(target, "autopilot.db")
     with sqlite3.connect(path) as con:
         return con.execute("PRAGMA integrity_check").fetchone()[0]
 
 
-def test_sigkilled_worker_issue_is_claimable_after_its_lease_expires(tmp_path):
-    path = tmp_path / "state" / "autopilot.db"
-    with IssueStore(path) as store:
+def test_sigkilled_worker_issue_is_claimable_after_its_lease_expires(queue_target):
+    path = queue_target
+    with open_store(path) as store:
         store.add("killed mid-work")
         number, token, claimed_at, lease_until = _claim_then_sigkill(path, "agent-007")
         assert lease_until == pytest.approx(claimed_at + 2.0)
@@ -399,9 +413,9 @@ def test_sigkilled_worker_issue_is_claimable_after_its_lease_expires(tmp_path):
     assert _integrity(path) == "ok"
 
 
-def test_sigkilled_worker_issue_is_claimable_at_once_after_release_agent(tmp_path):
-    path = tmp_path / "state" / "autopilot.db"
-    with IssueStore(path) as store:
+def test_sigkilled_worker_issue_is_claimable_at_once_after_release_agent(queue_target):
+    path = queue_target
+    with open_store(path) as store:
         store.add("killed mid-work")
         number, token, claimed_at, lease_until = _claim_then_sigkill(path, "agent-007")
         soon = claimed_at + 0.1  # long before the lease expires
@@ -418,6 +432,7 @@ def test_sigkilled_worker_issue_is_claimable_at_once_after_release_agent(tmp_pat
 # -- schema, WAL, connections -----------------------------------------------------
 
 
+@sqlite_only
 def test_schema_is_versioned_and_wal_is_set(tmp_path):
     path = tmp_path / "state" / "autopilot.db"
     IssueStore(path).close()
@@ -433,6 +448,7 @@ def test_schema_is_versioned_and_wal_is_set(tmp_path):
         assert store._read("PRAGMA busy_timeout")[0][0] == 30_000
 
 
+@sqlite_only
 def test_a_new_migration_applies_once_and_a_failing_one_applies_nothing(tmp_path, monkeypatch):
     path = tmp_path / "autopilot.db"
     with IssueStore(path) as store:
@@ -453,6 +469,7 @@ def test_a_new_migration_applies_once_and_a_failing_one_applies_nothing(tmp_path
         assert con.execute("SELECT title, labels FROM issues").fetchall() == [("old row", None)]
 
 
+@sqlite_only
 def test_a_database_from_a_newer_version_is_refused(tmp_path):
     path = tmp_path / "autopilot.db"
     IssueStore(path).close()
@@ -480,6 +497,7 @@ class TrackedConnection(sqlite3.Connection):
     """A connection a test can hold a weak reference to (to see whether it was dropped)."""
 
 
+@sqlite_only
 def test_store_used_after_fork_reconnects(tmp_path, monkeypatch):
     monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=TrackedConnection))
     path = tmp_path / "autopilot.db"
@@ -510,6 +528,7 @@ def test_store_used_after_fork_reconnects(tmp_path, monkeypatch):
     assert _integrity(path) == "ok"
 
 
+@sqlite_only
 def test_fork_while_another_thread_holds_the_store_works_in_the_child(tmp_path):
     path = tmp_path / "autopilot.db"
     store = IssueStore(path)
@@ -543,6 +562,7 @@ MOUNTINFO = """\
 """
 
 
+@sqlite_only
 @pytest.mark.parametrize("fstype", ["nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs", "fuse",
                                     "fuse.sshfs", "fuse.grpcfuse", "fuseblk", "fakeowner", "vboxsf"])
 def test_check_filesystem_refuses_network_and_fuse(tmp_path, fstype):
@@ -561,6 +581,7 @@ def test_check_filesystem_refuses_network_and_fuse(tmp_path, fstype):
     assert filesystem_type(os.path.join(base, "mntx"), str(mountinfo)) == "ext4"
 
 
+@sqlite_only
 @pytest.mark.parametrize("fstype", ["ext4", "xfs", "btrfs", "overlay", "tmpfs", "zfs"])
 def test_check_filesystem_accepts_local_disks_and_this_machine(tmp_path, fstype):
     mountinfo = tmp_path / "mountinfo"
@@ -570,6 +591,7 @@ def test_check_filesystem_accepts_local_disks_and_this_machine(tmp_path, fstype)
     check_filesystem(tmp_path, str(tmp_path / "no-such-mountinfo"))  # no /proc: cannot tell, allowed
 
 
+@sqlite_only
 def test_store_refuses_an_unsafe_state_directory(tmp_path, monkeypatch):
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(MOUNTINFO.format(base=os.path.realpath(tmp_path), fstype="virtiofs"))
@@ -610,6 +632,7 @@ def test_add_many_is_all_or_nothing(store):
     assert store.add("next").number == 6
 
 
+@sqlite_only
 def test_a_version_1_database_upgrades_and_keeps_its_audit_trail(tmp_path, monkeypatch):
     from conftest import T0
 

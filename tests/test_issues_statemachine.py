@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from conftest import FakeClock
 from parallel_autopilot.errors import Conflict, LeaseLost
-from parallel_autopilot.issues import PRIORITIES, STATUSES, IssueStore
+from parallel_autopilot.issues import PRIORITIES, STATUSES, is_url, open_store
 
 BACKOFF = 2.0
 WORKERS = st.sampled_from(["agent-001", "agent-002", "agent-003"])
@@ -34,11 +34,18 @@ STEPS = st.sampled_from([0.5, 1.0, 2.0, 3.0, 4.0, 10.0, 25.0])
 
 
 class QueueMachine(RuleBasedStateMachine):
+    """One example: a fresh SQLite database, or the PostgreSQL database at ``url`` emptied."""
+
+    url: str | None = None
+
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="queue-machine-")
         self.clock = FakeClock()
-        self.store = IssueStore(Path(self.dir) / "autopilot.db", clock=self.clock, backoff_seconds=BACKOFF)
+        target = self.url or Path(self.dir) / "autopilot.db"
+        self.store = open_store(target, clock=self.clock, backoff_seconds=BACKOFF)
+        if is_url(target):
+            self.store._retrying(lambda conn: conn.run("TRUNCATE issues, events, agents RESTART IDENTITY"))
         self.claims = []  # every claim handed out; a renewal replaces its claim
         self.added = 0
         self.tokens = {}  # issue -> highest token seen
@@ -214,8 +221,15 @@ class QueueMachine(RuleBasedStateMachine):
         assert counts == {s: sum(i.status == s for i in issues.values()) for s in STATUSES}
 
 
-QueueMachine.TestCase.settings = settings(
+SETTINGS = settings(
     max_examples=150, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-test_queue_state_machine = QueueMachine.TestCase
+
+
+def test_queue_state_machine(queue_target):
+    """The same machine against each backend (one PostgreSQL database, emptied per example)."""
+    url = queue_target if is_url(queue_target) else None
+    machine = type("Machine", (QueueMachine,), {"url": url})
+    # a PostgreSQL step is a few socket round trips: fewer examples keep it to the SQLite run's time
+    run_state_machine_as_test(machine, settings=settings(SETTINGS, max_examples=60) if url else SETTINGS)

@@ -1,11 +1,17 @@
-"""Scenario ``queue``: how fast the shared issue store hands out work, against bare SQLite.
+"""Scenario ``queue``: how fast the shared issue store hands out work, against bare loops.
 
 Each round fills a fresh database with W issues, then P worker PROCESSES (spawned,
 each with its own connection) claim and complete until the queue is empty:
 
 - **ours**: ``IssueStore.claim`` + ``IssueStore.complete`` (fenced leases, audit events);
 - **bare**: the minimal ``UPDATE ... WHERE id = (SELECT ... LIMIT 1) RETURNING`` loop
-  on a one-table database with the same pragmas (WAL, busy timeout), no fencing, no events.
+  on a one-table database with the same pragmas (WAL, busy timeout), no fencing, no events;
+- **pg**: the PostgreSQL store (``PgIssueStore``, the same verbs) on a throwaway
+  server of the run's own (Unix socket; fsync on, ``synchronous_commit=off``: like
+  SQLite's WAL with ``synchronous=NORMAL``, a crash may lose the last commits, never
+  corrupt), one fresh database per round;
+- **pgbare**: the minimal ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED
+  LIMIT 1) RETURNING`` loop on one table of the same server, prepared statements.
 
 Throughput is W divided by the time from the first worker's start to the last
 one's end; claim latency is measured around every claim call (p50 and p99 of
@@ -13,8 +19,9 @@ the round). A start barrier (a ``go`` file) keeps process start-up out of it.
 The container variant runs the same worker inside agent-image containers with
 the database DIRECTORY bind-mounted, as the agents do.
 
-The worker side (:func:`work`, :func:`main`) uses the standard library only: it
-runs as ``python3 -m parallel_autopilot.bench.queue`` inside containers.
+The worker side (:func:`work`, :func:`main`) uses the standard library only for
+the SQLite modes: it runs as ``python3 -m parallel_autopilot.bench.queue`` inside
+containers. The PostgreSQL modes run on the host (pg8000, imported when used).
 """
 
 from __future__ import annotations
@@ -51,6 +58,22 @@ BARE_CLAIM = """UPDATE jobs SET status = 'claimed', owner = ?, token = token + 1
 BARE_COMPLETE = "UPDATE jobs SET status = 'done' WHERE id = ? AND token = ? AND status = 'claimed'"
 BARRIER_TIMEOUT = 120.0
 CONTAINER_MOUNT = "/state"
+PG_LABEL = "bare PostgreSQL UPDATE ... FOR UPDATE SKIP LOCKED"
+PG_BARE_SCHEMA = [
+    """CREATE TABLE jobs (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'ready', owner text,
+                          token bigint NOT NULL DEFAULT 0, lease_until float8)""",
+    "CREATE INDEX jobs_ready ON jobs (id) WHERE status = 'ready'",
+]
+PG_BARE_CLAIM = """UPDATE jobs SET status = 'claimed', owner = :owner, token = token + 1,
+                          lease_until = extract(epoch FROM now()) + 900
+                   WHERE id = (SELECT id FROM jobs WHERE status = 'ready' ORDER BY id LIMIT 1
+                               FOR UPDATE SKIP LOCKED)
+                   RETURNING id, token"""
+PG_BARE_COMPLETE = """UPDATE jobs SET status = 'done'
+                      WHERE id = CAST(:id AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
+                      RETURNING id"""
+#: The bench's server: durable files, commits not flushed one by one (see the module's doc).
+PG_OPTIONS = ("-c", "synchronous_commit=off")
 SOURCE_MOUNT = "/bench-src"
 
 
@@ -66,10 +89,33 @@ def bare_connect(db: str | os.PathLike) -> sqlite3.Connection:
     return conn
 
 
+def _pg_connect(url: str):
+    import pg8000.native
+
+    from ..pgstore import connect_options
+
+    return pg8000.native.Connection(**connect_options(url))
+
+
 def _verbs(mode: str, db: str, name: str) -> tuple[Callable[[], Any], Callable[[Any], None]]:
-    if mode == "ours":
-        store = IssueStore(db)
+    if mode in ("ours", "pg"):
+        from ..issues import open_store
+
+        store = open_store(db) if mode == "pg" else IssueStore(db)
         return (lambda: store.claim(name)), (lambda claim: store.complete(claim))
+    if mode == "pgbare":
+        conn = _pg_connect(db)
+        claim_sql, complete_sql = conn.prepare(PG_BARE_CLAIM), conn.prepare(PG_BARE_COMPLETE)
+
+        def pg_claim():
+            rows = claim_sql.run(owner=name)
+            return rows[0] if rows else None
+
+        def pg_complete(row):
+            if not complete_sql.run(id=row[0], token=row[1]):
+                raise RuntimeError(f"bare complete of job {row[0]} changed nothing")
+
+        return pg_claim, pg_complete
     if mode == "bare":
         conn = bare_connect(db)
 
@@ -81,7 +127,7 @@ def _verbs(mode: str, db: str, name: str) -> tuple[Callable[[], Any], Callable[[
                 raise RuntimeError(f"bare complete of job {row[0]} changed nothing")
 
         return claim, complete
-    raise ValueError(f"unknown mode {mode!r}: ours or bare")
+    raise ValueError(f"unknown mode {mode!r}: ours, bare, pg or pgbare")
 
 
 def work(mode: str, db: str, name: str, directory: str, timeout: float = BARRIER_TIMEOUT) -> None:
@@ -146,12 +192,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # -- the host side: rounds, containers, figures ----------------------------
 
-def prepare(mode: str, db: Path, issues: int) -> None:
-    """A fresh database holding ``issues`` ready items."""
-    if mode == "ours":
-        store = IssueStore(db)
+def prepare(mode: str, db: Path | str, issues: int) -> None:
+    """A fresh database holding ``issues`` ready items (``db``: a file, or a PostgreSQL URL)."""
+    if mode in ("ours", "pg"):
+        from ..issues import open_store
+
+        store = open_store(db) if mode == "pg" else IssueStore(db)
         store.add_many([{"title": f"bench issue {i}"} for i in range(issues)])
         store.close()
+        return
+    if mode == "pgbare":
+        conn = _pg_connect(str(db))
+        for statement in PG_BARE_SCHEMA:
+            conn.run(statement)
+        conn.run("INSERT INTO jobs (id) SELECT generate_series(1, CAST(:n AS bigint))", n=issues)
+        conn.run("ANALYZE jobs")
+        conn.close()
         return
     conn = bare_connect(db)
     conn.executescript(BARE_SCHEMA)
@@ -161,13 +217,19 @@ def prepare(mode: str, db: Path, issues: int) -> None:
     conn.close()
 
 
-def verify(mode: str, db: Path, issues: int) -> None:
+def verify(mode: str, db: Path | str, issues: int) -> None:
     """Every item done, exactly once (the figures of a broken queue mean nothing)."""
-    if mode == "ours":
-        store = IssueStore(db)
+    if mode in ("ours", "pg"):
+        from ..issues import open_store
+
+        store = open_store(db) if mode == "pg" else IssueStore(db)
         done = len(store.list("done"))
         completions = sum(1 for e in store.events() if e.kind == "done")
         store.close()
+    elif mode == "pgbare":
+        conn = _pg_connect(str(db))
+        done = completions = conn.run("SELECT COUNT(*) FROM jobs WHERE status = 'done'")[0][0]
+        conn.close()
     else:
         conn = bare_connect(db)
         done = completions = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'done'").fetchone()[0]
@@ -183,8 +245,9 @@ class Round:
     """
 
     def __init__(self, ctx, mode: str, procs: int, issues: int, label: str,
-                 containers: int = 0, image: str | None = None):
+                 containers: int = 0, image: str | None = None, url: str | None = None):
         self.ctx, self.mode, self.procs, self.issues = ctx, mode, procs, issues
+        self.url = url  # the round's PostgreSQL database (modes pg, pgbare)
         self.containers, self.image = containers, image
         self.dir = ctx.workdir / f"queue-{label}"
         self.names = [f"w{i:02d}" for i in range(procs)]
@@ -193,7 +256,7 @@ class Round:
     def run(self) -> dict[str, float]:
         """Prepare, start, release the barrier, wait, verify; return the round's figures."""
         self.dir.mkdir(parents=True)
-        db = self.dir / "queue.db"
+        db = self.url or self.dir / "queue.db"
         prepare(self.mode, db, self.issues)
         try:
             waiters = self._start(db)
@@ -300,21 +363,13 @@ def run(ctx) -> dict[str, Any]:
     params["image"] = image
     results: dict[tuple, list[dict[str, float]]] = {}
     bare_counts = sorted(set(counts) | {split["processes"]})
-    for r in range(ctx.repeats):
-        for procs in bare_counts:
-            order = ("bare", "ours") if r % 2 == 0 else ("ours", "bare")
-            for mode in order:
-                if mode == "ours" and procs not in counts:
-                    continue
-                ctx.progress(f"{mode} {procs} process(es), round {r + 1}/{ctx.repeats}")
-                results.setdefault((mode, procs, 0), []).append(
-                    Round(ctx, mode, procs, issues, f"{mode}-{procs}-r{r}").run())
-        if skip is None:
-            ctx.progress(f"ours {split['processes']} processes in {split['containers']} containers, "
-                         f"round {r + 1}/{ctx.repeats}")
-            results.setdefault(("ours", split["processes"], split["containers"]), []).append(
-                Round(ctx, "ours", split["processes"], issues, f"ours-{split['processes']}-c{r}",
-                      containers=split["containers"], image=image).run())
+    cluster, pg_skip = _pg_cluster()
+    params["postgresql"] = pg_skip or f"own server, {' '.join(PG_OPTIONS)}"
+    try:
+        _measure(ctx, results, counts, bare_counts, issues, split, image, skip, cluster)
+    finally:
+        if cluster is not None:
+            cluster.destroy()
     rows = []
     top = 10
     for procs in counts:
@@ -326,12 +381,76 @@ def run(ctx) -> dict[str, Any]:
                       results[("bare", split["processes"], 0)], targets=split["processes"] == top)
     else:
         rows.append(stats.row(case, "throughput", "ops/s", None, baseline_label=BARE_LABEL, skipped=skip))
+    for procs in counts:
+        rows += _pg_rows(f"{procs} process{'es' if procs > 1 else ''}, PostgreSQL", results, procs, pg_skip)
     notes = ["ours = IssueStore.claim + complete (fenced lease, audit events); "
              f"baseline = {BARE_LABEL} loop, same pragmas, same process count, same round",
              "container rows: workers inside agent-image containers, state directory bind-mounted; "
-             "baseline = bare loop with the same number of processes on the host"]
+             "baseline = bare loop with the same number of processes on the host",
+             "PostgreSQL rows: PgIssueStore.claim + complete on a throwaway server of this run "
+             f"(Unix socket, {' '.join(PG_OPTIONS)}); baseline = {PG_LABEL} loop on the same server, "
+             "same round; 'vs SQLite store' divides by ours on SQLite measured in the same round"]
     return stats.scenario("queue", TITLE, rows, params=params, notes=notes,
                           details={"rounds": {f"{m}-{p}-{c}": v for (m, p, c), v in results.items()}})
+
+
+def _pg_cluster():
+    """A throwaway PostgreSQL server for the PostgreSQL rows, or (None, why not)."""
+    from .. import pgcluster
+
+    problem = pgcluster.unavailable()
+    if problem is None:
+        try:
+            import pg8000  # noqa: F401
+        except ImportError:
+            problem = "the pg8000 driver is missing: pip install 'parallel-autopilot[postgres]'"
+    if problem:
+        return None, f"skipped: {problem}"
+    try:
+        return pgcluster.Cluster(durable=True, options=PG_OPTIONS).start(), None
+    except pgcluster.ClusterUnavailable as err:
+        return None, f"skipped: PostgreSQL would not start: {err}"
+
+
+def _measure(ctx, results, counts, bare_counts, issues, split, image, skip, cluster) -> None:
+    modes = ("bare", "ours", "pgbare", "pg")
+    for r in range(ctx.repeats):
+        for procs in bare_counts:
+            # neighbours share the machine's noise: rotate who goes first
+            order = modes[r % len(modes):] + modes[:r % len(modes)]
+            for mode in order:
+                if mode != "bare" and procs not in counts:
+                    continue
+                if mode.startswith("pg") and cluster is None:
+                    continue
+                url = cluster.create_database(f"{mode}_{procs}_r{r}") if mode.startswith("pg") else None
+                ctx.progress(f"{mode} {procs} process(es), round {r + 1}/{ctx.repeats}")
+                results.setdefault((mode, procs, 0), []).append(
+                    Round(ctx, mode, procs, issues, f"{mode}-{procs}-r{r}", url=url).run())
+        if skip is None:
+            ctx.progress(f"ours {split['processes']} processes in {split['containers']} containers, "
+                         f"round {r + 1}/{ctx.repeats}")
+            results.setdefault(("ours", split["processes"], split["containers"]), []).append(
+                Round(ctx, "ours", split["processes"], issues, f"ours-{split['processes']}-c{r}",
+                      containers=split["containers"], image=image).run())
+
+
+def _pg_rows(case: str, results: dict, procs: int, skip: str | None) -> list[dict]:
+    if skip:
+        return [stats.row(case, "throughput", "ops/s", None, baseline_label=PG_LABEL, skipped=skip)]
+    pg, bare, lite = results[("pg", procs, 0)], results[("pgbare", procs, 0)], results[("ours", procs, 0)]
+
+    def col(runs, key):
+        return [run[key] for run in runs]
+
+    return [
+        stats.row(case, "throughput", "ops/s", col(pg, "throughput"), baseline=col(bare, "throughput"),
+                  baseline_label=PG_LABEL),
+        stats.row(case, "throughput vs SQLite store", "ops/s", col(pg, "throughput"),
+                  baseline=col(lite, "throughput"), baseline_label="ours on SQLite"),
+        stats.row(case, "claim latency p50", "ms", col(pg, "p50"), baseline=col(bare, "p50"), baseline_label=PG_LABEL),
+        stats.row(case, "claim latency p99", "ms", col(pg, "p99"), baseline=col(bare, "p99"), baseline_label=PG_LABEL),
+    ]
 
 
 def _rows(case: str, ours: list[dict], bare: list[dict], targets: bool) -> list[dict]:

@@ -1,19 +1,45 @@
-"""``issues.*``: add, import, list, show, retry and block issues in the shared queue."""
+"""``issues.*``: add, import, list, show, retry, block and migrate issues in the shared queue."""
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from pathlib import Path
 
-from .. import fleet, issuefile, snapshots
+from .. import fleet, issuefile, issues, snapshots
+from ..config import Settings, redact_url
 from ..errors import Conflict, DockerUnavailable, InvalidInput
 from ..issues import IssueStore
 from .edge import Namespace, emit_json, print_table, settings, task
 
+INTERACTIVE_RECONNECT_SECONDS = 15.0
+_queues: dict[tuple, object] = {}
+_queues_lock = threading.Lock()
+
+
+def store_for(s: Settings):
+    """THE store of these settings: PostgreSQL when ``autopilot.queue`` is a URL, else SQLite.
+
+    Every host-side path should open the queue through here (or a fleet.open_store that
+    does the same); until fleet.open_store follows ``autopilot.queue`` the SQLite case
+    goes through it, so the orchestrator and these tasks share one cached store.
+    """
+    if not s.queue:
+        return fleet.open_store(s)
+    key = (s.queue, s.max_attempts, s.backoff_seconds)
+    with _queues_lock:
+        if key not in _queues:
+            # a person waits for these tasks: a server that is away is said within seconds
+            _queues[key] = issues.open_store(s.queue, max_attempts=s.max_attempts,
+                                             backoff_seconds=s.backoff_seconds,
+                                             reconnect_seconds=INTERACTIVE_RECONNECT_SECONDS)
+        return _queues[key]
+
 
 def open_store(c) -> IssueStore:
-    """The IssueStore of this invocation's settings (the same one the orchestrator uses)."""
-    return fleet.open_store(settings(c))
+    """The store of this invocation's settings (the same one the orchestrator uses)."""
+    return store_for(settings(c))
 
 
 @task(help={
@@ -200,6 +226,40 @@ def restore(c, snapshot=None, json=False):
     print(f"restored {s.db_path} from {path.name} ({result['issues']} issues, {result['events']} events){aside}")
 
 
+@task(help={"to": "the PostgreSQL queue to fill: postgresql://user@host/db (must be empty)",
+            "json": "print what was copied as JSON"})
+def migrate(c, to, json=False):
+    """Copy this repository's SQLite backlog (issues, events, agents) into an empty PostgreSQL queue, once."""
+    from .. import queuecopy
+
+    if not issues.is_url(to):
+        raise InvalidInput(f"--to {redact_url(str(to))!r} is not a postgresql:// URL: give postgresql://user@host/db")
+    s = settings(c)
+    if not s.db_path.exists():
+        raise InvalidInput(f"no SQLite backlog at {s.db_path}: run this in the repository whose queue to copy")
+    source = IssueStore(s.db_path)
+    target = issues.open_store(to)
+    shown: dict[str, int] = {}
+
+    def progress(table_name: str, done: int, total: int) -> None:
+        # large backlogs: a line per chunk, on stderr so --json stays parseable
+        if total > queuecopy.CHUNK and shown.get(table_name) != done:
+            shown[table_name] = done
+            print(f"{table_name}: {done}/{total}", file=sys.stderr, flush=True)
+
+    try:
+        copied = queuecopy.sqlite_to_pg(source, target, progress)
+    finally:
+        source.close()
+        target.close()
+    report = {"from": str(s.db_path), "to": target.url, **copied}
+    if json:
+        emit_json(report)
+    else:
+        print(f"copied {copied['issues']} issue(s), {copied['events']} event(s), {copied['agents']} agent(s) "
+              f"from {s.db_path} to {target.url}; set autopilot.queue to it to use it")
+
+
 ns = Namespace("issues")
-for t in (add, import_, list_, show, retry, block, merge, backup, restore):
+for t in (add, import_, list_, show, retry, block, merge, backup, restore, migrate):
     ns.add_task(t)
