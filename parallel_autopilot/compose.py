@@ -189,6 +189,8 @@ def compose_env(settings: Any, limits: platform_mod.Limits | None = None, *, str
         "AUTOPILOT_POLL_SECONDS": _number(settings.poll_seconds),
         "AUTOPILOT_WATCHDOG_SECONDS": _number(settings.watchdog_seconds),
         "AUTOPILOT_GRACE_SECONDS": _number(grace_seconds(settings)),
+        "AUTOPILOT_CHECK": str(settings.values.get("check") or ""),
+        "AUTOPILOT_CHECK_TIMEOUT": _number(settings.values.get("check_timeout") or 600),
     }
     return env
 

@@ -41,6 +41,8 @@ class RuntimeSettings:
     heartbeat_file: Path = Path("/run/autopilot/heartbeat")
     credentials: Path = Path("/run/credentials")
     stale_seconds: float = 6.0
+    check: str | None = None  # the repository's check (an issue's own `check` wins)
+    check_timeout: float = 600.0
 
     @property
     def renew_seconds(self) -> float:
@@ -106,4 +108,6 @@ class RuntimeSettings:
             heartbeat_file=Path(env.get("AUTOPILOT_HEARTBEAT_FILE", "").strip() or "/run/autopilot/heartbeat"),
             credentials=Path(env.get("AUTOPILOT_CREDENTIALS", "").strip() or "/run/credentials"),
             stale_seconds=number("AUTOPILOT_STALE_SECONDS", 6.0),
+            check=env.get("AUTOPILOT_CHECK", "").strip() or None,
+            check_timeout=number("AUTOPILOT_CHECK_TIMEOUT", 600.0, 0.1),
         )

@@ -101,6 +101,11 @@ class Workspace:
         body = "\n".join(f"{key}: {value}" for key, value in trailers.items())
         return self.git.commit_all(f"{subject}\n\n{body}\n", name=self.agent, email=identity_email(self.agent))
 
+    def discard_leftovers(self) -> None:
+        """Drop what the check left (caches, reports): everything of the attempt is committed by now."""
+        self.git.run("reset", "--quiet", "--hard")
+        self.git.run("clean", "-fdq")
+
     def detach(self) -> None:
         """Leave the issue branch (HEAD stays on its commit) so other worktrees may take it."""
         if self.git.current_branch() is not None:
