@@ -759,7 +759,7 @@ class IssueStore:
             raise Conflict(f"issue #{number} is no longer done at {commit[:12]}: not marked merged")
         return self._issue(row)
 
-    def reject(self, number: int, commit: str, report: str, requeue: bool = False,
+    def reject(self, number: int, commit: str | None, report: str, requeue: bool = False,
                now: float | None = None) -> Issue:
         """``done`` -> ``rejected`` (red or conflicting on the base), the report in error and feedback.
 
@@ -776,12 +776,12 @@ class IssueStore:
                       transition = 'rejected', actor = 'merge-queue',
                       note = CASE WHEN :requeue AND attempts < max_attempts THEN 're-queued: ' ELSE '' END
                              || substr(:report, 1, 400)
-               WHERE number = :number AND status = 'done' AND commit_sha = :commit
+               WHERE number = :number AND status = 'done' AND commit_sha IS :commit
                RETURNING *""",
             {"number": number, "commit": commit, "report": str(report)[:4000], "requeue": bool(requeue),
              "now": now})
         if row is None:
-            raise Conflict(f"issue #{number} is no longer done at {commit[:12]}: not rejected")
+            raise Conflict(f"issue #{number} is no longer done at {(commit or 'no commit')[:12]}: not rejected")
         return self._issue(row)
 
     def release(self, claim: Claim, now: float | None = None) -> Issue:

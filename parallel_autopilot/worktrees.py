@@ -112,7 +112,7 @@ def create(settings: Settings, n: int) -> list[Worktree]:
             raise GitError(f"worktree {path} is locked and its directory (or .git file) is missing: "
                            f"mount it again, or run `git worktree unlock {path}` and retry")
     git.makedirs(root)
-    _exclude_from_repo(git, settings.repo, root)
+    exclude_tool_dirs(settings, git)
     for agent in wanted:
         path, branch = root / agent, agent_branch(agent)
         entry = registered.get(_key(path))
@@ -220,8 +220,22 @@ def _non_empty(path: Path) -> bool:
     return not path.is_dir() or any(path.iterdir())
 
 
-def _exclude_from_repo(git: Git, repo: Path, root: Path) -> None:
-    """Keep the worktrees out of the main checkout's ``git status`` and ``git add -A``.
+def exclude_tool_dirs(settings: Settings, git: Git | None = None) -> None:
+    """Keep the tool's own directories out of ``git status``, ``git add -A`` and every merge.
+
+    The state directory (``.autopilot/``), the log directory and the agents'
+    ``.worktrees/`` go into ``.git/info/exclude`` when they are created, so they
+    never show as changes, never make the user's checkout "dirty" for the merge
+    queue and are never committed by an agent working in a linked worktree.
+    """
+    git = git or Git(settings.repo)
+    for root, why in ((settings.worktrees_path, "agents' worktrees"), (settings.state_path, "state"),
+                      (settings.logs_path, "logs")):
+        _exclude_from_repo(git, settings.repo, root, why)
+
+
+def _exclude_from_repo(git: Git, repo: Path, root: Path, why: str = "agents' worktrees") -> None:
+    """Keep ``root`` out of the main checkout's ``git status`` and ``git add -A``.
 
     Written to ``.git/info/exclude`` (never to a tracked file), only when the
     directory is inside the repository and not ignored already.
@@ -230,7 +244,7 @@ def _exclude_from_repo(git: Git, repo: Path, root: Path) -> None:
         relative = _key(root).relative_to(_key(repo))
     except ValueError:
         return
-    if git.is_ignored(relative):
+    if relative == Path(".") or git.is_ignored(relative):
         return
     exclude = git.common_dir() / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +252,7 @@ def _exclude_from_repo(git: Git, repo: Path, root: Path) -> None:
     line = f"/{relative.as_posix()}/\n"
     if line not in text.splitlines(keepends=True):
         exclude.write_text(text + ("" if not text or text.endswith("\n") else "\n")
-                           + "# agents' worktrees (parallel-autopilot)\n" + line)
+                           + f"# {why} (parallel-autopilot)\n" + line)
 
 
 def _inspect(git: Git, agent: str, path: Path, entry: WorktreeEntry | None, base: str) -> Worktree:
@@ -279,4 +293,4 @@ def _remove_one(git: Git, w: Worktree, force: bool) -> None:
         git.worktree_remove(w.path, force=force)
 
 
-__all__ = ["Worktree", "RemoveReport", "base_branch", "create", "list", "remove"]
+__all__ = ["Worktree", "RemoveReport", "base_branch", "create", "list", "remove", "exclude_tool_dirs"]
