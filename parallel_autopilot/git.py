@@ -274,7 +274,10 @@ class Git:
 
     def has_commit(self, sha: str) -> bool:
         """True when the object store holds commit ``sha``."""
-        return self._probe(["cat-file", "-e", f"{sha}^{{commit}}"])[0] if sha else False
+        if not sha:
+            return False
+        _, proc = self._run(["cat-file", "-e", f"{sha}^{{commit}}"], None, None)
+        return proc.returncode == 0  # 128 when the object is missing
 
     def fetch_ref(self, source: str | os.PathLike, ref: str, into: str | None = None) -> bool:
         """``git fetch source +ref:into`` (no tags, no FETCH_HEAD; only the objects when ``into`` is None);
