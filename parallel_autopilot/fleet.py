@@ -8,6 +8,7 @@ shell wrapper) call these functions and nothing below them::
     get_logs(settings, "agent-002", tail=50, follow=False)
     stop_agents(settings, ["agent-002"])   # or None for all
     resources(settings)            # platform, memory, CPUs, max agents
+    merge_loop(settings)           # the merge queue, continuously, while agents work
 
 Every check that can refuse a request runs before anything is changed, so a
 refused ``start_agents`` starts nothing and loses nothing.
@@ -126,6 +127,30 @@ def start_agents(settings: Settings, n, *, progress: Progress = print, wait: boo
     if wait:
         wait_healthy(settings, ids, progress=progress)
     return [a for a in list_agents(settings) if a.id in ids]
+
+
+def merge_loop(settings: Settings, *, stop: threading.Event | None = None, progress: Progress = print,
+               rounds: int | None = None, sleep: Callable[[float], None] | None = None) -> list:
+    """Run the merge queue every ``merge_poll_seconds`` until ``stop`` is set (or ``rounds`` ran).
+
+    What ``agents.start --merge`` runs in the foreground: done issues are
+    checked on the tip and merged (or rejected) while the agents keep working.
+    Returns the reports of the rounds that did something.
+    """
+    from . import mergequeue
+
+    stop = stop or threading.Event()
+    wait = sleep or stop.wait
+    store = open_store(settings)
+    reports, done = [], 0
+    while not stop.is_set() and (rounds is None or done < rounds):
+        report = mergequeue.MergeQueue(settings, store, progress=progress).run()
+        done += 1
+        if report.outcome != "nothing":
+            progress(report.summary())
+            reports.append(report)
+        wait(float(settings.values.get("merge_poll_seconds") or 5))
+    return reports
 
 
 def wait_healthy(settings: Settings, ids: Iterable[str], *, progress: Progress = print,

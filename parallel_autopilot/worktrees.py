@@ -231,6 +231,23 @@ def remove(settings: Settings, ids: Iterable[Any] | None = None, force: bool = F
     return report
 
 
+def drop_merged_issue_branches(settings: Settings) -> list[str]:
+    """Delete ``autopilot/issue-*`` branches of the user's repository that are merged into the base.
+
+    Unmerged ones (rejected, not yet merged) are kept; so is every branch when
+    the base cannot be resolved.
+    """
+    git = _main_checkout(settings)
+    base = base_branch(settings, git)
+    current = git.current_branch()
+    dropped = []
+    for branch in git.branches("autopilot/issue-*"):
+        if branch != current and git.is_merged(branch, base):
+            git.delete_branch(branch, force=True)  # -D: "merged" is judged against the base, not HEAD
+            dropped.append(branch)
+    return dropped
+
+
 # -- helpers -----------------------------------------------------------------
 
 def _main_checkout(settings: Settings) -> Git:
@@ -404,4 +421,5 @@ def _remove_one(git: Git, w: Worktree, force: bool) -> None:
         git.worktree_remove(w.path, force=force)
 
 
-__all__ = ["Worktree", "RemoveReport", "base_branch", "create", "list", "remove", "exclude_tool_dirs"]
+__all__ = ["Worktree", "RemoveReport", "base_branch", "create", "list", "remove", "exclude_tool_dirs",
+           "drop_merged_issue_branches"]

@@ -85,3 +85,14 @@ def test_without_a_check_a_change_is_done_with_check_status_none(site):
     site.wait(lambda: site.store.get(1).status == "done", "issue done")
     assert site.stop(proc) == 0
     assert site.store.get(1).check_status == "none"
+
+
+def test_an_agent_that_moves_a_ref_not_its_own_is_failed(site):
+    clone = site.tmp / "worktrees" / "agent-001"
+    git(site.repo, "clone", "-q", "--shared", str(site.repo), str(clone))  # the agent's own repository
+    site.store.add("rogue", max_attempts=1,
+                   script="echo r > r.txt; git add -A; git commit -qm rogue; git update-ref refs/heads/side HEAD")
+    proc = site.start("agent-001")
+    site.wait(lambda: site.store.get(1).status == "dead", "rogue issue dead")
+    assert site.stop(proc) == 0
+    assert "changed refs that are not its own: refs/heads/side (created)" in site.store.get(1).error

@@ -228,3 +228,12 @@ def test_remove_an_unknown_id(repo):
     worktrees.create(settings_for(repo), 1)
     with pytest.raises(AgentNotFound, match="no worktree agent-005"):
         worktrees.remove(settings_for(repo), ["5"])
+
+
+def test_merged_issue_branches_are_dropped_and_unmerged_ones_kept(repo):
+    sh(repo, "branch", "autopilot/issue-1")  # at main: merged
+    sh(repo, "checkout", "-q", "-b", "autopilot/issue-2")
+    commit_file(repo, "unmerged.txt")
+    sh(repo, "checkout", "-q", "main")
+    assert worktrees.drop_merged_issue_branches(settings_for(repo)) == ["autopilot/issue-1"]
+    assert sh(repo, "branch", "--list", "autopilot/*", "--format=%(refname:short)") == "autopilot/issue-2"

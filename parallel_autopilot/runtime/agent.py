@@ -368,6 +368,7 @@ class Agent:
         if self.workspace.dirty():  # should not happen: every attempt ends clean
             self._salvage("salvage", "found before starting", attempt.number, attempt.attempt)
         base_sha = self.workspace.start_branch(attempt.branch)
+        refs_before = self.workspace.foreign_refs(attempt.branch)
         self.mark()
         outcome = self._run_agent(attempt, argv, env)
         if outcome.kind == "stopped":
@@ -381,6 +382,9 @@ class Agent:
         elif outcome.code != 0:
             self._fail(attempt, f"{_describe_exit(outcome.code)}; last output: {outcome.last or '(none)'}",
                        salvage_reason="failed")
+        elif (changed := _changed_refs(refs_before, self.workspace.foreign_refs(attempt.branch))):
+            self._fail(attempt, f"the agent changed refs that are not its own: {', '.join(changed)}; "
+                       f"agents may only commit on {attempt.branch}", salvage_reason="failed")
         else:
             self._finish(attempt, base_sha, outcome, env)
 
@@ -593,6 +597,19 @@ class Agent:
             thread.join(timeout=5)  # no periodic report may land after "stopped"
         self._report("stopped")
         self.log.event("stopped", f"stopped{why}", signal=self.stop_signal)
+
+
+def _changed_refs(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What happened to refs between two snapshots: ``refs/heads/main (moved)``..."""
+    changed = []
+    for ref in sorted(set(before) | set(after)):
+        if ref not in after:
+            changed.append(f"{ref} (deleted)")
+        elif ref not in before:
+            changed.append(f"{ref} (created)")
+        elif before[ref] != after[ref]:
+            changed.append(f"{ref} (moved)")
+    return changed
 
 
 def _describe_exit(code: int | None) -> str:

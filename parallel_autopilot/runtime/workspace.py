@@ -115,6 +115,22 @@ class Workspace:
         body = "\n".join(f"{key}: {value}" for key, value in trailers.items())
         return self.git.commit_all(f"{subject}\n\n{body}\n", name=self.agent, email=identity_email(self.agent))
 
+    def foreign_refs(self, branch: str) -> dict[str, str]:
+        """Every ref except ``branch`` (the agent's own) and ``refs/stash``: name -> sha.
+
+        Compared before and after the agent runs: an agent that moves, makes or
+        deletes any other ref (``git update-ref refs/heads/main HEAD``, deleting a
+        remote-tracking branch) has done something no issue asks for. Only in an
+        own clone: in the old shared layout other agents move refs all the time.
+        """
+        if not self.git.ok("config", "--get", "remote.origin.url"):
+            return {}
+        out = self.git.run("for-each-ref", "--format=%(refname) %(objectname)")
+        refs = dict(line.split(" ", 1) for line in out.splitlines() if line)
+        refs.pop(f"refs/heads/{branch}", None)
+        refs.pop("refs/stash", None)
+        return refs
+
     def discard_leftovers(self) -> None:
         """Drop what the check left (caches, reports): everything of the attempt is committed by now."""
         self.git.run("reset", "--quiet", "--hard")
