@@ -9,7 +9,8 @@ One module per scenario, each measuring our figure AND its baseline, run by run:
 - :mod:`.throughput` - makespan of M sleeping issues with N agents, speedup, efficiency;
 - :mod:`.recovery` - an agent SIGKILLed mid-issue: seconds until its issue is claimed again;
 - :mod:`.stop` - ``fleet.stop_agents`` mid-work against bare ``docker stop``;
-- :mod:`.footprint` - memory of an idle agent against a bare Python container.
+- :mod:`.footprint` - memory of an idle agent against a bare Python container;
+- :mod:`.merge` - the merge queue: batches of K = 4 and 8 against one at a time.
 
 :mod:`.runner` runs them and :mod:`.report` writes JSON, Markdown and a PNG chart.
 
@@ -19,6 +20,6 @@ containers, where only the standard library exists.
 """
 
 #: Every scenario, in the order a full run executes them.
-SCENARIOS = ("queue", "startup", "throughput", "recovery", "stop", "footprint")
+SCENARIOS = ("queue", "startup", "throughput", "recovery", "stop", "footprint", "merge")
 
 __all__ = ["SCENARIOS"]
