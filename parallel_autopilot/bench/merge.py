@@ -38,7 +38,7 @@ def _git(cwd: Path, *args: str) -> str:
 
 def make_site(root: Path):
     """A repository with 20 done issues on branches, and its store; (settings, store)."""
-    from .. import config
+    from .. import config, worktrees
     from ..issues import IssueStore
 
     repo = root / "repo"
@@ -49,7 +49,9 @@ def make_site(root: Path):
                                        "    def test_add(self):\n        self.assertEqual(calc.add(2, 3), 5)\n")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "calc and its test")
-    store = IssueStore(repo / ".autopilot" / "autopilot.db")
+    settings = config.load({}, repo=str(repo), base_branch="main", check=f"sleep {CHECK_SECONDS}; {TEST}")
+    worktrees.exclude_tool_dirs(settings)  # the store below is never committed with `add -A`
+    store = IssueStore(settings.db_path)
     for i in range(ISSUES):
         number = store.add(f"module {i}").number
         claim = store.claim("bench")
@@ -66,7 +68,6 @@ def make_site(root: Path):
         _git(repo, "commit", "-q", "-m", f"#{number}")
         store.complete(claim, {"branch": branch, "commit": _git(repo, "rev-parse", "HEAD")})
         _git(repo, "checkout", "-q", "main")
-    settings = config.load({}, repo=str(repo), base_branch="main", check=f"sleep {CHECK_SECONDS}; {TEST}")
     return settings, store
 
 

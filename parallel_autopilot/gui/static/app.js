@@ -111,6 +111,7 @@ function render() {
   renderControls(snap);
   renderAgents(snap);
   renderIssues(snap);
+  renderMergeQueue(snap);
   renderResources(snap.resources || {}, snap.max_agents);
 }
 
@@ -244,6 +245,35 @@ function renderIssues(snap) {
   const line = [];
   parts.forEach((part, i) => { if (i) line.push(" \u00b7 "); line.push(part); });
   $("counts").replaceChildren(...line);
+}
+
+// the merge queue (issue 10): testing first, then queued, then the latest rejected and merged
+function renderMergeQueue(snap) {
+  const mq = snap.merge_queue || { queued: [], testing: [], merged: [], rejected: [] };
+  const phases = ["testing", "queued", "rejected", "merged"];
+  const items = [];
+  for (const phase of phases) {
+    for (const issue of mq[phase] || []) {
+      const check = issue.check_status
+        ? `check ${issue.check_status}${issue.check_duration != null ? ` ${issue.check_duration.toFixed(1)}s` : ""}`
+        : "";
+      const detail = phase === "merged" ? (issue.merge_commit || "").slice(0, 10)
+        : phase === "rejected" ? (issue.error || "") : check;
+      items.push(el("li", { "data-issue": issue.number, "data-phase": phase },
+        el("span", { class: "num" }, `#${issue.number}`),
+        el("span", { class: `phase ${phase}` }, phase),
+        el("span", { class: "title", title: issue.title }, issue.title),
+        el("span", { class: "detail", title: detail }, detail)));
+    }
+  }
+  $("merge-queue").replaceChildren(...items);
+  $("no-merge").hidden = items.length > 0;
+  const line = [];
+  phases.forEach((k, i) => {
+    if (i) line.push(" \u00b7 ");
+    line.push(el("span", { "data-count": k }, `${k} `, el("b", {}, (mq[k] || []).length)));
+  });
+  $("merge-counts").replaceChildren(...line);
 }
 
 function gigabytes(bytes) {
