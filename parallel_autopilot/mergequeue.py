@@ -481,6 +481,7 @@ def _flat(text: str) -> str:
 
 
 def _runner(settings: Settings) -> CheckRunner:
+    """Where the check runs: ``host`` (a process here) or ``container`` (see :mod:`.checkbox`)."""
     where = str(settings.values.get("merge_check_runner") or "host")
     if where == "host":
         return run_on_host

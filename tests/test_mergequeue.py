@@ -263,3 +263,18 @@ def test_exit_codes_nothing_to_do_and_rejected(repo):
     repo.done("break add", BROKEN)
     out = run()
     assert out.returncode == mergequeue.EXIT_REJECTED and "REJECTED #1" in out.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_merge_check_can_run_in_a_container(repo):
+    good = repo.done("mul", GOOD_MUL)
+    bad = repo.done("break add", BROKEN)
+    # /.dockerenv exists only inside a container: the check proves where it ran
+    settings = repo.settings(merge_check_runner="container", image="parallel-autopilot:wt10-verified",
+                             profile="light", memory="256m", cpus=0.5,
+                             check=f"test -e /.dockerenv && {CHECK}")
+    report = mergequeue.MergeQueue(settings, repo.store).run()
+    assert report.merged == [good] and list(report.rejected) == [bad]
+    assert "AssertionError" in repo.store.get(bad).error
+    assert (repo.path / "test_mul.py").exists()
