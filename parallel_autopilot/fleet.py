@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 from . import compose, docker_client, image, platform, worktrees
 from .config import Settings
 from .git import Git
-from .errors import AgentNotFound, AgentsUnhealthy
+from .errors import AgentNotFound, AgentsUnhealthy, GitError
 from .ids import agent_count, agent_id, agent_ids
 from .issues import IssueStore, IssueNotFound
 
@@ -203,6 +203,12 @@ def stop_agents(settings: Settings, ids: Iterable[str] | None = None, *,
         freed = store.release_agent(target, reason="stopped by the orchestrator")
         if freed:
             progress(f"{target}: released #{', #'.join(map(str, freed))}")
+    from . import mergequeue
+
+    try:  # what the agents finished comes home (autopilot/issue-N in the repository)
+        mergequeue.bring_home(settings, store)
+    except GitError as err:
+        progress(f"could not fetch finished work from the agents' repositories: {err}")
     return targets
 
 

@@ -314,19 +314,11 @@ class MergeQueue:
         if not issue.commit:
             self._reject(issue, "the issue is done but records no commit", None)
             return False
-        clone = self._clone_of(issue)
-        if clone is not None and not self.git.has_commit(issue.commit):
-            try:
-                self.git.fetch_ref(clone, f"refs/heads/{branch}",
-                                   None if report.dry_run else f"refs/autopilot/incoming/issue-{issue.number}")
-            except GitError as err:
-                self.progress(f"#{issue.number}: could not fetch {branch} from {clone}: {err}")
-        if not self.git.has_commit(issue.commit):
-            self._reject(issue, f"its commit {issue.commit[:12]} is not on {branch} in "
-                                f"{clone or self.settings.repo} (the branch was moved or deleted)", None)
+        where = fetch_issue(self.settings, self.git, issue, write_refs=not report.dry_run, progress=self.progress)
+        if where is not None:
+            self._reject(issue, f"its commit {issue.commit[:12]} is not on {branch} in {where} "
+                                "(the branch was moved or deleted)", None)
             return False
-        if not report.dry_run and self.git.ref_sha(f"refs/heads/{branch}") != issue.commit:
-            self.git.update_ref(f"refs/heads/{branch}", issue.commit, message="merge queue: the issue's commit")
         if self.git.is_merged(issue.commit, self.ref):
             merge = self._merge_commit_of(issue) or self.git.rev_parse(self.ref)
             if not report.dry_run:
@@ -335,15 +327,6 @@ class MergeQueue:
             report.merge_commits[issue.number] = merge
             return False
         return True
-
-    def _clone_of(self, issue: Issue) -> Path | None:
-        if not issue.owner:
-            return None
-        try:
-            path = self.settings.worktrees_path / agent_id(issue.owner)
-        except InvalidInput:
-            return None
-        return path if (path / ".git").is_dir() else None  # an agent's own repository
 
     def _merge_commit_of(self, issue: Issue) -> str | None:
         out = self.git.run("log", "--first-parent", "-1", "--format=%H",
@@ -476,6 +459,57 @@ _QUEUE_IDENTITY = {"GIT_AUTHOR_NAME": "parallel-autopilot merge queue",
                    "GIT_COMMITTER_EMAIL": "merge-queue@parallel-autopilot.invalid"}
 
 
+def _clone_of(settings: Settings, issue: Issue) -> Path | None:
+    """The repository of the agent that did ``issue`` (None: old layout, or no such clone)."""
+    if not issue.owner:
+        return None
+    try:
+        path = settings.worktrees_path / agent_id(issue.owner)
+    except InvalidInput:
+        return None
+    return path if (path / ".git").is_dir() else None  # an agent's own repository
+
+
+def fetch_issue(settings: Settings, git: Git, issue: Issue, *, write_refs: bool = True,
+                progress: Progress = lambda _: None) -> str | None:
+    """Bring ``issue``'s recorded commit into the user's repository; None when it is there.
+
+    Fetches ``autopilot/issue-N`` from the agent's clone (into
+    ``refs/autopilot/incoming/issue-N``) and points ``refs/heads/autopilot/issue-N``
+    at the commit the issue RECORDED (an agent that moved its branch afterwards
+    changes nothing). Without ``write_refs`` only objects are fetched. Returns
+    where the commit was looked for when it is missing.
+    """
+    branch = issue.branch or f"autopilot/issue-{issue.number}"
+    clone = _clone_of(settings, issue)
+    if clone is not None and not git.has_commit(issue.commit):
+        try:
+            git.fetch_ref(clone, f"refs/heads/{branch}",
+                          f"refs/autopilot/incoming/issue-{issue.number}" if write_refs else None)
+        except GitError as err:
+            progress(f"#{issue.number}: could not fetch {branch} from {clone}: {err}")
+    if not git.has_commit(issue.commit):
+        return str(clone or settings.repo)
+    if write_refs and git.ref_sha(f"refs/heads/{branch}") != issue.commit:
+        git.update_ref(f"refs/heads/{branch}", issue.commit, message="parallel-autopilot: the issue's commit")
+    return None
+
+
+def bring_home(settings: Settings, store: IssueStore, progress: Progress = lambda _: None) -> list[int]:
+    """Fetch every done, rejected or merged issue's branch from the agents' clones; the numbers fetched.
+
+    ``cleanup`` and ``agents.stop`` call it before a clone can go away, so a
+    result never lives only in an agent's repository.
+    """
+    git = Git(settings.repo)
+    fetched = []
+    for issue in store.list(("done", "rejected", "merged")):
+        if issue.commit and _clone_of(settings, issue) is not None and \
+                fetch_issue(settings, git, issue, progress=progress) is None:
+            fetched.append(issue.number)
+    return fetched
+
+
 def _flat(text: str) -> str:
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())[-1000:] or "(no output)"
 
@@ -499,4 +533,5 @@ def merge(settings: Settings, store: IssueStore, numbers: Iterable[int] | None =
 
 
 __all__ = ["MergeQueue", "MergeReport", "CheckResult", "merge", "status", "run_on_host", "merge_dir",
+           "fetch_issue", "bring_home",
            "EXIT_MERGED", "EXIT_NOTHING", "EXIT_REJECTED", "EXIT_REFUSED"]

@@ -31,6 +31,10 @@ def cleanup(c, force=False, json=False):
     """
     s = settings(c)
     stopped = fleet.stop_agents(s, progress=print if not json else lambda _: None)
+    if s.db_path.exists():  # results never live only in a clone that is about to go
+        from .. import mergequeue
+
+        mergequeue.bring_home(s, fleet.open_store(s))
     report = worktrees.remove(s, force=force, keep_unsafe=True)
     dropped = worktrees.drop_merged_issue_branches(s)
     if json:
