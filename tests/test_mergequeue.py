@@ -278,3 +278,20 @@ def test_the_merge_check_can_run_in_a_container(repo):
     assert report.merged == [good] and list(report.rejected) == [bad]
     assert "AssertionError" in repo.store.get(bad).error
     assert (repo.path / "test_mul.py").exists()
+
+
+def test_issues_add_check_and_list_tell_done_merged_and_rejected_apart(repo):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "parallel_autopilot", *a], cwd=repo.path,  # noqa: E731
+                                    capture_output=True, text=True, env={**os.environ, "INVOKE_AUTOPILOT_CHECK": CHECK})
+    good = repo.done("mul", GOOD_MUL)
+    bad = repo.done("break add", BROKEN)
+    waiting = repo.done("square", {"shapes.py": "SIDES = {'triangle': 3, 'square': 4}\n"})
+    added = run("issues.add", "--title", "own check", "--check", "python3 -m unittest -q test_calc", "--json")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["check"] == "python3 -m unittest -q test_calc"
+    mergequeue.MergeQueue(repo.settings(), repo.store).run([good, bad])
+    table = run("issues.list").stdout
+    rows = {line.split()[0]: line for line in table.splitlines() if line.startswith("#")}
+    assert " merged " in rows[f"#{good}"] and " rejected " in rows[f"#{bad}"] and " done " in rows[f"#{waiting}"]
+    assert repo.store.get(good).merge_commit[:10] in rows[f"#{good}"] and "passed" in rows[f"#{waiting}"]
+    assert "1 done" in table and "1 merged" in table and "1 rejected" in table

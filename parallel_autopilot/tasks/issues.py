@@ -86,7 +86,7 @@ def show(c, number, json=False):
 
 @task(help={"number": "the issue number"})
 def retry(c, number):
-    """Put a failed, dead, blocked or done issue back in the queue with fresh attempts."""
+    """Put a failed, dead, blocked, done, empty or rejected issue back in the queue with fresh attempts."""
     issue = open_store(c).retry(_number(number))
     print(f"#{issue.number} is {issue.status} again")
 

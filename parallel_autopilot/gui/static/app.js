@@ -239,8 +239,8 @@ function renderIssues(snap) {
   $("more-issues").hidden = more <= 0;
   $("more-issues").textContent = more > 0 ? `and ${more} more (GET /api/issues lists them all)` : "";
   const counts = snap.counts || {};
-  const parts = ["ready", "claimed", "done", "failed", "dead", "blocked"]
-    .filter((k) => k !== "blocked" || counts[k])
+  const parts = ["ready", "claimed", "done", "failed", "dead", "blocked", "empty", "merged", "rejected"]
+    .filter((k) => !["blocked", "empty", "merged", "rejected"].includes(k) || counts[k])
     .map((k) => el("span", { "data-count": k }, `${k} `, el("b", {}, counts[k] || 0)));
   const line = [];
   parts.forEach((part, i) => { if (i) line.push(" \u00b7 "); line.push(part); });
