@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 from . import compose, docker_client, image, platform, worktrees
 from .config import Settings
 from .git import Git
-from .errors import AgentNotFound, AgentsUnhealthy, GitError
+from .errors import AgentNotFound, AgentsUnhealthy, Conflict, GitError
 from .ids import agent_count, agent_id, agent_ids
 from .issues import IssueStore, IssueNotFound
 
@@ -144,8 +144,13 @@ def merge_loop(settings: Settings, *, stop: threading.Event | None = None, progr
     store = open_store(settings)
     reports, done = [], 0
     while not stop.is_set() and (rounds is None or done < rounds):
-        report = mergequeue.MergeQueue(settings, store, progress=progress).run()
         done += 1
+        try:
+            report = mergequeue.MergeQueue(settings, store, progress=progress).run()
+        except Conflict as err:  # another queue runs (issues.merge by hand): next round
+            progress(f"merge queue: {err}")
+            wait(float(settings.values.get("merge_poll_seconds") or 5))
+            continue
         if report.outcome != "nothing":
             progress(report.summary())
             reports.append(report)

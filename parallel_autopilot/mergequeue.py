@@ -51,9 +51,10 @@ import shutil
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from . import worktrees
 from .config import Settings
@@ -70,6 +71,8 @@ EXIT_REFUSED = 4  # refused before anything was done (another merge queue runs, 
 
 #: Lines of the check's output kept in an issue's error/feedback.
 TAIL_LINES = 20
+#: Times a candidate is rebuilt and re-tested because the base moved under it, before giving up.
+MAX_RETESTS = 10
 
 Progress = Callable[[str], None]
 
@@ -265,28 +268,23 @@ class MergeQueue:
         report.seconds = round(time.monotonic() - started, 3)
         return report
 
-    def _locked(self):
-        queue = self
-
-        class _Lock:
-            def __enter__(self_inner):
-                self.git.makedirs(queue.dir)
-                self_inner.fd = os.open(queue.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(self_inner.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = os.pread(self_inner.fd, 64, 0).decode(errors="replace").strip() or "?"
-                    os.close(self_inner.fd)
-                    raise Conflict(f"another merge queue is running on {queue.settings.repo} (pid {holder}): "
-                                   "wait for it to finish") from None
-                os.ftruncate(self_inner.fd, 0)
-                os.pwrite(self_inner.fd, str(os.getpid()).encode(), 0)
-                return self_inner
-
-            def __exit__(self_inner, *exc):
-                os.close(self_inner.fd)  # closing drops the flock; a SIGKILL drops it too
-
-        return _Lock()
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold ``<merge dir>/lock`` (flock): one queue at a time; the kernel frees it when we die."""
+        self.git.makedirs(self.dir)
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                raise Conflict(f"another merge queue is running on {self.settings.repo} (pid {holder}): "
+                               "wait for it to finish") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
 
     def _state(self, phase: str, issues: list[int]) -> None:
         path = self.dir / "state.json"
@@ -340,7 +338,7 @@ class MergeQueue:
         if not batch:
             return
         report = self._report
-        while True:
+        for _ in range(MAX_RETESTS + 1):
             tip = self.git.rev_parse(self.ref)
             stacked, commits, deferred = self._stack(tip, batch)
             if stacked:
@@ -366,6 +364,7 @@ class MergeQueue:
                     if not self.git.update_ref(self.ref, head, tip, message=f"merge queue: {_numbers(numbers)}"):
                         report.retests += 1
                         self.progress(f"{self.base} moved while testing {_numbers(numbers)}: re-testing on the new tip")
+                        batch = stacked + deferred  # those rejected while stacking are done with
                         continue
                     report.checkout = self._update_checkout(follow, tip, head)
                     for issue in stacked:
@@ -376,6 +375,8 @@ class MergeQueue:
             for issue in deferred:  # conflicted with a batch-mate: alone, on the new tip
                 self._land([issue], dry_run)
             return
+        raise Conflict(f"{self.base} moved {MAX_RETESTS} times while {_numbers(i.number for i in batch)} was tested: "
+                       "nothing of it was merged; run issues.merge again when the pushes settle")
 
     def _stack(self, tip: str, batch: list[Issue]) -> tuple[list[Issue], dict[int, str], list[Issue]]:
         """Merge the batch onto ``tip`` in the worktree: (stacked, merge commit per issue, deferred)."""

@@ -295,3 +295,20 @@ def test_issues_add_check_and_list_tell_done_merged_and_rejected_apart(repo):
     assert " merged " in rows[f"#{good}"] and " rejected " in rows[f"#{bad}"] and " done " in rows[f"#{waiting}"]
     assert repo.store.get(good).merge_commit[:10] in rows[f"#{good}"] and "passed" in rows[f"#{waiting}"]
     assert "1 done" in table and "1 merged" in table and "1 rejected" in table
+
+
+def test_a_concurrent_commit_during_a_batch_with_a_conflict_retests_only_the_live_candidates(repo, tmp_path):
+    conflicting = repo.done("square", {"shapes.py": "SIDES = {'triangle': 3, 'square': 4}\n"})
+    good = repo.done("mul", GOOD_MUL)
+    git(repo.path, "checkout", "-q", "-b", "side")
+    (repo.path / "shapes.py").write_text("SIDES = {'triangle': 3, 'hexagon': 6}\n")
+    git(repo.path, "commit", "-qam", "hexagon on main")
+    git(repo.path, "checkout", "-q", "main")
+    git(repo.path, "merge", "-q", "--ff-only", "side")
+    marker = tmp_path / "pushed"
+    push = (f"if [ ! -e {marker} ]; then touch {marker}; "
+            f"c=$(git -C {repo.path} commit-tree -p main -m 'pushed meanwhile' $(git -C {repo.path} rev-parse 'main^{{tree}}')); "
+            f"git -C {repo.path} update-ref refs/heads/main $c; fi")
+    report = mergequeue.MergeQueue(repo.settings(check=f"{push}; {CHECK}"), repo.store, batch=2).run()
+    assert report.merged == [good] and list(report.rejected) == [conflicting] and report.retests == 1
+    assert "shapes.py" in repo.store.get(conflicting).error
