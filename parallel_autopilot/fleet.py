@@ -91,6 +91,10 @@ def open_store(settings: Settings) -> IssueStore:
         if store is None or not settings.db_path.exists():
             store = _stores[key] = IssueStore(settings.db_path, max_attempts=settings.max_attempts,
                                               backoff_seconds=settings.backoff_seconds)
+            try:  # the state directory was just made: keep it out of `git status` and every merge
+                worktrees.exclude_tool_dirs(settings)
+            except GitError:
+                pass  # not a git repository (yet): worktrees.create says so when it matters
         return store
 
 
