@@ -4,7 +4,6 @@ outcome."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -8,7 +8,6 @@ the attempt log ``<logs>/agents/<agent>/issue-<N>-attempt-<k>.log``.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
