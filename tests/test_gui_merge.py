@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from gui_support import FakeFleet, TestClient, make_settings
 
 from parallel_autopilot.gui import create_app
@@ -32,4 +33,32 @@ def test_snapshot_shows_the_merge_queue_with_check_results_and_issues_filter_by_
         assert rejected[0]["feedback"] == "conflicts in shapes.py" and rejected[0]["check_status"] == "passed"
         page = client.get("/").text
         assert 'id="merge-queue"' in page
+    store.close()
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+def test_the_pane_shows_the_merge_queue_live_in_a_browser(tmp_path):
+    from gui_support import LiveServer, chromium_page
+    from playwright.sync_api import expect
+
+    settings = make_settings(tmp_path)
+    store = IssueStore(settings.db_path)
+    numbers = [store.add(f"issue {i}").number for i in range(2)]
+    for number in numbers:
+        store.complete(store.claim("agent-001"), {"branch": f"autopilot/issue-{number}",
+                                                  "commit": f"{number:040d}", "check_status": "passed",
+                                                  "check_duration": 2.0})
+    app = create_app(settings, fleet=FakeFleet(store), interval=0.25)
+    with LiveServer(app) as server, chromium_page() as page:
+        page.goto(server.url + "/")
+        queued = page.locator('#merge-queue li[data-phase="queued"]')
+        expect(queued).to_have_count(2, timeout=10_000)
+        expect(queued.first).to_contain_text("check passed 2.0s")
+        # the merge queue acts; the pane follows without a reload (server-sent events)
+        store.mark_merged(numbers[0], f"{numbers[0]:040d}", "b" * 40)
+        store.reject(numbers[1], f"{numbers[1]:040d}", "conflicts in shapes.py")
+        expect(page.locator('#merge-queue li[data-phase="merged"]')).to_contain_text("bbbbbbbbbb", timeout=10_000)
+        expect(page.locator('#merge-queue li[data-phase="rejected"]')).to_contain_text("conflicts in shapes.py")
+        expect(page.locator('#merge-queue li[data-phase="queued"]')).to_have_count(0)
     store.close()
