@@ -156,9 +156,14 @@ def create(settings: Settings, n: int) -> list[Worktree]:
             continue  # healthy: reuse untouched, whatever it has checked out
         if path.exists():
             path.rmdir()  # empty (checked above)
+        common = git.common_dir()
         git.run("clone", "--quiet", "--shared", "--no-checkout", "--no-tags", "--origin", "origin",
                 str(settings.repo), str(path))
         clone = Git(path, timeout=git.timeout)
+        # name the user's git directory itself, by the path the containers mount it at
+        # (resolved: a symlinked /tmp, a separate git dir), for the objects and for origin
+        (path / ".git" / "objects" / "info" / "alternates").write_text(f"{common / 'objects'}\n")
+        clone.run("remote", "set-url", "origin", str(common))
         clone.run("checkout", "--quiet", "--detach", f"refs/remotes/origin/{base}", "--")
         for local in clone.branches():
             clone.delete_branch(local, force=True)  # what clone made; the base lives in origin/<base>
