@@ -95,6 +95,8 @@ ROGUE = ("echo rogue > rogue.txt; git add -A; git commit -qm rogue; "
          "git --git-dir=$user update-ref refs/heads/main HEAD || echo 'could not move the user main'; "
          "git --git-dir=$user branch -D feature || echo 'could not delete feature'; "
          "git --git-dir=$user branch -D autopilot/issue-1 || echo 'could not delete issue-1'; "
+         "for other in $(dirname $user)/.worktrees/agent-00*; do "
+         "git -C $other branch -D autopilot/issue-1 2>/dev/null || echo \"no repository at $other\"; done; "
          "git update-ref -d refs/remotes/origin/main; "
          "git --git-dir=$user gc --prune=now || echo 'could not gc the user repo'; "
          "git gc -q --prune=now; exit 0")
@@ -127,6 +129,7 @@ def test_verified_work_and_the_merge_queue_with_three_agents_in_containers(site)
     assert rogue_issue.status == "dead" and "changed refs that are not its own" in rogue_issue.error
     rogue_log = attempt_log(settings, rogue, 1)
     assert "could not move the user main" in rogue_log and "could not delete feature" in rogue_log
+    assert "no repository at" in rogue_log  # other agents' repositories are not even mounted
 
     # (b) never done: both attempts failed on the check, its output in the error and the 2nd prompt
     broken = store.get(bad)
