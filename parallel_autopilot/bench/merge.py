@@ -27,7 +27,7 @@ CHECK_SECONDS = 3
 SIZES = (4, 8)
 #: A quick run (CI's smoke test of every scenario): fewer issues, a shorter check, one round,
 #: the target not judged.
-QUICK = {"issues": 12, "bad": 6, "check_seconds": 1}
+QUICK = {"issues": 8, "bad": 3, "check_seconds": 0.5}
 TEST = "python3 -m unittest -q"
 
 
