@@ -195,6 +195,8 @@ def compose_env(settings: Any, limits: platform_mod.Limits | None = None, *, str
         "AUTOPILOT_MODEL": _optional(settings, "agent_model"),
         "AUTOPILOT_MODEL_RETRIES": _optional(settings, "model_retries"),
         "AUTOPILOT_QUOTA_BACKOFF_SECONDS": _number(settings.values.get("quota_backoff_seconds") or 60),
+        "AUTOPILOT_CHECK": str(settings.values.get("check") or ""),
+        "AUTOPILOT_CHECK_TIMEOUT": _number(settings.values.get("check_timeout") or 600),
     }
     return env
 

@@ -33,6 +33,15 @@ DEFAULTS: dict[str, Any] = {
     "agent_kind": "script",  # script | codex | claude | command
     "agent_command": None,  # template for kind "command", e.g. "my-agent {number} {title}"
     "issue_timeout": 3600,
+    # verified work (issue 10): the repository's check, run after every attempt and on
+    # every merge candidate; an issue's own `check:` wins. None = no check (done on exit 0
+    # with a change). E.g. "python -m pytest -q".
+    "check": None,
+    "check_timeout": 600,  # seconds; a check that runs longer fails
+    "merge_batch": 1,  # merge queue: test this many issues stacked at once, bisect on red
+    "merge_requeue": False,  # a rejected issue goes back to the queue with the report in its prompt
+    "merge_poll_seconds": 5,  # `agents.start --merge`: how often the merge queue looks for done issues
+    "merge_check_runner": "host",  # host | container: where the merge queue runs the check
     "poll_seconds": 0.5,  # idle agents look for work this often (+-30%); an empty poll is a read
     "watchdog_seconds": 120,
     "image": "parallel-autopilot:latest",

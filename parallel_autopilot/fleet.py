@@ -8,6 +8,7 @@ shell wrapper) call these functions and nothing below them::
     get_logs(settings, "agent-002", tail=50, follow=False)
     stop_agents(settings, ["agent-002"])   # or None for all
     resources(settings)            # platform, memory, CPUs, max agents
+    merge_loop(settings)           # the merge queue, continuously, while agents work
 
 Every check that can refuse a request runs before anything is changed, so a
 refused ``start_agents`` starts nothing and loses nothing.
@@ -25,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 from . import agentcli, compose, docker_client, image, platform, snapshots, worktrees
 from .config import Settings
 from .git import Git
-from .errors import InvalidInput, AgentNotFound, AgentsUnhealthy
+from .errors import AgentNotFound, AgentsUnhealthy, Conflict, GitError, InvalidInput
 from .ids import agent_count, agent_id, agent_ids
 from .issues import IssueStore, IssueNotFound
 
@@ -103,6 +104,10 @@ def open_store(settings: Settings) -> IssueStore:
         if store is None or not settings.db_path.exists():
             store = _stores[key] = IssueStore(settings.db_path, max_attempts=settings.max_attempts,
                                               backoff_seconds=settings.backoff_seconds)
+            try:  # the state directory was just made: keep it out of `git status` and every merge
+                worktrees.exclude_tool_dirs(settings)
+            except GitError:
+                pass  # not a git repository (yet): worktrees.create says so when it matters
         return store
 
 
@@ -177,6 +182,35 @@ def preflight(settings: Settings, count: int = 1) -> list[str]:
     return agentcli.preflight(settings, image.image_labels(settings) if current else None, count)
 
 
+def merge_loop(settings: Settings, *, stop: threading.Event | None = None, progress: Progress = print,
+               rounds: int | None = None, sleep: Callable[[float], None] | None = None) -> list:
+    """Run the merge queue every ``merge_poll_seconds`` until ``stop`` is set (or ``rounds`` ran).
+
+    What ``agents.start --merge`` runs in the foreground: done issues are
+    checked on the tip and merged (or rejected) while the agents keep working.
+    Returns the reports of the rounds that did something.
+    """
+    from . import mergequeue
+
+    stop = stop or threading.Event()
+    wait = sleep or stop.wait
+    store = open_store(settings)
+    reports, done = [], 0
+    while not stop.is_set() and (rounds is None or done < rounds):
+        done += 1
+        try:
+            report = mergequeue.MergeQueue(settings, store, progress=progress).run()
+        except Conflict as err:  # another queue runs (issues.merge by hand): next round
+            progress(f"merge queue: {err}")
+            wait(float(settings.values.get("merge_poll_seconds") or 5))
+            continue
+        if report.outcome != "nothing":
+            progress(report.summary())
+            reports.append(report)
+        wait(float(settings.values.get("merge_poll_seconds") or 5))
+    return reports
+
+
 def wait_healthy(settings: Settings, ids: Iterable[str], *, progress: Progress = print,
                  timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> list[AgentStatus]:
@@ -230,6 +264,12 @@ def stop_agents(settings: Settings, ids: Iterable[str] | None = None, *,
         if freed:
             progress(f"{target}: released #{', #'.join(map(str, freed))}")
         store.agent_heartbeat(target, "stopped")  # a runtime killed at the end of its grace could not say so
+    from . import mergequeue
+
+    try:  # what the agents finished comes home (autopilot/issue-N in the repository)
+        mergequeue.bring_home(settings, store)
+    except GitError as err:
+        progress(f"could not fetch finished work from the agents' repositories: {err}")
     return targets
 
 

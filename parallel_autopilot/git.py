@@ -238,6 +238,69 @@ class Git:
             return False
         raise GitError(f"{shown} (in {self.path}) failed: {_last_line(proc.stderr, proc.returncode)}")
 
+    def merge_or_conflicts(self, rev: str, message: str, env: Mapping[str, str] | None = None) -> list[str] | None:
+        """``git merge --no-ff rev`` into HEAD: None when merged, else the conflicting paths.
+
+        On a conflict the merge is aborted (the tree is as before). Other failures raise GitError.
+        """
+        shown, proc = self._run(["merge", "--no-ff", "--no-edit", "-m", message, rev], None, env)
+        if proc.returncode == 0:
+            return None
+        if self.ok("rev-parse", "-q", "--verify", "MERGE_HEAD"):
+            files = [f for f in self.run("diff", "--name-only", "--diff-filter=U").splitlines() if f]
+            self.run("merge", "--abort")
+            return files or ["(unknown)"]
+        raise GitError(f"{shown} (in {self.path}) failed: {_last_line(proc.stderr, proc.returncode)}")
+
+    def update_ref(self, ref: str, new: str, old: str | None = None, message: str | None = None) -> bool:
+        """Set ``ref`` to ``new``; with ``old`` only if it still points there (compare and swap).
+
+        True when updated; False when the ref had moved (``old`` no longer matches).
+        Git locks the ref and checks ``old`` under that lock: a concurrent commit or
+        push is never overwritten.
+        """
+        args = ["update-ref"] + (["-m", message] if message else []) + [ref, new] + ([old] if old else [])
+        shown, proc = self._run(args, None, None)
+        if proc.returncode == 0:
+            return True
+        if old is not None and ("cannot lock ref" in proc.stderr or "is at" in proc.stderr):
+            return False
+        raise GitError(f"{shown} (in {self.path}) failed: {_last_line(proc.stderr, proc.returncode)}")
+
+    def ref_sha(self, ref: str) -> str | None:
+        """The sha ``ref`` points at, None when it does not exist."""
+        found, out = self._probe(["rev-parse", "-q", "--verify", f"{ref}^{{commit}}"])
+        return out.strip() if found and out.strip() else None
+
+    def has_commit(self, sha: str) -> bool:
+        """True when the object store holds commit ``sha``."""
+        if not sha:
+            return False
+        _, proc = self._run(["cat-file", "-e", f"{sha}^{{commit}}"], None, None)
+        return proc.returncode == 0  # 128 when the object is missing
+
+    def fetch_ref(self, source: str | os.PathLike, ref: str, into: str | None = None) -> bool:
+        """``git fetch source +ref:into`` (no tags, no FETCH_HEAD; only the objects when ``into`` is None);
+        False when ``source`` lacks ``ref``.
+
+        Fetching runs ``git upload-pack`` in ``source``, which git keeps safe for
+        untrusted repositories (no hooks, no repository-configured programs).
+        """
+        shown, proc = self._run(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(source),
+                                 f"+{ref}:{into}" if into else ref], None, None)
+        if proc.returncode == 0:
+            return True
+        if "couldn't find remote ref" in proc.stderr:
+            return False
+        raise GitError(f"{shown} (in {self.path}) failed: {_last_line(proc.stderr, proc.returncode)}")
+
+    def checkout_detached(self, rev: str) -> None:
+        """Force HEAD, index and tree to ``rev`` (detached), dropping every change and untracked file."""
+        if self.ok("rev-parse", "-q", "--verify", "MERGE_HEAD"):
+            self.run("merge", "--abort")
+        self.run("checkout", "--quiet", "--force", "--detach", rev, "--")
+        self.run("clean", "-ffdxq")
+
     def on_a_branch(self, rev: str) -> bool:
         """True when commit ``rev`` is reachable from some local branch (not only from HEAD)."""
         out = self.run("for-each-ref", "--count=1", f"--contains={rev}", "--format=%(refname)", "refs/heads/")
@@ -298,6 +361,10 @@ class Git:
             key, _, value = line.partition(" ")
             record[key] = value
         return entries
+
+    def worktree_add_detached(self, path: str | os.PathLike, rev: str) -> None:
+        """Add a worktree at ``path`` with a detached HEAD at ``rev`` (no branch of its own)."""
+        self.run("worktree", "add", "--quiet", "--detach", "--", str(path), rev)
 
     def worktree_add(self, path: str | os.PathLike, branch: str, start: str | None = None) -> None:
         """Add a worktree at ``path``: on existing ``branch``, or on a new one from ``start``."""

@@ -10,7 +10,10 @@ The verbs, each next to its SQL::
     claim = store.claim("agent-001")          # None when nothing is eligible
     claim = store.renew(claim)                # heartbeat: every lease/3
     store.complete(claim, {"branch": ..., "commit": ..., "duration": ...})
-    store.fail(claim, "tests failed")         # retried after a backoff
+    store.fail(claim, "tests failed", feedback=...)  # retried after a backoff
+    store.empty(claim, result)                # succeeded but changed nothing
+    store.mark_merged(n, commit, merge_commit)  # the merge queue: done -> merged
+    store.reject(n, commit, report, requeue)  # the merge queue: done -> rejected (or ready)
     store.release(claim)                      # graceful: not an attempt
     store.release_agent("agent-001")          # crash recovery: counts as one
 
@@ -873,24 +876,105 @@ class IssueStore:
             detail=json.dumps(result) if result else None,
         )
 
-    def fail(self, claim: Claim, error: str, now: float | None = None) -> Issue:
-        """Record a failed attempt: retried after a backoff, or dead at the limit."""
+    def fail(self, claim: Claim, error: str, now: float | None = None, feedback: str | None = None,
+             check: Mapping[str, Any] | None = None) -> Issue:
+        """Record a failed attempt: retried after a backoff, or dead at the limit.
+
+        ``feedback`` (e.g. the failing check's last lines) is handed to the next
+        attempt's prompt; ``check`` records the check's result (check_status,
+        check_duration, check_output) when it was the check that failed.
+        """
         now = self._now(now)
         attempts = max(claim.issue.attempts, 1)
         backoff = self.backoff_seconds * 2 ** (attempts - 1)
+        check = _as_result(check)
         issue = self._fenced(
             claim, "fail", now,
             """UPDATE issues SET
                       status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
                       due_at = :now + :backoff, lease_until = NULL, error = :error, updated_at = :now,
+                      feedback = :feedback, check_status = COALESCE(:check_status, check_status),
+                      check_duration = COALESCE(:check_duration, check_duration),
+                      check_output = COALESCE(:check_output, check_output),
                       transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
                       actor = :worker, note = :detail
                WHERE number = :number AND token = :token AND status = 'claimed'
                RETURNING *""",
-            {"backoff": backoff, "error": str(error)[:4000]},
+            {"backoff": backoff, "error": str(error)[:4000],
+             "feedback": str(feedback)[:4000] if feedback else None,
+             "check_status": check.get("check_status"), "check_duration": check.get("check_duration"),
+             "check_output": check.get("check_output")},
             detail=str(error)[:500],
         )
         return issue
+
+    def empty(self, claim: Claim, result: Mapping[str, Any] | None = None, now: float | None = None) -> Issue:
+        """The attempt succeeded but changed nothing: status ``empty`` (not done, not retried).
+
+        An empty change is its own outcome: nothing to merge, and retrying the
+        same instructions would most likely change nothing again (``issues.retry``
+        puts it back).
+        """
+        now = self._now(now)
+        result = _as_result(result)
+        return self._fenced(
+            claim, "empty", now,
+            """UPDATE issues SET status = 'empty', lease_until = NULL, branch = :branch, commit_sha = NULL,
+                      duration = :duration, error = 'the attempt changed nothing', updated_at = :now,
+                      completed_at = :now, check_status = :check_status, check_duration = :check_duration,
+                      check_output = :check_output, usage = :usage,
+                      transition = 'empty', actor = :worker, note = :detail
+               WHERE number = :number AND token = :token AND status = 'claimed'
+               RETURNING *""",
+            {"branch": result.get("branch"), "duration": result.get("duration"),
+             "check_status": result.get("check_status"), "check_duration": result.get("check_duration"),
+             "check_output": result.get("check_output"),
+             "usage": json.dumps(result["usage"]) if result.get("usage") is not None else None},
+            detail="no change",
+        )
+
+    # -- the merge queue's verbs (host side; the merge queue is their only caller) ------
+
+    def mark_merged(self, number: int, commit: str, merge_commit: str, now: float | None = None) -> Issue:
+        """``done`` -> ``merged`` with the base commit that contains it.
+
+        Guarded by the commit: an issue retried (or re-done) meanwhile is left alone.
+        """
+        now = self._now(now)
+        row = self._write(
+            """UPDATE issues SET status = 'merged', merge_commit = :merge, merged_at = :now, updated_at = :now,
+                      error = NULL, feedback = NULL, transition = 'merged', actor = 'merge-queue', note = :merge
+               WHERE number = :number AND status = 'done' AND commit_sha = :commit
+               RETURNING *""",
+            {"number": number, "commit": commit, "merge": merge_commit, "now": now})
+        if row is None:
+            raise Conflict(f"issue #{number} is no longer done at {commit[:12]}: not marked merged")
+        return self._issue(row)
+
+    def reject(self, number: int, commit: str | None, report: str, requeue: bool = False,
+               now: float | None = None) -> Issue:
+        """``done`` -> ``rejected`` (red or conflicting on the base), the report in error and feedback.
+
+        With ``requeue`` and attempts left, the issue goes back to ``ready`` at
+        once as a new attempt whose prompt carries the report (the audit trail
+        still says ``rejected``).
+        """
+        now = self._now(now)
+        row = self._write(
+            """UPDATE issues SET
+                      status = CASE WHEN :requeue AND attempts < max_attempts THEN 'ready' ELSE 'rejected' END,
+                      owner = CASE WHEN :requeue AND attempts < max_attempts THEN NULL ELSE owner END,
+                      due_at = :now, error = :report, feedback = :report, updated_at = :now,
+                      transition = 'rejected', actor = 'merge-queue',
+                      note = CASE WHEN :requeue AND attempts < max_attempts THEN 're-queued: ' ELSE '' END
+                             || substr(:report, 1, 400)
+               WHERE number = :number AND status = 'done' AND commit_sha IS :commit
+               RETURNING *""",
+            {"number": number, "commit": commit, "report": str(report)[:4000], "requeue": bool(requeue),
+             "now": now})
+        if row is None:
+            raise Conflict(f"issue #{number} is no longer done at {(commit or 'no commit')[:12]}: not rejected")
+        return self._issue(row)
 
     def release(self, claim: Claim, now: float | None = None) -> Issue:
         """Give the issue back at once (graceful shutdown); the attempt is refunded."""
@@ -981,8 +1065,9 @@ class IssueStore:
     # -- operator verbs -----------------------------------------------------
 
     def retry(self, number: int, now: float | None = None) -> Issue:
-        """Put a failed, dead, blocked or done issue back to ready with fresh attempts."""
-        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready"),
+        """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
+        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready", "empty",
+                                                     "rejected"),
                               "status = 'ready', attempts = 0, due_at = :now, error = NULL")
 
     def block(self, number: int, now: float | None = None) -> Issue:

@@ -653,22 +653,103 @@ class PgIssueStore:
              "usage": json.dumps(result["usage"]) if result.get("usage") is not None else None,
              "detail": json.dumps(result) if result else None}, kinds=("done",)))
 
-    def fail(self, claim: Claim, error: str, now: float | None = None) -> Issue:
-        """Record a failed attempt: retried after a backoff, or dead at the limit."""
+    def fail(self, claim: Claim, error: str, now: float | None = None, feedback: str | None = None,
+             check: Mapping[str, Any] | None = None) -> Issue:
+        """Record a failed attempt: retried after a backoff, or dead at the limit.
+
+        ``feedback`` goes to the next attempt's prompt; ``check`` records the
+        failing check's result (as :meth:`IssueStore.fail`).
+        """
         now = self._now(now)
         attempts = max(claim.issue.attempts, 1)
         backoff = self.backoff_seconds * 2 ** (attempts - 1)
+        check = _as_result(check)
         return self._issue(self._fenced(claim, "fail", now, f"""
             UPDATE issues SET
                    status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
                    due_at = {NOW} + CAST(:backoff AS float8), lease_until = NULL, error = :error,
-                   updated_at = {NOW},
+                   updated_at = {NOW}, feedback = :feedback,
+                   check_status = COALESCE(:check_status, check_status),
+                   check_duration = COALESCE(CAST(:check_duration AS float8), check_duration),
+                   check_output = COALESCE(:check_output, check_output),
                    transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
                    actor = :worker, note = :detail
             WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
             RETURNING *""",
-            {"backoff": float(backoff), "error": str(error)[:4000], "detail": str(error)[:500]},
+            {"backoff": float(backoff), "error": str(error)[:4000], "detail": str(error)[:500],
+             "feedback": str(feedback)[:4000] if feedback else None,
+             "check_status": check.get("check_status"), "check_duration": check.get("check_duration"),
+             "check_output": check.get("check_output")},
             kinds=("failed", "dead")))
+
+    def empty(self, claim: Claim, result: Mapping[str, Any] | None = None, now: float | None = None) -> Issue:
+        """The attempt succeeded but changed nothing: status ``empty`` (as :meth:`IssueStore.empty`)."""
+        now = self._now(now)
+        result = _as_result(result)
+        return self._issue(self._fenced(claim, "empty", now, f"""
+            UPDATE issues SET status = 'empty', lease_until = NULL, branch = :branch, commit_sha = NULL,
+                   duration = CAST(:duration AS float8), error = 'the attempt changed nothing',
+                   updated_at = {NOW}, completed_at = {NOW}, check_status = :check_status,
+                   check_duration = CAST(:check_duration AS float8), check_output = :check_output,
+                   usage = :usage, transition = 'empty', actor = :worker, note = 'no change'
+            WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
+            RETURNING *""",
+            {"branch": result.get("branch"), "duration": result.get("duration"),
+             "check_status": result.get("check_status"), "check_duration": result.get("check_duration"),
+             "check_output": result.get("check_output"),
+             "usage": json.dumps(result["usage"]) if result.get("usage") is not None else None},
+            kinds=("empty",)))
+
+    # -- the merge queue's verbs (host side) --------------------------------
+
+    def mark_merged(self, number: int, commit: str, merge_commit: str, now: float | None = None) -> Issue:
+        """``done`` -> ``merged`` with the base commit that contains it (guarded by the commit)."""
+        now = self._now(now)
+
+        def op(conn):
+            rows = self._rows(conn, f"""
+                UPDATE issues SET status = 'merged', merge_commit = :merge, merged_at = {NOW},
+                       updated_at = {NOW}, error = NULL, feedback = NULL,
+                       transition = 'merged', actor = 'merge-queue', note = :merge
+                WHERE number = CAST(:number AS bigint) AND status = 'done' AND commit_sha = :commit
+                RETURNING *""", number=int(number), commit=commit, merge=merge_commit, now=now)
+            return rows[0] if rows else False
+
+        def verify(conn):  # the reply was lost: merged already, with this merge commit?
+            rows = self._rows(conn, "SELECT * FROM issues WHERE number = CAST(:n AS bigint) AND status = 'merged'"
+                                    " AND merge_commit = :m", n=int(number), m=merge_commit)
+            return rows[0] if rows else None
+
+        row = self._retrying(op, verify)
+        if row is False:
+            raise Conflict(f"issue #{number} is no longer done at {commit[:12]}: not marked merged")
+        return self._issue(row)
+
+    def reject(self, number: int, commit: str | None, report: str, requeue: bool = False,
+               now: float | None = None) -> Issue:
+        """``done`` -> ``rejected`` (or back to ``ready`` with ``requeue``), as :meth:`IssueStore.reject`."""
+        now = self._now(now)
+
+        def op(conn):
+            with self._transaction(conn):
+                rows = conn.run("SELECT attempts < max_attempts FROM issues WHERE number = CAST(:n AS bigint)"
+                                " AND status = 'done' AND commit_sha IS NOT DISTINCT FROM :c FOR UPDATE",
+                                n=int(number), c=commit)
+                if not rows:
+                    return False
+                again = bool(requeue) and bool(rows[0][0])
+                return self._rows(conn, f"""
+                    UPDATE issues SET status = :status, owner = CASE WHEN CAST(:again AS boolean) THEN NULL ELSE owner END,
+                           due_at = {NOW}, error = :report, feedback = :report, updated_at = {NOW},
+                           transition = 'rejected', actor = 'merge-queue', note = :note
+                    WHERE number = CAST(:n AS bigint) RETURNING *""",
+                    status="ready" if again else "rejected", again=again, report=str(report)[:4000],
+                    note=("re-queued: " if again else "") + str(report)[:400], n=int(number), now=now)[0]
+
+        row = self._retrying(op)
+        if row is False:
+            raise Conflict(f"issue #{number} is no longer done at {(commit or 'no commit')[:12]}: not rejected")
+        return self._issue(row)
 
     def release(self, claim: Claim, now: float | None = None) -> Issue:
         """Give the issue back at once (graceful shutdown); the attempt is refunded."""
@@ -759,8 +840,9 @@ class PgIssueStore:
     # -- operator verbs -----------------------------------------------------
 
     def retry(self, number: int, now: float | None = None) -> Issue:
-        """Put a failed, dead, blocked or done issue back to ready with fresh attempts."""
-        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready"),
+        """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
+        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready", "empty",
+                                                     "rejected"),
                               f"status = 'ready', attempts = 0, due_at = {NOW}, error = NULL")
 
     def block(self, number: int, now: float | None = None) -> Issue:

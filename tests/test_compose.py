@@ -317,9 +317,15 @@ def test_container_started_through_compose_has_the_asked_limits_user_and_readonl
     for path in ("/run/credentials/codex/auth.json", "/run/credentials/ssh/new", "/run/credentials/gitconfig"):
         code, out = sh(f"echo x >> {path}")
         assert code != 0 and "Read-only file system" in out, (path, out)
-    # HOME and the heartbeat directory are writable; the worktree is the agent's, on its branch
+    # HOME and the heartbeat directory are writable; the workspace is the agent's own clone, at the
+    # base; the user's .git is read-only inside (issue 10)
     assert sh("touch $HOME/x /run/autopilot/heartbeat && echo ok") == (0, "ok")
-    assert sh("git -C /workspace rev-parse --abbrev-ref HEAD") == (0, "agent/001")
+    main = subprocess.run(["git", "-C", str(settings.repo), "rev-parse", "main"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert sh("git -C /workspace rev-parse HEAD") == (0, main)
+    git_dir = settings.repo / ".git"
+    code, out = sh(f"touch {git_dir}/refs/heads/rogue")
+    assert code != 0 and "Read-only file system" in out, out
     assert sh("echo hi > /workspace/made-inside && echo ok") == (0, "ok")
     made = settings.worktrees_path / "agent-001" / "made-inside"
     assert made.stat().st_uid == UID

@@ -20,12 +20,13 @@ RUNTIME_VARIABLES = {
     "AUTOPILOT_DB", "AUTOPILOT_WORKSPACE", "AUTOPILOT_LOGS", "AUTOPILOT_BASE_BRANCH", "AUTOPILOT_AGENT_KIND",
     "AUTOPILOT_AGENT_COMMAND", "AUTOPILOT_LEASE_SECONDS", "AUTOPILOT_MAX_ATTEMPTS", "AUTOPILOT_BACKOFF_SECONDS",
     "AUTOPILOT_ISSUE_TIMEOUT", "AUTOPILOT_POLL_SECONDS", "AUTOPILOT_WATCHDOG_SECONDS", "AUTOPILOT_GRACE_SECONDS",
-    "AUTOPILOT_HEARTBEAT_FILE", "AUTOPILOT_AGENT_ID", "HOME",
+    "AUTOPILOT_HEARTBEAT_FILE", "AUTOPILOT_AGENT_ID", "HOME", "AUTOPILOT_CHECK", "AUTOPILOT_CHECK_TIMEOUT",
 }
 SHARED_TARGETS = {"/state", "/logs", "/run/credentials/codex", "/run/credentials/ssh",
                   "/run/credentials/gitconfig", "/etc/passwd", "/etc/group", "/workspace"}
 READ_ONLY = {"/run/credentials/codex", "/run/credentials/ssh", "/run/credentials/gitconfig",
-             "/etc/passwd", "/etc/group"}
+             "/etc/passwd", "/etc/group",
+             "${AUTOPILOT_GIT_DIR}"}  # the user's .git: read-only, each agent writes only its own clone
 AGENTS = [f"agent-{i:03d}" for i in range(1, 11)]
 
 

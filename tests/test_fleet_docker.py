@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from parallel_autopilot import config, fleet
+from parallel_autopilot import config, fleet, mergequeue
 from parallel_autopilot.errors import DockerUnavailable, InvalidAgentCount
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -108,6 +108,8 @@ def test_three_agents_resolve_twelve_issues_each_exactly_once(sample):
 
     issues = store.list()
     assert [i.status for i in issues] == ["done"] * 12
+    # each agent committed in its own clone; the host brings the results home
+    assert sorted(mergequeue.bring_home(settings, store)) == list(range(1, 13))
     done_events = [e for e in store.events() if e.kind == "done"]
     assert sorted(e.issue for e in done_events) == list(range(1, 13))  # exactly once each
     assert not [e for e in store.events() if e.kind.startswith("refused")]
@@ -178,7 +180,8 @@ def test_two_containers_and_a_host_process_never_double_claim(sample, tmp_path):
         if e.kind == "claimed":
             claims.setdefault(e.issue, []).append(e.worker)
     assert all(len(workers) == 1 for workers in claims.values()), "an issue was claimed twice"
-    assert sorted(e.issue for e in events if e.kind == "done") == list(range(1, 151))
+    # a no-op changes nothing: its own outcome, empty (a host "work" completes as done)
+    assert sorted(e.issue for e in events if e.kind in ("done", "empty")) == list(range(1, 151))
     owners = {i.owner for i in store.list()}
     assert "host-1" in owners and owners & {"agent-001", "agent-002"}  # all three really took part
 
@@ -248,13 +251,14 @@ def test_crashed_runtime_is_restarted_by_the_restart_policy(sample):
 def test_hung_loop_is_restarted_by_the_watchdog(sample):
     repo, make = sample
     settings = make(watchdog_seconds=4)
-    hook = repo / ".git" / "hooks" / "pre-commit"
+    store = fleet.open_store(settings)
+    fleet.start_agents(settings, 1, progress=lambda _: None)
+    # in the agent's own repository (a clone does not take the user's hooks)
+    hook = settings.worktrees_path / "agent-001" / ".git" / "hooks" / "pre-commit"
     hook.write_text('#!/bin/sh\nmarker="$(git rev-parse --git-common-dir)/hung-once"\n'
                     'if [ ! -e "$marker" ]; then touch "$marker"; sleep 600; fi\n')
     hook.chmod(0o755)
-    store = fleet.open_store(settings)
     store.add("hangs at commit once", script="echo x > x.txt")
-    fleet.start_agents(settings, 1, progress=lambda _: None)
     wait_for(lambda: store.get(1).status == "done", 120, what="the issue after a watchdog restart")
     assert docker_inspect(container_of(settings))["RestartCount"] >= 1
     events = (settings.logs_path / "agents" / "agent-001" / "events.jsonl").read_text()
@@ -291,7 +295,7 @@ def test_limits_credentials_read_only_and_uid_of_repository_owner():
         worktree = settings.worktrees_path / "agent-001"
         assert (worktree / "out.txt").stat().st_uid == 1234
         assert (settings.logs_path / "agents" / "agent-001" / "agent.log").stat().st_uid == 1234
-        assert git(repo, "log", "-1", "--format=%an", "autopilot/issue-1").startswith("agent-001")
+        assert git(worktree, "log", "-1", "--format=%an", "autopilot/issue-1").startswith("agent-001")
     finally:
         fleet.stop_agents(settings, progress=lambda _: None)
         shutil.rmtree(tmp_path, ignore_errors=True)
@@ -327,6 +331,7 @@ def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind, built
         wait_for(lambda: store.get(1).status == "done", 90, what=f"the {kind} stand-in")
         issue = store.get(1)
         assert issue.commit, "the stand-in's edit was committed"
+        assert mergequeue.bring_home(settings, store) == [1]
         files = git(repo, "show", "--name-only", "--format=", issue.commit).split()
         argv_file = next(f for f in files if f.endswith(".argv.json"))
         argv = json.loads(git(repo, "show", f"{issue.commit}:{argv_file}"))
@@ -379,27 +384,28 @@ def test_start_without_docker_daemon_is_one_line_and_changes_nothing(sample):
     assert settings.db_path.read_bytes() == before
 
 
-def test_cleanup_keeps_unmerged_branches_unless_forced(sample):
+def test_cleanup_keeps_unmerged_work_unless_forced_and_never_loses_a_result(sample):
     repo, make = sample
     settings = make()
     store = fleet.open_store(settings)
     store.add("change", script="echo change > c.txt")
     fleet.start_agents(settings, 2, progress=lambda _: None)
     wait_for(lambda: store.get(1).status == "done", 90, what="the issue")
-    # agent/002 gets a commit that is not merged anywhere
-    worktree = settings.worktrees_path / "agent-002"
-    git(worktree, "checkout", "-q", "agent/002")
-    (worktree / "unmerged.txt").write_text("precious\n")
-    git(worktree, "add", "-A")
-    git(worktree, "commit", "-q", "-m", "unmerged work")
+    # agent-002's own repository gets a commit that no branch of the user's repository has
+    clone = settings.worktrees_path / "agent-002"
+    git(clone, "checkout", "-q", "-b", "scratch")
+    (clone / "unmerged.txt").write_text("precious\n")
+    git(clone, "add", "-A")
+    git(clone, "-c", "user.name=U", "-c", "user.email=u@x.invalid", "commit", "-q", "-m", "unmerged work")
     proc = run_cli(repo, "cleanup")
     assert proc.returncode == 0, proc.stderr
-    assert "agent/002" in proc.stdout  # reported as kept
-    assert git(repo, "rev-parse", "--verify", "agent/002")  # still there
-    assert git(repo, "rev-parse", "--verify", "autopilot/issue-1")  # results are never deleted
+    assert "kept agent-002" in proc.stdout and "refs/heads/scratch" in proc.stdout  # reported as kept
+    assert (clone / "unmerged.txt").exists()
+    # the done issue's result came home before its clone went, and is not merged: kept
+    assert git(repo, "rev-parse", "--verify", "autopilot/issue-1") == store.get(1).commit
+    assert not (settings.worktrees_path / "agent-001").exists()
     assert fleet.list_agents(settings) == []
     forced = run_cli(repo, "cleanup", "--force")
     assert forced.returncode == 0, forced.stderr
-    assert subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "agent/002"],
-                          capture_output=True).returncode != 0
+    assert not clone.exists()
     assert git(repo, "rev-parse", "--verify", "autopilot/issue-1")

@@ -650,3 +650,43 @@ def test_a_version_1_database_upgrades_and_keeps_its_audit_trail(tmp_path, monke
         upgraded = store.get(claim.number)
     assert kinds == [("added", None, None), ("claimed", "agent-001", 1), ("done", "agent-001", 1)]
     assert (upgraded.title, upgraded.status, upgraded.completed_at) == ("from before", "done", T0 + 2)
+
+
+# -- verified work and the merge queue's verbs (both backends) ------------------
+
+def test_empty_fail_with_feedback_merged_and_rejected(store, clock):
+    a, b, c, d = (store.add(t) for t in ("no change", "red", "good", "conflicts"))
+    claim = store.claim("agent-001")
+    empty = store.empty(claim, {"branch": "autopilot/issue-1", "duration": 1.0, "check_status": "none"})
+    assert (empty.status, empty.commit, empty.error) == ("empty", None, "the attempt changed nothing")
+    with pytest.raises(LeaseLost):
+        store.empty(claim)  # fenced like every ending
+
+    red = store.claim("agent-001")
+    failed = store.fail(red, "check failed (exit code 1)", feedback="`pytest` exit code 1:\nFAILED test_x",
+                        check={"check_status": "failed", "check_duration": 2.5, "check_output": "FAILED test_x"})
+    assert (failed.status, failed.feedback, failed.check_status, failed.check_output) == (
+        "failed", "`pytest` exit code 1:\nFAILED test_x", "failed", "FAILED test_x")
+
+    good = store.claim("agent-002")
+    store.complete(good, {"branch": "autopilot/issue-3", "commit": "c" * 40, "check_status": "passed",
+                          "usage": {"input_tokens": 10, "output_tokens": 2}})
+    with pytest.raises(Conflict):
+        store.mark_merged(c.number, "f" * 40, "m" * 40)  # not at that commit: left alone
+    merged = store.mark_merged(c.number, "c" * 40, "m" * 40)
+    assert (merged.status, merged.merge_commit, merged.usage) == ("merged", "m" * 40,
+                                                                  {"input_tokens": 10, "output_tokens": 2})
+
+    clash = store.claim("agent-002")
+    assert clash.number == d.number
+    store.complete(clash, {"branch": "autopilot/issue-4", "commit": "d" * 40})
+    requeued = store.reject(d.number, "d" * 40, "conflict in shapes.py", requeue=True)
+    assert (requeued.status, requeued.owner, requeued.feedback) == ("ready", None, "conflict in shapes.py")
+    again = store.claim("agent-003")
+    assert again.number == d.number and again.issue.feedback == "conflict in shapes.py"
+    store.complete(again, {"branch": "autopilot/issue-4", "commit": "e" * 40})
+    rejected = store.reject(d.number, "e" * 40, "conflict in shapes.py")
+    assert (rejected.status, rejected.error) == ("rejected", "conflict in shapes.py")
+    assert [e.kind for e in store.events(d.number)].count("rejected") == 2
+    for number in (a.number, d.number):  # empty and rejected can be retried by hand
+        assert store.retry(number).status == "ready"

@@ -12,6 +12,7 @@ One module per scenario, each measuring our figure AND its baseline, run by run:
 - :mod:`.footprint` - memory of an idle agent against a bare Python container;
 - :mod:`.agents` - M issues resolved by the REAL codex CLI against a scripted model
   server with N agents: makespan, efficiency against N = 1, harness overhead per issue.
+- :mod:`.merge` - the merge queue: batches of K = 4 and 8 against one at a time.
 
 :mod:`.runner` runs them and :mod:`.report` writes JSON, Markdown and a PNG chart.
 
@@ -21,6 +22,6 @@ containers, where only the standard library exists.
 """
 
 #: Every scenario, in the order a full run executes them.
-SCENARIOS = ("queue", "startup", "throughput", "recovery", "stop", "footprint", "agents")
+SCENARIOS = ("queue", "startup", "throughput", "recovery", "stop", "footprint", "agents", "merge")
 
 __all__ = ["SCENARIOS"]

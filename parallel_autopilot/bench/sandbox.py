@@ -100,7 +100,9 @@ class Sandbox:
     def add_sleepers(self, count: int, seconds: float, title: str) -> list[int]:
         """Add ``count`` issues whose script sleeps ``seconds``; return their numbers."""
         store = self.store()
-        items = [{"title": f"{title} {i + 1}/{count}", "script": f"sleep {seconds:g}"} for i in range(count)]
+        # each writes a file: an attempt that changes nothing ends `empty`, not done (issue 10)
+        items = [{"title": f"{title} {i + 1}/{count}",
+                  "script": f'sleep {seconds:g}; echo done > "sleeper-$ISSUE_NUMBER.txt"'} for i in range(count)]
         return [issue.number for issue in store.add_many(items)]
 
     # -- the fleet -----------------------------------------------------------

@@ -121,6 +121,13 @@ class IssueOut(IssueSummary):
     error: str | None = None
     created_at: float
     updated_at: float
+    check_status: str | None = None  # passed | failed | timeout | none (verified work, issue 10)
+    check_duration: float | None = None
+    check_output: str | None = None
+    feedback: str | None = None
+    completed_at: float | None = None
+    merge_commit: str | None = None
+    merged_at: float | None = None
 
 
 class IssuesOut(BaseModel):
@@ -155,6 +162,32 @@ class Snapshot(BaseModel):
     max_agents: int
     operation: Operation | None = None
     errors: list[str]
+    merge_queue: "MergeQueueOut | None" = None
+
+
+class MergeQueueItem(BaseModel):
+    """An issue in the merge queue, with its check result (verified work, issue 10)."""
+
+    number: int
+    title: str
+    priority: str
+    check_status: str | None = None
+    check_duration: float | None = None
+    merge_commit: str | None = None
+    error: str | None = None
+    completed_at: float | None = None
+
+
+class MergeQueueOut(BaseModel):
+    """Queued (done, waiting), testing, and the latest merged and rejected issues."""
+
+    queued: list[MergeQueueItem]
+    testing: list[MergeQueueItem]
+    merged: list[MergeQueueItem]
+    rejected: list[MergeQueueItem]
+
+
+Snapshot.model_rebuild()
 
 
 class StartRequest(BaseModel):
@@ -250,6 +283,18 @@ class Pane:
         store = self.store()
         return store.counts() if store is not None else dict.fromkeys(STATUSES, 0)
 
+    def merge_queue(self, recent: int = 20) -> dict:
+        """The merge queue: queued (done), testing, the latest merged and rejected, with check results."""
+        store = self.store()
+        if store is None:
+            return {"queued": [], "testing": [], "merged": [], "rejected": []}
+        from .. import mergequeue
+
+        found = mergequeue.status(self.settings, store)
+        found["merged"] = found["merged"][-recent:]
+        found["rejected"] = found["rejected"][-recent:]
+        return found
+
     def resources(self) -> tuple[dict, int]:
         """``fleet.resources`` and ``fleet.max_agents``, refreshed every ``resources_every`` s."""
         now = self.monotonic()
@@ -276,6 +321,7 @@ class Pane:
         done = part(lambda: sorted(self.issues(("done",)), key=lambda i: -(i.completed_at or i.updated_at))[:10],
                     [])
         resources, maximum = part(self.resources, ({}, 1))
+        merge_queue = part(self.merge_queue, {"queued": [], "testing": [], "merged": [], "rejected": []})
         if resources.get("docker") is False and not errors:
             errors.append("Docker is not reachable: start Docker (dockerd or Docker Desktop); this page updates by itself")
         operation = self.operation
@@ -290,6 +336,7 @@ class Pane:
             "resources": resources,
             "max_agents": maximum,
             "operation": {**operation, "lines": list(operation["lines"])} if operation else None,
+            "merge_queue": merge_queue,
             "errors": errors,
         }
 
@@ -458,7 +505,8 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
         return await blocking(pane.agents)
 
     @app.get("/api/issues", response_model=IssuesOut, tags=["read"], responses=ERRORS)
-    async def get_issues(status: Literal["open", "ready", "claimed", "done", "failed", "dead", "blocked", "all"]
+    async def get_issues(status: Literal["open", "ready", "claimed", "done", "failed", "dead", "blocked", "empty",
+                                         "merged", "rejected", "all"]
                          = Query("open", description="open = claimed and ready")) -> dict:
         """Issues of the shared queue, with the count in each status."""
         statuses = {"open": OPEN_STATUSES, "all": STATUSES}.get(status, (status,))

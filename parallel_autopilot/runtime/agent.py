@@ -9,11 +9,19 @@ Loop: claim -> ``git checkout -B autopilot/issue-<N> <base>`` -> run the agent
 (own process group, output to ``issue-<N>-attempt-<k>.log``, per-issue
 timeout) -> on exit 0 commit everything as the agent with the trailers
 ``Issue``, ``Agent`` and ``Lease-Token`` and complete with branch, commit and
-duration (a successful run that changed nothing completes with commit None);
-on a non-zero exit or a timeout stash the changes and fail (retried after a
-backoff). Every claim also takes over an issue whose agent's heartbeat has been
-silent for ``stale`` seconds (a killed container), ahead of newer issues. Idle:
-sleep ``poll`` seconds +-30 %.
+duration; on a non-zero exit or a timeout stash the changes and fail
+(retried after a backoff).
+
+Verified work: exit 0 is not "resolved" (agent CLIs exit 0 when every
+command they ran failed). After the commit the runtime runs the check (the
+issue's own ``check``, else ``AUTOPILOT_CHECK``) in the worktree, in this
+container, with ``AUTOPILOT_CHECK_TIMEOUT``; its output goes to
+``issue-<N>-attempt-<k>-check.log``. Pass -> done (check result, duration
+and tail recorded); no change -> ``empty`` (not done); red or timed out -> a
+failed attempt whose error is the check's last lines, handed to the next
+attempt's prompt as feedback. Every claim also takes over an issue whose
+agent's heartbeat has been silent for ``stale`` seconds (a killed container),
+ahead of newer issues. Idle: sleep ``poll`` seconds +-30 %.
 
 Threads: the heartbeat renews the lease every lease/3 and updates the agents
 table; a renewal refused (LeaseLost) stops the agent subprocess at once and
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,13 +49,14 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
 from ..issues import Claim, IssueStore
 from .. import snapshots
 from . import health, kinds, process, usage
-from .logs import AgentLog, last_line
+from .logs import AgentLog, last_line, tail
 from .settings import RuntimeSettings
 from .workspace import Workspace
 
@@ -54,6 +64,8 @@ from .workspace import Workspace
 WATCHDOG_EXIT = 70
 #: How often the monitor and the heartbeat thread wake up.
 TICK = 0.5
+#: Lines of the check's output kept in the issue (error, feedback, check_output).
+CHECK_TAIL_LINES = 20
 
 
 @dataclass
@@ -374,10 +386,11 @@ class Agent:
         argv = kinds.command(s.kind, issue, agent=s.agent_id, workspace=s.workspace, base=s.base_branch,
                              template=s.command, last_message=last_message, model=s.model)
         env = kinds.environment(self.environ, issue, agent=s.agent_id, workspace=s.workspace, kind=s.kind,
-                                config=self.model)
+                                config=self.model, base_branch=s.base_branch)
         if self.workspace.dirty():  # should not happen: every attempt ends clean
             self._salvage("salvage", "found before starting", attempt.number, attempt.attempt)
         base_sha = self.workspace.start_branch(attempt.branch)
+        refs_before = self.workspace.foreign_refs(attempt.branch)
         self.mark()
         outcome = self._run_agent(attempt, argv, env)
         if outcome.kind == "stopped":
@@ -393,17 +406,27 @@ class Agent:
         elif outcome.code != 0:
             self._fail(attempt, f"{_describe_exit(outcome.code)}; last output: {outcome.last or '(none)'}",
                        salvage_reason="failed")
+        elif (changed := _changed_refs(refs_before, self.workspace.foreign_refs(attempt.branch))):
+            self._fail(attempt, f"the agent changed refs that are not its own: {', '.join(changed)}; "
+                       f"agents may only commit on {attempt.branch}", salvage_reason="failed")
         else:
             self._quota_streak = 0
-            self._finish(attempt, base_sha, outcome)
+            self._finish(attempt, base_sha, outcome, env)
 
     def _run_agent(self, attempt: Attempt, argv: list[str], env: dict[str, str]) -> Outcome:
         s = self.s
         log_path = self.log.attempt_path(attempt.number, attempt.attempt)
+        header = (f"### {_utc(self.clock())} {s.agent_id} issue #{attempt.number} attempt "
+                  f"{attempt.attempt} token {attempt.claim.token} kind {s.kind} on {attempt.branch}\n")
+        return self._run_process(attempt, argv, env, log_path, header, s.issue_timeout, "agent")
+
+    def _run_process(self, attempt: Attempt, argv: list[str], env: dict[str, str], log_path,
+                     header: str, timeout: float, what: str) -> Outcome:
+        """Run ``argv`` (the agent or the check) in its own group until exit, timeout, stop or lost."""
+        s = self.s
         started = self.monotonic()
         with open(log_path, "ab") as out:
-            out.write(f"### {_utc(self.clock())} {s.agent_id} issue #{attempt.number} attempt "
-                      f"{attempt.attempt} token {attempt.claim.token} kind {s.kind} on {attempt.branch}\n".encode())
+            out.write(header.encode())
             out.flush()
             try:
                 with self._lock:  # the heartbeat must see the process to stop it
@@ -416,9 +439,11 @@ class Agent:
                 raise InvalidInput(f"cannot start {argv[0]!r}: {err.strerror or err}") from None
         proc = attempt.proc
         self.child.write(proc.pid)
-        self.log.event("started", f"started #{attempt.number} ({s.kind}, pid {proc.pid}), output in {log_path.name}",
+        doing = f"#{attempt.number} ({s.kind}, " if what == "agent" else f"the check of #{attempt.number} ("
+        self.log.event("started" if what == "agent" else "check-started",
+                       f"started {doing}pid {proc.pid}), output in {Path(log_path).name}",
                        issue=attempt.number, attempt=attempt.attempt, pid=proc.pid, log=str(log_path))
-        deadline = started + s.issue_timeout
+        deadline = started + timeout
         kind = None
         while True:
             self.mark()
@@ -438,9 +463,10 @@ class Agent:
                     self._report("stopping")
                 code = process.stop(proc, s.grace_seconds, tick=self.mark, monotonic=self.monotonic)
                 break
-        # children the agent left in the background must not write into the next attempt
+        # children it left in the background must not write into the next step
         process.signal_group(proc.pid, signal.SIGKILL)
         self.child.clear()
+        attempt.proc = None
         duration = round(self.monotonic() - started, 3)
         last = last_line(log_path)
         spent, limit = None, None
@@ -450,6 +476,26 @@ class Agent:
             limit = usage.limit(s.kind, text, self.clock()) if code else None
         return Outcome(kind or "exit", code, duration, last, spent, limit)
 
+    def _run_check(self, attempt: Attempt, env: dict[str, str]) -> tuple[Outcome | None, dict]:
+        """Run the check on the committed attempt; (outcome or None when there is none, result fields)."""
+        s, issue = self.s, attempt.claim.issue
+        command = (issue.check or s.check or "").strip()
+        if not command:
+            return None, {"check_status": "none"}
+        log_path = self.log.dir / f"issue-{attempt.number}-attempt-{attempt.attempt}-check.log"
+        header = f"### {_utc(self.clock())} {s.agent_id} check of #{attempt.number}: {command}\n"
+        shell = shutil.which("bash") or "sh"
+        outcome = self._run_process(attempt, [shell, "-c", command], env, log_path, header,
+                                    s.check_timeout, "check")
+        try:
+            self.workspace.discard_leftovers()  # caches, reports: the tree was committed before
+        except AutopilotError as err:
+            self.log.line(f"could not clean up after the check of #{attempt.number}: {err}")
+        status = ("passed" if outcome.kind == "exit" and outcome.code == 0 else
+                  "timeout" if outcome.kind == "timeout" else "failed")
+        return outcome, {"check_status": status, "check_duration": outcome.duration,
+                         "check_output": tail(log_path, CHECK_TAIL_LINES)}
+
     # -- endings ----------------------------------------------------------
 
     def _end(self, attempt: Attempt) -> Claim:
@@ -458,7 +504,7 @@ class Agent:
             self._attempt = None
             return attempt.claim
 
-    def _finish(self, attempt: Attempt, base_sha: str, outcome: Outcome) -> None:
+    def _finish(self, attempt: Attempt, base_sha: str, outcome: Outcome, env: dict[str, str]) -> None:
         s, number = self.s, attempt.number
         if attempt.lost.is_set():  # lost while the agent was exiting: commit nothing
             self._end(attempt)
@@ -486,25 +532,61 @@ class Agent:
         if sha:
             self.log.event("committed", f"committed #{number} on {attempt.branch} as {sha[:12]}",
                            issue=number, branch=attempt.branch, commit=sha)
+        result = {"branch": attempt.branch, "commit": commit, "duration": outcome.duration}
+        if outcome.usage is not None:
+            result["usage"] = outcome.usage
+        if commit is None:  # an empty change is its own outcome: nothing to check or merge
+            self._empty(attempt, result)
+            return
+        check, checked = self._run_check(attempt, env)
+        result.update(checked)
+        if check is not None and check.kind in ("stopped", "lost"):
+            if check.kind == "stopped":
+                self._release(attempt)
+            else:
+                self._end(attempt)
+            return
+        if attempt.lost.is_set():
+            self._end(attempt)
+            return
+        if checked["check_status"] != "passed" and check is not None:
+            command = (attempt.claim.issue.check or s.check).strip()
+            why = (f"timed out after {s.check_timeout:g}s" if check.kind == "timeout"
+                   else _describe_exit(check.code))
+            report = f"`{command}` {why}:\n{checked['check_output'] or '(no output)'}"
+            self._fail(attempt, f"check failed ({why}); last lines: {checked['check_output'] or '(none)'}",
+                       salvage_reason="failed", feedback=report, check=checked)
+            return
         claim = self._end(attempt)
         if attempt.lost.is_set():
             self.log.event("lease-lost", f"#{number} finished after its lease was lost: not completed; "
                            f"{(commit or 'no commit')[:12]} stays on {attempt.branch}", issue=number, commit=commit)
             return
-        result = {"branch": attempt.branch, "commit": commit, "duration": outcome.duration}
-        if outcome.usage is not None:
-            result["usage"] = outcome.usage
         try:
             self.store.complete(claim, result)
         except LeaseLost as err:
             self.log.event("lease-lost", f"#{number} not completed: {err}", issue=number, commit=commit,
                            error=str(err))
             return
-        self.log.event("completed", f"completed #{number} in {outcome.duration:.1f}s: "
-                       f"{(commit[:12] + ' on ' + attempt.branch) if commit else 'no change'}",
+        self.log.event("completed", f"completed #{number} in {outcome.duration:.1f}s: {commit[:12]} on "
+                       f"{attempt.branch}, check {checked['check_status']}",
                        issue=number, attempt=attempt.attempt, **result)
 
-    def _fail(self, attempt: Attempt, error: str, salvage_reason: str) -> None:
+    def _empty(self, attempt: Attempt, result: dict) -> None:
+        number = attempt.number
+        claim = self._end(attempt)
+        if attempt.lost.is_set():
+            return
+        try:
+            self.store.empty(claim, result)
+        except LeaseLost as err:
+            self.log.event("lease-lost", f"#{number} not recorded as empty: {err}", issue=number, error=str(err))
+            return
+        self.log.event("empty", f"#{number} exited 0 but changed nothing: status empty (not done)",
+                       issue=number, attempt=attempt.attempt)
+
+    def _fail(self, attempt: Attempt, error: str, salvage_reason: str, feedback: str | None = None,
+              check: dict | None = None) -> None:
         number = attempt.number
         error = " ".join(error.split())  # one line
         try:
@@ -515,7 +597,7 @@ class Agent:
         if attempt.lost.is_set():
             return  # already reported; the issue belongs to someone else now
         try:
-            issue = self.store.fail(claim, error)
+            issue = self.store.fail(claim, error, feedback=feedback, check=check)
         except LeaseLost as err:
             self.log.event("lease-lost", f"#{number} not marked failed: {err}", issue=number, error=str(err))
             return
@@ -588,6 +670,19 @@ def _read_tail(path, limit: int = 4 << 20) -> str:
             return handle.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def _changed_refs(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What happened to refs between two snapshots: ``refs/heads/main (moved)``..."""
+    changed = []
+    for ref in sorted(set(before) | set(after)):
+        if ref not in after:
+            changed.append(f"{ref} (deleted)")
+        elif ref not in before:
+            changed.append(f"{ref} (created)")
+        elif before[ref] != after[ref]:
+            changed.append(f"{ref} (moved)")
+    return changed
 
 
 def _describe_exit(code: int | None) -> str:

@@ -69,11 +69,21 @@ def branch_name(number: int) -> str:
     return f"autopilot/issue-{number}"
 
 
+#: Appended when the previous attempt failed its check or was rejected by the merge queue.
+FEEDBACK = """
+The previous attempt failed this check: {feedback}
+Fix what it reports; the same check runs again when you exit.
+"""
+
+
 def prompt(issue: Issue, agent: str, workspace: str | os.PathLike, base: str) -> str:
-    """The instructions given to the ``codex`` and ``claude`` kinds."""
-    return PROMPT.format(agent=agent, number=issue.number, workspace=workspace, title=issue.title,
+    """The instructions given to the ``codex`` and ``claude`` kinds (and in ``AUTOPILOT_PROMPT``)."""
+    text = PROMPT.format(agent=agent, number=issue.number, workspace=workspace, title=issue.title,
                          priority=issue.priority, body=issue.body.strip() or "(no description)",
                          base=base)
+    if (issue.feedback or "").strip():
+        text += FEEDBACK.format(feedback=issue.feedback.strip())
+    return text
 
 
 def check_template(template: str) -> list[str]:
@@ -188,11 +198,15 @@ def command(kind: str, issue: Issue, *, agent: str, workspace: str | os.PathLike
 
 
 def environment(base: Mapping[str, str], issue: Issue, *, agent: str, workspace: str | os.PathLike,
-                kind: str, config: ModelConfig | None = None, uid: int | None = None) -> dict[str, str]:
+                kind: str, config: ModelConfig | None = None, uid: int | None = None,
+                base_branch: str = "main") -> dict[str, str]:
     """The agent subprocess's environment: ours plus the issue's fields and the agent's identity.
 
     The git identity variables make any commit the agent makes itself carry the
-    agent's name, like the commit the runtime makes.
+    agent's name, like the commit the runtime makes. ``AUTOPILOT_PROMPT`` is the
+    prompt a model kind gets (feedback of the previous attempt included), so a
+    script or command agent sees the same instructions; ``ISSUE_FEEDBACK`` is
+    that feedback alone (empty on a first attempt).
     """
     env = {k: v for k, v in base.items() if k not in _GIT_LOCATION}
     env.update({
@@ -201,6 +215,8 @@ def environment(base: Mapping[str, str], issue: Issue, *, agent: str, workspace:
         "ISSUE_BODY": issue.body,
         "ISSUE_PRIORITY": issue.priority,
         "ISSUE_BRANCH": branch_name(issue.number),
+        "ISSUE_FEEDBACK": issue.feedback or "",
+        "AUTOPILOT_PROMPT": prompt(issue, agent, workspace, base_branch),
         "AUTOPILOT_AGENT_ID": agent,
         "AUTOPILOT_WORKSPACE": str(workspace),
         "GIT_AUTHOR_NAME": agent,

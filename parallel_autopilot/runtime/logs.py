@@ -103,3 +103,17 @@ def last_line(path: str | os.PathLike, limit: int = 200, skip_prefix: str = "###
         if line and not line.startswith(skip_prefix):
             return line if len(line) <= limit else line[: limit - 3] + "..."
     return None
+
+
+def tail(path: str | os.PathLike, lines: int = 20, limit: int = 4000, skip_prefix: str = "### ") -> str | None:
+    """The last ``lines`` output lines of a log (our ``### `` headers skipped), at most ``limit`` characters."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    kept = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith(skip_prefix)]
+    result = "\n".join(kept[-lines:])
+    return (result[-limit:] if len(result) > limit else result) or None

@@ -49,6 +49,8 @@ class RuntimeSettings:
     model: str | None = None
     model_retries: int | None = None
     quota_backoff_seconds: float = 60.0
+    check: str | None = None  # the repository's check (an issue's own `check` wins)
+    check_timeout: float = 600.0
 
     @property
     def renew_seconds(self) -> float:
@@ -122,6 +124,8 @@ class RuntimeSettings:
             model_retries=(number("AUTOPILOT_MODEL_RETRIES", 0, 0, integer=True)
                            if env.get("AUTOPILOT_MODEL_RETRIES", "").strip() else None),
             quota_backoff_seconds=number("AUTOPILOT_QUOTA_BACKOFF_SECONDS", 60.0, 0.1),
+            check=env.get("AUTOPILOT_CHECK", "").strip() or None,
+            check_timeout=number("AUTOPILOT_CHECK_TIMEOUT", 600.0, 0.1),
         )
 
 

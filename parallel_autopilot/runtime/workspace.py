@@ -1,9 +1,15 @@
-"""The git steps on one agent's worktree, all through :mod:`parallel_autopilot.git`.
+"""The git steps on one agent's repository, all through :mod:`parallel_autopilot.git`.
+
+The workspace is the agent's OWN clone (``git clone --shared`` of the user's
+repository, whose ``.git`` the container sees read-only): before each issue the
+base is fetched from ``origin`` (the user's repository) into
+``refs/remotes/origin/<base>`` and the issue branch starts there. A linked
+worktree of the old layout (no ``origin``) starts from the shared ``<base>``.
 
 Work is never silently dropped: whatever an interrupted or failed attempt left
 uncommitted is stashed (``git stash push -u``) with a message naming the agent,
-the issue and why. The stash list lives in the shared ``.git``, so the host
-sees it (``git stash list``).
+the issue and why, in the agent's own repository
+(``git -C .worktrees/agent-NNN stash list``).
 
 Between issues HEAD is detached, so no ``autopilot/issue-*`` branch stays
 checked out here while another agent may need it (git 2.39 lets ``checkout -B``
@@ -40,13 +46,21 @@ class Workspace:
         # A user's commit.gpgsign (copied ~/.gitconfig) would need a key the container lacks.
         self.git = Git(self.path, timeout=timeout, config={"commit.gpgsign": "false"})
 
+    def _start_point(self) -> str:
+        """What issue branches start from: the user's base, fetched fresh into an own clone."""
+        if not self.git.ok("config", "--get", "remote.origin.url"):
+            return self.base  # old layout: the shared repository's own branch
+        ref = f"refs/remotes/origin/{self.base}"
+        self.git.fetch_ref("origin", f"refs/heads/{self.base}", ref)
+        return ref
+
     def check_base(self) -> str:
         """The base branch's commit; GitError naming the setting when it does not exist.
 
         Checked at boot: a wrong base would otherwise fail every attempt of every issue.
         """
         try:
-            return self.git.rev_parse(self.base)
+            return self.git.rev_parse(self._start_point())
         except GitError:
             raise GitError(f"base branch {self.base!r} does not exist in the repository of {self.path}: "
                            "set AUTOPILOT_BASE_BRANCH (autopilot.base_branch) to an existing branch") from None
@@ -85,7 +99,7 @@ class Workspace:
         lease, so that worktree's agent is dead or lost its lease (a container
         killed mid-issue keeps its worktree on the branch until it boots again).
         """
-        self.git.checkout_new_branch(branch, self.base, ignore_other_worktrees=True)
+        self.git.checkout_new_branch(branch, self._start_point(), ignore_other_worktrees=True)
         return self.git.rev_parse("HEAD")
 
     def current_branch(self) -> str | None:
@@ -100,6 +114,27 @@ class Workspace:
         """Commit every change (``git add -A``) as the agent; the new sha, or None if nothing changed."""
         body = "\n".join(f"{key}: {value}" for key, value in trailers.items())
         return self.git.commit_all(f"{subject}\n\n{body}\n", name=self.agent, email=identity_email(self.agent))
+
+    def foreign_refs(self, branch: str) -> dict[str, str]:
+        """Every ref except ``branch`` (the agent's own) and ``refs/stash``: name -> sha.
+
+        Compared before and after the agent runs: an agent that moves, makes or
+        deletes any other ref (``git update-ref refs/heads/main HEAD``, deleting a
+        remote-tracking branch) has done something no issue asks for. Only in an
+        own clone: in the old shared layout other agents move refs all the time.
+        """
+        if not self.git.ok("config", "--get", "remote.origin.url"):
+            return {}
+        out = self.git.run("for-each-ref", "--format=%(refname) %(objectname)")
+        refs = dict(line.split(" ", 1) for line in out.splitlines() if line)
+        refs.pop(f"refs/heads/{branch}", None)
+        refs.pop("refs/stash", None)
+        return refs
+
+    def discard_leftovers(self) -> None:
+        """Drop what the check left (caches, reports): everything of the attempt is committed by now."""
+        self.git.run("reset", "--quiet", "--hard")
+        self.git.run("clean", "-fdq")
 
     def detach(self) -> None:
         """Leave the issue branch (HEAD stays on its commit) so other worktrees may take it."""

@@ -73,12 +73,17 @@ def _tokens(tokens: dict | None) -> str:
 
 
 @task(help={"n": "number of agents, 1..max (--n N or -n N)", "no_wait": "return without waiting until healthy",
+            "merge": "then run the merge queue in the foreground every autopilot.merge_poll_seconds "
+                     "until Ctrl-C (done issues checked on the tip and merged; the agents keep running)",
             "json": "print the agents as JSON"})
-def start(c, n=None, no_wait=False, json=False):
+def start(c, n=None, no_wait=False, merge=False, json=False):
     """Start N agents (worktrees, image if missing, containers) and wait until healthy."""
     s = settings(c)
     agents = fleet.start_agents(s, n, progress=print if not json else lambda _: None, wait=not no_wait)
     emit_json([a.to_dict() for a in agents]) if json else show(agents)
+    if merge:
+        print("merge queue running (Ctrl-C stops it; the agents keep running)")
+        fleet.merge_loop(s)
 
 
 @task(help={"id": "stop only this agent (1, 01, 001 or agent-001); default: all", "json": "print stopped ids as JSON"})

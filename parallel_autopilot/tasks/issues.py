@@ -48,19 +48,21 @@ def open_store(c) -> IssueStore:
     "priority": "urgent, high, medium (default) or low",
     "script": "shell script an agent of kind 'script' runs in its worktree",
     "max_attempts": "attempts before the issue is dead (default: autopilot.max_attempts)",
+    "check": "this issue's check command (default: autopilot.check), e.g. 'python -m pytest -q tests/test_x.py'",
     "json": "print the new issue as JSON",
 })
-def add(c, title, body="", priority="medium", script=None, max_attempts=None, json=False):
+def add(c, title, body="", priority="medium", script=None, max_attempts=None, check=None, json=False):
     """Add one issue to the queue."""
     attempts = _number(max_attempts, "max-attempts") if max_attempts is not None else None
-    issue = open_store(c).add(title, body=body, priority=priority, script=script, max_attempts=attempts)
+    issue = open_store(c).add(title, body=body, priority=priority, script=script, max_attempts=attempts,
+                              check=check)
     if json:
         emit_json(issue.to_dict())
     else:
         print(f"added #{issue.number} [{issue.priority}] {issue.title}")
 
 
-@task(name="import", help={"file": "a YAML or JSON list of issues (title, body, priority, script, max_attempts, number)",
+@task(name="import", help={"file": "a YAML or JSON list of issues (title, body, priority, script, check, max_attempts, number)",
                            "json": "print the imported issues as JSON"})
 def import_(c, file, json=False):
     """Import issues from a file: all of them, or none if any is malformed."""
@@ -73,10 +75,11 @@ def import_(c, file, json=False):
               else "imported 0 issues (the file holds an empty list)")
 
 
-@task(name="list", help={"status": "only this status: ready, claimed, done, failed, dead or blocked",
+@task(name="list", help={"status": "only this status: ready, claimed, done (checked, waiting for the merge "
+                                   "queue), merged, rejected, empty (changed nothing), failed, dead or blocked",
                          "json": "machine-readable output"})
 def list_(c, status=None, json=False):
-    """List issues with status, priority, attempts and owner."""
+    """List issues with status, priority, attempts, owner, check result and merge commit."""
     store = open_store(c)
     issues = store.list(status)
     if json:
@@ -84,8 +87,9 @@ def list_(c, status=None, json=False):
         return
     print_table(
         [(f"#{i.number}", i.status, i.priority, f"{i.attempts}/{i.max_attempts}", i.owner or "",
-          i.branch or "", tokens(i.usage), i.title[:60]) for i in issues],
-        ["issue", "status", "priority", "attempts", "agent", "branch", "tokens in/out", "title"],
+          i.branch or "", _check(i), (i.merge_commit or "")[:10], tokens(i.usage), i.title[:60]) for i in issues],
+        ["issue", "status", "priority", "attempts", "agent", "branch", "check", "merged as", "tokens in/out",
+         "title"],
     )
     counts = store.counts()
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no issues")
@@ -153,7 +157,7 @@ def _shown(key: str, value, now: float) -> str:
 
 @task(help={"number": "the issue number"})
 def retry(c, number):
-    """Put a failed, dead, blocked or done issue back in the queue with fresh attempts."""
+    """Put a failed, dead, blocked, done, empty or rejected issue back in the queue with fresh attempts."""
     issue = open_store(c).retry(_number(number))
     print(f"#{issue.number} is {issue.status} again")
 
@@ -174,20 +178,32 @@ def _number(value, what: str = "issue number") -> int:
     return int(text)
 
 
-@task(help={"number": "merge only this issue (default: every done issue)",
-            "dry_run": "only say what would be merged", "json": "print the report as JSON"})
-def merge(c, number=None, dry_run=False, json=False):
-    """Merge done issues' branches into the base branch (--no-ff; a conflict is aborted and reported)."""
-    from .. import results
+def _check(issue) -> str:
+    if not issue.check_status:
+        return ""
+    return issue.check_status + (f" {issue.check_duration:.1f}s" if issue.check_duration is not None else "")
 
-    report = results.merge_done(settings(c), open_store(c), [_number(number)] if number else None,
-                                dry_run=dry_run)
+
+@task(help={"number": "merge only this issue (default: every done issue)",
+            "dry_run": "build and check every candidate, say what WOULD merge, move no ref",
+            "batch": "test this many issues stacked at once, bisect on red (default: autopilot.merge_batch)",
+            "json": "print the report as JSON"})
+def merge(c, number=None, dry_run=False, batch=None, json=False):
+    """Run the merge queue: done issues onto the base, checked, only green commits; see the README.
+
+    Exit codes: 0 all merged (or would merge), 13 nothing to do, 14 some rejected
+    (red or conflicting; the others merged), 4 refused (another merge queue runs).
+    """
+    from .. import mergequeue
+
+    size = _number(batch, "batch") if batch is not None else None
+    report = mergequeue.merge(settings(c), open_store(c), [_number(number)] if number else None,
+                              dry_run=dry_run, batch=size, progress=(lambda _: None) if json else print)
     emit_json(report.to_dict()) if json else print(report.summary())
-    if report.conflicts:
+    if report.exit_code:
         from invoke import Exit
 
-        raise Exit(f"error: {len(report.conflicts)} issue(s) conflict with {report.base}: "
-                   "resolve by hand on their branches, or retry them", code=4)
+        raise Exit(code=report.exit_code)
 
 
 @task(help={"keep": f"snapshots kept, oldest dropped first (default {snapshots.KEEP})",

@@ -33,18 +33,25 @@ def build(c, rebuild=False, base_image=None, cli=None, agent_cli=None, json=Fals
 @task(help={"force": "also remove dirty worktrees and delete agent branches with unmerged commits",
             "json": "print the report as JSON"})
 def cleanup(c, force=False, json=False):
-    """Stop and remove the agents, then remove worktrees whose work is safe to drop.
+    """Stop and remove the agents, remove their clones whose work is safe to drop, drop merged issue branches.
 
-    Dirty worktrees and agent branches with unmerged commits are KEPT (and
-    listed) unless --force; issue branches (autopilot/issue-N) are never deleted.
+    Dirty clones and clones holding commits the repository lacks are KEPT (and
+    listed) unless --force; issue branches (autopilot/issue-N) are deleted only
+    when merged into the base - unmerged ones always stay, even with --force.
     """
     s = settings(c)
     stopped = fleet.stop_agents(s, progress=print if not json else lambda _: None)
+    if s.db_path.exists():  # results never live only in a clone that is about to go
+        from .. import mergequeue
+
+        mergequeue.bring_home(s, fleet.open_store(s))
     report = worktrees.remove(s, force=force, keep_unsafe=True)
+    dropped = worktrees.drop_merged_issue_branches(s)
     if json:
-        emit_json({"stopped": stopped, **report.to_dict()})
+        emit_json({"stopped": stopped, **report.to_dict(), "deleted_issue_branches": dropped})
         return
     print(report.summary())
+    print(f"deleted merged issue branches: {', '.join(dropped) or 'none'}")
 
 
 @task(help={"dir": "where to create the sample repository (default: a new temporary directory)",

@@ -23,15 +23,16 @@ def _print(ws: list[worktrees.Worktree]) -> None:
     print(table(
         [(w.id, w.state, w.branch or ("(detached)" if w.exists else ""),
           "" if w.dirty is None else ("dirty" if w.dirty else "clean"),
-          "" if w.ahead is None else w.ahead, w.path) for w in ws],
-        ["agent", "state", "checked out", "changes", f"ahead of {ws[0].base}", "path"],
+          ", ".join(w.unmerged) if w.unmerged else ("" if w.ahead is None else f"{w.ahead} ahead of {w.base}"),
+          w.path) for w in ws],
+        ["agent", "state", "checked out", "changes", "unmerged work", "path"],
     ))
 
 
 @task(help={"n": "how many: agent-001..agent-00N (1 to autopilot.max_agents)",
             "json": "machine-readable output"})
 def create(c, n, json=False):
-    """Create (or reuse, or repair) the worktrees .worktrees/agent-001.. on branches agent/001.."""
+    """Create (or reuse, or repair, or migrate) the agents' own clones .worktrees/agent-001.."""
     s = settings(c)
     made = worktrees.create(s, agent_count(n, max_agents(s)))
     if json:
@@ -42,7 +43,7 @@ def create(c, n, json=False):
 
 @task(name="list", help={"json": "machine-readable output"})
 def list_(c, json=False):
-    """List the agent worktrees: branch checked out, clean/dirty, commits ahead of the base."""
+    """List the agents' clones: branch checked out, clean/dirty, refs with work the repository lacks."""
     found = worktrees.list(settings(c))
     if json:
         emit_json([w.to_dict() for w in found])
@@ -56,7 +57,7 @@ def list_(c, json=False):
     "json": "machine-readable output",
 })
 def remove(c, id=None, force=False, json=False):  # noqa: A002 - the flag reads --id
-    """Remove agent worktrees and their merged agent/NNN branches; refuses to lose work unless --force."""
+    """Remove the agents' clones (old layout: worktrees and merged agent/NNN branches); keeps work unless --force."""
     report = worktrees.remove(settings(c), ids=id or None, force=force)
     if json:
         emit_json(report.to_dict())

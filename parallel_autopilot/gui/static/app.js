@@ -113,6 +113,7 @@ function render() {
   renderAgents(snap);
   renderIssues(snap);
   renderDone(snap);
+  renderMergeQueue(snap);
   renderResources(snap.resources || {}, snap.max_agents);
 }
 
@@ -261,12 +262,41 @@ function renderIssues(snap) {
   $("more-issues").hidden = more <= 0;
   $("more-issues").textContent = more > 0 ? `and ${more} more (GET /api/issues lists them all)` : "";
   const counts = snap.counts || {};
-  const parts = ["ready", "claimed", "done", "failed", "dead", "blocked"]
-    .filter((k) => k !== "blocked" || counts[k])
+  const parts = ["ready", "claimed", "done", "failed", "dead", "blocked", "empty", "merged", "rejected"]
+    .filter((k) => !["blocked", "empty", "merged", "rejected"].includes(k) || counts[k])
     .map((k) => el("span", { "data-count": k }, `${k} `, el("b", {}, counts[k] || 0)));
   const line = [];
   parts.forEach((part, i) => { if (i) line.push(" \u00b7 "); line.push(part); });
   $("counts").replaceChildren(...line);
+}
+
+// the merge queue (issue 10): testing first, then queued, then the latest rejected and merged
+function renderMergeQueue(snap) {
+  const mq = snap.merge_queue || { queued: [], testing: [], merged: [], rejected: [] };
+  const phases = ["testing", "queued", "rejected", "merged"];
+  const items = [];
+  for (const phase of phases) {
+    for (const issue of mq[phase] || []) {
+      const check = issue.check_status
+        ? `check ${issue.check_status}${issue.check_duration != null ? ` ${issue.check_duration.toFixed(1)}s` : ""}`
+        : "";
+      const detail = phase === "merged" ? (issue.merge_commit || "").slice(0, 10)
+        : phase === "rejected" ? (issue.error || "") : check;
+      items.push(el("li", { "data-issue": issue.number, "data-phase": phase },
+        el("span", { class: "num" }, `#${issue.number}`),
+        el("span", { class: `phase ${phase}` }, phase),
+        el("span", { class: "title", title: issue.title }, issue.title),
+        el("span", { class: "detail", title: detail }, detail)));
+    }
+  }
+  $("merge-queue").replaceChildren(...items);
+  $("no-merge").hidden = items.length > 0;
+  const line = [];
+  phases.forEach((k, i) => {
+    if (i) line.push(" \u00b7 ");
+    line.push(el("span", { "data-count": k }, `${k} `, el("b", {}, (mq[k] || []).length)));
+  });
+  $("merge-counts").replaceChildren(...line);
 }
 
 function gigabytes(bytes) {
