@@ -16,7 +16,8 @@ from parallel_autopilot.bench import SCENARIOS, runner
 from parallel_autopilot.bench.progress import Display
 from test_bench_runner import assert_report_shape
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# every scenario, real containers and the real codex CLI: minutes on a shared 2-core machine
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def _containers(prefix: str) -> list[str]:

@@ -176,6 +176,8 @@ def test_a_fresh_clone_runs_the_readme_first_command_then_every_command_it_shows
                              codes=(0,))  # Ctrl-C is how a server is stopped
             elif "--follow" in words:
                 user.briefly(command, demo, "agent-002", timeout=60)
+            elif "--merge" in words:  # the merge queue runs in the foreground until Ctrl-C
+                user.briefly(command, demo, "merge queue running", timeout=300)
             elif words[0].startswith("scripts/"):
                 user.ok(f"{shlex.quote(str(clone))}/{command}", demo, timeout=600)
             else:
