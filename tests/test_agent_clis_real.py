@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from modelservers import USAGE_IN, USAGE_OUT, MessagesServer, ResponsesServer
-from parallel_autopilot import agentcli, config, fleet, image
+from parallel_autopilot import agentcli, config, fleet, image, mergequeue
 from parallel_autopilot.errors import InvalidInput
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -154,6 +154,7 @@ def test_real_cli_resolves_an_issue_in_a_container(cli_image, sample, kind):
         issue = store.get(1)
         assert issue.status == "done", (issue.error, attempt_logs(settings)[-2000:])
         assert issue.commit and issue.branch == "autopilot/issue-1"
+        assert mergequeue.bring_home(settings, store) == [1]  # from the agent's own clone
         assert git(repo, "show", "autopilot/issue-1:resolved-1.txt") == "resolved by the scripted model"
         assert "Issue: #1" in git(repo, "log", "-1", "--format=%B", "autopilot/issue-1")
         assert [e.issue for e in store.events() if e.kind == "done"] == [1]
@@ -194,6 +195,7 @@ def test_rate_limit_releases_without_an_attempt_waits_then_resolves(cli_image, s
         assert issue.attempts == 1  # the rate-limited attempt was refunded
         kinds = [e.kind for e in store.events() if e.issue == 1]
         assert "released" in kinds and "failed" not in kinds and "dead" not in kinds
+        assert mergequeue.bring_home(settings, store) == [1]
         assert git(repo, "show", "autopilot/issue-1:resolved-1.txt") == "resolved by the scripted model"
         assert server.peers() == {"127.0.0.1"}
 
