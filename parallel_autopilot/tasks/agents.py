@@ -82,8 +82,12 @@ def start(c, n=None, no_wait=False, merge=False, json=False):
     agents = fleet.start_agents(s, n, progress=print if not json else lambda _: None, wait=not no_wait)
     emit_json([a.to_dict() for a in agents]) if json else show(agents)
     if merge:
-        print("merge queue running (Ctrl-C stops it; the agents keep running)")
-        fleet.merge_loop(s)
+        # flushed: it runs until Ctrl-C, and a pipe (a log, a supervisor) would hold every line till then
+        def say(line: str) -> None:
+            print(line, flush=True)
+
+        say("merge queue running (Ctrl-C stops it; the agents keep running)")
+        fleet.merge_loop(s, progress=say)
 
 
 @task(help={"id": "stop only this agent (1, 01, 001 or agent-001); default: all", "json": "print stopped ids as JSON"})
