@@ -19,7 +19,7 @@ from parallel_autopilot import config, fleet, mergequeue
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CHECK = "python3 -m unittest -q"
-IMAGE = "parallel-autopilot:wt10-verified"
+IMAGE = "parallel-autopilot-test-verified:latest"  # its own tag, removed after the test
 
 
 def git(repo: Path, *args: str) -> str:
@@ -66,7 +66,8 @@ def attempt_log(settings, number: int, attempt: int) -> str:
 
 
 @pytest.fixture
-def site(tmp_path):
+def site(tmp_path, built_test_image):
+    built_test_image(IMAGE)
     repo = make_repo(tmp_path / "repo")
     settings = config.load({}, repo=str(repo), network="none", profile="light", memory="256m", cpus=0.5,
                            lease_seconds=60, poll_seconds=0.3, stop_grace_seconds=20, health_interval_seconds=1,
