@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from modelservers import USAGE_IN, USAGE_OUT, MessagesServer, ResponsesServer
 from parallel_autopilot import agentcli, config, fleet, image, mergequeue
 from parallel_autopilot.errors import InvalidInput
+from conftest import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -89,15 +89,6 @@ def sample(tmp_path):
         except Exception:  # noqa: BLE001 - best-effort teardown
             pass
 
-
-def wait_for(predicate, timeout=120.0, step=0.3, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def env_file(tmp_path: Path, kind: str) -> Path:

@@ -17,6 +17,7 @@ import pytest
 
 from parallel_autopilot import config, fleet, mergequeue
 from parallel_autopilot.errors import DockerUnavailable, InvalidAgentCount
+from conftest import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -67,15 +68,6 @@ def sample(tmp_path):
         except Exception:  # noqa: BLE001 - best-effort teardown
             pass
 
-
-def wait_for(predicate, timeout=120.0, step=0.3, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def drained(store):

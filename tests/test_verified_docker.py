@@ -9,12 +9,12 @@ the attempt log ``<logs>/agents/<agent>/issue-<N>-attempt-<k>.log``.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from parallel_autopilot import config, fleet, mergequeue
+from conftest import wait_for as _wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -45,13 +45,8 @@ def make_repo(path: Path) -> Path:
 
 
 def wait_for(predicate, timeout=180.0, step=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return _wait_for(predicate, timeout, step, what)
+
 
 
 def objects(repo: Path) -> set[str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from . import stats
 from .modelservers import ResponsesServer
-from .sandbox import Sandbox, fleet_problem, wait_for
+from .sandbox import Sandbox, all_done, fleet_problem, wait_for
 
 TITLE = "agents: M issues resolved by the real codex CLI with N agents"
 ROUND_TIMEOUT = 900.0
@@ -69,14 +69,7 @@ def measure(ctx, box: Sandbox, m: int, n: int) -> tuple[float, list[float], list
     numbers = {i.number for i in added}
     t0 = ctx.clock()
 
-    def finished() -> bool:
-        mine = [i for i in store.list(("done", "failed", "dead")) if i.number in numbers]
-        bad = [i for i in mine if i.status != "done"]
-        if bad:
-            raise RuntimeError(f"issue #{bad[0].number} is {bad[0].status}: {bad[0].error}")
-        return len(mine) == len(numbers)
-
-    wait_for(finished, ROUND_TIMEOUT, f"{m} codex issues with N={n}", poll=0.1, sleep=ctx.sleep)
+    wait_for(all_done(store, numbers), ROUND_TIMEOUT, f"{m} codex issues with N={n}", poll=0.1, sleep=ctx.sleep)
     span = ctx.clock() - t0
     done = [store.get(number) for number in sorted(numbers)]
     overhead = [(i.completed_at - i.claimed_at) - i.duration for i in done]

@@ -182,6 +182,18 @@ def remove_labelled(label: str) -> None:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)
 
 
+def all_done(store: Any, numbers: list[int]) -> Callable[[], bool]:
+    """A :func:`wait_for` predicate: every issue in ``numbers`` is done (RuntimeError at the first that ended otherwise)."""
+    def finished() -> bool:
+        mine = [i for i in store.list(("done", "failed", "dead")) if i.number in numbers]
+        bad = [i for i in mine if i.status != "done"]
+        if bad:
+            raise RuntimeError(f"issue #{bad[0].number} is {bad[0].status}: {bad[0].error}")
+        return len(mine) == len(numbers)
+
+    return finished
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, *, poll: float = 0.05,
              clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Any:
     """Poll ``predicate`` until it returns something truthy; TimeoutError naming ``what``."""

@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 from . import stats
-from .sandbox import Sandbox, fleet_problem, wait_for
+from .sandbox import Sandbox, all_done, fleet_problem, wait_for
 
 TITLE = "throughput: makespan of M sleeping issues with N agents"
 ROUND_TIMEOUT = 600.0
@@ -42,14 +42,7 @@ def makespan(ctx, box: Sandbox, m: int, s: float, label: str) -> float:
     numbers = set(box.add_sleepers(m, s, label))
     t0 = ctx.clock()
 
-    def finished() -> bool:
-        mine = [i for i in store.list(("done", "failed", "dead")) if i.number in numbers]
-        bad = [i for i in mine if i.status != "done"]
-        if bad:
-            raise RuntimeError(f"issue #{bad[0].number} is {bad[0].status}: {bad[0].error}")
-        return len(mine) == len(numbers)
-
-    wait_for(finished, ROUND_TIMEOUT, f"{m} issues with {label}", poll=0.1, sleep=ctx.sleep)
+    wait_for(all_done(store, numbers), ROUND_TIMEOUT, f"{m} issues with {label}", poll=0.1, sleep=ctx.sleep)
     return ctx.clock() - t0
 
 
