@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from . import forksafe
 from .errors import Conflict, DatabaseDamaged, InvalidInput, IssueNotFound, LeaseLost
 # the network-filesystem refusal lives with the rest of the host facts; named here too (tests, callers)
 from .platform import UNSAFE_FILESYSTEMS, check_filesystem, filesystem_type  # noqa: F401
@@ -497,23 +498,13 @@ def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, 
     }
 
 
-#: Connections inherited across fork(): never used nor closed in the child.
-#: Closing one there runs SQLite's close path on the parent's locks and WAL
-#: state (https://www.sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_;
-#: rails/solid_queue#324 corrupted databases that way), so the child keeps
-#: them referenced for its lifetime: a small one-time leak instead.
-_INHERITED: list[sqlite3.Connection] = []
+#: Connections inherited across fork() (see forksafe): SQLite's close path in the child
+#: would run on the parent's locks and WAL state
+#: (https://www.sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_;
+#: rails/solid_queue#324 corrupted databases that way).
+_INHERITED = forksafe.INHERITED
 _STORES: "weakref.WeakSet[IssueStore]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_STORES):
-        # a thread of the parent may have held the lock at fork(): it would never be released here
-        store._lock = threading.RLock()
-        store._discard_inherited()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+forksafe.reset_in_children(_STORES)
 
 
 class IssueStore:
