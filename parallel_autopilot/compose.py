@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import platform as platform_mod
 from . import worktrees
-from .errors import ComposeError, GitError, InvalidAgentCount, InvalidInput
+from .errors import ComposeError, GitError, InvalidAgentCount, InvalidInput, one_line
 from .git import Git
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -388,13 +388,8 @@ def last_error(stderr: str | None) -> str:
     lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
     for line in reversed(lines):
         if re.search(r"error|denied|no such|not found|invalid|cannot|failed|missing", line, re.I):
-            return _one_line(line)
-    return _one_line(lines[-1]) if lines else ""
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
+            return one_line(line)
+    return one_line(lines[-1]) if lines else ""
 
 
 __all__ = ["compose_file", "detect", "command", "services", "check_services", "project_name",

@@ -11,11 +11,11 @@ repository, which defaults to the git top level of the current directory.
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import git
 from .errors import GitError, InvalidInput
 
 #: Defaults, also installed with ``Collection.configure({"autopilot": DEFAULTS})``
@@ -81,16 +81,12 @@ DEFAULTS: dict[str, Any] = {
 
 def git_toplevel(start: Path) -> Path:
     """Return the git top level containing ``start`` or raise GitError."""
-    proc = subprocess.run(
-        ["git", "-C", str(start), "rev-parse", "--show-toplevel"],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
+    top = git.toplevel_of(start)
+    if top is None:
         raise GitError(
             f"{start} is not inside a git repository: cd into one or set autopilot.repo"
         )
-    return Path(proc.stdout.strip())
+    return top
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ scripts (agent kind ``script``), so no model and no network are needed.
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Callable
 from . import fleet
 from .config import Settings
 from .errors import AgentsUnhealthy, InvalidInput
+from .git import Git
 from .issues import Issue
 
 SAMPLE_FILES = {
@@ -90,7 +90,7 @@ def wrap(text: str, width: int = 72) -> list:
 
 
 def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True)
+    Git(repo).run(*args)
 
 
 def make_sample_repo(path: Path) -> Path:

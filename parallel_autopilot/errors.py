@@ -150,3 +150,16 @@ class MissingDependency(AutopilotError):
     """An optional Python dependency (an extra: gui, bench) is not installed; the line names the pip command."""
 
     exit_code = 14
+
+
+def one_line(value: object, limit: int = 300) -> str:
+    """``value`` (text or an exception) as ONE line of at most ``limit`` characters.
+
+    Whitespace runs (newlines from tracebacks, compose, docker) become one space,
+    so an edge can print it after ``error:`` and a JSON reader sees one line.
+    An exception without a message reads as its class name.
+    """
+    text = " ".join(str(value).split())
+    if not text and isinstance(value, BaseException):
+        text = value.__class__.__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

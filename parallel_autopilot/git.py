@@ -54,6 +54,12 @@ def _owner_credentials(path: Path) -> tuple[int, int, str] | None:
     return stat.st_uid, stat.st_gid, home
 
 
+def toplevel_of(start: str | os.PathLike, timeout: float | None = DEFAULT_TIMEOUT) -> Path | None:
+    """The top directory of the git worktree containing ``start``; None when it is in none."""
+    _, proc = Git(start, timeout=timeout)._run(["rev-parse", "--show-toplevel"], None, None)
+    return Path(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
 @dataclass(frozen=True)
 class WorktreeEntry:
     """One record of ``git worktree list --porcelain``."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import agentcli, docker_client
-from .errors import DockerUnavailable, ImageBuildError, InvalidInput
+from .errors import DockerUnavailable, ImageBuildError, InvalidInput, one_line
 
 Progress = Callable[[str], None]
 
@@ -166,7 +166,7 @@ def _build(settings: Any, progress: Progress, nocache: bool, network_mode: str |
     except ImageBuildError:
         raise
     except Exception as err:  # noqa: BLE001 - daemon/API failures become one line
-        raise ImageBuildError(f"building {settings.image} failed: {_one_line(err)}") from None
+        raise ImageBuildError(f"building {settings.image} failed: {one_line(err)}") from None
     built = docker_client.client().images.get(settings.image)
     progress(f"built {settings.image} ({built.short_id})")
     if previous and previous != built.id:
@@ -268,13 +268,13 @@ def _stream_build(api: Any, settings: Any, context: Path, path: Path, base: str,
             # "The command '<the whole RUN script>' returned a non-zero code: 1"
             detail = re.sub(r"^The command '.*' returned a non-zero code: (\d+)$",
                             r"a RUN step exited with \1", str(detail).strip(), flags=re.S)
-            raise ImageBuildError(f"building {settings.image} failed: {_one_line(detail)}"
+            raise ImageBuildError(f"building {settings.image} failed: {one_line(detail)}"
                                   f"{' (last output: ' + last + ')' if last else ''}: see the output above")
         if isinstance(chunk.get("aux"), dict):
             image_id = chunk["aux"].get("ID", image_id)
         for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
             if line.strip():
-                short = _one_line(line)
+                short = one_line(line)
                 progress(short)  # a RUN step echoes its whole script: keep lines short
                 if not _BOOKKEEPING.match(short):
                     last = short
@@ -310,14 +310,14 @@ def pull(name: str, progress: Progress = print, timeout: float = 60) -> str | No
             status = ""
             for chunk in puller.api.pull(repository, tag=tag, stream=True, decode=True):
                 if "error" in chunk:
-                    return _one_line(chunk["error"])
+                    return one_line(chunk["error"])
                 if chunk.get("status") and chunk["status"] != status and "id" not in chunk:
                     status = chunk["status"]
                     progress(f"  {status}")
     except DockerUnavailable:
         raise
     except Exception as err:  # noqa: BLE001 - registry/DNS/timeouts: "not pullable"
-        return _one_line(getattr(err, "explanation", None) or err)
+        return one_line(getattr(err, "explanation", None) or err)
     return None
 
 
@@ -389,7 +389,7 @@ def _debootstrap(root: Path, progress: Progress, popen: Callable[..., Any]) -> N
             progress(f"  {line}")
         code = proc.wait()
     if code != 0:
-        raise ImageBuildError(f"debootstrap failed ({_one_line(last) or f'exit {code}'}): check that "
+        raise ImageBuildError(f"debootstrap failed ({one_line(last) or f'exit {code}'}): check that "
                               "the Debian mirror is reachable, or set autopilot.base_image to a local image")
     # downloaded .debs and package lists are ~100 MB the image never needs
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
@@ -412,13 +412,13 @@ def _import(root: Path, progress: Progress) -> None:
     except DockerUnavailable:
         raise
     except Exception as err:  # noqa: BLE001
-        raise ImageBuildError(f"docker import of {OFFLINE_BASE} failed: {_one_line(err)}") from None
+        raise ImageBuildError(f"docker import of {OFFLINE_BASE} failed: {one_line(err)}") from None
     finally:
         tar.stdout.close()
         stderr = tar.stderr.read().decode(errors="replace")
         code = tar.wait()
     if code != 0:
-        raise ImageBuildError(f"tar of the debootstrap tree failed: {_one_line(stderr) or code}")
+        raise ImageBuildError(f"tar of the debootstrap tree failed: {one_line(stderr) or code}")
 
 
 def _chunks(handle: Any, size: int = 1 << 20) -> Iterator[bytes]:
@@ -463,11 +463,6 @@ def _build_lock() -> Iterator[None]:
 def _long_client() -> Any:
     # builds and imports may be silent for minutes (apt, npm): no read timeout
     return docker_client.new_client(timeout=None)
-
-
-def _one_line(value: object) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 __all__ = ["ensure_image", "build", "base_image", "offline_base", "pull", "image_status",

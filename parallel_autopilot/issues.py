@@ -47,7 +47,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import sqlite3
 import struct
 import threading
@@ -58,7 +57,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from .errors import Conflict, DatabaseDamaged, InvalidInput, IssueNotFound, LeaseLost, UnsafeFilesystem
+from . import forksafe
+from .errors import Conflict, DatabaseDamaged, InvalidInput, IssueNotFound, LeaseLost
+# the network-filesystem refusal lives with the rest of the host facts; named here too (tests, callers)
+from .platform import UNSAFE_FILESYSTEMS, check_filesystem, filesystem_type  # noqa: F401
 
 PRIORITIES = ("urgent", "high", "medium", "low")
 STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked", "empty", "merged", "rejected")
@@ -66,13 +68,6 @@ DEFAULT_LEASE_SECONDS = 900
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF_SECONDS = 30.0
 DEFAULT_BUSY_TIMEOUT = 30.0
-
-#: Filesystems where SQLite's WAL (shared memory across processes) is unsafe: network
-#: filesystems and host-to-VM shares. Docker Desktop >= 4.15 shows a bind mount inside the
-#: container as ``fakeowner`` (over virtiofs or gRPC FUSE); VirtualBox, Parallels and
-#: VMware shares are ``vboxsf``, ``prl_fs`` and ``vmhgfs``; WSL1 Windows drives ``drvfs``.
-UNSAFE_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "fuse", "fakeowner",
-                      "vboxsf", "prl_fs", "vmhgfs", "drvfs", "ceph", "glusterfs", "lustre", "afs", "gpfs")
 
 #: Appends the audit event an UPDATE names (transition, actor, note), in the same statement.
 _TRANSITION_TRIGGER = """CREATE TRIGGER issues_transition AFTER UPDATE ON issues WHEN NEW.transition IS NOT NULL
@@ -323,41 +318,6 @@ class AgentRow:
         return asdict(self)
 
 
-def _unescape_mount_point(field: str) -> str:
-    # the kernel writes space, tab, newline and backslash in mount points as octal escapes
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """The type of the filesystem holding ``path`` (None where /proc is absent)."""
-    try:
-        lines = Path(mountinfo).read_text().splitlines()
-    except OSError:
-        return None
-    target = os.path.realpath(path)
-    best, best_type = "", None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) < 5 or not right:
-            continue
-        mount_point = _unescape_mount_point(fields[4])
-        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) >= len(best):
-            best, best_type = mount_point, right.split()[0]
-    return best_type
-
-
-def check_filesystem(directory: Path, mountinfo: str = "/proc/self/mountinfo") -> None:
-    """Refuse a state directory on a network or FUSE filesystem (WAL needs one kernel)."""
-    fstype = filesystem_type(directory, mountinfo)
-    if fstype and (fstype in UNSAFE_FILESYSTEMS or fstype.startswith("fuse")):
-        raise UnsafeFilesystem(
-            f"state directory {directory} is on {fstype}, where SQLite WAL corrupts: "
-            "set autopilot.state_dir to a directory on a local disk (ext4, xfs, apfs)"
-        )
-
-
 #: Snapshots of the database live in this directory next to it (see :mod:`.snapshots`).
 SNAPSHOT_DIR = "snapshots"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -538,23 +498,13 @@ def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, 
     }
 
 
-#: Connections inherited across fork(): never used nor closed in the child.
-#: Closing one there runs SQLite's close path on the parent's locks and WAL
-#: state (https://www.sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_;
-#: rails/solid_queue#324 corrupted databases that way), so the child keeps
-#: them referenced for its lifetime: a small one-time leak instead.
-_INHERITED: list[sqlite3.Connection] = []
+#: Connections inherited across fork() (see forksafe): SQLite's close path in the child
+#: would run on the parent's locks and WAL state
+#: (https://www.sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_;
+#: rails/solid_queue#324 corrupted databases that way).
+_INHERITED = forksafe.INHERITED
 _STORES: "weakref.WeakSet[IssueStore]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_STORES):
-        # a thread of the parent may have held the lock at fork(): it would never be released here
-        store._lock = threading.RLock()
-        store._discard_inherited()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+forksafe.reset_in_children(_STORES)
 
 
 class IssueStore:

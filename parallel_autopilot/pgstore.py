@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from . import forksafe
 from .errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, QueueUnavailable
 from .issues import (
     DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, PRIORITIES, STATUSES,
@@ -303,17 +304,9 @@ def _connection_lost(err: BaseException) -> bool:
     return False
 
 
-_INHERITED: list = []
+_INHERITED = forksafe.INHERITED
 _STORES: "weakref.WeakSet[PgIssueStore]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_STORES):
-        store._lock = threading.RLock()
-        store._discard_inherited()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+forksafe.reset_in_children(_STORES)
 
 
 class PgIssueStore:

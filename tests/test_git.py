@@ -10,7 +10,7 @@ import pytest
 from conftest import sh
 
 from parallel_autopilot.errors import GitError
-from parallel_autopilot.git import Git
+from parallel_autopilot.git import Git, toplevel_of
 
 
 pytestmark = pytest.mark.usefixtures("hermetic_git")
@@ -51,6 +51,23 @@ def test_run_returns_stdout_and_failure_is_one_line_naming_command_and_git_messa
 def test_outside_a_repository_is_a_git_error(tmp_path):
     with pytest.raises(GitError, match="not a git repository"):
         Git(tmp_path).toplevel()
+
+
+def test_toplevel_of_finds_the_worktree_from_a_subdirectory_and_is_none_outside_one(repo, tmp_path):
+    sub = repo / "a" / "b"
+    sub.mkdir(parents=True)
+    assert toplevel_of(sub) == repo
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    assert toplevel_of(outside) is None
+
+
+def test_config_git_toplevel_refuses_a_plain_directory_in_one_line_naming_the_fix(repo, tmp_path):
+    from parallel_autopilot.config import git_toplevel
+
+    assert git_toplevel(repo) == repo
+    with pytest.raises(GitError, match=r"is not inside a git repository: cd into one or set autopilot.repo$"):
+        git_toplevel(tmp_path)
 
 
 def test_timeout_kills_what_git_started(repo, tmp_path):

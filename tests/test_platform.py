@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from parallel_autopilot import platform as pf
@@ -141,3 +143,19 @@ def test_limits_work_with_real_settings(tmp_path, git_repo):
 def test_bad_counts_are_refused(name, bad):
     with pytest.raises(InvalidInput, match=name):
         pf.limits(S(**{name: bad}), CI)
+
+
+def test_check_filesystem_is_the_platform_seam_the_queue_uses(tmp_path):
+    from parallel_autopilot import issues
+    from parallel_autopilot import platform as host
+    from parallel_autopilot.errors import UnsafeFilesystem
+
+    base = os.path.realpath(tmp_path)
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(f"36 1 0:1 / / rw - ext4 /dev/sda1 rw\n"
+                         f"40 36 0:2 / {base}/share rw - nfs4 server:/x rw\n")
+    assert host.filesystem_type(tmp_path / "share" / "deep", str(mountinfo)) == "nfs4"
+    with pytest.raises(UnsafeFilesystem, match="on nfs4, .*set autopilot.state_dir"):
+        host.check_filesystem(tmp_path / "share" / ".autopilot", str(mountinfo))
+    host.check_filesystem(tmp_path / "local", str(mountinfo))
+    assert issues.check_filesystem is host.check_filesystem  # one implementation

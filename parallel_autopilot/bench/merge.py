@@ -12,12 +12,12 @@ added is checked again, without the sleep). Runs on the host: no Docker.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from ..git import Git
 from . import stats
 
 TITLE = "merge queue: batches of K against one at a time"
@@ -31,12 +31,12 @@ QUICK = {"issues": 8, "bad": 3, "check_seconds": 0.5}
 TEST = "python3 -m unittest -q"
 
 
+_IDENTITY = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+             "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid"}
+
+
 def _git(cwd: Path, *args: str) -> str:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
-           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid"}
-    return subprocess.run(["git", "-C", str(cwd), "-c", "commit.gpgsign=false", *args], check=True,
-                          capture_output=True, text=True, env=env).stdout.strip()
+    return Git(cwd, config={"commit.gpgsign": "false"}).run(*args, env=_IDENTITY).strip()
 
 
 def make_site(root: Path, issues: int = ISSUES, bad: int = BAD, check_seconds: float = CHECK_SECONDS):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..config import Settings
-from ..errors import AutopilotError, InvalidInput
+from ..errors import AutopilotError, InvalidInput, one_line
 from . import SCENARIOS, report, stats
 from .context import Context
 from .progress import Display
@@ -100,8 +100,8 @@ def _drop_image(tag: str | None) -> None:
         pass
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or err.__class__.__name__
+def _failure_line(err: BaseException) -> str:
+    text = one_line(err, limit=1000)
     return text if isinstance(err, AutopilotError) else f"{err.__class__.__name__}: {text}"
 
 
@@ -136,7 +136,7 @@ def run(settings: Settings, scenarios: Iterable[str] | str | None = None, *, qui
             try:
                 result = module.run(ctx)
             except Exception as err:  # noqa: BLE001 - one scenario's failure must not lose the others
-                result = stats.failed(name, module.TITLE, _one_line(err),
+                result = stats.failed(name, module.TITLE, _failure_line(err),
                                       details={"traceback": traceback.format_exc()})
             result["seconds"] = round(clock() - begun, 2)
             display.end(name, result["status"], result["seconds"], result.get("reason"))

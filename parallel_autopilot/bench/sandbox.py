@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import config
+from ..git import Git
 from ..issues import IssueStore
 from .context import Context
 from .progress import quiet
@@ -44,10 +45,7 @@ def fleet_problem(ctx: Context) -> str | None:
 
 def git(repo: Path, *args: str) -> str:
     """Run git in ``repo`` (the sandbox's own repository); raise on failure."""
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
-    return proc.stdout
+    return Git(repo).run(*args)
 
 
 class Sandbox:

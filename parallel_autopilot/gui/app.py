@@ -48,7 +48,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import ids
 from ..config import Settings
-from ..errors import AgentNotFound, AutopilotError, Conflict, InvalidAgentCount, InvalidAgentId
+from ..errors import (AgentNotFound, AutopilotError, Conflict, InvalidAgentCount, InvalidAgentId,
+                      one_line)
 from ..issues import STATUSES, IssueStore
 from . import security
 from .events import EventStream, LogPumps, SnapshotHub
@@ -413,7 +414,7 @@ def fingerprint(snapshot: dict) -> str:
     return json.dumps(stable, sort_keys=True, default=str)
 
 
-def _one_line(errors: list[dict]) -> str:
+def _validation_line(errors: list[dict]) -> str:
     if not errors:
         return "invalid request"
     first = errors[0]
@@ -421,7 +422,7 @@ def _one_line(errors: list[dict]) -> str:
     where = ".".join(str(p) if isinstance(p, int) or str(p).isidentifier() else repr(p)
                      for p in first.get("loc", ()) if p != "body") or "body"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return " ".join(f"invalid request: {where}: {first.get('msg', 'invalid')}{more}".split())
+    return one_line(f"invalid request: {where}: {first.get('msg', 'invalid')}{more}", limit=1000)
 
 
 # -- the app ----------------------------------------------------------------------
@@ -472,7 +473,7 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         errors = jsonable_encoder(err.errors(), custom_encoder={Exception: str})
-        return JSONResponse({"error": _one_line(errors), "detail": errors}, status_code=422)
+        return JSONResponse({"error": _validation_line(errors), "detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:

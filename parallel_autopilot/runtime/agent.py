@@ -50,7 +50,7 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
 from ..issues import Claim, IssueStore
@@ -504,6 +504,34 @@ class Agent:
             self._attempt = None
             return attempt.claim
 
+    def _settle(self, attempt: Attempt, call: Callable[[Claim], Any], not_done: str,
+                salvage: tuple[str, str] | None = None, lost_note: str | None = None,
+                **fields: Any) -> tuple[bool, Any]:
+        """The one way an attempt ends in the store (complete, empty, fail, release).
+
+        Stash what the agent left (``salvage``: reason, note), stop renewing,
+        then the fenced ``call`` with the latest claim. A lease lost before or
+        during the call ends nothing: the issue is someone else's now. Returns
+        (True, the call's result) or (False, None).
+        """
+        number = attempt.number
+        if salvage is not None:
+            try:
+                self._salvage(salvage[0], salvage[1], number, attempt.attempt)
+            except AutopilotError as err:
+                self.log.line(f"could not stash the changes of #{number}: {err}")
+        claim = self._end(attempt)
+        if attempt.lost.is_set():  # already reported, unless the caller has more to say
+            if lost_note:
+                self.log.event("lease-lost", lost_note, issue=number, **fields)
+            return False, None
+        try:
+            return True, call(claim)
+        except LeaseLost as err:
+            self.log.event("lease-lost", f"#{number} not {not_done}: {err}", issue=number, **fields,
+                           error=str(err))
+            return False, None
+
     def _finish(self, attempt: Attempt, base_sha: str, outcome: Outcome, env: dict[str, str]) -> None:
         s, number = self.s, attempt.number
         if attempt.lost.is_set():  # lost while the agent was exiting: commit nothing
@@ -557,16 +585,11 @@ class Agent:
             self._fail(attempt, f"check failed ({why}); last lines: {checked['check_output'] or '(none)'}",
                        salvage_reason="failed", feedback=report, check=checked)
             return
-        claim = self._end(attempt)
-        if attempt.lost.is_set():
-            self.log.event("lease-lost", f"#{number} finished after its lease was lost: not completed; "
-                           f"{(commit or 'no commit')[:12]} stays on {attempt.branch}", issue=number, commit=commit)
-            return
-        try:
-            self.store.complete(claim, result)
-        except LeaseLost as err:
-            self.log.event("lease-lost", f"#{number} not completed: {err}", issue=number, commit=commit,
-                           error=str(err))
+        done, _ = self._settle(
+            attempt, lambda claim: self.store.complete(claim, result), "completed",
+            lost_note=(f"#{number} finished after its lease was lost: not completed; "
+                       f"{(commit or 'no commit')[:12]} stays on {attempt.branch}"), commit=commit)
+        if not done:
             return
         self.log.event("completed", f"completed #{number} in {outcome.duration:.1f}s: {commit[:12]} on "
                        f"{attempt.branch}, check {checked['check_status']}",
@@ -574,13 +597,7 @@ class Agent:
 
     def _empty(self, attempt: Attempt, result: dict) -> None:
         number = attempt.number
-        claim = self._end(attempt)
-        if attempt.lost.is_set():
-            return
-        try:
-            self.store.empty(claim, result)
-        except LeaseLost as err:
-            self.log.event("lease-lost", f"#{number} not recorded as empty: {err}", issue=number, error=str(err))
+        if not self._settle(attempt, lambda claim: self.store.empty(claim, result), "recorded as empty")[0]:
             return
         self.log.event("empty", f"#{number} exited 0 but changed nothing: status empty (not done)",
                        issue=number, attempt=attempt.attempt)
@@ -589,17 +606,9 @@ class Agent:
               check: dict | None = None) -> None:
         number = attempt.number
         error = " ".join(error.split())  # one line
-        try:
-            self._salvage(salvage_reason, error[:120], number, attempt.attempt)
-        except AutopilotError as err:
-            self.log.line(f"could not stash the changes of #{number}: {err}")
-        claim = self._end(attempt)
-        if attempt.lost.is_set():
-            return  # already reported; the issue belongs to someone else now
-        try:
-            issue = self.store.fail(claim, error, feedback=feedback, check=check)
-        except LeaseLost as err:
-            self.log.event("lease-lost", f"#{number} not marked failed: {err}", issue=number, error=str(err))
+        done, issue = self._settle(attempt, lambda claim: self.store.fail(claim, error, feedback=feedback, check=check),
+                                   "marked failed", salvage=(salvage_reason, error[:120]))
+        if not done:
             return
         self.log.event("failed", f"failed #{number} (attempt {attempt.attempt}/{issue.max_attempts}, now "
                        f"{issue.status}): {error}", issue=number, attempt=attempt.attempt, status=issue.status,
@@ -616,16 +625,7 @@ class Agent:
         wait = min(self.s.quota_backoff_seconds * 2 ** self._quota_streak, 3600.0)
         until = limit.reset_at if limit.reset_at and limit.reset_at > now else now + wait
         self._quota_streak += 1
-        try:
-            self._salvage("quota", "rate limit / quota", number, attempt.attempt)
-        except AutopilotError as err:
-            self.log.line(f"could not stash the changes of #{number}: {err}")
-        claim = self._end(attempt)
-        if not attempt.lost.is_set():
-            try:
-                self.store.release(claim)
-            except LeaseLost as err:
-                self.log.event("lease-lost", f"#{number} not released: {err}", issue=number, error=str(err))
+        self._settle(attempt, self.store.release, "released", salvage=("quota", "rate limit / quota"))
         self.waiting_until = until
         self.log.event("quota", f"rate limit / quota on #{number} (released, attempt refunded): waiting until "
                        f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC; the CLI said: {limit.message}",
@@ -636,17 +636,7 @@ class Agent:
 
     def _release(self, attempt: Attempt) -> None:
         number = attempt.number
-        try:
-            self._salvage("stopped", "agent stopped", number, attempt.attempt)
-        except AutopilotError as err:
-            self.log.line(f"could not stash the changes of #{number}: {err}")
-        claim = self._end(attempt)
-        if attempt.lost.is_set():
-            return
-        try:
-            self.store.release(claim)
-        except LeaseLost as err:
-            self.log.event("lease-lost", f"#{number} not released: {err}", issue=number, error=str(err))
+        if not self._settle(attempt, self.store.release, "released", salvage=("stopped", "agent stopped"))[0]:
             return
         self.log.event("released", f"released #{number} (stopping; the attempt is refunded)",
                        issue=number, reason="stopped")
