@@ -71,3 +71,18 @@ def test_model_endpoints_and_retries():
     assert empty.openai_base_url is None and empty.model_retries is None
     with pytest.raises(InvalidInput, match="AUTOPILOT_OPENAI_BASE_URL='127.0.0.1:8000' is not a URL"):
         RuntimeSettings.from_env({**BASE, "AUTOPILOT_OPENAI_BASE_URL": "127.0.0.1:8000"})
+
+
+def test_the_queue_is_the_db_unless_a_queue_file_names_a_url(tmp_path):
+    assert RuntimeSettings.from_env(BASE).queue_target() == Path("/state/autopilot.db")
+    secret = tmp_path / "queue"
+    secret.write_text("postgresql://ap:s3cret@/autopilot?host=/var/run/postgresql\n")
+    s = RuntimeSettings.from_env({**BASE, "AUTOPILOT_QUEUE_FILE": str(secret)})
+    assert s.queue_target() == "postgresql://ap:s3cret@/autopilot?host=/var/run/postgresql"
+    secret.write_text("  \n")
+    with pytest.raises(InvalidInput, match="is empty"):
+        s.queue_target()
+    missing = RuntimeSettings.from_env({**BASE, "AUTOPILOT_QUEUE_FILE": str(tmp_path / "absent")})
+    with pytest.raises(InvalidInput, match="cannot read it") as err:
+        missing.queue_target()
+    assert "\n" not in str(err.value)

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
-from ..issues import Claim, IssueStore
+from ..issues import Claim, IssueStore, open_store
 from .. import snapshots
 from . import health, kinds, process, usage
 from .logs import AgentLog, last_line, tail
@@ -177,8 +177,8 @@ class Agent:
         written = kinds.prepare_home(s.kind, self.environ.get("HOME"), self.model)
         if written:
             self.log.event("cli-config", f"model endpoint configured in {', '.join(written)}", files=written)
-        self.store = IssueStore(s.db, max_attempts=s.max_attempts, backoff_seconds=s.backoff_seconds,
-                                clock=self.clock)
+        self.store = open_store(s.queue_target(), max_attempts=s.max_attempts,
+                                backoff_seconds=s.backoff_seconds, clock=self.clock)
         self.mark()
         released = self.store.release_agent(s.agent_id, reason="previous incarnation")
         if released:

@@ -51,6 +51,9 @@ class RuntimeSettings:
     quota_backoff_seconds: float = 60.0
     check: str | None = None  # the repository's check (an issue's own `check` wins)
     check_timeout: float = 600.0
+    # A file holding the postgresql:// URL of a shared queue (mounted read-only): the URL
+    # carries a password, so it never travels in the environment or the compose file.
+    queue_file: Path | None = None
 
     @property
     def renew_seconds(self) -> float:
@@ -126,7 +129,23 @@ class RuntimeSettings:
             quota_backoff_seconds=number("AUTOPILOT_QUOTA_BACKOFF_SECONDS", 60.0, 0.1),
             check=env.get("AUTOPILOT_CHECK", "").strip() or None,
             check_timeout=number("AUTOPILOT_CHECK_TIMEOUT", 600.0, 0.1),
+            queue_file=Path(env["AUTOPILOT_QUEUE_FILE"].strip())
+            if env.get("AUTOPILOT_QUEUE_FILE", "").strip() else None,
         )
+
+    def queue_target(self) -> str | Path:
+        """The queue the agent claims from: the URL in ``queue_file`` if one is named
+        (PostgreSQL), else the SQLite database ``db``."""
+        if self.queue_file is None:
+            return self.db
+        try:
+            url = self.queue_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InvalidInput(f"AUTOPILOT_QUEUE_FILE={self.queue_file}: cannot read it ({exc.strerror}): "
+                               "mount the queue secret file read-only there") from None
+        if not url:
+            raise InvalidInput(f"AUTOPILOT_QUEUE_FILE={self.queue_file} is empty: write the postgresql:// URL into it")
+        return url
 
 
 def _url(env: Mapping[str, str], name: str) -> str | None:
