@@ -125,14 +125,20 @@ def running_agent_ids(settings: Settings) -> list[str]:
     return sorted(c.labels[LABEL_AGENT] for c in containers if c.labels.get(LABEL_AGENT))
 
 
-def max_agents(settings: Settings) -> int:
-    """How many agents this machine may run (platform default, memory, override)."""
-    return min(platform.limits(settings).max_agents, len(compose.services(settings)))
+def max_agents(settings: Settings, *, containers: bool = True) -> int:
+    """How many agents this machine may run (platform default, memory, override).
+
+    With ``containers`` the compose file's services bound it too; worktrees
+    alone (``worktrees.create``) need no service, so only the platform does.
+    """
+    limit = platform.limits(settings).max_agents
+    return min(limit, len(compose.services(settings))) if containers else limit
 
 
-def check_count(settings: Settings, n) -> int:
-    """``n`` as an int in 1..max_agents, or InvalidAgentCount naming the range."""
-    return agent_count(n, max_agents(settings))
+def check_count(settings: Settings, n, *, containers: bool = True) -> int:
+    """The one agent-count rule of every edge: ``n`` as an int in 1..max_agents,
+    or InvalidAgentCount naming the range."""
+    return agent_count(n, max_agents(settings, containers=containers))
 
 
 def start_agents(settings: Settings, n, *, progress: Progress = print, wait: bool = True) -> list[AgentStatus]:
