@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import compose, docker_client, image, platform
+from . import containers, docker_client, image, platform
 from .git import Git
 
 
@@ -25,7 +25,7 @@ def container_runner(settings: Any):
 
     tag = image.ensure_image(settings, progress=lambda _: None)
     limits = platform.limits(settings)
-    uid, gid = compose.repo_owner(settings)
+    uid, gid = containers.repo_owner(settings)
     git_dir = Git(settings.repo).common_dir()
 
     def run(command: str, cwd: Path, timeout: float, log: Path) -> CheckResult:

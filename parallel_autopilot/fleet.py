@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from . import agentcli, compose, docker_client, image, platform, snapshots, worktrees
+from . import agentcli, compose, containers, docker_client, image, platform, snapshots, worktrees
 from .config import Settings
 from .git import Git
 from .errors import AgentNotFound, AgentsUnhealthy, Conflict, GitError, InvalidInput
@@ -125,14 +125,27 @@ def running_agent_ids(settings: Settings) -> list[str]:
     return sorted(c.labels[LABEL_AGENT] for c in containers if c.labels.get(LABEL_AGENT))
 
 
-def max_agents(settings: Settings) -> int:
-    """How many agents this machine may run (platform default, memory, override)."""
-    return min(platform.limits(settings).max_agents, len(compose.services(settings)))
+def _compose(settings: Settings, args: list[str]):
+    """``compose.run`` with the containers' environment for these limits."""
+    limits = platform.limits(settings)
+    env = containers.compose_env(settings, limits, strict=compose.creates(args))
+    return compose.run(settings, args, limits=limits, env=env)
 
 
-def check_count(settings: Settings, n) -> int:
-    """``n`` as an int in 1..max_agents, or InvalidAgentCount naming the range."""
-    return agent_count(n, max_agents(settings))
+def max_agents(settings: Settings, *, containers: bool = True) -> int:
+    """How many agents this machine may run (platform default, memory, override).
+
+    With ``containers`` the compose file's services bound it too; worktrees
+    alone (``worktrees.create``) need no service, so only the platform does.
+    """
+    limit = platform.limits(settings).max_agents
+    return min(limit, len(compose.services(settings))) if containers else limit
+
+
+def check_count(settings: Settings, n, *, containers: bool = True) -> int:
+    """The one agent-count rule of every edge: ``n`` as an int in 1..max_agents,
+    or InvalidAgentCount naming the range."""
+    return agent_count(n, max_agents(settings, containers=containers))
 
 
 def start_agents(settings: Settings, n, *, progress: Progress = print, wait: bool = True) -> list[AgentStatus]:
@@ -159,11 +172,11 @@ def start_agents(settings: Settings, n, *, progress: Progress = print, wait: boo
     progress(f"worktrees: {', '.join(ids)}")
     worktrees.create(settings, count)
     git_dir = Git(settings.repo).common_dir()
-    compose.hand_over(settings, [settings.state_path, settings.logs_path, settings.worktrees_path,
-                                 git_dir / "worktrees", git_dir / "refs" / "heads" / "agent",
-                                 git_dir / "logs" / "refs" / "heads" / "agent"])
+    containers.hand_over(settings, [settings.state_path, settings.logs_path, settings.worktrees_path,
+                                    git_dir / "worktrees", git_dir / "refs" / "heads" / "agent",
+                                    git_dir / "logs" / "refs" / "heads" / "agent"])
     progress(f"starting {count} agent(s)")
-    compose.run(settings, ["up", "-d", "--no-build", *ids], limits=platform.limits(settings))
+    _compose(settings, ["up", "-d", "--no-build", *ids])
     if wait:
         wait_healthy(settings, ids, progress=progress)
     return [a for a in list_agents(settings) if a.id in ids]
@@ -254,10 +267,10 @@ def stop_agents(settings: Settings, ids: Iterable[str] | None = None, *,
         progress("no agents running")
         return []
     progress(f"stopping {', '.join(targets)} (grace {settings.stop_grace_seconds}s)")
-    containers = [t for t in targets if running[t].container]  # a missing one has nothing to stop
-    if containers:
-        compose.run(settings, ["stop", "-t", str(settings.stop_grace_seconds), *containers])
-        compose.run(settings, ["rm", "-f", *containers])
+    present = [t for t in targets if running[t].container]  # a missing one has nothing to stop
+    if present:
+        _compose(settings, ["stop", "-t", str(settings.stop_grace_seconds), *present])
+        _compose(settings, ["rm", "-f", *present])
     store = open_store(settings)
     for target in targets:
         freed = store.release_agent(target, reason="stopped by the orchestrator")
@@ -278,7 +291,7 @@ def restart_agent(settings: Settings, agent: str, *, progress: Progress = print)
     target = agent_id(agent)
     if target not in {a.id for a in list_agents(settings)}:
         raise AgentNotFound(f"no such agent: {target} (see `agents.status`)")
-    compose.run(settings, ["restart", "-t", str(settings.stop_grace_seconds), target])
+    _compose(settings, ["restart", "-t", str(settings.stop_grace_seconds), target])
     progress(f"{target} restarted")
     return next(a for a in list_agents(settings) if a.id == target)
 

@@ -23,7 +23,8 @@ from parallel_autopilot import config
 with warnings.catch_warnings():  # starlette nags about httpx2 at import; the tests use httpx
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient  # noqa: F401 - re-exported for the GUI tests
-from parallel_autopilot.errors import AgentNotFound, DockerUnavailable, InvalidAgentCount
+from parallel_autopilot.errors import AgentNotFound, DockerUnavailable
+from parallel_autopilot.ids import agent_count
 from parallel_autopilot.ids import agent_id
 from parallel_autopilot.fleet import AgentStatus
 from parallel_autopilot.issues import IssueStore
@@ -74,8 +75,7 @@ class FakeFleet:
 
     def start_agents(self, settings, n, *, progress=print, wait=True):
         self.calls.append(("start", n))
-        if not isinstance(n, int) or not 1 <= n <= self.maximum:
-            raise InvalidAgentCount(f"agent count {n} is out of range: this machine runs 1 to {self.maximum} agents")
+        n = agent_count(n, self.maximum)  # fleet.check_count's rule
         self._docker()
         ids = [agent_id(i) for i in range(1, n + 1)]
         progress(f"worktrees: {', '.join(ids)}")

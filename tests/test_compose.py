@@ -6,13 +6,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import open_to_others
 
-from parallel_autopilot import compose, config
+from parallel_autopilot import compose, config, containers
 from parallel_autopilot.errors import ComposeError, GitError, InvalidAgentCount, InvalidInput
 from parallel_autopilot.platform import Limits
 
@@ -50,6 +51,12 @@ class Recorder:
 
 # -- which compose ------------------------------------------------------------
 
+
+
+def run_compose(s, args, **kwargs):
+    """compose.run with the containers' environment, as fleet calls it."""
+    env = containers.compose_env(s, LIMITS, strict=compose.creates(args))
+    return compose.run(s, args, limits=LIMITS, env=env, **kwargs)
 
 def test_detect_prefers_compose_v2(monkeypatch):
     monkeypatch.setattr(compose.shutil, "which", lambda name: f"/usr/bin/{name}")
@@ -92,7 +99,7 @@ def test_explicit_project_name_is_used_and_checked(tmp_path):
 
 
 def test_compose_env_passes_limits_and_settings(settings, git_repo):
-    env = compose.compose_env(settings, LIMITS)
+    env = containers.compose_env(settings, LIMITS)
     assert (env["AGENT_MEMORY"], env["AGENT_CPUS"]) == ("256m", "0.5")
     assert env["AUTOPILOT_PROJECT"] == "pa-test-unit"
     assert env["AUTOPILOT_IMAGE"] == settings.image
@@ -115,20 +122,20 @@ def test_compose_env_passes_limits_and_settings(settings, git_repo):
 
 
 def test_compose_env_computes_platform_limits_when_not_given(settings):
-    env = compose.compose_env(settings)
+    env = containers.compose_env(settings)
     assert env["AGENT_MEMORY"] == "256m"  # agent_kind script -> light profile
 
 
 def test_fractional_durations_are_exact(git_repo, home):
     s = config.load(repo=git_repo, stop_grace_seconds=5, health_interval_seconds=0.5, poll_seconds=0.25)
-    env = compose.compose_env(s, LIMITS)
+    env = containers.compose_env(s, LIMITS)
     assert (env["AUTOPILOT_STOP_GRACE"], env["AUTOPILOT_HEALTH_INTERVAL"]) == ("5s", "500ms")
     assert env["AUTOPILOT_POLL_SECONDS"] == "0.25"
     assert float(env["AUTOPILOT_GRACE_SECONDS"]) < 5
 
 
 def test_missing_credentials_become_placeholders_in_the_state_dir_never_in_home(settings, home, git_repo):
-    env = compose.compose_env(settings, LIMITS)
+    env = containers.compose_env(settings, LIMITS)
     state = git_repo / ".autopilot"
     for key, is_dir in (("AUTOPILOT_CODEX_HOME", True), ("AUTOPILOT_SSH_DIR", True),
                         ("AUTOPILOT_GITCONFIG", False), ("AUTOPILOT_ENV_FILE", False)):
@@ -145,7 +152,7 @@ def test_existing_credentials_are_mounted_as_they_are(settings, home):
     env_file = home / "keys.env"
     env_file.write_text("OPENAI_API_KEY=x\n")
     s = settings.replace(env_file=str(env_file))
-    env = compose.compose_env(s, LIMITS)
+    env = containers.compose_env(s, LIMITS)
     assert env["AUTOPILOT_CODEX_HOME"] == str(home / ".codex")
     assert env["AUTOPILOT_SSH_DIR"] == str(home / ".ssh")
     assert env["AUTOPILOT_GITCONFIG"] == str(home / ".gitconfig")
@@ -154,22 +161,22 @@ def test_existing_credentials_are_mounted_as_they_are(settings, home):
 
 def test_a_configured_env_file_that_is_missing_is_an_error(settings, home):
     with pytest.raises(InvalidInput, match="env_file .*does not exist"):
-        compose.compose_env(settings.replace(env_file=str(home / "nope.env")), LIMITS)
+        containers.compose_env(settings.replace(env_file=str(home / "nope.env")), LIMITS)
 
 
 def test_passwd_and_group_name_the_containers_uid(settings):
-    env = compose.compose_env(settings, LIMITS, uid=4321, gid=4322)
+    env = containers.compose_env(settings, LIMITS, uid=4321, gid=4322)
     passwd = Path(env["AUTOPILOT_PASSWD"]).read_text().splitlines()
     assert "agent:x:4321:4322:parallel-autopilot agent:/home/agent:/bin/sh" in passwd
     assert "agent:x:4322:" in Path(env["AUTOPILOT_GROUP"]).read_text().splitlines()
-    assert compose.passwd(0, 0).splitlines()[0] == "root:x:0:0:root:/home/agent:/bin/sh"
+    assert containers.passwd(0, 0).splitlines()[0] == "root:x:0:0:root:/home/agent:/bin/sh"
 
 
 def test_detached_head_fails_only_commands_that_create_containers(settings, git_repo):
     git(git_repo, "checkout", "-q", "--detach")
     with pytest.raises(GitError, match="detached HEAD"):
-        compose.compose_env(settings, LIMITS)
-    assert compose.compose_env(settings, LIMITS, strict=False)["AUTOPILOT_BASE_BRANCH"] == "unknown"
+        containers.compose_env(settings, LIMITS)
+    assert containers.compose_env(settings, LIMITS, strict=False)["AUTOPILOT_BASE_BRANCH"] == "unknown"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a repository owned by another uid")
@@ -178,7 +185,7 @@ def test_what_it_creates_belongs_to_the_repository_owner(settings, git_repo):
     # pytest's root-only 0700 base directory is opened for the duration of the test
     subprocess.run(["chown", "-R", "4321:4321", str(git_repo)], check=True)
     open_to_others(git_repo)
-    env = compose.compose_env(settings, LIMITS)
+    env = containers.compose_env(settings, LIMITS)
     assert (env["AUTOPILOT_UID"], env["AUTOPILOT_GID"]) == ("4321", "4321")
     for key in ("AUTOPILOT_STATE", "AUTOPILOT_LOGS_DIR", "AUTOPILOT_CODEX_HOME", "AUTOPILOT_PASSWD"):
         assert Path(env[key]).stat().st_uid == 4321, key
@@ -189,7 +196,7 @@ def test_what_it_creates_belongs_to_the_repository_owner(settings, git_repo):
 
 def test_run_builds_one_command_line_with_project_file_and_variables(settings):
     runner = Recorder(0, stdout="ok")
-    proc = compose.run(settings, ["ps", "-q"], limits=LIMITS, runner=runner, compose=["docker-compose"])
+    proc = run_compose(settings, ["ps", "-q"], runner=runner, compose=["docker-compose"])
     argv, kwargs = runner.calls[0]
     override = settings.state_path / "container" / "limits.yml"
     assert argv == ["docker-compose", "--ansi", "never", "-p", "pa-test-unit", "-f",
@@ -210,7 +217,7 @@ def test_pids_limit_is_an_integer_in_the_override_for_every_service(settings):
 def test_run_failure_is_one_line_with_composes_error(settings):
     stderr = "Creating pa-agent-001 ...\nERROR: for agent-001  Cannot start service: boom\nfinal noise\n"
     with pytest.raises(ComposeError) as err:
-        compose.run(settings, ["up", "-d", "agent-001"], limits=LIMITS, runner=Recorder(1, stderr=stderr),
+        run_compose(settings, ["up", "-d", "agent-001"], runner=Recorder(1, stderr=stderr),
                     compose=["docker-compose"])
     assert str(err.value) == "compose up -d agent-001 failed (exit 1): ERROR: for agent-001 Cannot start service: boom"
 
@@ -218,7 +225,7 @@ def test_run_failure_is_one_line_with_composes_error(settings):
 def test_asking_for_an_undefined_agent_is_refused_before_compose_runs(settings):
     runner = Recorder(0)
     with pytest.raises(InvalidAgentCount, match="agent-011 not defined.*at most 10 agents"):
-        compose.run(settings, ["up", "-d", "agent-001", "agent-011"], limits=LIMITS, runner=runner,
+        run_compose(settings, ["up", "-d", "agent-001", "agent-011"], runner=runner,
                     compose=["docker-compose"])
     assert runner.calls == []
 
@@ -228,7 +235,7 @@ def test_missing_compose_binary_is_a_compose_error(settings):
         raise FileNotFoundError(argv[0])
 
     with pytest.raises(ComposeError, match="not installed"):
-        compose.run(settings, ["ps"], limits=LIMITS, runner=missing, compose=["docker-compose"])
+        run_compose(settings, ["ps"], runner=missing, compose=["docker-compose"])
 
 
 def test_last_error_prefers_the_line_that_says_what_failed():
@@ -265,7 +272,7 @@ def owned_repo(tmp_path, git_repo, home, monkeypatch):
     subprocess.run(["chown", "-R", f"{UID}:{UID}", str(git_repo), str(home)], check=True)
     open_to_others(git_repo)
     yield s
-    compose.run(s, ["down", "--timeout", "1"], check=False, limits=LIMITS)
+    run_compose(s, ["down", "--timeout", "1"], check=False)
 
 
 @pytest.mark.docker
@@ -283,7 +290,7 @@ def test_container_started_through_compose_has_the_asked_limits_user_and_readonl
     override.write_text("services:\n  agent-001:\n    command: [sleep, '300']\n"
                         "    healthcheck: {test: [CMD, 'true'], interval: 1s}\n")
     compose_v1 = ["docker-compose"] if shutil.which("docker-compose") else None
-    compose.run(settings, ["up", "-d", "agent-001"], limits=LIMITS, files=[override], compose=compose_v1)
+    run_compose(settings, ["up", "-d", "agent-001"], files=[override], compose=compose_v1)
     name = f"{settings.project}-agent-001"
     container = docker.containers.get(name)
     host = container.attrs["HostConfig"]
@@ -335,9 +342,18 @@ def test_container_started_through_compose_has_the_asked_limits_user_and_readonl
     code, _ = sh("chown 0 /workspace/made-inside")
     assert code != 0
 
-    listed = compose.run(settings, ["ps", "-q"], limits=LIMITS, files=[override], compose=compose_v1)
+    listed = run_compose(settings, ["ps", "-q"], files=[override], compose=compose_v1)
     assert container.id in listed.stdout
-    compose.run(settings, ["stop", "-t", "1", "agent-001"], limits=LIMITS, compose=compose_v1)
+    run_compose(settings, ["stop", "-t", "1", "agent-001"], compose=compose_v1)
     container.reload()
     assert container.status == "exited"
     assert json.dumps(container.attrs["State"]).count("Restarting\": true") == 0
+
+
+def test_compose_is_only_the_cli_adapter_it_imports_no_worktrees_or_git():
+    # the containers' environment and ownership live in containers.py
+    code = ("import sys, parallel_autopilot.compose; "
+            "print(sorted(m for m in ('parallel_autopilot.worktrees', 'parallel_autopilot.git', "
+            "'parallel_autopilot.containers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -13,7 +13,7 @@ import shutil
 import pytest
 import yaml
 
-from parallel_autopilot import compose
+from parallel_autopilot import compose, containers
 from parallel_autopilot.errors import ComposeError
 
 RUNTIME_VARIABLES = {
@@ -103,7 +103,7 @@ def test_every_variable_the_file_reads_is_set_by_compose_env(text, tmp_path, git
     code = re.sub(r"(?m)(^|\s)#.*$", "", text)  # comments mention ${VARIABLE} too
     read = set(re.findall(r"\$\{([A-Z_]+)", code))
     settings = config.load(repo=git_repo)
-    env = compose.compose_env(settings)
+    env = containers.compose_env(settings)
     assert read <= set(env), read - set(env)
 
 
@@ -112,7 +112,7 @@ def test_compose_v1_accepts_the_file_and_refuses_a_missing_limit(tmp_path, git_r
     from parallel_autopilot import config
 
     settings = config.load(repo=git_repo)
-    env = compose.compose_env(settings)
+    env = containers.compose_env(settings)
     proc = compose.run(settings, ["config"], env=env, compose=["docker-compose"])
     rendered = yaml.safe_load(proc.stdout)["services"]
     assert rendered["agent-003"]["mem_limit"] == env["AGENT_MEMORY"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -71,7 +70,16 @@ def test_logs_of_one_agent_only_tail_and_follow(settings, monkeypatch):
     merged = list(fleet.get_logs(settings, None, tail=4))
     assert merged[0].startswith("agent-001 | ") and {m.split(" | ")[0] for m in merged} == {"agent-001", "agent-002"}
 
-    stop = threading.Event()
+    polling = threading.Event()
+
+    class Stop(threading.Event):
+        """Tells the test when the follower first polls: its offsets are taken by then."""
+
+        def wait(self, timeout=None):
+            polling.set()
+            return super().wait(timeout)
+
+    stop = Stop()
     lines = fleet.get_logs(settings, "002", tail=0, follow=True, stop=stop, poll=0.01)
     got = []
 
@@ -82,7 +90,7 @@ def test_logs_of_one_agent_only_tail_and_follow(settings, monkeypatch):
 
     reader = threading.Thread(target=follow)
     reader.start()
-    time.sleep(0.05)
+    assert polling.wait(5), "the follower never started polling"
     with fleet.agent_log_path(settings, "agent-001").open("a") as other:
         other.write("not mine\n")
     with fleet.agent_log_path(settings, "agent-002").open("a") as mine:

@@ -9,6 +9,8 @@ from gui_support import FakeFleet, TestClient, make_settings, wait_until
 
 from parallel_autopilot.gui import create_app
 from parallel_autopilot.issues import IssueStore
+from parallel_autopilot.errors import InvalidAgentCount
+from parallel_autopilot.ids import agent_count
 
 BASE = "http://127.0.0.1:8787"
 
@@ -352,3 +354,11 @@ def test_the_real_fleet_with_docker_unreachable_answers_503_and_the_snapshot_say
             assert_error(client.post("/api/agents/stop", json={"all": True}, headers=csrf), 503)
     finally:
         docker_client.reset()
+
+
+def test_start_refuses_too_many_agents_with_the_fleet_rule_message(env):
+    message = assert_error(env.client.post("/api/agents/start", json={"n": 11}, headers=env.csrf), 422)
+    with pytest.raises(InvalidAgentCount) as rule:
+        agent_count(11, env.fleet.maximum)  # what fleet.check_count says for the same maximum
+    assert message == str(rule.value)
+    assert env.fleet.calls == []

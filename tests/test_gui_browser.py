@@ -161,7 +161,7 @@ def test_errors_show_in_a_banner_not_a_blank_page(pane):
                      document.getElementById('count').append(o); }""")
     page.select_option("#count", "11")
     page.click("#start")
-    check(banner).to_contain_text("agent count 11 is out of range: this machine runs 1 to 10 agents", timeout=SEEN)
+    check(banner).to_contain_text("agent count 11 is out of range: give --n N with N from 1 to 10", timeout=SEEN)
     assert fleet.agents == {}
     screenshot(page, "gui-fake-5-count-too-high")
 

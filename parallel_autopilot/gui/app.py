@@ -48,8 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import ids
 from ..config import Settings
-from ..errors import (AgentNotFound, AutopilotError, Conflict, InvalidAgentCount, InvalidAgentId,
-                      one_line)
+from ..errors import AgentNotFound, AutopilotError, Conflict, InvalidAgentId, one_line
 from ..issues import STATUSES, IssueStore
 from . import security
 from .events import EventStream, LogPumps, SnapshotHub
@@ -526,10 +525,8 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
     @app.post("/api/agents/start", response_model=StartOut, tags=["act"], responses=ERRORS)
     async def start(request: StartRequest) -> dict:
         """Run agent-001..agent-00n (running ones are kept); returns when they are healthy."""
-        n = request.n
-        maximum = await blocking(fleet.max_agents, settings)
-        if n > maximum:  # refused before anything starts: no failed operation for a typo
-            raise InvalidAgentCount(f"agent count {n} is out of range: this machine runs 1 to {maximum} agents")
+        # refused before anything starts (no failed operation for a typo), by fleet's one rule
+        n = ids.agent_count(request.n, await blocking(fleet.max_agents, settings))
         started = await pane.run("start", f"{n} agent{'s' if n != 1 else ''}",
                                  lambda progress: fleet.start_agents(settings, n, progress=progress))
         return {"agents": [a.to_dict() for a in started]}

@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-from .. import worktrees
-from ..config import Settings
-from ..ids import agent_count
+from .. import fleet, worktrees
 from .edge import Namespace, emit_json, settings, table, task
-
-#: The most agents when neither ``autopilot.max_agents`` nor the platform says otherwise.
-FALLBACK_MAX_AGENTS = 10
-
-
-def max_agents(s: Settings) -> int:
-    """The largest count accepted: ``autopilot.max_agents`` if set, else the fallback."""
-    return int(s.max_agents) if s.max_agents else FALLBACK_MAX_AGENTS
 
 
 def _print(ws: list[worktrees.Worktree]) -> None:
@@ -34,7 +24,7 @@ def _print(ws: list[worktrees.Worktree]) -> None:
 def create(c, n, json=False):
     """Create (or reuse, or repair, or migrate) the agents' own clones .worktrees/agent-001.."""
     s = settings(c)
-    made = worktrees.create(s, agent_count(n, max_agents(s)))
+    made = worktrees.create(s, fleet.check_count(s, n, containers=False))
     if json:
         emit_json([w.to_dict() for w in made])
     else:
