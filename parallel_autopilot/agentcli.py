@@ -61,7 +61,7 @@ def labels(choice: str | None) -> dict[str, str]:
 
 
 def cache_root(settings: Any = None) -> Path:
-    value = (getattr(settings, "values", {}) or {}).get("cli_cache") if settings is not None else None
+    value = settings.cli_cache if settings is not None else None
     return Path(os.path.expanduser(str(value or os.environ.get("AUTOPILOT_CLI_CACHE") or DEFAULT_CACHE)))
 
 
@@ -209,19 +209,18 @@ def _host(url: str) -> str:
 
 def endpoint(settings: Any, kind: str) -> str | None:
     key = "openai_base_url" if kind == "codex" else "anthropic_base_url"
-    value = (getattr(settings, "values", {}) or {}).get(key)
+    value = getattr(settings, key)
     return str(value).strip() or None if value else None
 
 
 def credentials(settings: Any, kind: str) -> str | None:
     """Where the kind's credentials come from (a description), or None when there are none."""
-    values = getattr(settings, "values", {}) or {}
-    env_path = settings.path("env_file") if values.get("env_file") else None
+    env_path = settings.path("env_file") if settings.env_file else None
     keys = env_file_keys(env_path)
     for key in _KEYS[kind]:
         if keys.get(key):
             return f"{key} in {env_path}"
-    if kind == "codex" and values.get("codex_home"):
+    if kind == "codex" and settings.codex_home:
         auth = settings.path("codex_home") / "auth.json"
         if auth.is_file() and auth.stat().st_size > 0:
             return str(auth)
@@ -234,12 +233,12 @@ def preflight(settings: Any, image_labels: Mapping[str, str] | None, count: int 
     ``image_labels`` are the labels of the image that will run (None: it will
     be built from these settings now, so its CLI labels are :func:`labels`).
     """
-    kind = str(getattr(settings, "agent_kind", "script"))
+    kind = str(settings.agent_kind)
     if kind not in MODEL_KINDS:
         return []
     package, version = PINS[kind]
     found = (image_labels or {}).get(LABEL_PREFIX + kind) if image_labels is not None \
-        else labels(getattr(settings, "agent_cli", "none")).get(LABEL_PREFIX + kind)
+        else labels(settings.agent_cli).get(LABEL_PREFIX + kind)
     if found is None:
         raise InvalidInput(f"agent kind {kind} needs {package} in the image {settings.image}, which has none: "
                            f"set autopilot.agent_cli to {kind} or all and run `inv build --cli {kind}`")
@@ -253,7 +252,7 @@ def preflight(settings: Any, image_labels: Mapping[str, str] | None, count: int 
         raise InvalidInput(f"agent kind {kind} has no credentials: put {keys} into the file named by "
                            f"autopilot.env_file{where}")
     url = endpoint(settings, kind)
-    network = str(getattr(settings, "network", "bridge"))
+    network = str(settings.network)
     if network == "none" and not (url and _host(url).startswith(_LOOPBACK)):
         what = "openai_base_url" if kind == "codex" else "anthropic_base_url"
         raise InvalidInput(f"agent kind {kind} cannot reach its model with network none: set autopilot.network "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import platform as platform_mod
-from .errors import ComposeError, InvalidAgentCount, InvalidInput, one_line
+from .errors import ComposeError, InvalidAgentCount, one_line
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
@@ -103,12 +103,8 @@ def project_name(settings: Any) -> str:
     ``settings.project`` if set, else ``pa-<repo name>-<hash of its path>``:
     two checkouts with the same name never share containers.
     """
-    if getattr(settings, "project", None):
-        name = str(settings.project).lower()
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
-            raise InvalidInput(f"project {settings.project!r} is not a valid compose project name: "
-                               "use lower-case letters, digits, '-' and '_'")
-        return name
+    if settings.project:
+        return str(settings.project).lower()  # its format is checked by config.load
     repo = Path(settings.repo)
     slug = re.sub(r"[^a-z0-9]+", "-", repo.name.lower()).strip("-")[:24] or "repo"
     digest = hashlib.sha256(str(repo).encode()).hexdigest()[:8]

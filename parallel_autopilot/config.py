@@ -11,72 +11,19 @@ repository, which defaults to the git top level of the current directory.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from . import git
+from .defaults import DEFAULTS as _DEFAULTS, TABLE
 from .errors import GitError, InvalidInput
 
-#: Defaults, also installed with ``Collection.configure({"autopilot": DEFAULTS})``
-#: so ``inv --help``/config dumps show them. ``None`` means "detect".
-DEFAULTS: dict[str, Any] = {
-    "repo": None,  # target repository; None = git top level of the cwd
-    "state_dir": ".autopilot",  # holds autopilot.db (a DIRECTORY is bind-mounted)
-    "queue": None,  # None = SQLite in state_dir; postgresql://user@host/db = one backlog for many hosts
-    "worktrees_dir": ".worktrees",
-    "logs_dir": "docs/logs",
-    "base_branch": None,  # None = the repository's current branch
-    "lease_seconds": 900,  # the design's 15-minute claim expiry
-    "max_attempts": 3,
-    "backoff_seconds": 30,
-    "agent_kind": "script",  # script | codex | claude | command
-    "agent_command": None,  # template for kind "command", e.g. "my-agent {number} {title}"
-    "issue_timeout": 3600,
-    # verified work (issue 10): the repository's check, run after every attempt and on
-    # every merge candidate; an issue's own `check:` wins. None = no check (done on exit 0
-    # with a change). E.g. "python -m pytest -q".
-    "check": None,
-    "check_timeout": 600,  # seconds; a check that runs longer fails
-    "merge_batch": 1,  # merge queue: test this many issues stacked at once, bisect on red
-    "merge_requeue": False,  # a rejected issue goes back to the queue with the report in its prompt
-    "merge_poll_seconds": 5,  # `agents.start --merge`: how often the merge queue looks for done issues
-    "merge_check_runner": "host",  # host | container: where the merge queue runs the check
-    "poll_seconds": 0.5,  # idle agents look for work this often (+-30%); an empty poll is a read
-    "watchdog_seconds": 120,
-    "image": "parallel-autopilot:latest",
-    "base_image": "python:3.11-slim",
-    "agent_cli": "none",  # agent CLIs in the image: none | codex | claude | all (pinned in agentcli.py)
-    "cli_cache": "~/.cache/parallel-autopilot/cli",  # host npm cache of the pinned CLIs
-    # model endpoints of this repository (a gateway, a local server); None = the vendor's
-    "openai_base_url": None,  # codex: an OpenAI Responses API base, e.g. http://127.0.0.1:8000/v1
-    "anthropic_base_url": None,  # claude: an Anthropic Messages API base, e.g. http://127.0.0.1:8001
-    "agent_model": None,  # model name handed to the CLI; None = the CLI's default
-    "model_retries": None,  # the CLI's own retries of a failed model request; None = its default
-    "quota_backoff_seconds": 60,  # wait after a rate limit that names no reset time (doubles, max 1 h)
-    "profile": "auto",  # auto | light | full: resources per agent
-    "memory": None,  # per agent, e.g. "12g"; None = platform default
-    "cpus": None,  # per agent, e.g. 4; None = platform default
-    "pids_limit": 512,
-    "max_agents": None,  # None = platform default
-    "stop_grace_seconds": 30,
-    "health_interval_seconds": 2,
-    "start_timeout_seconds": 120,
-    "network": "bridge",  # docker network mode for agents; tests use "none"
-    "project": None,  # compose project name; None = derived from the repo path
-    "codex_home": "~/.codex",
-    "ssh_dir": "~/.ssh",
-    "gitconfig": "~/.gitconfig",
-    "env_file": None,  # API keys for agent CLIs (KEY=VALUE lines), never baked in
-    "gui_host": "127.0.0.1",
-    "gui_port": 8787,
-    "remote_dir": "~/parallel-autopilot",  # the checkout on the workstation (fab)
-    "remote_python": None,  # None = <remote_dir>/.venv/bin/python
-    "remote_repo": None,  # target repository on the workstation; None = remote_dir
-    "remote_hosts": None,  # default hosts for `fab` when -H is not given, e.g. ["workstation"]
-    "remote_origin": None,  # git URL remote.setup clones; None = the laptop checkout's origin
-    "remote_connect_timeout": 15,  # seconds to wait for a host's SSH port
-}
+#: Defaults (the one table in defaults.py), also installed with
+#: ``Collection.configure({"autopilot": DEFAULTS})`` so ``inv --help``/config dumps
+#: show them. ``None`` means "detect".
+DEFAULTS: dict[str, Any] = _DEFAULTS
 
 
 def git_toplevel(start: Path) -> Path:
@@ -91,20 +38,66 @@ def git_toplevel(start: Path) -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved configuration. Build it with :func:`load`, not by hand."""
+    """Resolved, checked configuration: one typed field per key of defaults.TABLE.
+
+    Build it with :func:`load` (which checks every value once), not by hand.
+    """
 
     repo: Path
-    values: Mapping[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        values = object.__getattribute__(self, "values")
-        if name in values:
-            return values[name]
-        raise AttributeError(name)
+    state_dir: str = '.autopilot'
+    queue: str | None = None
+    worktrees_dir: str = '.worktrees'
+    logs_dir: str = 'docs/logs'
+    base_branch: str | None = None
+    lease_seconds: float = 900
+    max_attempts: int = 3
+    backoff_seconds: float = 30
+    agent_kind: str = 'script'
+    agent_command: str | None = None
+    issue_timeout: float = 3600
+    check: str | None = None
+    check_timeout: float = 600
+    merge_batch: int = 1
+    merge_requeue: bool = False
+    merge_poll_seconds: float = 5
+    merge_check_runner: str = 'host'
+    poll_seconds: float = 0.5
+    watchdog_seconds: float = 120
+    image: str = 'parallel-autopilot:latest'
+    base_image: str = 'python:3.11-slim'
+    agent_cli: str = 'none'
+    cli_cache: str = '~/.cache/parallel-autopilot/cli'
+    openai_base_url: str | None = None
+    anthropic_base_url: str | None = None
+    agent_model: str | None = None
+    model_retries: int | None = None
+    quota_backoff_seconds: float = 60
+    profile: str = 'auto'
+    memory: str | None = None
+    cpus: float | None = None
+    pids_limit: int = 512
+    max_agents: int | None = None
+    stop_grace_seconds: float = 30
+    health_interval_seconds: float = 2
+    start_timeout_seconds: float = 120
+    network: str = 'bridge'
+    project: str | None = None
+    codex_home: str = '~/.codex'
+    ssh_dir: str = '~/.ssh'
+    gitconfig: str = '~/.gitconfig'
+    env_file: str | None = None
+    gui_host: str = '127.0.0.1'
+    gui_port: int = 8787
+    remote_dir: str = '~/parallel-autopilot'
+    remote_python: str | None = None
+    remote_repo: str | None = None
+    remote_hosts: list[str] | None = None
+    remote_origin: str | None = None
+    remote_connect_timeout: float = 15
 
     def path(self, key: str) -> Path:
         """A path setting resolved against the repository (``~`` expanded)."""
-        value = Path(os.path.expanduser(str(self.values[key])))
+        value = Path(os.path.expanduser(str(getattr(self, key))))
         return value if value.is_absolute() else self.repo / value
 
     @property
@@ -118,7 +111,7 @@ class Settings:
     @property
     def queue_target(self) -> str:
         """Where the issue queue is, for ``issues.open_store``: the PostgreSQL URL, else the state directory."""
-        return self.values.get("queue") or str(self.state_path)
+        return self.queue or str(self.state_path)
 
     @property
     def worktrees_path(self) -> Path:
@@ -130,8 +123,14 @@ class Settings:
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some values changed (``repo`` too)."""
-        repo = Path(changes.pop("repo", self.repo))
-        return Settings(repo=repo, values={**self.values, **changes})
+        values = {**self.values, **changes}
+        repo = Path(values.pop("repo", self.repo))
+        return _build(repo, values, {k: "argument " + k for k in values})
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The values as a fresh dict (a copy: Settings stays frozen)."""
+        return {k: getattr(self, k) for k in TABLE if k != "repo"}
 
     def as_dict(self) -> dict[str, Any]:
         """The values, for showing: a password in the queue URL is left out."""
@@ -148,13 +147,125 @@ def redact_url(url: str) -> str:
     return redact(url)
 
 
-def _check_queue(value: Any) -> None:
+_PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_MEMORY = re.compile(r"\d+(\.\d+)?\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _bad(key: str, source: str, problem: str) -> InvalidInput:
+    return InvalidInput(f"setting {key} from {source}: {problem}")
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """``value`` as the type of ``key`` in defaults.TABLE, checked; InvalidInput names key and source."""
+    default, kind, check = TABLE[key]
+    if isinstance(value, str) and value == "" and default is None:
+        return None  # INVOKE_AUTOPILOT_X= (empty) means unset
     if value is None:
-        return
-    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
-        shown = redact_url(value) if isinstance(value, str) else repr(value)
-        raise InvalidInput(f"autopilot.queue {shown!r} is not a postgresql:// URL: "
-                           "give postgresql://user@host/db, or leave it unset for SQLite in state_dir")
+        if default is None:
+            return None
+        raise _bad(key, source, f"must be set (a {kind}); remove it to get the default {default!r}")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise _bad(key, source, f"{value!r} is not a boolean: use true or false")
+    if kind in ("int", "float"):
+        if isinstance(value, bool):
+            raise _bad(key, source, f"{value!r} is not a number: give a {kind}")
+        number: Any = value
+        if isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                try:
+                    number = float(value.strip())
+                except ValueError:
+                    raise _bad(key, source, f"{value!r} is not a number: give a {kind}") from None
+        if not isinstance(number, (int, float)):
+            raise _bad(key, source, f"{value!r} is not a number: give a {kind}")
+        if kind == "int":
+            if isinstance(number, float) and not number.is_integer():
+                raise _bad(key, source, f"{value!r} is not a whole number")
+            number = int(number)
+        if isinstance(check, tuple) and len(check) >= 2 and not isinstance(check[0], str):
+            low, high = check[0], check[1]
+            inclusive = len(check) > 2 or low != 0
+            if low is not None and (number < low if inclusive else number <= low):
+                raise _bad(key, source, f"{value!r} must be {'at least' if inclusive else 'above'} {low}")
+            if high is not None and number > high:
+                raise _bad(key, source, f"{value!r} must be at most {high}")
+        return number
+    if kind == "list":
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise _bad(key, source, f"{value!r} is not a list of names: give e.g. [host1, host2]")
+        return list(value)
+    # str and path
+    if isinstance(value, Path) and kind == "path":
+        value = str(value)
+    if not isinstance(value, str):
+        raise _bad(key, source, f"{value!r} is not a {'path' if kind == 'path' else 'string'}")
+    if isinstance(check, tuple) and check and isinstance(check[0], str):
+        if value.lower() not in check:
+            raise _bad(key, source, f"{value!r} is not one of {', '.join(check)}")
+        value = value.lower()
+    elif check == "queue" and not value.startswith(("postgresql://", "postgres://")):
+        raise _bad(key, source, f"{redact_url(value)!r} is not a postgresql:// URL: give "
+                   "postgresql://user@host/db, or leave it unset for SQLite in state_dir")
+    elif check == "http" and not value.startswith(("http://", "https://")):
+        raise _bad(key, source, f"{value!r} is not an http(s):// URL")
+    elif check == "memory" and not _MEMORY.fullmatch(value.strip()):
+        raise _bad(key, source, f"{value!r} is not a memory size: use a value like 512m or 12g")
+    elif check == "project" and not _PROJECT.fullmatch(value.lower()):
+        raise _bad(key, source, f"{value!r} is not a valid compose project name: "
+                   "use lower-case letters, digits, '-' and '_'")
+    return value
+
+
+def _build(repo: Path, values: Mapping[str, Any], sources: Mapping[str, str]) -> Settings:
+    """Check every value once and build the Settings; an unknown key names its source."""
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        source = sources.get(key, "the defaults")
+        if key not in TABLE:
+            raise InvalidInput(f"unknown setting {key} from {source}: "
+                               "see the table in parallel_autopilot/defaults.py")
+        if key == "repo":
+            continue
+        checked[key] = _coerce(key, value, source)
+    return Settings(repo=repo, **checked)
+
+
+def _sources_of(keys: Any, repo: Path) -> dict[str, str]:
+    """Where each key of invoke's configuration came from: env var, else the last file naming it."""
+    files = [Path("/etc/invoke.yaml"), Path("~/.invoke.yaml").expanduser(), repo / "invoke.yaml"]
+    sources: dict[str, str] = {}
+    for path in files:
+        for key in _file_keys(path):
+            sources[key] = str(path)
+    for key in keys:
+        env = "INVOKE_AUTOPILOT_" + key.upper()
+        if env in os.environ:
+            sources[key] = "environment variable " + env
+        sources.setdefault(key, "the invoke configuration")
+    return sources
+
+
+def _file_keys(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return []
+    section = data.get("autopilot") if isinstance(data, dict) else None
+    return list(section) if isinstance(section, dict) else []
 
 
 def _section(config: Any) -> dict[str, Any]:
@@ -179,28 +290,22 @@ def load(config: Any = None, cwd: Path | None = None, **overrides: Any) -> Setti
     values as the tasks.
     """
     explicit = {k: v for k, v in overrides.items() if v is not None}
-    values = {**DEFAULTS, **_section(config), **explicit}
-    unknown = set(values) - set(DEFAULTS)
-    if unknown:
-        raise InvalidInput(
-            f"unknown setting(s) {', '.join(sorted(unknown))}: see DEFAULTS in parallel_autopilot/config.py"
-        )
-    repo = values["repo"]
+    arg_sources = {k: "argument " + k for k in explicit}
+    first = {**_section(config), **explicit}
+    repo = first.get("repo")
     if repo:
         repo = Path(os.path.expanduser(str(repo))).resolve()
     else:
         repo = git_toplevel(Path(cwd or os.getcwd()))
     if config is None:
-        values = {**DEFAULTS, **_section(invoke_config(repo)), **explicit}
+        section = _section(invoke_config(repo))
     else:
         # the console program and fab do not read the target repository's
         # invoke.yaml themselves; `inv` does, and reading it twice is harmless
-        values = {**DEFAULTS, **_repo_file(repo), **_section(config), **explicit}
-    values["repo"] = str(repo)
-    if values.get("queue") == "":
-        values["queue"] = None  # INVOKE_AUTOPILOT_QUEUE= (empty) means unset
-    _check_queue(values["queue"])
-    return Settings(repo=repo, values=values)
+        section = {**_repo_file(repo), **_section(config)}
+    sources = {**_sources_of(section, repo), **arg_sources}
+    values = {**DEFAULTS, **section, **explicit}
+    return _build(repo, values, sources)
 
 
 def _repo_file(repo: Path) -> dict[str, Any]:

@@ -93,15 +93,15 @@ def compose_env(settings: Any, limits: platform_mod.Limits | None = None, *, str
         "AUTOPILOT_ANTHROPIC_BASE_URL": _optional(settings, "anthropic_base_url"),
         "AUTOPILOT_MODEL": _optional(settings, "agent_model"),
         "AUTOPILOT_MODEL_RETRIES": _optional(settings, "model_retries"),
-        "AUTOPILOT_QUOTA_BACKOFF_SECONDS": _number(settings.values.get("quota_backoff_seconds") or 60),
-        "AUTOPILOT_CHECK": str(settings.values.get("check") or ""),
-        "AUTOPILOT_CHECK_TIMEOUT": _number(settings.values.get("check_timeout") or 600),
+        "AUTOPILOT_QUOTA_BACKOFF_SECONDS": _number(settings.quota_backoff_seconds),
+        "AUTOPILOT_CHECK": str(settings.check or ""),
+        "AUTOPILOT_CHECK_TIMEOUT": _number(settings.check_timeout),
     }
     return env
 
 
 def _optional(settings: Any, key: str) -> str:
-    value = settings.values.get(key)
+    value = getattr(settings, key)
     return "" if value is None else str(value).strip()
 
 
@@ -151,7 +151,7 @@ def _base_branch(settings: Any, strict: bool) -> str:
 
 
 def _credential(settings: Any, key: str, placeholder: Path, is_dir: bool, uid: int, gid: int) -> str:
-    path = settings.path(key) if settings.values.get(key) else None
+    path = settings.path(key) if getattr(settings, key) else None
     if path is not None and (path.is_dir() if is_dir else path.is_file()):
         return str(path)
     if is_dir:
@@ -161,7 +161,7 @@ def _credential(settings: Any, key: str, placeholder: Path, is_dir: bool, uid: i
 
 
 def _env_file(settings: Any, placeholder: Path, uid: int, gid: int) -> str:
-    if settings.values.get("env_file"):
+    if settings.env_file:
         path = settings.path("env_file")
         if not path.is_file():
             raise InvalidInput(f"env_file {path} does not exist: create it (KEY=VALUE lines) "

@@ -215,12 +215,12 @@ def merge_loop(settings: Settings, *, stop: threading.Event | None = None, progr
             report = mergequeue.MergeQueue(settings, store, progress=progress).run()
         except Conflict as err:  # another queue runs (issues.merge by hand): next round
             progress(f"merge queue: {err}")
-            wait(float(settings.values.get("merge_poll_seconds") or 5))
+            wait(float(settings.merge_poll_seconds or 5))
             continue
         if report.outcome != "nothing":
             progress(report.summary())
             reports.append(report)
-        wait(float(settings.values.get("merge_poll_seconds") or 5))
+        wait(float(settings.merge_poll_seconds or 5))
     return reports
 
 

@@ -84,11 +84,11 @@ def source_hash(settings: Any) -> str:
 
 
 def _base_image(settings: Any) -> str:
-    return str(getattr(settings, "base_image", None) or "python:3.11-slim")
+    return str(settings.base_image or "python:3.11-slim")
 
 
 def _agent_cli(settings: Any) -> str:
-    cli = str(getattr(settings, "agent_cli", None) or "none").lower()
+    cli = str(settings.agent_cli or "none").lower()
     if cli not in AGENT_CLIS:
         raise ImageBuildError(f"agent_cli {cli!r} is unknown: use none, codex, claude or all")
     return cli

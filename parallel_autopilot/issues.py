@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from . import defaults as _defaults
 from . import forksafe
 from .errors import Conflict, DatabaseDamaged, InvalidInput, IssueNotFound, LeaseLost
 # the network-filesystem refusal lives with the rest of the host facts; named here too (tests, callers)
@@ -64,9 +65,9 @@ from .platform import UNSAFE_FILESYSTEMS, check_filesystem, filesystem_type  # n
 
 PRIORITIES = ("urgent", "high", "medium", "low")
 STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked", "empty", "merged", "rejected")
-DEFAULT_LEASE_SECONDS = 900
-DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_BACKOFF_SECONDS = 30.0
+DEFAULT_LEASE_SECONDS = _defaults.LEASE_SECONDS
+DEFAULT_MAX_ATTEMPTS = _defaults.MAX_ATTEMPTS
+DEFAULT_BACKOFF_SECONDS = float(_defaults.BACKOFF_SECONDS)
 DEFAULT_BUSY_TIMEOUT = 30.0
 
 #: Appends the audit event an UPDATE names (transition, actor, note), in the same statement.

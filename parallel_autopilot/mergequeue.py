@@ -235,12 +235,12 @@ class MergeQueue:
         self.ref = f"refs/heads/{self.base}"
         self.runner = runner or _runner(settings)
         self.progress = progress
-        self.batch = int(batch if batch is not None else settings.values.get("merge_batch") or 1)
+        self.batch = int(batch if batch is not None else settings.merge_batch or 1)
         if self.batch < 1:
             raise InvalidInput(f"merge batch {self.batch} is too small: use 1 or more")
-        self.requeue = bool(settings.values.get("merge_requeue") if requeue is None else requeue)
-        self.check = settings.values.get("check") if check is None else check
-        self.check_timeout = float(check_timeout or settings.values.get("check_timeout") or 600)
+        self.requeue = bool(settings.merge_requeue if requeue is None else requeue)
+        self.check = settings.check if check is None else check
+        self.check_timeout = float(check_timeout or settings.check_timeout or 600)
         self.dir = merge_dir(self.git)
         self.worktree = self.dir / "worktree"
         self._wt: Git | None = None
@@ -517,7 +517,7 @@ def _flat(text: str) -> str:
 
 def _runner(settings: Settings) -> CheckRunner:
     """Where the check runs: ``host`` (a process here) or ``container`` (see :mod:`.checkbox`)."""
-    where = str(settings.values.get("merge_check_runner") or "host")
+    where = str(settings.merge_check_runner or "host")
     if where == "host":
         return run_on_host
     if where == "container":

@@ -108,7 +108,7 @@ class RemoveReport:
 def base_branch(settings: Settings, git: Git | None = None) -> str:
     """The branch agents start from: ``autopilot.base_branch``, else the repository's current branch."""
     git = git or Git(settings.repo)
-    base = settings.values.get("base_branch") or git.current_branch()
+    base = settings.base_branch or git.current_branch()
     if not base:
         raise GitError(f"{settings.repo} has a detached HEAD: check out a branch or set autopilot.base_branch")
     if not git.branch_exists(base):

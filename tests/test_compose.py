@@ -80,19 +80,19 @@ def test_detect_without_any_compose_names_the_fix(monkeypatch):
 
 
 def test_project_name_is_stable_and_differs_for_same_named_repositories(tmp_path):
-    a = config.Settings(repo=tmp_path / "x" / "app", values={"project": None})
-    b = config.Settings(repo=tmp_path / "y" / "app", values={"project": None})
+    a = config.Settings(repo=tmp_path / "x" / "app")
+    b = config.Settings(repo=tmp_path / "y" / "app")
     assert compose.project_name(a) == compose.project_name(a)
     assert compose.project_name(a) != compose.project_name(b)
     assert compose.project_name(a).startswith("pa-app-")
-    weird = config.Settings(repo=tmp_path / "My Repo!", values={"project": None})
+    weird = config.Settings(repo=tmp_path / "My Repo!")
     assert compose.project_name(weird).startswith("pa-my-repo-")
 
 
 def test_explicit_project_name_is_used_and_checked(tmp_path):
-    assert compose.project_name(config.Settings(repo=tmp_path, values={"project": "Mine_1"})) == "mine_1"
+    assert compose.project_name(config.load(config={}, repo=str(tmp_path), project="Mine_1")) == "mine_1"
     with pytest.raises(InvalidInput, match="project"):
-        compose.project_name(config.Settings(repo=tmp_path, values={"project": "../x"}))
+        config.load(config={}, repo=str(tmp_path), project="../x")  # checked once, in config.load
 
 
 # -- variables ----------------------------------------------------------------

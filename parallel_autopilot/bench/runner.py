@@ -157,7 +157,7 @@ def run(settings: Settings, scenarios: Iterable[str] | str | None = None, *, qui
         "scenarios_asked": names,
         "machine": report.machine(),
         "setup": setup,
-        "settings": {k: settings.values.get(k) for k in ("image", "lease_seconds", "poll_seconds",
+        "settings": {k: getattr(settings, k) for k in ("image", "lease_seconds", "poll_seconds",
                                                          "stop_grace_seconds", "health_interval_seconds")},
         "scenarios": results,
     }

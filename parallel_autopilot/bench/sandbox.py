@@ -64,7 +64,7 @@ class Sandbox:
         (self.repo / "README.md").write_text(f"benchmark sandbox {self.project}\n")
         git(self.repo, "add", "README.md")
         git(self.repo, "commit", "-q", "-m", "sandbox")
-        user = {k: ctx.settings.values[k] for k in KEPT if k in ctx.settings.values}
+        user = {k: getattr(ctx.settings, k) for k in KEPT}
         absent = self.root / "absent"  # credentials: none (compose mounts a placeholder)
         values = {
             **user,

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .. import defaults
 from ..errors import InvalidInput
 from ..ids import agent_id
 from ..issues import DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
 
-KINDS = ("script", "codex", "claude", "command")
+KINDS = defaults.AGENT_KINDS
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,9 @@ class RuntimeSettings:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
-    issue_timeout: float = 3600.0
-    poll_seconds: float = 0.5
-    watchdog_seconds: float = 120.0
+    issue_timeout: float = float(defaults.DEFAULTS["issue_timeout"])
+    poll_seconds: float = float(defaults.DEFAULTS["poll_seconds"])
+    watchdog_seconds: float = float(defaults.DEFAULTS["watchdog_seconds"])
     grace_seconds: float = 10.0
     heartbeat_file: Path = Path("/run/autopilot/heartbeat")
     credentials: Path = Path("/run/credentials")
@@ -48,9 +49,9 @@ class RuntimeSettings:
     anthropic_base_url: str | None = None
     model: str | None = None
     model_retries: int | None = None
-    quota_backoff_seconds: float = 60.0
+    quota_backoff_seconds: float = float(defaults.DEFAULTS["quota_backoff_seconds"])
     check: str | None = None  # the repository's check (an issue's own `check` wins)
-    check_timeout: float = 600.0
+    check_timeout: float = float(defaults.DEFAULTS["check_timeout"])
     # A file holding the postgresql:// URL of a shared queue (mounted read-only): the URL
     # carries a password, so it never travels in the environment or the compose file.
     queue_file: Path | None = None
@@ -112,9 +113,9 @@ class RuntimeSettings:
             lease_seconds=number("AUTOPILOT_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 0.3),
             max_attempts=number("AUTOPILOT_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, integer=True),
             backoff_seconds=number("AUTOPILOT_BACKOFF_SECONDS", DEFAULT_BACKOFF_SECONDS),
-            issue_timeout=number("AUTOPILOT_ISSUE_TIMEOUT", 3600.0, 0.1),
+            issue_timeout=number("AUTOPILOT_ISSUE_TIMEOUT", float(defaults.DEFAULTS["issue_timeout"]), 0.1),
             poll_seconds=number("AUTOPILOT_POLL_SECONDS", 0.5, 0.01),
-            watchdog_seconds=number("AUTOPILOT_WATCHDOG_SECONDS", 120.0, 1.0),
+            watchdog_seconds=number("AUTOPILOT_WATCHDOG_SECONDS", float(defaults.DEFAULTS["watchdog_seconds"]), 1.0),
             grace_seconds=number("AUTOPILOT_GRACE_SECONDS", 10.0),
             heartbeat_file=Path(env.get("AUTOPILOT_HEARTBEAT_FILE", "").strip() or "/run/autopilot/heartbeat"),
             credentials=Path(env.get("AUTOPILOT_CREDENTIALS", "").strip() or "/run/credentials"),
@@ -126,9 +127,9 @@ class RuntimeSettings:
             model=env.get("AUTOPILOT_MODEL", "").strip() or None,
             model_retries=(number("AUTOPILOT_MODEL_RETRIES", 0, 0, integer=True)
                            if env.get("AUTOPILOT_MODEL_RETRIES", "").strip() else None),
-            quota_backoff_seconds=number("AUTOPILOT_QUOTA_BACKOFF_SECONDS", 60.0, 0.1),
+            quota_backoff_seconds=number("AUTOPILOT_QUOTA_BACKOFF_SECONDS", float(defaults.DEFAULTS["quota_backoff_seconds"]), 0.1),
             check=env.get("AUTOPILOT_CHECK", "").strip() or None,
-            check_timeout=number("AUTOPILOT_CHECK_TIMEOUT", 600.0, 0.1),
+            check_timeout=number("AUTOPILOT_CHECK_TIMEOUT", float(defaults.DEFAULTS["check_timeout"]), 0.1),
             queue_file=Path(env["AUTOPILOT_QUEUE_FILE"].strip())
             if env.get("AUTOPILOT_QUEUE_FILE", "").strip() else None,
         )

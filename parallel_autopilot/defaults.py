@@ -1,0 +1,79 @@
+"""The one table of setting defaults, shared by the host (config.py) and the
+in-container runtime (runtime/settings.py). Standard library only: the runtime
+imports it inside the container, where neither yaml nor invoke exist.
+
+Each row: key -> (default, kind, check). ``kind`` is the type config.load coerces
+to (int, float, bool, str, path, list); ``check`` is a range ``(low, high)``
+(inclusive; None = open), a tuple of choices, or a format name ("memory",
+"project", "queue", "http"). A ``None`` default means "unset/detect" and makes
+the key None-able.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LEASE_SECONDS = 900  # the design's 15-minute claim expiry
+MAX_ATTEMPTS = 3
+BACKOFF_SECONDS = 30
+AGENT_KINDS = ("script", "codex", "claude", "command")
+
+POSITIVE = (0, None)  # > 0 (see config._check_range: a low of 0 is exclusive)
+AT_LEAST_1 = (1, None)
+PORT = (1, 65535)
+
+TABLE: dict[str, tuple[Any, str, Any]] = {
+    "repo": (None, "path", None),
+    "state_dir": (".autopilot", "path", None),
+    "queue": (None, "str", "queue"),
+    "worktrees_dir": (".worktrees", "path", None),
+    "logs_dir": ("docs/logs", "path", None),
+    "base_branch": (None, "str", None),
+    "lease_seconds": (LEASE_SECONDS, "float", POSITIVE),
+    "max_attempts": (MAX_ATTEMPTS, "int", AT_LEAST_1),
+    "backoff_seconds": (BACKOFF_SECONDS, "float", (0, None, "ge")),
+    "agent_kind": ("script", "str", AGENT_KINDS),
+    "agent_command": (None, "str", None),
+    "issue_timeout": (3600, "float", POSITIVE),
+    "check": (None, "str", None),
+    "check_timeout": (600, "float", POSITIVE),
+    "merge_batch": (1, "int", AT_LEAST_1),
+    "merge_requeue": (False, "bool", None),
+    "merge_poll_seconds": (5, "float", POSITIVE),
+    "merge_check_runner": ("host", "str", ("host", "container")),
+    "poll_seconds": (0.5, "float", POSITIVE),
+    "watchdog_seconds": (120, "float", POSITIVE),
+    "image": ("parallel-autopilot:latest", "str", None),
+    "base_image": ("python:3.11-slim", "str", None),
+    "agent_cli": ("none", "str", ("none", "codex", "claude", "all")),
+    "cli_cache": ("~/.cache/parallel-autopilot/cli", "path", None),
+    "openai_base_url": (None, "str", "http"),
+    "anthropic_base_url": (None, "str", "http"),
+    "agent_model": (None, "str", None),
+    "model_retries": (None, "int", (0, None, "ge")),
+    "quota_backoff_seconds": (60, "float", POSITIVE),
+    "profile": ("auto", "str", ("auto", "light", "full")),
+    "memory": (None, "str", "memory"),
+    "cpus": (None, "float", POSITIVE),
+    "pids_limit": (512, "int", AT_LEAST_1),
+    "max_agents": (None, "int", AT_LEAST_1),
+    "stop_grace_seconds": (30, "float", (0, None, "ge")),
+    "health_interval_seconds": (2, "float", POSITIVE),
+    "start_timeout_seconds": (120, "float", POSITIVE),
+    "network": ("bridge", "str", None),
+    "project": (None, "str", "project"),
+    "codex_home": ("~/.codex", "path", None),
+    "ssh_dir": ("~/.ssh", "path", None),
+    "gitconfig": ("~/.gitconfig", "path", None),
+    "env_file": (None, "path", None),
+    "gui_host": ("127.0.0.1", "str", None),
+    "gui_port": (8787, "int", PORT),
+    "remote_dir": ("~/parallel-autopilot", "str", None),
+    "remote_python": (None, "str", None),
+    "remote_repo": (None, "str", None),
+    "remote_hosts": (None, "list", None),
+    "remote_origin": (None, "str", None),
+    "remote_connect_timeout": (15, "float", POSITIVE),
+}
+
+DEFAULTS: dict[str, Any] = {key: row[0] for key, row in TABLE.items()}
