@@ -25,9 +25,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping, TYPE_CHECKING
 
 from .errors import ImageBuildError, InvalidInput
+
+if TYPE_CHECKING:  # for annotations only: this module needs nothing of config at run time
+    from .config import Settings
 
 #: The versions tested end to end (tests/test_agent_clis_real.py). Change both together.
 PINS: dict[str, tuple[str, str]] = {
@@ -60,7 +63,7 @@ def labels(choice: str | None) -> dict[str, str]:
     return {LABEL_PREFIX + cli: PINS[cli][1] for cli in clis(choice)}
 
 
-def cache_root(settings: Any = None) -> Path:
+def cache_root(settings: Settings | None = None) -> Path:
     value = settings.cli_cache if settings is not None else None
     return Path(os.path.expanduser(str(value or os.environ.get("AUTOPILOT_CLI_CACHE") or DEFAULT_CACHE)))
 
@@ -95,12 +98,12 @@ class Installed:
         return self.binary_dir() / "claude"
 
 
-def installed(cli: str, settings: Any = None) -> Installed:
+def installed(cli: str, settings: Settings | None = None) -> Installed:
     package, version = PINS[cli]
     return Installed(cli, version, cache_root(settings) / f"{cli}-{version}")
 
 
-def fetch(cli: str, settings: Any = None, progress: Callable[[str], None] = print,
+def fetch(cli: str, settings: Settings | None = None, progress: Callable[[str], None] = print,
           runner: Runner = subprocess.run) -> Installed:
     """The pinned CLI in the host cache, installed with npm when missing (idempotent)."""
     found = installed(cli, settings)
@@ -132,7 +135,7 @@ def fetch(cli: str, settings: Any = None, progress: Callable[[str], None] = prin
     return found
 
 
-def stage(choice: str | None, target: Path, settings: Any = None,
+def stage(choice: str | None, target: Path, settings: Settings | None = None,
           progress: Callable[[str], None] = print) -> list[Installed]:
     """Fill ``target`` (the context's agent-cli directory) with the chosen CLIs' binaries.
 
@@ -207,13 +210,13 @@ def _host(url: str) -> str:
     return rest.split("/", 1)[0].rsplit(":", 1)[0] if not rest.startswith("[") else rest.split("]")[0] + "]"
 
 
-def endpoint(settings: Any, kind: str) -> str | None:
+def endpoint(settings: Settings, kind: str) -> str | None:
     key = "openai_base_url" if kind == "codex" else "anthropic_base_url"
     value = getattr(settings, key)
     return str(value).strip() or None if value else None
 
 
-def credentials(settings: Any, kind: str) -> str | None:
+def credentials(settings: Settings, kind: str) -> str | None:
     """Where the kind's credentials come from (a description), or None when there are none."""
     env_path = settings.path("env_file") if settings.env_file else None
     keys = env_file_keys(env_path)
@@ -227,7 +230,7 @@ def credentials(settings: Any, kind: str) -> str | None:
     return None
 
 
-def preflight(settings: Any, image_labels: Mapping[str, str] | None, count: int = 1) -> list[str]:
+def preflight(settings: Settings, image_labels: Mapping[str, str] | None, count: int = 1) -> list[str]:
     """Refuse (InvalidInput, one line naming the fix) a model kind that cannot work; warnings.
 
     ``image_labels`` are the labels of the image that will run (None: it will

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import containers, docker_client, image, platform
 from .git import Git
 
+if TYPE_CHECKING:  # for annotations only: this module needs nothing of config at run time
+    from .config import Settings
 
-def container_runner(settings: Any):
+
+def container_runner(settings: Settings):
     """A :class:`~parallel_autopilot.mergequeue.CheckRunner` that runs each check in a container."""
     from .mergequeue import CheckResult, _tail
 

@@ -16,10 +16,13 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TYPE_CHECKING
 
 from . import platform as platform_mod
 from .errors import ComposeError, InvalidAgentCount, one_line
+
+if TYPE_CHECKING:  # for annotations only: this module needs nothing of config at run time
+    from .config import Settings
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
@@ -74,7 +77,7 @@ def _services(path: str, mtime: float) -> tuple[str, ...]:
     return tuple(sorted((data.get("services") or {}).keys()))
 
 
-def services(settings: Any = None) -> list[str]:
+def services(settings: Settings | None = None) -> list[str]:
     """The services the compose file defines (``agent-001`` .. ``agent-010``)."""
     path = compose_file()
     try:
@@ -97,7 +100,7 @@ def check_services(ids: Sequence[str]) -> None:
 # -- names and values ---------------------------------------------------------
 
 
-def project_name(settings: Any) -> str:
+def project_name(settings: Settings) -> str:
     """The compose project (and container-name prefix) of this repository.
 
     ``settings.project`` if set, else ``pa-<repo name>-<hash of its path>``:
@@ -111,7 +114,7 @@ def project_name(settings: Any) -> str:
     return f"pa-{slug}-{digest}"
 
 
-def limits_override(settings: Any, limits: platform_mod.Limits) -> Path:
+def limits_override(settings: Settings, limits: platform_mod.Limits) -> Path:
     """Write and return ``<state>/container/limits.yml``: ``pids_limit`` for every service.
 
     Compose v1 hands an interpolated ``${AGENT_PIDS_LIMIT}`` to Docker's API as
@@ -133,7 +136,7 @@ def limits_override(settings: Any, limits: platform_mod.Limits) -> Path:
 # -- running ------------------------------------------------------------------
 
 
-def command_line(settings: Any, args: Sequence[str], compose: Sequence[str] | None = None,
+def command_line(settings: Settings, args: Sequence[str], compose: Sequence[str] | None = None,
                  files: Sequence[str | os.PathLike] = ()) -> list[str]:
     """The full compose command for ``args`` (project, file(s), no colours).
 
@@ -149,7 +152,7 @@ def creates(args: Sequence[str]) -> bool:
     return bool(args) and args[0] in _CREATING
 
 
-def run(settings: Any, args: Sequence[str], *, env: Mapping[str, str],
+def run(settings: Settings, args: Sequence[str], *, env: Mapping[str, str],
         limits: platform_mod.Limits | None = None, capture: bool = True, check: bool = True,
         timeout: float | None = None, runner: Runner = subprocess.run,
         compose: Sequence[str] | None = None,

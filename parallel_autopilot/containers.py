@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 from . import platform as platform_mod
 from . import worktrees
 from .compose import GENERATED, project_name
 from .errors import GitError, InvalidInput
 from .git import Git
+
+if TYPE_CHECKING:  # for annotations only: this module needs nothing of config at run time
+    from .config import Settings
 
 
 def _seconds(value: Any) -> str:
@@ -31,12 +34,12 @@ def _number(value: Any) -> str:
     return str(int(number)) if number.is_integer() else str(number)
 
 
-def grace_seconds(settings: Any) -> float:
+def grace_seconds(settings: Settings) -> float:
     """SIGTERM -> SIGKILL grace for the agent subprocess: a third of stop_grace_period."""
     return max(1.0, round(float(settings.stop_grace_seconds) / 3, 1))
 
 
-def compose_env(settings: Any, limits: platform_mod.Limits | None = None, *, strict: bool = True,
+def compose_env(settings: Settings, limits: platform_mod.Limits | None = None, *, strict: bool = True,
                 uid: int | None = None, gid: int | None = None,
                 base_branch: str | None = None) -> dict[str, str]:
     """Every variable the compose file reads, from ``settings`` and ``limits``.
@@ -100,19 +103,19 @@ def compose_env(settings: Any, limits: platform_mod.Limits | None = None, *, str
     return env
 
 
-def _optional(settings: Any, key: str) -> str:
+def _optional(settings: Settings, key: str) -> str:
     value = getattr(settings, key)
     return "" if value is None else str(value).strip()
 
 
-def repo_owner(settings: Any, strict: bool = True) -> tuple[int, int]:
+def repo_owner(settings: Settings, strict: bool = True) -> tuple[int, int]:
     """(uid, gid) owning the repository's git directory: who the agents run as."""
     git_dir = _git_dir(settings, strict)
     stat = (git_dir if git_dir.exists() else Path(settings.repo)).stat()
     return stat.st_uid, stat.st_gid
 
 
-def hand_over(settings: Any, paths: Sequence[Path]) -> None:
+def hand_over(settings: Settings, paths: Sequence[Path]) -> None:
     """Give ``paths`` (recursively) to the repository's owner when we run as root for someone else.
 
     Root-made files the agents must write - the database and its -wal/-shm,
@@ -132,7 +135,7 @@ def hand_over(settings: Any, paths: Sequence[Path]) -> None:
                 os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
 
 
-def _git_dir(settings: Any, strict: bool) -> Path:
+def _git_dir(settings: Settings, strict: bool) -> Path:
     try:
         return Git(settings.repo).common_dir()
     except GitError:
@@ -141,7 +144,7 @@ def _git_dir(settings: Any, strict: bool) -> Path:
         return Path(settings.repo) / ".git"
 
 
-def _base_branch(settings: Any, strict: bool) -> str:
+def _base_branch(settings: Settings, strict: bool) -> str:
     try:
         return worktrees.base_branch(settings)
     except GitError:
@@ -150,7 +153,7 @@ def _base_branch(settings: Any, strict: bool) -> str:
         return "unknown"
 
 
-def _credential(settings: Any, key: str, placeholder: Path, is_dir: bool, uid: int, gid: int) -> str:
+def _credential(settings: Settings, key: str, placeholder: Path, is_dir: bool, uid: int, gid: int) -> str:
     path = settings.path(key) if getattr(settings, key) else None
     if path is not None and (path.is_dir() if is_dir else path.is_file()):
         return str(path)
@@ -160,7 +163,7 @@ def _credential(settings: Any, key: str, placeholder: Path, is_dir: bool, uid: i
     return _write(placeholder, "", uid, gid)
 
 
-def _env_file(settings: Any, placeholder: Path, uid: int, gid: int) -> str:
+def _env_file(settings: Settings, placeholder: Path, uid: int, gid: int) -> str:
     if settings.env_file:
         path = settings.path("env_file")
         if not path.is_file():

@@ -26,10 +26,13 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TYPE_CHECKING
 
 from . import agentcli, docker_client
 from .errors import DockerUnavailable, ImageBuildError, InvalidInput, one_line
+
+if TYPE_CHECKING:  # for annotations only: this module needs nothing of config at run time
+    from .config import Settings
 
 Progress = Callable[[str], None]
 
@@ -71,7 +74,7 @@ def _package_files() -> list[Path]:
                   if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"))
 
 
-def source_hash(settings: Any) -> str:
+def source_hash(settings: Settings) -> str:
     """sha256 of what goes into the image: package files, Dockerfile, build arguments."""
     digest = hashlib.sha256()
     for arg in (_base_image(settings), _agent_cli(settings), *sorted(agentcli.labels(_agent_cli(settings)).items())):
@@ -83,18 +86,18 @@ def source_hash(settings: Any) -> str:
     return digest.hexdigest()
 
 
-def _base_image(settings: Any) -> str:
+def _base_image(settings: Settings) -> str:
     return str(settings.base_image or "python:3.11-slim")
 
 
-def _agent_cli(settings: Any) -> str:
+def _agent_cli(settings: Settings) -> str:
     cli = str(settings.agent_cli or "none").lower()
     if cli not in AGENT_CLIS:
         raise ImageBuildError(f"agent_cli {cli!r} is unknown: use none, codex, claude or all")
     return cli
 
 
-def image_labels(settings: Any, client: Any = None) -> dict[str, str] | None:
+def image_labels(settings: Settings, client: Any = None) -> dict[str, str] | None:
     """The labels of ``settings.image``, or None when it does not exist."""
     from docker.errors import ImageNotFound
 
@@ -106,7 +109,7 @@ def image_labels(settings: Any, client: Any = None) -> dict[str, str] | None:
     return dict((found.attrs.get("Config") or {}).get("Labels") or {})
 
 
-def image_status(settings: Any, client: Any = None) -> str:
+def image_status(settings: Settings, client: Any = None) -> str:
     """``missing``, ``stale`` (built from other sources) or ``current``."""
     from docker.errors import ImageNotFound
 
@@ -119,7 +122,7 @@ def image_status(settings: Any, client: Any = None) -> str:
     return "current" if labels.get(LABEL_HASH) == source_hash(settings) else "stale"
 
 
-def ensure_image(settings: Any, progress: Progress = print, rebuild: bool = False) -> str:
+def ensure_image(settings: Settings, progress: Progress = print, rebuild: bool = False) -> str:
     """Build ``settings.image`` unless it exists and matches the sources; return its name."""
     client = docker_client.client()
     if not rebuild and image_status(settings, client) == "current":
@@ -138,7 +141,7 @@ def ensure_image(settings: Any, progress: Progress = print, rebuild: bool = Fals
     return settings.image
 
 
-def build(settings: Any, progress: Progress = print, nocache: bool = False,
+def build(settings: Settings, progress: Progress = print, nocache: bool = False,
           network_mode: str | None = None) -> str:
     """Build ``settings.image`` from the Dockerfile; return the image id.
 
@@ -150,7 +153,7 @@ def build(settings: Any, progress: Progress = print, nocache: bool = False,
         return _build(settings, progress, nocache, network_mode)
 
 
-def _build(settings: Any, progress: Progress, nocache: bool, network_mode: str | None = None) -> str:
+def _build(settings: Settings, progress: Progress, nocache: bool, network_mode: str | None = None) -> str:
     docker_client.client()  # a clear DockerUnavailable before anything else
     cli = _agent_cli(settings)
     context, path = build_context(settings, progress), dockerfile()
@@ -175,7 +178,7 @@ def _build(settings: Any, progress: Progress, nocache: bool, network_mode: str |
     return image_id or built.id
 
 
-def describe(settings: Any) -> dict:
+def describe(settings: Settings) -> dict:
     """The image's name, id, size in bytes and agent CLI versions (from its labels)."""
     found = docker_client.client().images.get(settings.image)
     labels = (found.attrs.get("Config") or {}).get("Labels") or {}
@@ -215,7 +218,7 @@ def _remove_quietly(image_id: str) -> None:
         pass
 
 
-def build_context(settings: Any, progress: Progress = print) -> Path:
+def build_context(settings: Settings, progress: Progress = print) -> Path:
     """The directory sent to the daemon: this checkout, or with CLIs a copy holding them too.
 
     Without CLIs it is the checkout itself (its .dockerignore keeps the package
@@ -254,7 +257,7 @@ def build_context(settings: Any, progress: Progress = print) -> Path:
     return context
 
 
-def _stream_build(api: Any, settings: Any, context: Path, path: Path, base: str, labels: dict,
+def _stream_build(api: Any, settings: Settings, context: Path, path: Path, base: str, labels: dict,
                   nocache: bool, progress: Progress, network_mode: str | None = None) -> tuple[str | None, str]:
     image_id, last = None, ""
     extra = {"network_mode": network_mode} if network_mode else {}
@@ -281,7 +284,7 @@ def _stream_build(api: Any, settings: Any, context: Path, path: Path, base: str,
     return image_id, last
 
 
-def base_image(settings: Any, progress: Progress = print) -> str:
+def base_image(settings: Settings, progress: Progress = print) -> str:
     """The base to build on: ``settings.base_image`` if present or pullable, else the offline base."""
     from docker.errors import ImageNotFound
 

@@ -27,9 +27,12 @@ import platform as _stdlib_platform
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TYPE_CHECKING
 
 from .errors import InvalidInput, UnsafeFilesystem
+
+if TYPE_CHECKING:  # for annotations only: this module needs nothing of config at run time
+    from .config import Settings
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 
@@ -139,7 +142,7 @@ def reserve(memory: int) -> int:
     return min(4 * GIB, max(GIB, memory // 16))
 
 
-def profile_for(settings: Any) -> str:
+def profile_for(settings: Settings) -> str:
     """``light`` or ``full`` from ``settings.profile`` (``auto`` looks at agent_kind)."""
     profile = str(_get(settings, "profile", "auto") or "auto").lower()
     if profile not in PROFILES:
@@ -150,7 +153,7 @@ def profile_for(settings: Any) -> str:
     return profile
 
 
-def limits(settings: Any, platform: Platform | None = None) -> Limits:
+def limits(settings: Settings, platform: Platform | None = None) -> Limits:
     """Per-agent limits and the maximum agents for ``settings`` on ``platform``."""
     platform = platform or detect()
     profile = profile_for(settings)
@@ -202,7 +205,7 @@ def _given(value: Any, default: Any) -> Any:
     return default if value is None or value == "" else value
 
 
-def _get(settings: Any, name: str, default: Any = None) -> Any:
+def _get(settings: Settings, name: str, default: Any = None) -> Any:
     if isinstance(settings, Mapping):
         return settings.get(name, default)
     return getattr(settings, name, default)
