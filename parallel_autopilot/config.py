@@ -278,7 +278,21 @@ def _section(config: Any) -> dict[str, Any]:
     if config is None:
         return {}
     section = config.get("autopilot", {}) if hasattr(config, "get") else {}
-    return {k: v for k, v in dict(section or {}).items() if k not in DEFAULTS or v != DEFAULTS[k]}
+    installed = invoke_defaults()
+    return {k: v for k, v in dict(section or {}).items()
+            if k not in DEFAULTS or (v != DEFAULTS[k] and v != installed[k])}
+
+
+def invoke_defaults() -> dict[str, Any]:
+    """DEFAULTS as installed into invoke's config, numbers written as text.
+
+    invoke maps an ``INVOKE_AUTOPILOT_<KEY>`` variable onto a key it knows and casts
+    it to the type of the value it holds: ``int("soon")`` would end in a traceback
+    before our checks run. Given text, it hands the variable over as written and
+    :func:`load` checks and converts it, naming the variable.
+    """
+    return {k: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for k, v in DEFAULTS.items()}
 
 
 def load(config: Any = None, cwd: Path | None = None, **overrides: Any) -> Settings:
@@ -326,7 +340,7 @@ def invoke_config(repo: Path):
 
     cfg = Config(project_location=str(repo))
     # invoke maps INVOKE_AUTOPILOT_<KEY> only onto keys it already knows
-    cfg.load_collection({"autopilot": dict(DEFAULTS)})
+    cfg.load_collection({"autopilot": invoke_defaults()})
     cfg.load_system()
     cfg.load_user()
     cfg.load_project()

@@ -1,5 +1,9 @@
 """Every key of the defaults table is checked once, in config.load, naming key and source."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from parallel_autopilot import config
@@ -42,3 +46,23 @@ def test_file_and_unknown_key_name_the_file(tmp_path):
     (tmp_path / "invoke.yaml").write_text("autopilot:\n  bogus: 1\n")
     with pytest.raises(InvalidInput, match=f"unknown setting bogus from {tmp_path / 'invoke.yaml'}"):
         config.load(repo=str(tmp_path))
+
+
+@pytest.mark.parametrize("key", sorted(k for k, (default, kind, _) in TABLE.items()
+                                       if kind in ("int", "float") and default is not None))
+def test_a_number_key_from_the_environment_that_is_no_number_is_one_line(key, tmp_path, monkeypatch):
+    # invoke casts a variable to the type of the value it already holds: with a number
+    # installed, int("soon") would be invoke's traceback before config.load checks anything
+    monkeypatch.setenv(f"INVOKE_AUTOPILOT_{key.upper()}", "soon")
+    with pytest.raises(InvalidInput, match=f"{key} from environment variable INVOKE_AUTOPILOT_{key.upper()}"):
+        config.load(repo=str(tmp_path))
+
+
+def test_the_program_says_a_bad_environment_number_in_one_line(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    env = {**os.environ, "INVOKE_AUTOPILOT_LEASE_SECONDS": "soon"}
+    proc = subprocess.run([sys.executable, "-m", "parallel_autopilot", "issues.list"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "INVOKE_AUTOPILOT_LEASE_SECONDS" in proc.stderr

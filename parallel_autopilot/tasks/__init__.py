@@ -26,7 +26,7 @@ for _task in (root.build, root.cleanup, root.demo):
 from . import remote  # noqa: E402
 
 ns.add_collection(remote.ns)
-from ..config import DEFAULTS  # noqa: E402
+from ..config import invoke_defaults  # noqa: E402
 
 # invoke maps INVOKE_AUTOPILOT_<KEY> variables only onto keys it knows
-ns.configure({"autopilot": dict(DEFAULTS)})
+ns.configure({"autopilot": invoke_defaults()})
