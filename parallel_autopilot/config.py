@@ -38,62 +38,63 @@ def git_toplevel(start: Path) -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved, checked configuration: one typed field per key of defaults.TABLE.
+    """Resolved, checked configuration: one typed field per key of defaults.TABLE
+    (its default read from there: the values live in one place).
 
     Build it with :func:`load` (which checks every value once), not by hand.
     """
 
     repo: Path
-    state_dir: str = '.autopilot'
-    queue: str | None = None
-    worktrees_dir: str = '.worktrees'
-    logs_dir: str = 'docs/logs'
-    base_branch: str | None = None
-    lease_seconds: float = 900
-    max_attempts: int = 3
-    backoff_seconds: float = 30
-    agent_kind: str = 'script'
-    agent_command: str | None = None
-    issue_timeout: float = 3600
-    check: str | None = None
-    check_timeout: float = 600
-    merge_batch: int = 1
-    merge_requeue: bool = False
-    merge_poll_seconds: float = 5
-    merge_check_runner: str = 'host'
-    poll_seconds: float = 0.5
-    watchdog_seconds: float = 120
-    image: str = 'parallel-autopilot:latest'
-    base_image: str = 'python:3.11-slim'
-    agent_cli: str = 'none'
-    cli_cache: str = '~/.cache/parallel-autopilot/cli'
-    openai_base_url: str | None = None
-    anthropic_base_url: str | None = None
-    agent_model: str | None = None
-    model_retries: int | None = None
-    quota_backoff_seconds: float = 60
-    profile: str = 'auto'
-    memory: str | None = None
-    cpus: float | None = None
-    pids_limit: int = 512
-    max_agents: int | None = None
-    stop_grace_seconds: float = 30
-    health_interval_seconds: float = 2
-    start_timeout_seconds: float = 120
-    network: str = 'bridge'
-    project: str | None = None
-    codex_home: str = '~/.codex'
-    ssh_dir: str = '~/.ssh'
-    gitconfig: str = '~/.gitconfig'
-    env_file: str | None = None
-    gui_host: str = '127.0.0.1'
-    gui_port: int = 8787
-    remote_dir: str = '~/parallel-autopilot'
-    remote_python: str | None = None
-    remote_repo: str | None = None
-    remote_hosts: list[str] | None = None
-    remote_origin: str | None = None
-    remote_connect_timeout: float = 15
+    state_dir: str = _DEFAULTS["state_dir"]
+    queue: str | None = _DEFAULTS["queue"]
+    worktrees_dir: str = _DEFAULTS["worktrees_dir"]
+    logs_dir: str = _DEFAULTS["logs_dir"]
+    base_branch: str | None = _DEFAULTS["base_branch"]
+    lease_seconds: float = _DEFAULTS["lease_seconds"]
+    max_attempts: int = _DEFAULTS["max_attempts"]
+    backoff_seconds: float = _DEFAULTS["backoff_seconds"]
+    agent_kind: str = _DEFAULTS["agent_kind"]
+    agent_command: str | None = _DEFAULTS["agent_command"]
+    issue_timeout: float = _DEFAULTS["issue_timeout"]
+    check: str | None = _DEFAULTS["check"]
+    check_timeout: float = _DEFAULTS["check_timeout"]
+    merge_batch: int = _DEFAULTS["merge_batch"]
+    merge_requeue: bool = _DEFAULTS["merge_requeue"]
+    merge_poll_seconds: float = _DEFAULTS["merge_poll_seconds"]
+    merge_check_runner: str = _DEFAULTS["merge_check_runner"]
+    poll_seconds: float = _DEFAULTS["poll_seconds"]
+    watchdog_seconds: float = _DEFAULTS["watchdog_seconds"]
+    image: str = _DEFAULTS["image"]
+    base_image: str = _DEFAULTS["base_image"]
+    agent_cli: str = _DEFAULTS["agent_cli"]
+    cli_cache: str = _DEFAULTS["cli_cache"]
+    openai_base_url: str | None = _DEFAULTS["openai_base_url"]
+    anthropic_base_url: str | None = _DEFAULTS["anthropic_base_url"]
+    agent_model: str | None = _DEFAULTS["agent_model"]
+    model_retries: int | None = _DEFAULTS["model_retries"]
+    quota_backoff_seconds: float = _DEFAULTS["quota_backoff_seconds"]
+    profile: str = _DEFAULTS["profile"]
+    memory: str | None = _DEFAULTS["memory"]
+    cpus: float | None = _DEFAULTS["cpus"]
+    pids_limit: int = _DEFAULTS["pids_limit"]
+    max_agents: int | None = _DEFAULTS["max_agents"]
+    stop_grace_seconds: float = _DEFAULTS["stop_grace_seconds"]
+    health_interval_seconds: float = _DEFAULTS["health_interval_seconds"]
+    start_timeout_seconds: float = _DEFAULTS["start_timeout_seconds"]
+    network: str = _DEFAULTS["network"]
+    project: str | None = _DEFAULTS["project"]
+    codex_home: str = _DEFAULTS["codex_home"]
+    ssh_dir: str = _DEFAULTS["ssh_dir"]
+    gitconfig: str = _DEFAULTS["gitconfig"]
+    env_file: str | None = _DEFAULTS["env_file"]
+    gui_host: str = _DEFAULTS["gui_host"]
+    gui_port: int = _DEFAULTS["gui_port"]
+    remote_dir: str = _DEFAULTS["remote_dir"]
+    remote_python: str | None = _DEFAULTS["remote_python"]
+    remote_repo: str | None = _DEFAULTS["remote_repo"]
+    remote_hosts: list[str] | None = _DEFAULTS["remote_hosts"]
+    remote_origin: str | None = _DEFAULTS["remote_origin"]
+    remote_connect_timeout: float = _DEFAULTS["remote_connect_timeout"]
 
     def path(self, key: str) -> Path:
         """A path setting resolved against the repository (``~`` expanded)."""
