@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, TYPE_CHECKING
 
-from .defaults import memory_bytes
+from .defaults import TABLE, memory_bytes
 from .errors import InvalidInput, UnsafeFilesystem
 
 if TYPE_CHECKING:  # for annotations only: this module needs nothing of config at run time
@@ -43,7 +43,7 @@ FULL = {"linux": ("12g", 4.0), "macos": ("3g", 2.0)}
 LIGHT = ("256m", 0.5)
 #: most agents by OS (the compose file defines 10 services)
 MAX_AGENTS = {"linux": 10, "macos": 5}
-PROFILES = ("auto", "light", "full")
+PROFILES = TABLE["profile"][2]  # the choices config.load checks: ("auto", "light", "full")
 #: agent kinds that run a model CLI get the full profile under ``auto``
 LIGHT_KINDS = frozenset({"script"})
 
