@@ -57,6 +57,17 @@ def detect(runner: Runner = subprocess.run) -> list[str]:
                        "apt-get install docker-compose (or run scripts/bootstrap.sh)")
 
 
+def version(runner: Runner = subprocess.run) -> str | None:
+    """``docker compose 2.x`` or ``docker-compose 1.29.2`` of this host; None without compose."""
+    try:
+        argv = detect(runner)
+        proc = runner([*argv, "version", "--short"], capture_output=True, text=True, timeout=20)
+    except (ComposeError, OSError, subprocess.SubprocessError):
+        return None
+    out = (proc.stdout or "").strip().splitlines()
+    return f"{' '.join(argv)} {out[0].strip()}" if proc.returncode == 0 and out else None
+
+
 @functools.lru_cache(maxsize=1)
 def command() -> tuple[str, ...]:
     """:func:`detect`, once per process."""

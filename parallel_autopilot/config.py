@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import git
-from .defaults import DEFAULTS as _DEFAULTS, TABLE
+from .defaults import DEFAULTS as _DEFAULTS, TABLE, memory_bytes
 from .errors import GitError, InvalidInput
 
 #: Defaults (the one table in defaults.py), also installed with
@@ -149,7 +149,6 @@ def redact_url(url: str) -> str:
 
 
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")
-_MEMORY = re.compile(r"\d+(\.\d+)?\s*([kmgt]i?b?|b)?", re.IGNORECASE)
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
@@ -219,7 +218,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                    "postgresql://user@host/db, or leave it unset for SQLite in state_dir")
     elif check == "http" and not value.startswith(("http://", "https://")):
         raise _bad(key, source, f"{value!r} is not an http(s):// URL")
-    elif check == "memory" and not _MEMORY.fullmatch(value.strip()):
+    elif check == "memory" and memory_bytes(value) is None:
         raise _bad(key, source, f"{value!r} is not a memory size: use a value like 512m or 12g")
     elif check == "project" and not _PROJECT.fullmatch(value.lower()):
         raise _bad(key, source, f"{value!r} is not a valid compose project name: "

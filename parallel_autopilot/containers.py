@@ -166,6 +166,8 @@ def _credential(settings: Settings, key: str, placeholder: Path, is_dir: bool, u
 def _env_file(settings: Settings, placeholder: Path, uid: int, gid: int) -> str:
     if settings.env_file:
         path = settings.path("env_file")
+        # checked at use, not in config.load: whether it exists is a fact of the moment the
+        # containers start (the GUI loads once and runs for hours; `issues list` never reads it)
         if not path.is_file():
             raise InvalidInput(f"env_file {path} does not exist: create it (KEY=VALUE lines) "
                                "or unset autopilot.env_file")

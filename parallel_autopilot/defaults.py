@@ -11,6 +11,7 @@ the key None-able.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 LEASE_SECONDS = 900  # the design's 15-minute claim expiry
@@ -77,3 +78,21 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
 }
 
 DEFAULTS: dict[str, Any] = {key: row[0] for key, row in TABLE.items()}
+
+# -- the one rule for a memory size (config.load checks with it, platform.parse_memory converts)
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg]?)b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def memory_bytes(value: Any) -> int | None:
+    """Bytes of a docker memory size (``12g``, ``512m``, ``1.5g``, ``65536k``, 1024); None if it is none.
+
+    Docker's own units only (b, k, m, g; an optional trailing b), above zero.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value > 0 else None
+    match = _MEMORY.match(value) if isinstance(value, str) else None
+    if not match or float(match.group(1)) <= 0:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()]) or None

@@ -10,7 +10,8 @@ naming the fix).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Sequence
 
 from .errors import DockerUnavailable
 
@@ -93,4 +94,49 @@ def available() -> bool:
     return True
 
 
-__all__ = ["DockerUnavailable", "client", "new_client", "reset", "available", "unavailable"]
+# -- containers by name: what ``docker kill/stop/rm`` do, for the bench's baselines and cleanup
+
+
+def kill(container: str) -> None:
+    """SIGKILL ``container`` (a name or id), as ``docker kill`` does."""
+    client().api.kill(container)
+
+
+def stop(containers: Sequence[str], timeout: float) -> None:
+    """Stop ``containers`` with ``timeout`` seconds of grace each, all at once.
+
+    ``docker stop -t T a b c`` sends its stop requests in parallel; the API
+    takes one container a request, so they are sent together from threads:
+    N containers take one grace period, not N.
+    """
+    names = list(containers)
+    if not names:
+        return
+    api = client().api
+    with ThreadPoolExecutor(max_workers=min(len(names), 10)) as pool:  # the SDK's pool holds 10
+        for done in [pool.submit(api.stop, name, timeout=int(timeout)) for name in names]:
+            done.result()  # the first failure is raised, after every stop has ended
+
+
+def remove(containers: Iterable[str]) -> int:
+    """Force-remove ``containers`` (``docker rm -f``); one already gone is no error. Returns how many went."""
+    from docker.errors import NotFound
+
+    api, removed = client().api, 0
+    for name in containers:
+        try:
+            api.remove_container(name, force=True)
+            removed += 1
+        except NotFound:
+            pass
+    return removed
+
+
+def remove_labelled(label: str) -> int:
+    """Force-remove every container, running or not, carrying ``label`` (``key=value``)."""
+    found = client().api.containers(all=True, quiet=True, filters={"label": label})
+    return remove(c["Id"] for c in found)
+
+
+__all__ = ["DockerUnavailable", "client", "new_client", "reset", "available", "unavailable",
+           "kill", "stop", "remove", "remove_labelled"]

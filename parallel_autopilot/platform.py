@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, TYPE_CHECKING
 
+from .defaults import TABLE, memory_bytes
 from .errors import InvalidInput, UnsafeFilesystem
 
 if TYPE_CHECKING:  # for annotations only: this module needs nothing of config at run time
@@ -42,7 +43,7 @@ FULL = {"linux": ("12g", 4.0), "macos": ("3g", 2.0)}
 LIGHT = ("256m", 0.5)
 #: most agents by OS (the compose file defines 10 services)
 MAX_AGENTS = {"linux": 10, "macos": 5}
-PROFILES = ("auto", "light", "full")
+PROFILES = TABLE["profile"][2]  # the choices config.load checks: ("auto", "light", "full")
 #: agent kinds that run a model CLI get the full profile under ``auto``
 LIGHT_KINDS = frozenset({"script"})
 
@@ -115,18 +116,16 @@ def detect(docker_info: Mapping[str, Any] | None = None) -> Platform:
     )
 
 
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg]?)b?\s*$", re.IGNORECASE)
-
-
 def parse_memory(value: Any) -> int:
-    """Bytes of a docker memory value: ``12g``, ``512m``, ``1.5g``, ``65536k``, 1024."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _MEMORY.match(str(value))
-    if not match or float(match.group(1)) <= 0:
+    """Bytes of a docker memory value: ``12g``, ``512m``, ``1.5g``, ``65536k``, 1024.
+
+    The rule is defaults.memory_bytes, the one config.load checks ``memory`` with:
+    a value from Settings always parses; InvalidInput is for plain values (tests, the bench).
+    """
+    size = memory_bytes(value)
+    if size is None:
         raise InvalidInput(f"memory {value!r} is not a size: use a value like 512m or 12g")
-    unit = {"": 1, "b": 1, "k": KIB, "m": MIB, "g": GIB}[match.group(2).lower()]
-    return int(float(match.group(1)) * unit)
+    return size
 
 
 def format_memory(size: int) -> str:
@@ -144,41 +143,33 @@ def reserve(memory: int) -> int:
 
 def profile_for(settings: Settings) -> str:
     """``light`` or ``full`` from ``settings.profile`` (``auto`` looks at agent_kind)."""
-    profile = str(_get(settings, "profile", "auto") or "auto").lower()
-    if profile not in PROFILES:
-        raise InvalidInput(f"profile {profile!r} is unknown: use auto, light or full")
+    profile = _get(settings, "profile", "auto")  # one of PROFILES: config.load checked it
     if profile == "auto":
-        kind = str(_get(settings, "agent_kind", "script") or "script")
-        return "light" if kind in LIGHT_KINDS else "full"
+        return "light" if _get(settings, "agent_kind", "script") in LIGHT_KINDS else "full"
     return profile
 
 
 def limits(settings: Settings, platform: Platform | None = None) -> Limits:
-    """Per-agent limits and the maximum agents for ``settings`` on ``platform``."""
+    """Per-agent limits and the maximum agents for ``settings`` on ``platform``.
+
+    The values are Settings' typed, checked ones (config.load refuses a bad memory size,
+    cpus <= 0, pids_limit or max_agents < 1): nothing is validated again here.
+    """
     platform = platform or detect()
     profile = profile_for(settings)
     memory_default, cpus_default = LIGHT if profile == "light" else FULL.get(platform.os, FULL["linux"])
 
-    memory = parse_memory(_given(_get(settings, "memory"), memory_default))
+    memory = parse_memory(_given(settings, "memory", memory_default))
     room = platform.usable_memory - reserve(platform.usable_memory)
     # a limit above what the host has would only look like a promise
     room = max(room, min(platform.usable_memory, 256 * MIB))
     memory = min(memory, room)
 
-    cpus_value = _given(_get(settings, "cpus"), cpus_default)
-    try:
-        cpus = float(cpus_value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"cpus {cpus_value!r} is not a number: use a value like 0.5 or 4") from None
-    if cpus <= 0:
-        raise InvalidInput(f"cpus {cpus_value!r} must be above 0: use a value like 0.5 or 4")
-    cpus = min(cpus, float(platform.usable_cpus))
-
-    pids = _positive_int(_given(_get(settings, "pids_limit"), 512), "pids_limit")
-
+    cpus = min(float(_given(settings, "cpus", cpus_default)), float(platform.usable_cpus))
+    pids = int(_given(settings, "pids_limit", 512))
     explicit_max = _get(settings, "max_agents")
-    if explicit_max not in (None, ""):
-        max_agents = _positive_int(explicit_max, "max_agents")
+    if explicit_max is not None:
+        max_agents = int(explicit_max)
     else:
         max_agents = max(1, min(MAX_AGENTS.get(platform.os, MAX_AGENTS["linux"]), room // memory))
     return Limits(memory=format_memory(memory), cpus=_round_cpus(cpus), pids=pids,
@@ -190,19 +181,10 @@ def _round_cpus(cpus: float) -> float:
     return round(cpus, 2)
 
 
-def _positive_int(value: Any, name: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1 or (isinstance(value, float) and not value.is_integer()):
-        raise InvalidInput(f"{name} {value!r} must be a whole number of at least 1")
-    return number
-
-
-def _given(value: Any, default: Any) -> Any:
-    # None and "" mean "not set"; 0 is a value (and refused where it is wrong)
-    return default if value is None or value == "" else value
+def _given(settings: Settings, name: str, default: Any) -> Any:
+    # None means "not set" (config.load turns an empty value into None)
+    value = _get(settings, name)
+    return default if value is None else value
 
 
 def _get(settings: Settings, name: str, default: Any = None) -> Any:

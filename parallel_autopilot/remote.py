@@ -129,30 +129,27 @@ def failure(err: BaseException, conn) -> RemoteError:
     import paramiko
     from paramiko.ssh_exception import NoValidConnectionsError
 
-    name = host_name(conn)
-    where = f"{conn.host}:{conn.port}"
-    user = f"{conn.user}@{where}"
-    if isinstance(err, NoValidConnectionsError):
-        return RemoteError(f"{name}: cannot connect to {where}: connection refused - is sshd running "
-                           "there and the port right (Port in ~/.ssh/config)?")
-    if isinstance(err, socket.gaierror):
-        return RemoteError(f"{name}: unknown host {conn.host!r}: check the name or add a Host alias "
-                           "to ~/.ssh/config")
-    if isinstance(err, (socket.timeout, TimeoutError)):
-        return RemoteError(f"{name}: {where} did not answer within {conn.connect_timeout or '?'}s: "
-                           "is the machine up and reachable?")
-    if isinstance(err, paramiko.BadHostKeyException):
-        return RemoteError(f"{name}: the host key of {where} is not the one in known_hosts: "
-                           "if the machine was reinstalled, remove its old line (ssh-keygen -R)")
-    if isinstance(err, paramiko.AuthenticationException):
-        return RemoteError(f"{name}: SSH authentication as {user} failed ({_text(err)}): check the key "
-                           "(IdentityFile in ~/.ssh/config or fab -i KEY) and authorized_keys there")
-    if isinstance(err, (paramiko.SSHException, EOFError)):
-        return RemoteError(f"{name}: SSH to {where} failed ({_text(err)}): is it an SSH server, "
-                           "and does `ssh {name} true` work?")
-    if isinstance(err, OSError):
-        return RemoteError(f"{name}: cannot connect to {where} ({_text(err)}): check the network "
-                           "and ~/.ssh/config")
+    # the first kind that matches names the fix; a table, so that each case is one row
+    rules = [
+        (NoValidConnectionsError, "cannot connect to {where}: connection refused - is sshd running "
+                                  "there and the port right (Port in ~/.ssh/config)?"),
+        (socket.gaierror, "unknown host {host!r}: check the name or add a Host alias to ~/.ssh/config"),
+        ((socket.timeout, TimeoutError), "{where} did not answer within {timeout}s: "
+                                         "is the machine up and reachable?"),
+        (paramiko.BadHostKeyException, "the host key of {where} is not the one in known_hosts: "
+                                       "if the machine was reinstalled, remove its old line (ssh-keygen -R)"),
+        (paramiko.AuthenticationException, "SSH authentication as {user} failed ({text}): check the key "
+                                           "(IdentityFile in ~/.ssh/config or fab -i KEY) and authorized_keys there"),
+        ((paramiko.SSHException, EOFError), "SSH to {where} failed ({text}): is it an SSH server, "
+                                            "and does `ssh {name} true` work?"),
+        (OSError, "cannot connect to {where} ({text}): check the network and ~/.ssh/config"),
+    ]
+    name, where = host_name(conn), f"{conn.host}:{conn.port}"
+    facts = {"name": name, "where": where, "host": conn.host, "user": f"{conn.user}@{where}",
+             "timeout": conn.connect_timeout or "?", "text": _text(err)}
+    for kinds, problem in rules:
+        if isinstance(err, kinds):
+            return RemoteError(f"{name}: " + problem.format(**facts))
     return RemoteError(f"{name}: {err.__class__.__name__}: {_text(err)}")
 
 

@@ -10,7 +10,7 @@ from parallel_autopilot.bench import report, stats
 from parallel_autopilot.bench.progress import Display
 
 MACHINE = {"cpus": 2, "memory_bytes": 24 * 1024**3, "memory_gib": 24.0, "os": "Linux 6.1", "arch": "x86_64",
-           "python": "3.11.7", "sqlite": "3.40.1", "docker_server": "20.10.24", "docker_client": "20.10.24",
+           "python": "3.11.7", "sqlite": "3.40.1", "docker_server": "20.10.24", "docker_sdk": "7.1.0",
            "compose": "docker-compose 1.29.2"}
 
 
@@ -67,28 +67,39 @@ def test_the_chart_is_written_even_when_its_scenarios_did_not_run(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_machine_reads_docker_and_compose_versions_through_the_runner():
+class _Docker:
+    """A stand-in for docker_client.client() beside the real one in test_bench_docker."""
+
+    def version(self):
+        return {"Version": "20.10.24", "ApiVersion": "1.41"}
+
+
+def test_machine_reads_docker_through_the_client_and_compose_through_compose_py():
     calls = []
 
     def runner(argv, **_):
         calls.append(argv)
-        answers = {"version": "20.10.24\n", "docker-compose": "1.29.2\n"}
         if argv[:2] == ["docker", "compose"]:
             return subprocess.CompletedProcess(argv, 1, "", "unknown command")
-        out = answers["docker-compose"] if argv[0] == "docker-compose" else answers["version"]
-        return subprocess.CompletedProcess(argv, 0, out, "")
+        return subprocess.CompletedProcess(argv, 0, "1.29.2\n", "")
 
-    m = report.machine(runner=runner)
+    m = report.machine(runner=runner, docker=_Docker)
     assert m["docker_server"] == "20.10.24" and m["compose"] == "docker-compose 1.29.2"
-    assert m["cpus"] >= 1 and m["memory_bytes"] > 0
-    assert ["docker", "compose", "version", "--short"] in calls
+    assert m["docker_sdk"] and m["cpus"] >= 1 and m["memory_bytes"] > 0
+    assert ["docker", "compose", "version"] in calls and ["docker-compose", "version", "--short"] in calls
+    assert not any(argv[:2] == ["docker", "version"] for argv in calls)  # the daemon is asked by the SDK
 
 
 def test_machine_survives_missing_docker_tools():
     def runner(argv, **_):
         raise FileNotFoundError(argv[0])
 
-    m = report.machine(runner=runner)
+    def no_docker():
+        from parallel_autopilot import docker_client
+
+        raise docker_client.unavailable("connection refused")
+
+    m = report.machine(runner=runner, docker=no_docker)
     assert (m["docker_server"], m["compose"]) == (None, None)
     assert "Docker unavailable, no compose" in report.machine_line(m)
 

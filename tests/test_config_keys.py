@@ -66,3 +66,52 @@ def test_the_program_says_a_bad_environment_number_in_one_line(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "INVOKE_AUTOPILOT_LEASE_SECONDS" in proc.stderr
+
+
+# the per-agent limits: checked here once, platform.limits takes the typed values as they are
+LIMIT_REFUSALS = [("profile", "huge", "is not one of auto, light, full"),
+                  ("cpus", "0", "must be above 0"), ("cpus", -1, "must be above 0"), ("cpus", 0.0, "must be above 0"),
+                  ("cpus", "abc", "is not a number"),
+                  ("memory", "12x", "is not a memory size"), ("memory", "-1g", "is not a memory size"),
+                  ("memory", "0", "is not a memory size"), ("memory", "0m", "is not a memory size"),
+                  ("memory", "g", "is not a memory size"), ("memory", "2t", "is not a memory size"),
+                  ("memory", "1gib", "is not a memory size"),
+                  ("pids_limit", 0, "must be at least 1"), ("pids_limit", -5, "must be at least 1"),
+                  ("pids_limit", "many", "is not a number"), ("pids_limit", 2.5, "is not a whole number"),
+                  ("max_agents", 0, "must be at least 1"), ("max_agents", "abc", "is not a number")]
+
+
+@pytest.mark.parametrize("key, bad, problem", LIMIT_REFUSALS)
+def test_a_bad_limit_is_refused_at_load_in_one_line(key, bad, problem, tmp_path):
+    with pytest.raises(InvalidInput) as err:
+        config.load(config={}, repo=str(tmp_path), **{key: bad})
+    assert str(err.value).startswith(f"setting {key} from argument {key}: ") and problem in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_bad_limit_from_a_file_names_the_file(tmp_path):
+    (tmp_path / "invoke.yaml").write_text("autopilot:\n  memory: 2t\n")
+    with pytest.raises(InvalidInput, match=f"setting memory from {tmp_path / 'invoke.yaml'}: '2t' is not a memory"):
+        config.load(repo=str(tmp_path))
+
+
+@pytest.mark.parametrize("memory, size", [("12g", "12g"), ("512M", "512m"), ("1.5g", "1536m"), ("1gb", "1g"),
+                                          ("65536k", "64m"), ("1073741824", "1g")])
+def test_every_memory_load_accepts_is_one_the_limits_take(memory, size, tmp_path):
+    from parallel_autopilot import platform
+    from parallel_autopilot.platform import GIB, Platform
+
+    settings = config.load(config={}, repo=str(tmp_path), memory=memory, cpus="1.5", pids_limit="64",
+                           max_agents="3", profile="FULL")
+    host = Platform(os="linux", arch="x86_64", cpus=4, memory_total=64 * GIB, memory_available=60 * GIB)
+    assert (settings.cpus, settings.pids_limit, settings.max_agents, settings.profile) == (1.5, 64, 3, "full")
+    assert platform.limits(settings, host) == platform.Limits(memory=size, cpus=1.5, pids=64, max_agents=3,
+                                                              profile="full")
+
+
+def test_env_file_is_checked_as_a_path_at_load_and_for_existence_at_use(tmp_path):
+    # its existence is a fact of the moment a container starts (the GUI loads once and runs
+    # for hours; `issues list` never reads it), so containers.py checks it there
+    assert config.load(config={}, repo=str(tmp_path), env_file="missing.env").env_file == "missing.env"
+    with pytest.raises(InvalidInput, match="setting env_file from argument env_file: 5 is not a path"):
+        config.load(config={}, repo=str(tmp_path), env_file=5)

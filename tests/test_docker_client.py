@@ -51,3 +51,32 @@ def test_client_is_shared_and_pinged():
         assert fresh is not first and fresh.ping()
     finally:
         fresh.close()
+
+
+@pytest.mark.docker
+def test_kill_stop_and_remove_by_label_on_real_containers():
+    """The by-name verbs the bench uses, on real containers of the offline base image."""
+    import uuid
+
+    from parallel_autopilot import image
+
+    base = image.offline_base(progress=lambda _: None)
+    label = f"parallel-autopilot.test-docker-client={uuid.uuid4().hex[:8]}"
+    key, value = label.split("=")
+    api = docker_client.client().api
+    names = [f"pa-test-dc-{value}-{i}" for i in range(3)]
+    try:
+        for name in names:
+            docker_client.client().containers.run(
+                base, ["sleep", "1000"], detach=True, name=name, init=True, labels={key: value},
+                network_mode="none", mem_limit="64m", nano_cpus=int(0.5e9))
+        docker_client.stop(names[:2], timeout=1)  # both at once, one grace period
+        docker_client.kill(names[2])
+        states = {n: api.inspect_container(n)["State"] for n in names}
+        assert all(not s["Running"] for s in states.values())
+        assert states[names[2]]["ExitCode"] == 137  # SIGKILL
+        assert docker_client.remove_labelled(label) == 3
+        assert api.containers(all=True, filters={"label": label}) == []
+        assert docker_client.remove(names) == 0  # already gone: no error
+    finally:
+        docker_client.remove(names)

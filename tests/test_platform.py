@@ -17,7 +17,8 @@ CI = Platform(os="linux", arch="x86_64", cpus=2, memory_total=24 * GIB, memory_a
 
 
 def S(**values):
-    """Settings-like mapping with the defaults that matter here."""
+    """Settings-like mapping with the defaults that matter here (typed, checked values:
+    config.load refuses bad ones, see test_config_keys.py)."""
     return {"profile": "auto", "agent_kind": "codex", "memory": None, "cpus": None,
             "pids_limit": 512, "max_agents": None, **values}
 
@@ -56,11 +57,6 @@ def test_explicit_profile_wins_over_agent_kind():
     assert pf.limits(S(agent_kind="codex", profile="light"), WORKSTATION).memory == "256m"
 
 
-def test_unknown_profile_is_refused():
-    with pytest.raises(InvalidInput, match="profile 'huge'"):
-        pf.limits(S(profile="huge"), CI)
-
-
 def test_memory_bounds_the_number_of_agents():
     # 32 GiB host, 2 GiB reserve: 30 GiB / 12 GiB = 2 agents
     host = Platform(os="linux", arch="x86_64", cpus=16, memory_total=32 * GIB, memory_available=30 * GIB)
@@ -75,7 +71,7 @@ def test_per_agent_memory_is_clamped_to_what_the_host_has():
 
 
 def test_overrides_for_memory_cpus_and_max_agents():
-    limits = pf.limits(S(memory="1.5g", cpus="3", max_agents=20, pids_limit=128), WORKSTATION)
+    limits = pf.limits(S(memory="1.5g", cpus=3.0, max_agents=20, pids_limit=128), WORKSTATION)
     assert limits == Limits(memory="1536m", cpus=3.0, pids=128, max_agents=20, profile="full")
 
 
@@ -89,12 +85,6 @@ def test_docker_vm_smaller_than_the_host_is_what_counts():
                    docker_cpus=4, docker_memory=8 * GIB)
     assert pf.limits(S(), mac) == Limits(memory="3g", cpus=2.0, pids=512, max_agents=2, profile="full")
     assert pf.limits(S(cpus=6), mac).cpus == 4.0
-
-
-@pytest.mark.parametrize("bad", ["0", "-1", "abc", 0.0])
-def test_bad_cpus_are_refused(bad):
-    with pytest.raises(InvalidInput):
-        pf.limits(S(cpus=bad), CI)
 
 
 @pytest.mark.parametrize("text, size", [("12g", 12 * GIB), ("512m", 512 * MIB), ("1.5g", 1536 * MIB),
@@ -136,13 +126,6 @@ def test_limits_work_with_real_settings(tmp_path, git_repo):
     settings = config.load(repo=git_repo, agent_kind="script")
     limits = pf.limits(settings, CI)
     assert (limits.profile, limits.memory, limits.pids) == ("light", "256m", 512)
-
-
-@pytest.mark.parametrize("name, bad", [("max_agents", 0), ("max_agents", "abc"), ("pids_limit", -5),
-                                       ("pids_limit", "many")])
-def test_bad_counts_are_refused(name, bad):
-    with pytest.raises(InvalidInput, match=name):
-        pf.limits(S(**{name: bad}), CI)
 
 
 def test_check_filesystem_is_the_platform_seam_the_queue_uses(tmp_path):

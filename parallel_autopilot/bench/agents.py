@@ -26,9 +26,11 @@ from typing import Any
 
 from . import stats
 from .modelservers import ResponsesServer
-from .sandbox import Sandbox, all_done, fleet_problem, wait_for
+from .sandbox import Sandbox
 
 TITLE = "agents: M issues resolved by the real codex CLI with N agents"
+#: the runner records it skipped where the fleet cannot run (sandbox.fleet_problem)
+NEEDS_FLEET = True
 ROUND_TIMEOUT = 900.0
 TURNS = 2
 TARGET_EFFICIENCY = {5: 90.0, 10: 85.0}  # percent, issue 9
@@ -67,10 +69,7 @@ def measure(ctx, box: Sandbox, m: int, n: int) -> tuple[float, list[float], list
     added = store.add_many([{"title": f"N={n}: greet contributor {i + 1}/{m}",
                              "body": "Write the greeting file the model asks for."} for i in range(m)])
     numbers = {i.number for i in added}
-    t0 = ctx.clock()
-
-    wait_for(all_done(store, numbers), ROUND_TIMEOUT, f"{m} codex issues with N={n}", poll=0.1, sleep=ctx.sleep)
-    span = ctx.clock() - t0
+    span = box.seconds_until_done(numbers, ROUND_TIMEOUT, f"{m} codex issues with N={n}")
     done = [store.get(number) for number in sorted(numbers)]
     overhead = [(i.completed_at - i.claimed_at) - i.duration for i in done]
     return span, overhead, [i.duration for i in done]
@@ -78,9 +77,6 @@ def measure(ctx, box: Sandbox, m: int, n: int) -> tuple[float, list[float], list
 
 def run(ctx) -> dict[str, Any]:
     """Start the scripted server, build the codex image, then for N = 1, 5, 10 measure M issues."""
-    problem = fleet_problem(ctx)
-    if problem:
-        return stats.failed("agents", TITLE, problem, status="skipped")
     params = plan(ctx)
     m, think, counts = params["issues"], params["think_seconds"], params["agents"]
     tag = codex_image(ctx)

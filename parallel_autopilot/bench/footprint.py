@@ -13,9 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import stats
-from .sandbox import Sandbox, container_memory, fleet_problem
+from .sandbox import Sandbox, container_memory
 
 TITLE = "footprint: memory of one idle agent"
+#: the runner records it skipped where the fleet cannot run (sandbox.fleet_problem)
+NEEDS_FLEET = True
 TARGET_MB = 50.0
 MB_PER_MIB = 1.048576
 
@@ -27,9 +29,6 @@ def plan(ctx) -> dict[str, Any]:
 
 def run(ctx) -> dict[str, Any]:
     """Start one agent and one bare interpreter, let them settle, sample both."""
-    problem = fleet_problem(ctx)
-    if problem:
-        return stats.failed("footprint", TITLE, problem, status="skipped")
     params = plan(ctx)
     ours, bare = [], []
     with Sandbox(ctx, "footprint") as box:
@@ -37,7 +36,7 @@ def run(ctx) -> dict[str, Any]:
         (agent,) = box.start(1)
         owner = box.repo.stat()
         baseline = box.bare_name("python")
-        box.docker_run(baseline, "--user", f"{owner.st_uid}:{owner.st_gid}",
+        box.docker_run(baseline, user=f"{owner.st_uid}:{owner.st_gid}",
                        command=["python3", "-c", "import time; time.sleep(10**6)"])
         ctx.progress(f"idle for {params['settle_seconds']} s")
         ctx.sleep(params["settle_seconds"])

@@ -31,7 +31,6 @@ import json
 import multiprocessing
 import os
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -281,6 +280,9 @@ class Round:
     def _start(self, db: Path) -> list:
         if not self.containers:
             return [("process", p) for p in spawn(self.mode, str(db), self.names, str(self.dir))]
+        from .. import docker_client  # host side only: the worker in a container never gets here
+        from .sandbox import LABEL_BENCH, docker_step
+
         package = Path(__file__).resolve().parents[1]  # this very parallel_autopilot/, mounted read-only
         cpus = max(0.5, round((os.cpu_count() or 1) / self.containers, 2))
         waiters = []
@@ -288,20 +290,30 @@ class Round:
             names = self.names[k::self.containers]
             name = f"pa-bench-{self.ctx.run_id}-queue-{k}"
             self.container_names.append(name)
-            argv = ["docker", "run", "--rm", "--name", name, "--label", f"parallel-autopilot.bench={self.ctx.run_id}",
-                    "--network", "none", "--memory", "256m", "--cpus", str(cpus),
-                    "--user", f"{os.getuid()}:{os.getgid()}", "--entrypoint", "python3",
-                    "-e", f"PYTHONPATH={SOURCE_MOUNT}", "-e", "PYTHONDONTWRITEBYTECODE=1",
-                    "-v", f"{self.dir}:{CONTAINER_MOUNT}", "-v", f"{package}:{SOURCE_MOUNT}/parallel_autopilot:ro",
-                    self.image, "-m", "parallel_autopilot.bench.queue", "--mode", self.mode,
-                    "--db", f"{CONTAINER_MOUNT}/queue.db", "--dir", CONTAINER_MOUNT, "--names", ",".join(names)]
-            waiters.append(("container", subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                          text=True)))
+            with docker_step(f"docker run {name}"):
+                container = docker_client.client().containers.run(
+                    self.image, ["-m", "parallel_autopilot.bench.queue", "--mode", self.mode,
+                                 "--db", f"{CONTAINER_MOUNT}/queue.db", "--dir", CONTAINER_MOUNT,
+                                 "--names", ",".join(names)],
+                    detach=True, name=name, labels={LABEL_BENCH: self.ctx.run_id}, network_mode="none",
+                    mem_limit="256m", nano_cpus=int(cpus * 1e9), user=f"{os.getuid()}:{os.getgid()}",
+                    entrypoint="python3",
+                    environment={"PYTHONPATH": SOURCE_MOUNT, "PYTHONDONTWRITEBYTECODE": "1"},
+                    volumes={str(self.dir): {"bind": CONTAINER_MOUNT, "mode": "rw"},
+                             str(package): {"bind": f"{SOURCE_MOUNT}/parallel_autopilot", "mode": "ro"}})
+            waiters.append(("container", container))
         return waiters
+
+    @staticmethod
+    def _exit_code(container) -> int | None:
+        """The container's exit code, None while it has not ended."""
+        container.reload()
+        state = container.attrs.get("State") or {}
+        return None if container.status in ("created", "running") else int(state.get("ExitCode", 1))
 
     def _alive(self, waiter) -> bool:
         kind, handle = waiter
-        return handle.is_alive() if kind == "process" else handle.poll() is None
+        return handle.is_alive() if kind == "process" else self._exit_code(handle) is None
 
     def _barrier(self, waiters: list) -> None:
         deadline = time.monotonic() + BARRIER_TIMEOUT
@@ -322,8 +334,8 @@ class Round:
                     raise RuntimeError(f"queue worker {handle.name} did not finish in {timeout:.0f}s")
             else:
                 try:
-                    handle.wait(timeout)
-                except subprocess.TimeoutExpired:
+                    handle.wait(timeout=timeout)
+                except Exception:  # noqa: BLE001 - the SDK says "too long" with a requests timeout
                     handle.kill()
                     raise RuntimeError(f"queue container did not finish in {timeout:.0f}s") from None
         problem = self._failure(waiters)
@@ -332,14 +344,19 @@ class Round:
 
     def _failure(self, waiters: list) -> str | None:
         for kind, handle in waiters:
-            if kind == "container" and handle.returncode not in (None, 0):
-                err = (handle.stderr.read() if handle.stderr else "").strip().splitlines()
-                return f"queue container exited {handle.returncode}: {err[-1] if err else 'no output'}"
+            if kind != "container":
+                continue
+            code = self._exit_code(handle)
+            if code not in (None, 0):
+                err = handle.logs(stdout=False, stderr=True).decode(errors="replace").strip().splitlines()
+                return f"queue container exited {code}: {err[-1] if err else 'no output'}"
         return None
 
     def _remove_containers(self) -> None:
         if self.container_names:
-            subprocess.run(["docker", "rm", "-f", *self.container_names], capture_output=True)
+            from .. import docker_client
+
+            docker_client.remove(self.container_names)
 
 
 def plan(ctx) -> dict[str, Any]:

@@ -24,13 +24,15 @@ so within seconds; a full run keeps the user's settings (the defaults: 15 minute
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
+from .. import docker_client
 from . import stats
-from .sandbox import Sandbox, fleet_problem, wait_for
+from .sandbox import Sandbox, docker_step, wait_for
 
 TITLE = "recovery: an agent SIGKILLed mid-issue"
+#: the runner records it skipped where the fleet cannot run (sandbox.fleet_problem)
+NEEDS_FLEET = True
 TARGET_SECONDS = 10.0
 TIMEOUT = 300.0
 QUICK_LEASE = 6
@@ -40,6 +42,12 @@ def plan(ctx) -> dict[str, Any]:
     """Agents, seconds the issue's script sleeps, rounds."""
     return {"agents": 2, "sleep_seconds": ctx.pick(2, 5), "rounds": ctx.repeats, "settle_seconds": 0.5,
             "busy_agents": 3, "busy_issues_per_agent": 3, "busy_sleep_seconds": ctx.pick(2, 3)}
+
+
+def kill(container: str) -> None:
+    """``docker kill`` (SIGKILL) of ``container``; RuntimeError naming it if Docker refuses."""
+    with docker_step(f"docker kill {container}"):
+        docker_client.kill(container)
 
 
 def busy_round(ctx, box: Sandbox, label: str) -> dict[str, Any]:
@@ -60,9 +68,7 @@ def busy_round(ctx, box: Sandbox, label: str) -> dict[str, Any]:
     ready = store.counts()["ready"]
     ctx.progress(f"{label}: docker kill {victim.container} (holding #{first.number}, {ready} issues ready)")
     t0 = ctx.clock()
-    proc = subprocess.run(["docker", "kill", victim.container], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"docker kill {victim.container}: {proc.stderr.strip()}")
+    kill(victim.container)
     again = wait_for(lambda: (lambda i: i if i.token > first.token else None)(store.get(first.number)),
                      TIMEOUT, f"issue #{first.number} claimed again after the kill", poll=0.1, sleep=ctx.sleep)
     t_claim = ctx.clock() - t0
@@ -95,9 +101,7 @@ def one_round(ctx, box: Sandbox, sleep: float, label: str) -> dict[str, Any]:
     last_event = max((e.id for e in store.events(number)), default=0)
     ctx.progress(f"{label}: docker kill {container} (holding #{number})")
     t0 = ctx.clock()
-    proc = subprocess.run(["docker", "kill", container], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"docker kill {container}: {proc.stderr.strip()}")
+    kill(container)
 
     def reclaimed():
         issue = store.get(number)
@@ -121,9 +125,6 @@ def one_round(ctx, box: Sandbox, sleep: float, label: str) -> dict[str, Any]:
 
 def run(ctx) -> dict[str, Any]:
     """Each round: kill, measure, restart."""
-    problem = fleet_problem(ctx)
-    if problem:
-        return stats.failed("recovery", TITLE, problem, status="skipped")
     params = plan(ctx)
     busy = []
     with Sandbox(ctx, "recovery-busy") as box:

@@ -15,24 +15,35 @@ import platform
 import sqlite3
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
 # -- the machine ---------------------------------------------------------------
 
-def _first_line(argv: Sequence[str], runner: Runner) -> str | None:
+def _docker_versions(docker: Callable[[], Any]) -> tuple[str | None, str | None]:
+    """(the daemon's version, the Docker SDK's) through the product's client; None where unknown."""
     try:
-        proc = runner(list(argv), capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    out = (proc.stdout or "").strip().splitlines()
-    return out[0].strip() if proc.returncode == 0 and out else None
+        server = docker().version().get("Version")
+    except Exception:  # noqa: BLE001 - a report of a machine without Docker says "unavailable"
+        server = None
+    try:
+        import docker as sdk
+
+        return server, sdk.__version__
+    except ImportError:
+        return server, None
 
 
-def machine(runner: Runner = subprocess.run) -> dict[str, Any]:
-    """CPU count, RAM, OS, Python, SQLite, Docker and Compose versions of this host."""
+def machine(runner: Runner = subprocess.run, docker: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """CPU count, RAM, OS, Python, SQLite, Docker and Compose versions of this host.
+
+    Docker is asked through ``docker`` (default: docker_client.client, the product's
+    client) and compose through compose.py with ``runner``, the modules the product uses.
+    """
+    from .. import compose, docker_client
+
     try:
         import psutil
 
@@ -40,8 +51,7 @@ def machine(runner: Runner = subprocess.run) -> dict[str, Any]:
         cpus = psutil.cpu_count(logical=True)
     except ImportError:  # psutil is a dependency; degrade anyway
         memory, cpus = None, os.cpu_count()
-    compose = _first_line(["docker", "compose", "version", "--short"], runner)
-    compose_v1 = _first_line(["docker-compose", "version", "--short"], runner)
+    server, sdk = _docker_versions(docker or docker_client.client)
     return {
         "cpus": cpus,
         "memory_bytes": memory,
@@ -50,9 +60,9 @@ def machine(runner: Runner = subprocess.run) -> dict[str, Any]:
         "arch": platform.machine(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
-        "docker_server": _first_line(["docker", "version", "--format", "{{.Server.Version}}"], runner),
-        "docker_client": _first_line(["docker", "version", "--format", "{{.Client.Version}}"], runner),
-        "compose": f"docker compose {compose}" if compose else (f"docker-compose {compose_v1}" if compose_v1 else None),
+        "docker_server": server,
+        "docker_sdk": sdk,
+        "compose": compose.version(runner),
     }
 
 
@@ -157,6 +167,30 @@ def _errorbars(summaries: list[dict]) -> list[list[float]]:
     return [[s["median"] - s["min"] for s in summaries], [s["max"] - s["median"] for s in summaries]]
 
 
+def _panel(axes: Any, rows: list[dict], scenario: str, title: str, ylabel: str, *, measured: str,
+           baseline: str, baseline_spread: bool, legend: str) -> None:
+    """One chart panel over N: ours with min-max bars, the baseline (with its spread, or as a line)."""
+    if rows:
+        xs = [r["x"] for r in rows]
+        axes.errorbar(xs, [r["value"]["median"] for r in rows], yerr=_errorbars([r["value"] for r in rows]),
+                      marker="o", capsize=4, label=measured)
+        medians = [r["baseline"]["median"] for r in rows]
+        if baseline_spread:  # a measured baseline has a spread; an ideal one is exact
+            axes.errorbar(xs, medians, yerr=_errorbars([r["baseline"] for r in rows]), marker="s", capsize=4,
+                          linestyle="--", label=baseline)
+        else:
+            axes.plot(xs, medians, linestyle="--", color="grey", label=baseline)
+        axes.set_xticks(xs)
+        axes.set_ylim(bottom=0)
+        axes.legend(loc=legend)
+    else:
+        axes.text(0.5, 0.5, f"{scenario} scenario not run", ha="center", va="center", transform=axes.transAxes)
+    axes.set_title(title)
+    axes.set_xlabel("agents (N)")
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+
+
 def chart(report: dict[str, Any], path: Path) -> Path:
     """Write the PNG: speedup against N with the ideal line, start-up time against N."""
     import matplotlib
@@ -165,40 +199,12 @@ def chart(report: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    speed = _series(report, "throughput", "speedup over N=1")
-    if speed:
-        xs = [r["x"] for r in speed]
-        left.errorbar(xs, [r["value"]["median"] for r in speed], yerr=_errorbars([r["value"] for r in speed]),
-                      marker="o", capsize=4, label="measured (median, min-max)")
-        left.plot(xs, [r["baseline"]["median"] for r in speed], linestyle="--", color="grey",
-                  label="ideal: ceil(M/1) / ceil(M/N)")
-        left.set_xticks(xs)
-        left.set_ylim(bottom=0)
-        left.legend(loc="upper left")
-    else:
-        left.text(0.5, 0.5, "throughput scenario not run", ha="center", va="center", transform=left.transAxes)
-    left.set_title("Speedup over one agent")
-    left.set_xlabel("agents (N)")
-    left.set_ylabel("speedup (makespan N=1 / makespan N)")
-    left.grid(alpha=0.3)
-
-    start = _series(report, "startup", "time to all healthy")
-    if start:
-        xs = [r["x"] for r in start]
-        right.errorbar(xs, [r["value"]["median"] for r in start], yerr=_errorbars([r["value"] for r in start]),
-                       marker="o", capsize=4, label="agents.start until healthy")
-        right.errorbar(xs, [r["baseline"]["median"] for r in start],
-                       yerr=_errorbars([r["baseline"] for r in start]), marker="s", capsize=4,
-                       linestyle="--", label="bare git worktree add + docker run -d")
-        right.set_xticks(xs)
-        right.set_ylim(bottom=0)
-        right.legend(loc="best")
-    else:
-        right.text(0.5, 0.5, "startup scenario not run", ha="center", va="center", transform=right.transAxes)
-    right.set_title("Start-up time")
-    right.set_xlabel("agents (N)")
-    right.set_ylabel("seconds")
-    right.grid(alpha=0.3)
+    _panel(left, _series(report, "throughput", "speedup over N=1"), "throughput", "Speedup over one agent",
+           "speedup (makespan N=1 / makespan N)", measured="measured (median, min-max)",
+           baseline="ideal: ceil(M/1) / ceil(M/N)", baseline_spread=False, legend="upper left")
+    _panel(right, _series(report, "startup", "time to all healthy"), "startup", "Start-up time", "seconds",
+           measured="agents.start until healthy", baseline="bare git worktree add + docker run -d",
+           baseline_spread=True, legend="best")
 
     fig.suptitle(f"parallel-autopilot bench {report['started_at']} - {machine_line(report['machine'])}",
                  fontsize=8)

@@ -4,7 +4,7 @@ Before the scenarios, the agent image is made ready once (``image.ensure_image``
 under a tag of the run's own (:func:`run_image`, removed at the end), so no
 scenario measures a build and no other user of the daemon can swap it mid-run. A scenario that raises is recorded as failed
 with its one-line reason and the run goes on; one that cannot run here (no
-Docker, no image) is recorded as skipped with the reason. Every container a run
+Docker, no image: ``NEEDS_FLEET`` and :func:`~.sandbox.fleet_problem`) is recorded as skipped with the reason. Every container a run
 creates carries its run id and is removed at the end, whatever happened.
 """
 
@@ -25,7 +25,7 @@ from ..errors import AutopilotError, InvalidInput, one_line
 from . import SCENARIOS, report, stats
 from .context import Context
 from .progress import Display
-from .sandbox import LABEL_BENCH, remove_labelled
+from .sandbox import LABEL_BENCH, fleet_problem, remove_labelled
 
 #: Rounds per figure unless ``repeats`` says otherwise.
 DEFAULT_REPEATS = {"quick": 2, "full": 3}
@@ -133,8 +133,10 @@ def run(settings: Settings, scenarios: Iterable[str] | str | None = None, *, qui
             module = importlib.import_module(f"{__package__}.{name}")
             display.begin(name, index, len(names))
             begun = clock()
+            problem = fleet_problem(ctx) if getattr(module, "NEEDS_FLEET", False) else None
             try:
-                result = module.run(ctx)
+                result = (stats.failed(name, module.TITLE, problem, status="skipped") if problem
+                          else module.run(ctx))
             except Exception as err:  # noqa: BLE001 - one scenario's failure must not lose the others
                 result = stats.failed(name, module.TITLE, _failure_line(err),
                                       details={"traceback": traceback.format_exc()})

@@ -10,13 +10,14 @@ agents and removes every container the sandbox made, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .. import config
+from ..errors import DockerUnavailable, one_line
 from ..git import Git
 from ..issues import IssueStore
 from .context import Context
@@ -103,6 +104,12 @@ class Sandbox:
                   "script": f'sleep {seconds:g}; echo done > "sleeper-$ISSUE_NUMBER.txt"'} for i in range(count)]
         return [issue.number for issue in store.add_many(items)]
 
+    def seconds_until_done(self, numbers: Iterable[int], timeout: float, what: str) -> float:
+        """Seconds from now until every issue in ``numbers`` is done (RuntimeError at a failed or dead one)."""
+        t0 = self.ctx.clock()
+        wait_for(all_done(self.store(), list(numbers)), timeout, what, poll=0.1, sleep=self.ctx.sleep)
+        return self.ctx.clock() - t0
+
     # -- the fleet -----------------------------------------------------------
 
     def start(self, n: int, progress: Callable[[str], None] | None = None) -> list:
@@ -135,28 +142,31 @@ class Sandbox:
         """A unique name for a baseline container of this sandbox."""
         return f"{self.project}-bare-{label}"
 
-    def docker_run(self, name: str, *argv: str, command: Iterable[str] = (), entrypoint: str | None = None) -> str:
-        """``docker run -d`` of the agent image with the agents' light limits; return the id."""
-        from .. import platform
+    def docker_run(self, name: str, *, command: Iterable[str] = (), user: str | None = None,
+                   volumes: dict[str, str] | None = None) -> str:
+        """``docker run -d`` of the agent image with the agents' light limits; return the id.
+
+        ``volumes`` maps a host path to its mount point in the container (read-write).
+        """
+        from .. import docker_client, platform
 
         limits = platform.limits(self.settings)
         self.bare.append(name)
-        cmd = ["docker", "run", "-d", "--name", name, "--label", f"{LABEL_BENCH}={self.ctx.run_id}",
-               "--init", "--network", "none", "--memory", limits.memory, "--cpus", str(limits.cpus),
-               "--pids-limit", str(limits.pids), *argv]
-        if entrypoint:
-            cmd += ["--entrypoint", entrypoint]
-        cmd += [self.settings.image, *command]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"docker run {name}: {proc.stderr.strip().splitlines()[-1:]}")
-        return proc.stdout.strip()
+        with docker_step(f"docker run {name}"):
+            container = docker_client.client().containers.run(
+                self.settings.image, list(command), detach=True, name=name, init=True,
+                labels={LABEL_BENCH: self.ctx.run_id}, network_mode="none", user=user,
+                mem_limit=limits.memory, nano_cpus=int(limits.cpus * 1e9), pids_limit=limits.pids,
+                volumes={host: {"bind": inside, "mode": "rw"} for host, inside in (volumes or {}).items()})
+        return container.id
 
     def docker_rm(self, names: Iterable[str]) -> None:
         """``docker rm -f`` of baseline containers (no error if already gone)."""
+        from .. import docker_client
+
         names = list(names)
         if names:
-            subprocess.run(["docker", "rm", "-f", *names], capture_output=True, timeout=120)
+            docker_client.remove(names)
             self.bare = [n for n in self.bare if n not in names]
 
     # -- cleanup -------------------------------------------------------------
@@ -167,17 +177,32 @@ class Sandbox:
             self.stop(progress=quiet)
         except Exception:  # noqa: BLE001 - cleanup goes on with the blunt tools below
             pass
-        self.docker_rm(self.bare)
+        try:
+            self.docker_rm(self.bare)
+        except Exception:  # noqa: BLE001 - the runner removes every container of the run at the end
+            pass
         remove_labelled(f"parallel-autopilot.project={self.project}")
 
 
+@contextlib.contextmanager
+def docker_step(what: str) -> Iterator[None]:
+    """Turn the Docker SDK's errors inside the block into one RuntimeError line starting with ``what``."""
+    try:
+        yield
+    except DockerUnavailable:
+        raise
+    except Exception as err:  # noqa: BLE001 - APIError, NotFound, requests' errors: all one line
+        raise RuntimeError(f"{what}: {one_line(err)}") from None
+
+
 def remove_labelled(label: str) -> None:
-    """``docker rm -f`` every container carrying ``label`` (``key=value``)."""
-    proc = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True,
-                          text=True, timeout=60)
-    ids = proc.stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)
+    """``docker rm -f`` every container carrying ``label`` (``key=value``); never raises (cleanup)."""
+    from .. import docker_client
+
+    try:
+        docker_client.remove_labelled(label)
+    except Exception:  # noqa: BLE001 - a daemon that went away has nothing left to clean
+        pass
 
 
 def all_done(store: Any, numbers: list[int]) -> Callable[[], bool]:
@@ -225,4 +250,4 @@ def container_memory(name: str) -> dict[str, float]:
     return {"used": (usage - inactive) / mib, "rss": rss / mib, "usage": usage / mib}
 
 
-__all__ = ["Sandbox", "LABEL_BENCH", "fleet_problem", "git", "remove_labelled", "wait_for", "container_memory"]
+__all__ = ["Sandbox", "LABEL_BENCH", "fleet_problem", "git", "docker_step", "remove_labelled", "wait_for", "container_memory"]

@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import stats
-from .sandbox import Sandbox, fleet_problem, git
+from .sandbox import Sandbox, git
 
 TITLE = "start-up: agents.start until all healthy"
+#: the runner records it skipped where the fleet cannot run (sandbox.fleet_problem)
+NEEDS_FLEET = True
 BARE_LABEL = "bare git worktree add + docker run -d (same image and limits), N times"
 MAX_REMEASURE = 2
 
@@ -58,8 +60,7 @@ def measure_bare(ctx, box: Sandbox, n: int, label: str) -> float:
         paths.append(path)
         branches.append(branch)
         name = box.bare_name(f"{label}-{i:03d}")
-        box.docker_run(name, "--user", f"{_owner(box)}", "-v", f"{path}:/workspace",
-                       command=["sleep", "infinity"])
+        box.docker_run(name, user=_owner(box), volumes={str(path): "/workspace"}, command=["sleep", "infinity"])
         names.append(name)
     seconds = ctx.clock() - t0
     box.docker_rm(names)
@@ -76,9 +77,6 @@ def _owner(box: Sandbox) -> str:
 
 def run(ctx) -> dict[str, Any]:
     """Each round, each N: ours and bare (alternating which goes first)."""
-    problem = fleet_problem(ctx)
-    if problem:
-        return stats.failed("startup", TITLE, problem, status="skipped")
     params = plan(ctx)
     ours: dict[int, list[float]] = {n: [] for n in params["agents"]}
     bare: dict[int, list[float]] = {n: [] for n in params["agents"]}

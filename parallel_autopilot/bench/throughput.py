@@ -17,9 +17,11 @@ import math
 from typing import Any
 
 from . import stats
-from .sandbox import Sandbox, all_done, fleet_problem, wait_for
+from .sandbox import Sandbox
 
 TITLE = "throughput: makespan of M sleeping issues with N agents"
+#: the runner records it skipped where the fleet cannot run (sandbox.fleet_problem)
+NEEDS_FLEET = True
 ROUND_TIMEOUT = 600.0
 TARGET_EFFICIENCY = {5: 90.0, 10: 85.0}  # percent, issue 6
 TARGET_SPEEDUP = 0.9  # x N, issue 3 (N = 3 and 5)
@@ -38,19 +40,11 @@ def ideal(m: int, n: int, s: float) -> float:
 
 def makespan(ctx, box: Sandbox, m: int, s: float, label: str) -> float:
     """Add M sleepers, return seconds until all are done (fails on a failed or dead issue)."""
-    store = box.store()
-    numbers = set(box.add_sleepers(m, s, label))
-    t0 = ctx.clock()
-
-    wait_for(all_done(store, numbers), ROUND_TIMEOUT, f"{m} issues with {label}", poll=0.1, sleep=ctx.sleep)
-    return ctx.clock() - t0
+    return box.seconds_until_done(box.add_sleepers(m, s, label), ROUND_TIMEOUT, f"{m} issues with {label}")
 
 
 def run(ctx) -> dict[str, Any]:
     """For N = 1, 2, ...: start N agents, then measure each round's makespan."""
-    problem = fleet_problem(ctx)
-    if problem:
-        return stats.failed("throughput", TITLE, problem, status="skipped")
     params = plan(ctx)
     m, s, counts = params["issues"], params["sleep_seconds"], params["agents"]
     spans: dict[int, list[float]] = {}
