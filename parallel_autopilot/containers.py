@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence, TYPE_CHECKING
 
 from . import platform as platform_mod
-from . import worktrees
+from . import queueaccess, worktrees
 from .compose import GENERATED, project_name
 from .errors import GitError, InvalidInput
 from .git import Git
@@ -100,6 +100,8 @@ def compose_env(settings: Settings, limits: platform_mod.Limits | None = None, *
         "AUTOPILOT_CHECK": str(settings.check or ""),
         "AUTOPILOT_CHECK_TIMEOUT": _number(settings.check_timeout),
     }
+    # a queue on PostgreSQL: its URL as a secret file, its socket directory (queueaccess.py)
+    env.update(queueaccess.compose_entries(settings, env, generated, uid, gid, strict=strict))
     return env
 
 

@@ -98,8 +98,9 @@ def python_lib_files() -> list[tuple[str, Path]]:
     """(path in the pylib directory, installed file) of every :data:`PYTHON_LIBS` module file.
 
     Taken from the host's installed distributions (their RECORD): pure Python, so
-    they run on the image's Python whatever the host's. A distribution the host
-    lacks is left out (the image then has no PostgreSQL driver; SQLite works).
+    they run on the image's Python whatever the host's. The ``.dist-info`` goes
+    too: pg8000 and scramp read their own version from it at import. A
+    distribution the host lacks is left out (no PostgreSQL driver; SQLite works).
     """
     from importlib import metadata
 
@@ -111,8 +112,8 @@ def python_lib_files() -> list[tuple[str, Path]]:
             continue
         for entry in dist.files or ():
             parts = entry.parts
-            if (not parts or parts[0] == ".." or parts[0].endswith(".dist-info") or "__pycache__" in parts
-                    or entry.suffix in (".pyc", ".pyo")):
+            if (not parts or parts[0] == ".." or "__pycache__" in parts or entry.suffix in (".pyc", ".pyo")
+                    or entry.name in ("RECORD", "INSTALLER", "direct_url.json")):
                 continue
             path = Path(str(dist.locate_file(entry)))
             if path.is_file():
