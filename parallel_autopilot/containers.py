@@ -83,6 +83,7 @@ def compose_env(settings: Settings, limits: platform_mod.Limits | None = None, *
         # what the runtime inside reads (see the contract doc)
         "AUTOPILOT_BASE_BRANCH": base_branch or _base_branch(settings, strict),
         "AUTOPILOT_AGENT_KIND": str(settings.agent_kind),
+        "AUTOPILOT_HOST": str(settings.host),  # agents are (host, id) on a queue many hosts share
         "AUTOPILOT_AGENT_COMMAND": str(settings.agent_command or ""),
         "AUTOPILOT_LEASE_SECONDS": _number(settings.lease_seconds),
         "AUTOPILOT_MAX_ATTEMPTS": str(int(settings.max_attempts)),
