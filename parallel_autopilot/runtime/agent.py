@@ -212,7 +212,7 @@ class Agent:
                 self.store.agent_heartbeat(
                     self.s.agent_id, self.state,
                     issue=attempt.number if attempt else None, token=attempt.claim.token if attempt else None,
-                    incarnation=self.incarnation, host=socket.gethostname(), pid=os.getpid(),
+                    incarnation=self.incarnation, pid=os.getpid(),
                     waiting_until=self.waiting_until if self.state == "quota" else None)
                 return True
             except Exception as err:
