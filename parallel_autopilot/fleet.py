@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from . import agentcli, compose, containers, docker_client, image, issues, platform, snapshots, worktrees
+from . import agentcli, compose, containers, docker_client, image, issues, platform, queueaccess, snapshots, worktrees
 from .config import Settings
 from .git import Git
 from .errors import AgentNotFound, AgentsUnhealthy, Conflict, GitError, InvalidInput
@@ -191,6 +191,8 @@ def preflight(settings: Settings, count: int = 1) -> list[str]:
     The image's labels count when it is current; otherwise it is about to be
     built from these settings, and their ``agent_cli`` counts.
     """
+    if settings.queue:  # a PostgreSQL queue the agents' network cannot reach (loopback TCP...)
+        queueaccess.check_network(settings, settings.queue)
     if str(settings.agent_kind) not in agentcli.MODEL_KINDS:
         return []
     current = image.image_status(settings) == "current"

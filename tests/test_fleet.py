@@ -177,3 +177,14 @@ def test_on_a_shared_queue_each_host_lists_and_frees_only_its_own_agents(git_rep
         assert (kept.status, kept.owner, kept.host, kept.token) == ("claimed", "agent-001", "ws2", theirs.token)
     finally:
         fleet.close_store(ws1)
+
+
+def test_start_refuses_a_loopback_tcp_queue_on_network_none_before_creating_anything(git_repo, monkeypatch):
+    settings = config.load({}, repo=str(git_repo), queue="postgresql://ap:pw@127.0.0.1:5432/backlog",
+                           network="none")
+    monkeypatch.setattr(fleet.docker_client, "client", lambda: object())
+    monkeypatch.setattr(fleet, "open_store", lambda s: pytest.fail("the store was opened"))
+    with pytest.raises(fleet.InvalidInput, match="autopilot.network: host") as caught:
+        fleet.start_agents(settings, 1, progress=lambda _: None)
+    assert "\n" not in str(caught.value) and "pw" not in str(caught.value)
+    assert not (git_repo / ".worktrees").exists()
