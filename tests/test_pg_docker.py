@@ -11,13 +11,14 @@ from the 0400 secret file. Both test functions share the running fleets.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from parallel_autopilot import compose, containers, fleet, image
+from parallel_autopilot import compose, containers, fleet, image, queueaccess
 from conftest import _BUILT_TEST_IMAGES, wait_for
 from test_fleet_docker import drained, git, make_repo, make_settings
 
@@ -44,6 +45,9 @@ def _done(store) -> list[int]:
 def two_hosts(pg_cluster, tmp_path_factory):
     """{host: Settings} of two clones, 3 agents each on one PostgreSQL queue, and the measurements."""
     root = tmp_path_factory.mktemp("pg-hosts")
+    # the secret files go under the runtime directory: the test's own, so nothing is left behind
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(root)
     origin = make_repo(root / "origin")
     url = pg_cluster.create_database("pa_two_hosts").replace("postgresql://postgres@",
                                                                f"postgresql://postgres:{PASSWORD}@")
@@ -51,10 +55,11 @@ def two_hosts(pg_cluster, tmp_path_factory):
                                     network="none")
                 for host in HOSTS}
     _BUILT_TEST_IMAGES.add(TAG)
-    started = time.monotonic()
-    image.ensure_image(settings["ws1"], progress=lambda _: None, rebuild=True)
-    measured = {"image build with pg8000 staged (s)": round(time.monotonic() - started, 1)}
+    measured: dict = {}
     try:
+        started = time.monotonic()
+        image.ensure_image(settings["ws1"], progress=lambda _: None, rebuild=True)
+        measured["image build with pg8000 staged (s)"] = round(time.monotonic() - started, 1)
         for host in HOSTS:
             fleet.start_agents(settings[host], 3, progress=lambda _: None)
         yield settings, pg_cluster, measured
@@ -65,6 +70,10 @@ def two_hosts(pg_cluster, tmp_path_factory):
             except Exception:  # noqa: BLE001 - best-effort teardown
                 pass
         subprocess.run(["docker", "rmi", "-f", TAG], capture_output=True)
+        if previous is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = previous
         print("MEASURED", json.dumps(measured))
 
 
@@ -98,6 +107,9 @@ def test_two_hosts_drain_one_backlog_once_and_survive_a_server_restart(two_hosts
         s = settings[host]
         rendered = compose.run(s, ["config"], env=containers.compose_env(s, strict=False)).stdout
         assert PASSWORD not in rendered and "/run/secrets/autopilot-queue" in rendered
+        uid = containers.repo_owner(s)[0]
+        secret = queueaccess.secret_dir(s, compose.project_name(s), uid) / "queue-url"
+        assert secret.is_relative_to(s.repo.parent) and PASSWORD in secret.read_text()  # what they read
         for agent in fleet.list_agents(s):
             inspected = subprocess.run(["docker", "inspect", agent.container], check=True, capture_output=True,
                                        text=True).stdout
