@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -82,6 +83,7 @@ class Settings:
     health_interval_seconds: float = _DEFAULTS["health_interval_seconds"]
     start_timeout_seconds: float = _DEFAULTS["start_timeout_seconds"]
     network: str = _DEFAULTS["network"]
+    host: str | None = _DEFAULTS["host"]  # config.load makes it the hostname when unset
     project: str | None = _DEFAULTS["project"]
     codex_home: str = _DEFAULTS["codex_home"]
     ssh_dir: str = _DEFAULTS["ssh_dir"]
@@ -237,6 +239,7 @@ def _build(repo: Path, values: Mapping[str, Any], sources: Mapping[str, str]) ->
         if key == "repo":
             continue
         checked[key] = _coerce(key, value, source)
+    checked["host"] = (checked.get("host") or "").strip() or socket.gethostname()  # agents' (host, id)
     return Settings(repo=repo, **checked)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence, TYPE_CHECKING
 
 from . import platform as platform_mod
-from . import worktrees
+from . import queueaccess, worktrees
 from .compose import GENERATED, project_name
 from .errors import GitError, InvalidInput
 from .git import Git
@@ -83,6 +83,7 @@ def compose_env(settings: Settings, limits: platform_mod.Limits | None = None, *
         # what the runtime inside reads (see the contract doc)
         "AUTOPILOT_BASE_BRANCH": base_branch or _base_branch(settings, strict),
         "AUTOPILOT_AGENT_KIND": str(settings.agent_kind),
+        "AUTOPILOT_HOST": str(settings.host),  # agents are (host, id) on a queue many hosts share
         "AUTOPILOT_AGENT_COMMAND": str(settings.agent_command or ""),
         "AUTOPILOT_LEASE_SECONDS": _number(settings.lease_seconds),
         "AUTOPILOT_MAX_ATTEMPTS": str(int(settings.max_attempts)),
@@ -100,6 +101,8 @@ def compose_env(settings: Settings, limits: platform_mod.Limits | None = None, *
         "AUTOPILOT_CHECK": str(settings.check or ""),
         "AUTOPILOT_CHECK_TIMEOUT": _number(settings.check_timeout),
     }
+    # a queue on PostgreSQL: its URL as a secret file, its socket directory (queueaccess.py)
+    env.update(queueaccess.compose_entries(settings, env, generated, uid, gid, strict=strict))
     return env
 
 

@@ -27,6 +27,7 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "repo": (None, "path", None),
     "state_dir": (".autopilot", "path", None),
     "queue": (None, "str", "queue"),
+    "host": (None, "str", None),  # whose agents these are on a shared queue; None: the hostname
     "worktrees_dir": (".worktrees", "path", None),
     "logs_dir": ("docs/logs", "path", None),
     "base_branch": (None, "str", None),

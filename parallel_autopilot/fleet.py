@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from . import agentcli, compose, containers, docker_client, image, platform, snapshots, worktrees
+from . import agentcli, compose, containers, docker_client, image, issues, platform, queueaccess, snapshots, worktrees
 from .config import Settings
 from .git import Git
 from .errors import AgentNotFound, AgentsUnhealthy, Conflict, GitError, InvalidInput
@@ -54,6 +54,7 @@ class AgentStatus:
     cli: str | None = None  # the model CLI and its version in the agent's image, e.g. "codex 0.171.0"
     waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
     tokens: dict | None = None  # model usage summed over the issues this agent completed
+    host: str | None = None  # the workstation it runs on (agents are (host, id) on a shared queue)
 
     @property
     def doing(self) -> str:
@@ -98,12 +99,18 @@ def open_store(settings: Settings) -> IssueStore:
     Cached: the GUI asks for the agents several times a second, and an
     IssueStore is thread-safe and reconnects by itself after a fork.
     """
-    key = (str(settings.db_path), settings.max_attempts, settings.backoff_seconds)
+    key = (settings.queue_target, settings.host, settings.max_attempts, settings.backoff_seconds)
     with _stores_lock:
         store = _stores.get(key)
+        if settings.queue:  # PostgreSQL (autopilot.queue): one backlog many hosts share
+            if store is None:
+                store = _stores[key] = issues.open_store(settings.queue, host=settings.host,
+                                                         max_attempts=settings.max_attempts,
+                                                         backoff_seconds=settings.backoff_seconds)
+            return store
         if store is None or not settings.db_path.exists():
             store = _stores[key] = IssueStore(settings.db_path, max_attempts=settings.max_attempts,
-                                              backoff_seconds=settings.backoff_seconds)
+                                              backoff_seconds=settings.backoff_seconds, host=settings.host)
             try:  # the state directory was just made: keep it out of `git status` and every merge
                 worktrees.exclude_tool_dirs(settings)
             except GitError:
@@ -114,7 +121,7 @@ def open_store(settings: Settings) -> IssueStore:
 def close_store(settings: Settings) -> None:
     """Close and forget this process's cached store of the database (before it is replaced)."""
     with _stores_lock:
-        for key in [k for k in _stores if k[0] == str(settings.db_path)]:
+        for key in [k for k in _stores if k[0] == settings.queue_target]:
             _stores.pop(key).close()
 
 
@@ -155,17 +162,12 @@ def start_agents(settings: Settings, n, *, progress: Progress = print, wait: boo
     filesystem), then act: image, worktrees, containers, wait for health.
     """
     count = check_count(settings, n)
-    if settings.queue:
-        # the runtime in the containers speaks SQLite only so far: agents started now would
-        # work through another backlog than the one the issues.* tasks show
-        raise InvalidInput("agents in containers cannot use a PostgreSQL queue yet (autopilot.queue is set): "
-                           "unset autopilot.queue / INVOKE_AUTOPILOT_QUEUE to run agents on this repository's "
-                           "SQLite queue")
     docker_client.client()
     for warning in preflight(settings, count):
         progress(warning)
     store = open_store(settings)
-    snapshots.at_start(store, progress)
+    if not store.shared:  # PostgreSQL checks its own pages; a snapshot of it is issues.migrate's
+        snapshots.at_start(store, progress)
     release_gone(settings, store)
     image.ensure_image(settings, progress=progress)
     ids = agent_ids(count)
@@ -189,6 +191,8 @@ def preflight(settings: Settings, count: int = 1) -> list[str]:
     The image's labels count when it is current; otherwise it is about to be
     built from these settings, and their ``agent_cli`` counts.
     """
+    if settings.queue:  # a PostgreSQL queue the agents' network cannot reach (loopback TCP...)
+        queueaccess.check_network(settings, settings.queue)
     if str(settings.agent_kind) not in agentcli.MODEL_KINDS:
         return []
     current = image.image_status(settings) == "current"
@@ -302,6 +306,8 @@ def release_gone(settings: Settings, store: IssueStore | None = None) -> dict[st
     alive = {a.id for a in list_agents(settings) if a.state in ("running", "restarting")}
     freed = {}
     for issue in store.list("claimed"):
+        if issue.host != store.host:  # another host's agent: its containers are not ours to see
+            continue
         if issue.owner and issue.owner.startswith("agent-") and issue.owner not in alive:
             freed.setdefault(issue.owner, []).extend(
                 store.release_agent(issue.owner, reason="container gone"))
@@ -352,12 +358,12 @@ def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentSt
     rows = {}
     titles = {}
     spent: dict[str, list] = {}
-    if settings.db_path.exists():
+    if settings.queue or settings.db_path.exists():
         store = open_store(settings)
-        rows = {r.id: r for r in store.agents()}
+        rows = {r.id: r for r in store.agents(host=store.host)}  # never another host's agent-001
         if containers:
             for done in store.list():
-                if done.usage and done.owner:
+                if done.usage and done.owner and done.host == store.host:
                     spent.setdefault(done.owner, []).append(done.usage)
     cli = _cli_label(containers)
     result = []
@@ -394,6 +400,7 @@ def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentSt
             cli=cli.get(attrs.get("Image")),
             waiting_until=getattr(row, "waiting_until", None) if row and row.state == "quota" else None,
             tokens=_tokens(spent.get(ident)),
+            host=settings.host,
         ))
     # an agent that reported but has no container any more (removed by hand, its host
     # rebooted) and never said "stopped": shown as missing, not silently left out
@@ -402,7 +409,7 @@ def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentSt
             result.append(AgentStatus(
                 id=row.id, container=None, state="missing", health=None, activity="missing", issue=None,
                 issue_title=None, since=None, uptime=None, heartbeat_age=round(now - row.heartbeat_at, 1),
-                restarts=0, problem="container gone"))
+                restarts=0, problem="container gone", host=row.host))
     return sorted(result, key=lambda a: a.id)
 
 

@@ -45,6 +45,12 @@ DEBOOTSTRAP_SUITE = "bookworm"
 DEBOOTSTRAP_PACKAGES = ("python3", "git", "ca-certificates")
 DOCKERFILE = "docker/autopilot/Dockerfile"
 AGENT_CLIS = agentcli.CHOICES
+#: the build-context directory of the pure-Python libraries the runtime imports beyond the
+#: standard library (a placeholder README is committed there); the Dockerfile COPYs it
+PYLIB_DIR = "docker/autopilot/pylib"
+#: distributions staged from the HOST's installation (no network in the build): pg8000
+#: and its pure-Python dependencies, for a queue on PostgreSQL (``autopilot.queue``)
+PYTHON_LIBS = ("pg8000", "scramp", "asn1crypto", "python-dateutil", "six")
 
 _PACKAGE = Path(__file__).resolve().parent
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -83,7 +89,36 @@ def source_hash(settings: Settings) -> str:
     for path in _package_files():
         digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
+    for relative, path in python_lib_files():
+        digest.update(b"pylib:" + relative.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def python_lib_files() -> list[tuple[str, Path]]:
+    """(path in the pylib directory, installed file) of every :data:`PYTHON_LIBS` module file.
+
+    Taken from the host's installed distributions (their RECORD): pure Python, so
+    they run on the image's Python whatever the host's. The ``.dist-info`` goes
+    too: pg8000 and scramp read their own version from it at import. A
+    distribution the host lacks is left out (no PostgreSQL driver; SQLite works).
+    """
+    from importlib import metadata
+
+    found: dict[str, Path] = {}
+    for name in PYTHON_LIBS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        for entry in dist.files or ():
+            parts = entry.parts
+            if (not parts or parts[0] == ".." or "__pycache__" in parts or entry.suffix in (".pyc", ".pyo")
+                    or entry.name in ("RECORD", "INSTALLER", "direct_url.json")):
+                continue
+            path = Path(str(dist.locate_file(entry)))
+            if path.is_file():
+                found[entry.as_posix()] = path
+    return sorted(found.items())
 
 
 def _base_image(settings: Settings) -> str:
@@ -219,17 +254,15 @@ def _remove_quietly(image_id: str) -> None:
 
 
 def build_context(settings: Settings, progress: Progress = print) -> Path:
-    """The directory sent to the daemon: this checkout, or with CLIs a copy holding them too.
+    """The directory sent to the daemon: a copy of what the image needs, never the checkout.
 
-    Without CLIs it is the checkout itself (its .dockerignore keeps the package
-    and the Dockerfile). With CLIs it is ``<cli_cache>/context-<checkout hash>``:
-    the package, the Dockerfile and the staged binaries (hard links into the npm
-    cache), never anything else of the checkout.
+    It is ``<cli_cache>/context-<checkout hash>``: the package, the Dockerfile,
+    the pure-Python libraries of :data:`PYTHON_LIBS` (copied from the host's
+    installation: the build has no network) and the staged CLI binaries (hard
+    links into the npm cache), never anything else of the checkout.
     """
     cli = _agent_cli(settings)
     root = project_root()
-    if cli == "none":
-        return root
     try:
         agentcli.clis(cli)
     except InvalidInput as err:
@@ -254,7 +287,24 @@ def build_context(settings: Settings, progress: Progress = print) -> Path:
             if leftover.is_symlink() or leftover.exists():
                 leftover.unlink()
     agentcli.stage(cli, cli_dir, settings, progress)
+    _stage_python_libs(context / PYLIB_DIR, root)
     return context
+
+
+def _stage_python_libs(target: Path, root: Path) -> None:
+    # copied fresh (a few MB) so a library removed on the host is gone here too; mtimes
+    # pinned, so an unchanged library is the same COPY layer on every build
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    shutil.copy2(root / PYLIB_DIR / "README.md", target / "README.md")
+    for relative, path in python_lib_files():
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)
+        os.utime(destination, (0, 0))
+    for directory in [target, *target.rglob("*")]:
+        if directory.is_dir():
+            os.utime(directory, (0, 0))
 
 
 def _stream_build(api: Any, settings: Settings, context: Path, path: Path, base: str, labels: dict,

@@ -15,7 +15,7 @@ The verbs, each next to its SQL::
     store.mark_merged(n, commit, merge_commit)  # the merge queue: done -> merged
     store.reject(n, commit, report, requeue)  # the merge queue: done -> rejected (or ready)
     store.release(claim)                      # graceful: not an attempt
-    store.release_agent("agent-001")          # crash recovery: counts as one
+    store.release_agent("agent-001")          # crash recovery: counts as one (this host's agent-001)
 
 Defaults: a lease of 900 s (the design's 15 minutes), 3 attempts, a backoff of
 30 s doubling per attempt, a busy timeout of 30 s.
@@ -37,6 +37,12 @@ trigger appends the audit event in that same statement, so the write lock is
 held once and briefly. Reads that lead to writes (imports, operator verbs,
 refusals, the stale-agent sweep) use explicit ``BEGIN IMMEDIATE``.
 
+Hosts. An agent's identity is (host, id): agent ids repeat on every workstation
+of a shared (PostgreSQL) queue. ``store.host`` is the machine whose agents the
+store speaks for; a claim records it in ``issues.host``, the agents table is keyed
+by (host, id), and release/stale detection only ever matches an agent's own host.
+A SQLite queue is one host's (``store.shared`` is False).
+
 Connections. ``isolation_level=None``; WAL is set when the database is created;
 no transaction is held across agent work; a store used after ``fork()``
 reconnects instead of sharing the parent's connection.
@@ -47,6 +53,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import sqlite3
 import struct
 import threading
@@ -199,14 +206,44 @@ MIGRATIONS = [
     ],
     # 4: an agent waiting for a model's rate limit / quota to reset says until when
     ["ALTER TABLE agents ADD COLUMN waiting_until REAL"],
+    # 5: an agent's identity is (host, id), agent ids repeat on every host of a shared queue:
+    # issues.host is the claiming agent's host; the agents table is keyed by (host, id).
+    # Rows that exist get :host, the migrating store's (a SQLite queue was one host's all
+    # along). transition = NULL: the backfill is no event.
+    [
+        "ALTER TABLE issues ADD COLUMN host TEXT",
+        "UPDATE issues SET host = :host, transition = NULL WHERE claimed_at IS NOT NULL",
+        """CREATE TABLE agents_v5 (
+            host          TEXT NOT NULL,
+            id            TEXT NOT NULL,
+            state         TEXT NOT NULL,
+            issue         INTEGER,
+            token         INTEGER,
+            heartbeat_at  REAL NOT NULL,
+            started_at    REAL NOT NULL,
+            incarnation   TEXT,
+            pid           INTEGER,
+            waiting_until REAL,
+            PRIMARY KEY (host, id)
+        )""",
+        """INSERT INTO agents_v5 (host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid,
+                                 waiting_until)
+           SELECT :host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid, waiting_until
+           FROM agents""",
+        "DROP TABLE agents",
+        "ALTER TABLE agents_v5 RENAME TO agents",
+    ],
 ]
 
 
 #: A claimed issue whose holder is gone: its lease expired, or its owner is an
 #: agent whose heartbeat (the agents table) has been silent since :stale_before.
-#: With :stale_before NULL only expiry counts (host workers have no agent row).
+#: Only the claim's OWN (host, owner) row counts: another host's agent-001 says
+#: nothing about this one. With :stale_before NULL only expiry counts (host
+#: workers have no agent row).
 _ABANDONED = """status = 'claimed' AND (lease_until <= :now
-                     OR owner IN (SELECT id FROM agents WHERE heartbeat_at < :stale_before))"""
+                     OR EXISTS (SELECT 1 FROM agents a WHERE a.host = issues.host AND a.id = issues.owner
+                                                        AND a.heartbeat_at < :stale_before))"""
 
 #: The claim's pick: the best eligible issue. One arm per status, each walking
 #: the issues_pick index in claim order and stopping at its first row; a single
@@ -265,6 +302,7 @@ class Issue:
     merge_commit: str | None = None
     merged_at: float | None = None
     usage: dict | None = None  # model usage summed over attempts (tokens, cost)
+    host: str | None = None  # the host of the agent that (last) claimed it; None: never claimed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -302,7 +340,7 @@ class Event:
 
 @dataclass(frozen=True)
 class AgentRow:
-    """What an agent last said about itself (its heartbeat)."""
+    """What an agent last said about itself (its heartbeat); keyed by (host, id)."""
 
     id: str
     state: str
@@ -317,6 +355,11 @@ class AgentRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def agent_key(agent_id: str, host: str | None, own_host: str) -> str:
+    """How a result names an agent: ``agent-001`` on ``own_host``, ``agent-001@ws2`` on another."""
+    return agent_id if host == own_host else f"{agent_id}@{host}"
 
 
 #: Snapshots of the database live in this directory next to it (see :mod:`.snapshots`).
@@ -512,9 +555,13 @@ class IssueStore:
     """The shared issue queue in the SQLite database at ``path``.
 
     The parent directory is created if missing and must be on a local
-    filesystem. Thread-safe (one connection behind a lock); fork-safe (a child
+    filesystem. ``host`` is the machine whose agents this store speaks for
+    (default: this one's name). Thread-safe (one connection behind a lock); fork-safe (a child
     process opens its own connection).
     """
+
+    #: One host's queue: every claim in it was made on this machine.
+    shared = False
 
     def __init__(
         self,
@@ -525,8 +572,10 @@ class IssueStore:
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         check_fs: bool = True,
+        host: str | None = None,
     ):
         self.path = Path(path)
+        self.host = host or socket.gethostname()
         self.clock = clock
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
@@ -650,7 +699,7 @@ class IssueStore:
                 statements = script.split(";") if isinstance(script, str) else script
                 for statement in statements:
                     if statement.strip():
-                        conn.execute(statement)
+                        conn.execute(statement, {"host": self.host})  # :host in a backfill (v5)
                 conn.execute(f"PRAGMA user_version = {number}")
             if not conn.execute("PRAGMA application_id").fetchone()[0]:
                 # this database's own id, in its first page: a WAL whose first page carries
@@ -777,13 +826,13 @@ class IssueStore:
                 params)
         # one statement: pick, lease, count the attempt, bump the token, and (trigger) the event
         row = self._write(
-            f"""UPDATE issues SET status = 'claimed', owner = :worker, token = token + 1,
+            f"""UPDATE issues SET status = 'claimed', owner = :worker, host = :host, token = token + 1,
                       attempts = attempts + 1, lease_until = :until, heartbeat_at = :now,
                       claimed_at = :now, updated_at = :now, transition = 'claimed', actor = :worker,
                       note = 'attempt ' || (attempts + 1) || ' of ' || max_attempts
                WHERE number = (SELECT number FROM ({_PICK}))
                RETURNING *""",
-            {**params, "worker": worker, "until": now + lease_seconds})
+            {**params, "worker": worker, "host": self.host, "until": now + lease_seconds})
         if row is None:
             return None
         issue = self._issue(row)
@@ -965,16 +1014,18 @@ class IssueStore:
         )
 
     def release_agent(self, agent_id: str, now: float | None = None, reason: str = "agent gone") -> list[int]:
-        """Free at once every claim held by ``agent_id`` (crash recovery).
+        """Free at once every claim held by this host's ``agent_id`` (crash recovery).
 
-        Unlike :meth:`release`, the interrupted attempt counts: an issue that
-        keeps killing its agent ends dead instead of looping forever.
+        Only claims made on ``store.host``: another host's agent of the same id
+        is another agent. Unlike :meth:`release`, the interrupted attempt
+        counts: an issue that keeps killing its agent ends dead instead of
+        looping forever.
         """
         now = self._now(now)
         with self.transaction() as conn:
-            return self._release_agent(conn, now, agent_id, reason)
+            return self._release_agent(conn, now, self.host, agent_id, reason)
 
-    def _release_agent(self, conn, now: float, agent_id: str, reason: str) -> list[int]:
+    def _release_agent(self, conn, now: float, host: str, agent_id: str, reason: str) -> list[int]:
         rows = conn.execute(
             """UPDATE issues SET
                       status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
@@ -983,9 +1034,9 @@ class IssueStore:
                       lease_until = NULL, due_at = :now, updated_at = :now,
                       transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'released-agent' END,
                       actor = :agent, note = :note
-               WHERE status = 'claimed' AND owner = :agent
+               WHERE status = 'claimed' AND owner = :agent AND host = :host
                RETURNING number, token, status""",
-            {"agent": agent_id, "now": now, "reason": f"{reason} on the last attempt", "note": reason},
+            {"agent": agent_id, "host": host, "now": now, "reason": f"{reason} on the last attempt", "note": reason},
         ).fetchall()
         return sorted(row["number"] for row in rows)
 
@@ -997,20 +1048,22 @@ class IssueStore:
         seconds, long before its lease expires. A falsely presumed-dead agent
         loses nothing but time: its next renew raises LeaseLost.
         Claims of workers with no agent row (plain host processes) are left alone.
+        Every host's agents count (a dead host's claims come back); the keys name
+        the agent: ``"agent-001"`` for this store's host, ``"agent-001@ws2"`` for another's.
         """
         now = self._now(now)
         freed = {}
         # staleness is read in the same write transaction as the release: an agent
         # that heartbeats meanwhile keeps its claim
         with self.transaction() as conn:
-            owners = [r["id"] for r in conn.execute(
-                """SELECT DISTINCT a.id FROM agents a JOIN issues i ON i.owner = a.id
-                   WHERE i.status = 'claimed' AND a.heartbeat_at < ? ORDER BY a.id""",
+            owners = [(r["host"], r["id"]) for r in conn.execute(
+                """SELECT DISTINCT a.host, a.id FROM agents a JOIN issues i ON i.owner = a.id AND i.host = a.host
+                   WHERE i.status = 'claimed' AND a.heartbeat_at < ? ORDER BY a.host, a.id""",
                 (now - stale_after,))]
-            for owner in owners:
-                numbers = self._release_agent(conn, now, owner, "agent heartbeat stale")
+            for host, owner in owners:
+                numbers = self._release_agent(conn, now, host, owner, "agent heartbeat stale")
                 if numbers:
-                    freed[owner] = numbers
+                    freed[agent_key(owner, host, self.host)] = numbers
         return freed
 
     # -- operator verbs -----------------------------------------------------
@@ -1047,27 +1100,30 @@ class IssueStore:
 
     def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
                         token: int | None = None, incarnation: str | None = None,
-                        host: str | None = None, pid: int | None = None,
-                        now: float | None = None, waiting_until: float | None = None) -> None:
-        """Record what an agent is doing now (upsert of its row)."""
+                        pid: int | None = None, now: float | None = None,
+                        waiting_until: float | None = None) -> None:
+        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
         now = self._now(now)
         with self.transaction() as conn:
             conn.execute(
-                """INSERT INTO agents (id, state, issue, token, heartbeat_at, started_at, incarnation, host, pid,
+                """INSERT INTO agents (host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid,
                                       waiting_until)
-                   VALUES (:id, :state, :issue, :token, :now, :now, :inc, :host, :pid, :waiting)
-                   ON CONFLICT (id) DO UPDATE SET state = :state, issue = :issue, token = :token,
-                          waiting_until = :waiting,
-                          heartbeat_at = :now, host = COALESCE(:host, host), pid = COALESCE(:pid, pid),
+                   VALUES (:host, :id, :state, :issue, :token, :now, :now, :inc, :pid, :waiting)
+                   ON CONFLICT (host, id) DO UPDATE SET state = :state, issue = :issue, token = :token,
+                          waiting_until = :waiting, heartbeat_at = :now, pid = COALESCE(:pid, pid),
                           started_at = CASE WHEN incarnation IS :inc THEN started_at ELSE :now END,
                           incarnation = :inc""",
-                {"id": agent_id, "state": state, "issue": issue, "token": token, "now": now,
-                 "inc": incarnation, "host": host, "pid": pid, "waiting": waiting_until},
+                {"host": self.host, "id": agent_id, "state": state, "issue": issue, "token": token, "now": now,
+                 "inc": incarnation, "pid": pid, "waiting": waiting_until},
             )
 
-    def agents(self) -> list[AgentRow]:
-        """Every agent that ever reported, by id."""
-        return [AgentRow(**dict(r)) for r in self._read("SELECT * FROM agents ORDER BY id")]
+    def agents(self, host: str | None = None) -> list[AgentRow]:
+        """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""
+        if host is None:
+            rows = self._read("SELECT * FROM agents ORDER BY id, host")
+        else:
+            rows = self._read("SELECT * FROM agents WHERE host = ? ORDER BY id", (host,))
+        return [AgentRow(**dict(r)) for r in rows]
 
     # -- reading ------------------------------------------------------------
 
@@ -1149,19 +1205,20 @@ def is_url(target: Any) -> bool:
     return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
 
 
-def open_store(target: str | os.PathLike, **options: Any):
+def open_store(target: str | os.PathLike, *, host: str | None = None, **options: Any):
     """The issue store at ``target``: a state directory or ``.db`` path (SQLite, the
     embedded default) or a ``postgresql://`` URL (one backlog shared by many hosts).
 
-    Both have the one public API of :class:`IssueStore`; ``options`` are its keyword
-    arguments (``clock``, ``max_attempts``, ``backoff_seconds``; SQLite also takes
-    ``busy_timeout``/``check_fs``, PostgreSQL ``reconnect_seconds``/``on_reconnect``).
+    Both have the one public API of :class:`IssueStore`; ``host`` is the machine whose
+    agents the store speaks for (None: this one's name); ``options`` are the store's
+    other keyword arguments (``clock``, ``max_attempts``, ``backoff_seconds``; SQLite also
+    takes ``busy_timeout``/``check_fs``, PostgreSQL ``reconnect_seconds``/``on_reconnect``).
     """
     if is_url(target):
         from .pgstore import PgIssueStore  # not standard library: imported only for a URL
 
-        return PgIssueStore(str(target), **options)
+        return PgIssueStore(str(target), host=host, **options)
     path = Path(target)
     if path.suffix != ".db" or path.is_dir():
         path = path / "autopilot.db"
-    return IssueStore(path, **options)
+    return IssueStore(path, host=host, **options)

@@ -257,7 +257,8 @@ class MergeQueue:
         with self._locked():
             report.base_before = self.git.rev_parse(self.ref)
             wanted = set(numbers) if numbers else None
-            queue = [i for i in _ordered(self.store.list("done")) if wanted is None or i.number in wanted]
+            queue = [i for i in _ordered(self.store.list("done")) if (wanted is None or i.number in wanted)
+                     and _ours(self.store, i)]
             if queue:
                 self._prepare_worktree()
             candidates = [i for i in queue if self._bring_home(i)]
@@ -505,10 +506,16 @@ def bring_home(settings: Settings, store: IssueStore, progress: Progress = lambd
     git = Git(settings.repo)
     fetched = []
     for issue in store.list(("done", "rejected", "merged")):
-        if issue.commit and _clone_of(settings, issue) is not None and \
+        if issue.commit and _ours(store, issue) and _clone_of(settings, issue) is not None and \
                 fetch_issue(settings, git, issue, progress=progress) is None:
             fetched.append(issue.number)
     return fetched
+
+
+def _ours(store: IssueStore, issue: Issue) -> bool:
+    """Whether this host holds the issue's branch: on a shared queue, only the issues its
+    own agents did (in its clones); a SQLite queue is this host's alone."""
+    return not store.shared or issue.host == store.host
 
 
 def _flat(text: str) -> str:

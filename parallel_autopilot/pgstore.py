@@ -20,6 +20,10 @@ The same public API and semantics as :class:`parallel_autopilot.issues.IssueStor
 - **Schema**: versioned in ``autopilot_schema``; migrations run in ONE transaction
   (PostgreSQL's DDL is transactional) under an advisory lock, so hosts starting
   together migrate once and a failing migration leaves nothing behind.
+- **Hosts**: many workstations share the queue (``store.shared``), and agent ids
+  repeat on each: an agent is (host, id). ``issues.host`` names the claiming
+  agent's host, the agents table is keyed by (host, id); release_agent and the
+  stale rule only ever match an agent's own host.
 - **Connection loss** (a restart, a failover, a network cut): the store reconnects
   with backoff (one log line per outage) for up to ``reconnect_seconds``. A fenced
   write whose outcome is unknown is never sent twice blindly: the store first
@@ -35,6 +39,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import uuid
@@ -47,7 +52,7 @@ from . import forksafe
 from .errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, QueueUnavailable
 from .issues import (
     DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, PRIORITIES, STATUSES,
-    AgentRow, Claim, Event, Issue, _as_result, validate_fields,
+    AgentRow, Claim, Event, Issue, _as_result, agent_key, validate_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -197,6 +202,60 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 2: an agent waiting for a model's rate limit / quota to reset says until when (SQLite's 4)
     ["ALTER TABLE agents ADD COLUMN waiting_until float8"],
+    # 3 (SQLite's 5): an agent's identity is (host, id), agent ids repeat on every host.
+    # issues.host is the claiming agent's host; the agents table is keyed by (host, id);
+    # rows that exist get :host, the migrating store's; the backfill is no event
+    # (transition NULL). The claim matches a heartbeat of the claim's OWN (host, owner).
+    [
+        "ALTER TABLE issues ADD COLUMN host text",
+        "UPDATE issues SET host = :host, transition = NULL WHERE claimed_at IS NOT NULL",
+        "UPDATE agents SET host = :host",
+        "ALTER TABLE agents ALTER COLUMN host SET NOT NULL",
+        "ALTER TABLE agents DROP CONSTRAINT agents_pkey",
+        "ALTER TABLE agents ADD PRIMARY KEY (host, id)",
+        "DROP INDEX issues_owner",
+        "CREATE INDEX issues_owner ON issues (owner, host) WHERE status = 'claimed'",
+        "DROP FUNCTION autopilot_claim(float8, float8, text, float8, text)",
+        """CREATE FUNCTION autopilot_claim(p_now float8, p_stale_after float8, p_worker text,
+                                           p_lease float8, p_nonce text, p_host text)
+           RETURNS SETOF issues LANGUAGE plpgsql AS $$
+           DECLARE
+               t_now float8 := COALESCE(p_now, CAST(EXTRACT(EPOCH FROM now()) AS float8));
+               t_stale float8 := t_now - p_stale_after;
+               r record;
+           BEGIN
+               FOR r IN SELECT number FROM issues i
+                        WHERE status = 'claimed' AND attempts >= max_attempts
+                          AND (lease_until <= t_now
+                               OR EXISTS (SELECT 1 FROM agents a WHERE a.host = i.host AND a.id = i.owner
+                                                                  AND a.heartbeat_at < t_stale))
+                        ORDER BY number FOR UPDATE SKIP LOCKED LOOP
+                   UPDATE issues SET status = 'dead', lease_until = NULL, updated_at = t_now,
+                          error = CASE WHEN lease_until <= t_now THEN 'lease expired on the last attempt'
+                                       ELSE 'agent heartbeat stale on the last attempt' END,
+                          transition = 'dead', actor = owner,
+                          note = CASE WHEN lease_until <= t_now THEN 'lease expired' ELSE 'agent heartbeat stale' END
+                   WHERE number = r.number;
+               END LOOP;
+               RETURN QUERY
+               UPDATE issues i SET status = 'claimed', owner = p_worker, host = p_host, token = i.token + 1,
+                      attempts = i.attempts + 1, lease_until = t_now + p_lease, heartbeat_at = t_now,
+                      claimed_at = t_now, updated_at = t_now, transition = 'claimed', actor = p_worker,
+                      note = 'attempt ' || (i.attempts + 1) || ' of ' || i.max_attempts, claim_nonce = p_nonce
+               WHERE i.number = (
+                   SELECT number FROM issues p
+                   WHERE status IN ('ready', 'failed', 'claimed') AND attempts < max_attempts
+                     AND CASE WHEN status = 'claimed'
+                              THEN lease_until <= t_now
+                                   OR EXISTS (SELECT 1 FROM agents a WHERE a.host = p.host AND a.id = p.owner
+                                                                      AND a.heartbeat_at < t_stale)
+                              ELSE due_at <= t_now END
+                   ORDER BY rank, created_at, number
+                   LIMIT 1
+                   FOR UPDATE SKIP LOCKED)
+               RETURNING i.*;
+           END $$""",
+    ],
 ]
 
 _ISSUE_FIELDS = frozenset(Issue.__dataclass_fields__)
@@ -206,7 +265,7 @@ INTERNAL_COLUMNS = ("rank", "transition", "actor", "note", "claim_nonce")
 
 #: The claim: ONE call, ONE transaction (see the function autopilot_claim in MIGRATIONS).
 _CLAIM = """SELECT * FROM autopilot_claim(CAST(:now AS float8), CAST(:stale_after AS float8), :worker,
-                                          CAST(:lease AS float8), :nonce)"""
+                                          CAST(:lease AS float8), :nonce, CAST(:host AS text))"""
 
 _REFUSE = f"""
 INSERT INTO events (at, issue, kind, worker, token, detail)
@@ -223,7 +282,7 @@ UPDATE issues SET
        lease_until = NULL, due_at = {NOW}, updated_at = {NOW},
        transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'released-agent' END,
        actor = :agent, note = :note
-WHERE number = CAST(:number AS bigint) AND status = 'claimed' AND owner = :agent
+WHERE number = CAST(:number AS bigint) AND status = 'claimed' AND owner = :agent AND host = :host
 RETURNING number"""
 
 
@@ -312,9 +371,13 @@ forksafe.reset_in_children(_STORES)
 class PgIssueStore:
     """The shared issue queue in the PostgreSQL database at ``url``.
 
-    Thread-safe (one connection behind a lock); fork-safe (a child process
-    opens its own connection and never touches the parent's).
+    ``host`` is the machine whose agents this store speaks for (default: this
+    one's name). Thread-safe (one connection behind a lock); fork-safe (a child
+    process opens its own connection and never touches the parent's).
     """
+
+    #: Many hosts' agents claim from this queue.
+    shared = True
 
     def __init__(
         self,
@@ -326,8 +389,10 @@ class PgIssueStore:
         reconnect_seconds: float = DEFAULT_RECONNECT_SECONDS,
         on_reconnect: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        host: str | None = None,
     ):
         self.url = redact(url)
+        self.host = host or socket.gethostname()
         self._options = connect_options(url)
         self.clock = clock  # None: the database's clock
         self.max_attempts = max_attempts
@@ -400,7 +465,7 @@ class PgIssueStore:
             self._check_version(version)
             for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in statements:
-                    conn.run(statement)
+                    conn.run(statement, host=self.host)  # :host in a backfill (version 3)
                 conn.run("UPDATE autopilot_schema SET version = :v", v=number)
             conn.run("COMMIT")
         except BaseException:
@@ -597,7 +662,7 @@ class PgIssueStore:
         now = self._now(now)
         nonce = uuid.uuid4().hex
         params = {"now": now, "stale_after": stale_after, "worker": worker, "lease": float(lease_seconds),
-                  "nonce": nonce}
+                  "nonce": nonce, "host": self.host}
 
         def verify(conn):
             # the reply was lost: did the claim happen? (the nonce is this call's alone)
@@ -788,28 +853,32 @@ class PgIssueStore:
         return row
 
     def release_agent(self, agent_id: str, now: float | None = None, reason: str = "agent gone") -> list[int]:
-        """Free at once every claim held by ``agent_id`` (crash recovery; the attempt counts)."""
+        """Free at once every claim held by this host's ``agent_id`` (crash recovery; the attempt counts)."""
         now = self._now(now)
 
         def op(conn):
             with self._transaction(conn):
-                return self._release_agent(conn, now, agent_id, reason)
+                return self._release_agent(conn, now, self.host, agent_id, reason)
 
         return self._retrying(op)
 
-    def _release_agent(self, conn, now: float | None, agent_id: str, reason: str) -> list[int]:
+    def _release_agent(self, conn, now: float | None, host: str, agent_id: str, reason: str) -> list[int]:
         # one issue at a time, by number: the audit trail then reads as SQLite's does
         # (one UPDATE of many rows would record them in the table's physical order)
         numbers = [r[0] for r in self._exec(
-            conn, "SELECT number FROM issues WHERE status = 'claimed' AND owner = :agent ORDER BY number FOR UPDATE",
-            agent=agent_id)[0]]
+            conn, "SELECT number FROM issues WHERE status = 'claimed' AND owner = :agent AND host = :host"
+                  " ORDER BY number FOR UPDATE", agent=agent_id, host=host)[0]]
         for number in numbers:
-            self._exec(conn, _RELEASE_AGENT, now=now, number=number, agent=agent_id,
+            self._exec(conn, _RELEASE_AGENT, now=now, number=number, agent=agent_id, host=host,
                        reason=f"{reason} on the last attempt", note=reason)
         return numbers
 
     def release_stale_agents(self, stale_after: float, now: float | None = None) -> dict[str, list[int]]:
-        """Free the claims of agents whose heartbeat is older than ``stale_after`` seconds."""
+        """Free the claims of agents whose heartbeat is older than ``stale_after`` seconds.
+
+        Every host's agents (a dead host's claims come back); the keys name the agent
+        as :meth:`IssueStore.release_stale_agents` does (``agent-001@ws2`` for another host's).
+        """
         now = self._now(now)
 
         def op(conn):
@@ -817,15 +886,16 @@ class PgIssueStore:
             with self._transaction(conn):
                 # the agents' rows are locked and their staleness re-checked on the newest
                 # version: an agent that heartbeats meanwhile keeps its claim
-                owners = [r[0] for r in conn.run(
-                    f"""SELECT id FROM agents
-                        WHERE heartbeat_at < {NOW} - CAST(:stale AS float8)
-                          AND id IN (SELECT owner FROM issues WHERE status = 'claimed')
-                        ORDER BY id FOR UPDATE""", now=now, stale=float(stale_after))]
-                for owner in owners:
-                    numbers = self._release_agent(conn, now, owner, "agent heartbeat stale")
+                owners = conn.run(
+                    f"""SELECT a.host, a.id FROM agents a
+                        WHERE a.heartbeat_at < {NOW} - CAST(:stale AS float8)
+                          AND EXISTS (SELECT 1 FROM issues i WHERE i.status = 'claimed'
+                                                              AND i.owner = a.id AND i.host = a.host)
+                        ORDER BY a.host, a.id FOR UPDATE""", now=now, stale=float(stale_after))
+                for host, owner in owners:
+                    numbers = self._release_agent(conn, now, host, owner, "agent heartbeat stale")
                     if numbers:
-                        freed[owner] = numbers
+                        freed[agent_key(owner, host, self.host)] = numbers
             return freed
 
         return self._retrying(op)
@@ -866,28 +936,29 @@ class PgIssueStore:
 
     def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
                         token: int | None = None, incarnation: str | None = None,
-                        host: str | None = None, pid: int | None = None,
-                        now: float | None = None, waiting_until: float | None = None) -> None:
-        """Record what an agent is doing now (upsert of its row; repeating it is harmless)."""
+                        pid: int | None = None, now: float | None = None,
+                        waiting_until: float | None = None) -> None:
+        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
         now = self._now(now)
         self._retrying(lambda conn: self._exec(
-            conn, f"""INSERT INTO agents AS a (id, state, issue, token, heartbeat_at, started_at, incarnation, host, pid,
-                                          waiting_until)
-                VALUES (:id, :state, CAST(:issue AS bigint), CAST(:token AS bigint), {NOW}, {NOW}, :inc, :host,
+            conn, f"""INSERT INTO agents AS a (host, id, state, issue, token, heartbeat_at, started_at, incarnation,
+                                          pid, waiting_until)
+                VALUES (:host, :id, :state, CAST(:issue AS bigint), CAST(:token AS bigint), {NOW}, {NOW}, :inc,
                         CAST(:pid AS integer), CAST(:waiting AS float8))
-                ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, issue = EXCLUDED.issue,
+                ON CONFLICT (host, id) DO UPDATE SET state = EXCLUDED.state, issue = EXCLUDED.issue,
                        token = EXCLUDED.token, heartbeat_at = EXCLUDED.heartbeat_at,
-                       waiting_until = EXCLUDED.waiting_until,
-                       host = COALESCE(EXCLUDED.host, a.host), pid = COALESCE(EXCLUDED.pid, a.pid),
+                       waiting_until = EXCLUDED.waiting_until, pid = COALESCE(EXCLUDED.pid, a.pid),
                        started_at = CASE WHEN a.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
                                          THEN a.started_at ELSE EXCLUDED.started_at END,
                        incarnation = EXCLUDED.incarnation""",
-            id=agent_id, state=state, issue=issue, token=token, now=now, inc=incarnation, host=host, pid=pid,
+            id=agent_id, state=state, issue=issue, token=token, now=now, inc=incarnation, host=self.host, pid=pid,
             waiting=waiting_until))
 
-    def agents(self) -> list[AgentRow]:
-        """Every agent that ever reported, by id."""
-        return [AgentRow(**r) for r in self._read("SELECT * FROM agents ORDER BY id")]
+    def agents(self, host: str | None = None) -> list[AgentRow]:
+        """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""
+        if host is None:
+            return [AgentRow(**r) for r in self._read("SELECT * FROM agents ORDER BY id, host")]
+        return [AgentRow(**r) for r in self._read("SELECT * FROM agents WHERE host = :h ORDER BY id", h=host)]
 
     # -- reading ------------------------------------------------------------
 

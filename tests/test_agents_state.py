@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 
@@ -54,11 +55,11 @@ def test_start_and_restart_print_the_state_they_announced(git_repo):
     try:
         out = _cli(git_repo, "agents.start", "--n", "1")
         assert "agent-001 ready" in out
-        assert _row(out, "agent-001")[1:3] == ["ready", "idle"], out
+        assert _row(out, "agent-001")[1:4] == [socket.gethostname(), "ready", "idle"], out  # the HOST column
         assert "database checked, snapshot autopilot-" in out  # agents.start: quick_check, then a snapshot
         assert len(list((git_repo / ".autopilot" / "snapshots").glob("autopilot-*.db"))) == 1
         out = _cli(git_repo, "agents.restart", "--id", "1")
-        assert _row(out, "agent-001")[1:3] == ["ready", "idle"], out
+        assert _row(out, "agent-001")[1:4] == [socket.gethostname(), "ready", "idle"], out  # the HOST column
     finally:
         _cli(git_repo, "agents.stop")
 

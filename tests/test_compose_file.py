@@ -21,11 +21,15 @@ RUNTIME_VARIABLES = {
     "AUTOPILOT_AGENT_COMMAND", "AUTOPILOT_LEASE_SECONDS", "AUTOPILOT_MAX_ATTEMPTS", "AUTOPILOT_BACKOFF_SECONDS",
     "AUTOPILOT_ISSUE_TIMEOUT", "AUTOPILOT_POLL_SECONDS", "AUTOPILOT_WATCHDOG_SECONDS", "AUTOPILOT_GRACE_SECONDS",
     "AUTOPILOT_HEARTBEAT_FILE", "AUTOPILOT_AGENT_ID", "HOME", "AUTOPILOT_CHECK", "AUTOPILOT_CHECK_TIMEOUT",
+    "AUTOPILOT_QUEUE_FILE", "AUTOPILOT_HOST",
 }
+# a same-host PostgreSQL socket directory, at its own path (queueaccess.py)
+SOCKET_TARGET = "${AUTOPILOT_QUEUE_SOCKET_TARGET:?set by parallel_autopilot.compose}"
 SHARED_TARGETS = {"/state", "/logs", "/run/credentials/codex", "/run/credentials/ssh",
-                  "/run/credentials/gitconfig", "/etc/passwd", "/etc/group", "/workspace"}
+                  "/run/credentials/gitconfig", "/etc/passwd", "/etc/group", "/workspace",
+                  "/run/secrets/autopilot-queue", SOCKET_TARGET}
 READ_ONLY = {"/run/credentials/codex", "/run/credentials/ssh", "/run/credentials/gitconfig",
-             "/etc/passwd", "/etc/group",
+             "/etc/passwd", "/etc/group", "/run/secrets/autopilot-queue", SOCKET_TARGET,
              "${AUTOPILOT_GIT_DIR}"}  # the user's .git: read-only, each agent writes only its own clone
 AGENTS = [f"agent-{i:03d}" for i in range(1, 11)]
 

@@ -59,3 +59,16 @@ def test_console_program_reads_the_target_repositorys_invoke_yaml(git_repo):
     subprocess.run(["parallel-autopilot", "issues.add", "--title", "x"], cwd=git_repo, check=True,
                    capture_output=True)
     assert (git_repo / "elsewhere" / "autopilot.db").exists()
+
+
+def test_the_host_defaults_to_the_hostname_and_reaches_every_container(git_repo, monkeypatch):
+    import socket
+
+    from parallel_autopilot import containers
+
+    assert config.load(cwd=git_repo).host == socket.gethostname()
+    monkeypatch.setenv("INVOKE_AUTOPILOT_HOST", "ws2")
+    s = config.load(cwd=git_repo)
+    assert s.host == "ws2" and s.replace(lease_seconds=60).host == "ws2"
+    assert containers.compose_env(s)["AUTOPILOT_HOST"] == "ws2"
+    assert config.load(cwd=git_repo, host="ws9").host == "ws9"

@@ -151,9 +151,43 @@ def test_list_agents_shows_killed_and_vanished_agents_with_their_problem(setting
         "missing", None, "container gone")
 
 
-def test_start_refuses_a_postgresql_queue_in_one_line_before_touching_docker(git_repo, monkeypatch):
-    settings = config.load({}, repo=str(git_repo), queue="postgresql://autopilot@db.invalid/backlog")
-    monkeypatch.setattr(fleet.docker_client, "client", lambda: pytest.fail("Docker was reached"))
-    with pytest.raises(fleet.InvalidInput, match="unset autopilot.queue"):
+def test_on_a_shared_queue_each_host_lists_and_frees_only_its_own_agents(git_repo, pg_url, monkeypatch):
+    ws1 = config.load({}, repo=str(git_repo), queue=pg_url, host="ws1")
+    ws2 = ws1.replace(host="ws2")
+    one, two = fleet.open_store(ws1), fleet.open_store(ws2)
+    try:
+        assert one is not two and (one.host, two.host, one.shared) == ("ws1", "ws2", True)
+        assert fleet.open_store(ws1) is one  # cached per queue and host
+        one.add_many([{"title": "first"}, {"title": "second"}])
+        mine, theirs = one.claim("agent-001"), two.claim("agent-001")  # the same id on both hosts
+        one.agent_heartbeat("agent-001", "working", issue=mine.issue.number, token=mine.token)
+        two.agent_heartbeat("agent-001", "working", issue=theirs.issue.number, token=theirs.token)
+        two.agent_heartbeat("agent-002", "idle")
+        containers = [FakeContainer("agent-001", "running")]
+        client = type("Client", (), {"containers": type("C", (), {"list": lambda self, **kw: containers})()})()
+        monkeypatch.setattr(fleet.docker_client, "client", lambda: client)
+        # ws2's agent-001 and agent-002 are not ws1's "container gone"
+        assert [(a.id, a.host, a.issue, a.problem) for a in fleet.list_agents(ws1)] == [
+            ("agent-001", "ws1", mine.issue.number, None)]
+        assert fleet.release_gone(ws1) == {}
+        containers.clear()  # ws1's agent-001 container is gone: only ws1's claim comes back
+        assert fleet.release_gone(ws1) == {"agent-001": [mine.issue.number]}
+        assert one.get(mine.issue.number).status == "ready"
+        kept = one.get(theirs.issue.number)
+        assert (kept.status, kept.owner, kept.host, kept.token) == ("claimed", "agent-001", "ws2", theirs.token)
+        # the issues.* tasks speak for the same host (the merge queue merges only its host's issues)
+        from parallel_autopilot.tasks.issues import store_for
+        assert store_for(ws2).host == "ws2"
+    finally:
+        fleet.close_store(ws1)
+
+
+def test_start_refuses_a_loopback_tcp_queue_on_network_none_before_creating_anything(git_repo, monkeypatch):
+    settings = config.load({}, repo=str(git_repo), queue="postgresql://ap:pw@127.0.0.1:5432/backlog",
+                           network="none")
+    monkeypatch.setattr(fleet.docker_client, "client", lambda: object())
+    monkeypatch.setattr(fleet, "open_store", lambda s: pytest.fail("the store was opened"))
+    with pytest.raises(fleet.InvalidInput, match="autopilot.network: host") as caught:
         fleet.start_agents(settings, 1, progress=lambda _: None)
+    assert "\n" not in str(caught.value) and "pw" not in str(caught.value)
     assert not (git_repo / ".worktrees").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from importlib import metadata
 
 import pytest
 
@@ -28,6 +29,28 @@ def test_source_hash_is_stable_and_follows_the_build_arguments(settings):
     assert image.source_hash(settings.replace(base_image="debian:12")) != first
 
 
+def test_source_hash_covers_the_staged_python_libraries(settings, monkeypatch, tmp_path):
+    files = dict(image.python_lib_files())
+    assert "pg8000/__init__.py" in files and "scramp/__init__.py" in files and "six.py" in files
+    assert "scramp-1.5.0.dist-info/METADATA" in files or any(f.endswith(".dist-info/METADATA") and f.startswith("scramp")
+                                                             for f in files)  # scramp reads its version
+    assert not [f for f in files if "__pycache__" in f or f.endswith((".pyc", "/RECORD"))]
+    first = image.source_hash(settings)
+    changed = tmp_path / "__init__.py"
+    changed.write_text(files["pg8000/__init__.py"].read_text() + "# another version\n")
+    monkeypatch.setattr(image, "python_lib_files", lambda: sorted({**files, "pg8000/__init__.py": changed}.items()))
+    assert image.source_hash(settings) != first
+
+
+def test_build_context_stages_the_python_libraries(settings, tmp_path):
+    context = image.build_context(settings.replace(cli_cache=str(tmp_path / "cache")), progress=lambda _: None)
+    staged = context / image.PYLIB_DIR
+    assert (staged / "pg8000" / "__init__.py").read_bytes() == dict(image.python_lib_files())[
+        "pg8000/__init__.py"].read_bytes()
+    assert (staged / "README.md").is_file() and (context / image.DOCKERFILE).is_file()
+    assert not (context / "tests").exists() and not (context / ".git").exists()
+
+
 def test_unknown_agent_cli_is_refused(settings):
     # checked once, where the Settings is built
     with pytest.raises(InvalidInput, match="agent_cli.*'emacs'"):
@@ -46,7 +69,8 @@ def test_build_context_is_only_the_package_and_the_dockerfile():
     assert "parallel_autopilot/__init__.py" in files
     # the agent-cli placeholder: `inv build --cli` stages the CLIs there in a copy of the context
     unexpected = {f for f in files if not f.startswith("parallel_autopilot/")} - {
-        image.DOCKERFILE, ".dockerignore", "docker/autopilot/agent-cli/README.md"}
+        image.DOCKERFILE, ".dockerignore", "docker/autopilot/agent-cli/README.md",
+        "docker/autopilot/pylib/README.md"}
     assert unexpected == set()
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
 
@@ -217,18 +241,21 @@ def test_offline_build_gives_a_labelled_image_that_runs_as_any_uid(settings):
     assert attrs["Cmd"] == ["python3", "-m", "parallel_autopilot.runtime"]
     assert attrs["Healthcheck"]["Test"] == ["CMD", "python3", "-m", "parallel_autopilot.runtime.health"]
     env = dict(item.split("=", 1) for item in attrs["Env"])
-    assert env["PYTHONPATH"] == "/opt/parallel-autopilot" and env["HOME"] == "/home/agent"
+    assert env["PYTHONPATH"] == "/opt/parallel-autopilot:/opt/autopilot-pylib" and env["HOME"] == "/home/agent"
     assert not [k for k in env if any(word in k for word in ("KEY", "TOKEN", "SECRET", "PASSWORD"))]
 
     script = ("set -e; touch $HOME/written; id -u; git --version >/dev/null; "
               "git config --system --get-all safe.directory; "
               "python3 -c 'import parallel_autopilot.issues, parallel_autopilot.git; print(\"stdlib-ok\")'; "
+              # the PostgreSQL driver, staged from the host's installation (no network here either)
+              "python3 -c 'import pg8000, parallel_autopilot.pgstore; print(\"pg8000-\" + pg8000.__version__)'; "
               "ls /opt/parallel-autopilot; test ! -e /opt/parallel-autopilot/tests; "
               "test -z \"$(ls -A /root 2>/dev/null)\" && echo no-root-secrets")
     out = client.containers.run(settings.image, ["sh", "-c", script], user="12345:12345", remove=True,
                                 network_mode="none", mem_limit="128m", nano_cpus=500_000_000,
                                 name=f"pa-test-image-{uuid.uuid4().hex[:8]}").decode().split()
-    assert out == ["12345", "*", "stdlib-ok", "parallel_autopilot", "no-root-secrets"]
+    assert out == ["12345", "*", "stdlib-ok", f"pg8000-{metadata.version('pg8000')}", "parallel_autopilot",
+                   "no-root-secrets"]
 
 
 @pytest.mark.docker

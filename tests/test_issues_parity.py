@@ -50,7 +50,7 @@ def _play(store, clock, ops):
                         "fail": (claim, "boom"), "release": (claim,)}[kind]
                 answer = getattr(store, kind)(*args)
             elif kind == "heartbeat":
-                answer = store.agent_heartbeat(op[1], "working", incarnation="i", host="h")
+                answer = store.agent_heartbeat(op[1], "working", incarnation="i")
             elif kind == "release_agent":
                 answer = store.release_agent(op[1])
             elif kind == "stale":

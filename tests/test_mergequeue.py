@@ -312,3 +312,26 @@ def test_a_concurrent_commit_during_a_batch_with_a_conflict_retests_only_the_liv
     report = mergequeue.MergeQueue(repo.settings(check=f"{push}; {CHECK}"), repo.store, batch=2).run()
     assert report.merged == [good] and list(report.rejected) == [conflicting] and report.retests == 1
     assert "shapes.py" in repo.store.get(conflicting).error
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_on_a_shared_queue_only_this_hosts_done_issues_are_merged(repo, request, backend):
+    """The branch of another host's issue lives in that host's clones: its merge queue merges it."""
+    from parallel_autopilot.issues import open_store
+
+    target = request.getfixturevalue("pg_url") if backend == "postgresql" else str(repo.path / ".autopilot")
+    repo.store.close()
+    here = repo.store = open_store(target, host="ws1", backoff_seconds=0)
+    mine = repo.done("mul", GOOD_MUL)
+    with open_store(target, host="ws2") as there:
+        repo.store = there
+        theirs = repo.done("square", {"shapes.py": "SIDES = {'triangle': 3, 'square': 4}\n"})
+    repo.store = here
+
+    report = mergequeue.MergeQueue(repo.settings(), here).run()
+
+    if backend == "postgresql":  # shared: ws2's issue waits for ws2's merge queue
+        assert report.merged == [mine]
+        assert (here.get(theirs).status, here.get(theirs).host) == ("done", "ws2")
+    else:  # one host's queue: everything in it is this host's
+        assert report.merged == [mine, theirs]

@@ -25,7 +25,7 @@ def _backlog(store) -> dict:
     blocked = store.add("blocked one", body="multi\nline\tbody \\ with backslash", now=T0 + 3)
     store.add("held one", priority="low", now=T0 + 4)
     store.block(blocked.number, now=T0 + 5)
-    store.agent_heartbeat("agent-001", "working", issue=done.number, token=1, incarnation="i1", host="ws1",
+    store.agent_heartbeat("agent-001", "working", issue=done.number, token=1, incarnation="i1",
                           pid=42, now=T0 + 6)
     store.agent_heartbeat("agent-002", "idle", now=T0 + 6)
     claim = store.claim("agent-001", now=T0 + 10)
@@ -46,14 +46,16 @@ def _same(a, b) -> None:
 
 
 def test_migrate_copies_every_column_event_and_agent_and_the_queue_goes_on(tmp_path, pg_url):
-    sqlite = IssueStore(tmp_path / "autopilot.db")
+    sqlite = IssueStore(tmp_path / "autopilot.db", host="ws1")
     held = _backlog(sqlite)["held"]
-    pg = open_store(pg_url)
+    pg = open_store(pg_url, host="ws9")
 
     copied = queuecopy.sqlite_to_pg(sqlite, pg)
 
     assert copied == {"issues": 5, "events": len(sqlite.events()), "agents": 2}
     _same(sqlite, pg)
+    # the claims and agents stay the host's that made them, not the copying store's
+    assert {i.host for i in pg.list()} == {"ws1", None} and {a.host for a in pg.agents()} == {"ws1"}
     assert {i.status for i in pg.list()} == {"done", "failed", "dead", "blocked", "claimed"}
     # the copied lease is the same lease: its holder finishes it on PostgreSQL, a stale token cannot
     done = pg.complete(held.__class__(**{**held.__dict__}), {"branch": "b"}, now=T0 + 20)
@@ -97,11 +99,12 @@ def test_migrate_of_a_large_backlog_reports_progress_and_is_all_or_nothing(tmp_p
 
 
 def test_backup_of_a_postgresql_queue_is_a_sqlite_queue_with_the_same_backlog(tmp_path, pg_url):
-    pg = open_store(pg_url)
+    pg = open_store(pg_url, host="ws1")
     _backlog(pg)
     pg.backup(tmp_path / "backup.db")
-    with IssueStore(tmp_path / "backup.db") as copy:
+    with IssueStore(tmp_path / "backup.db", host="ws9") as copy:
         _same(pg, copy)
+        assert {i.host for i in copy.list()} == {"ws1", None} and {a.host for a in copy.agents()} == {"ws1"}
     with pytest.raises(Conflict, match="exists"):
         pg.backup(tmp_path / "backup.db")
 

@@ -86,3 +86,8 @@ def test_the_queue_is_the_db_unless_a_queue_file_names_a_url(tmp_path):
     with pytest.raises(InvalidInput, match="cannot read it") as err:
         missing.queue_target()
     assert "\n" not in str(err.value)
+
+
+def test_the_host_comes_from_autopilot_host():
+    assert RuntimeSettings.from_env(BASE).host is None  # by hand on the host: the store's default
+    assert RuntimeSettings.from_env({**BASE, "AUTOPILOT_HOST": " ws2 "}).host == "ws2"

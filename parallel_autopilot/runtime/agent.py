@@ -177,8 +177,12 @@ class Agent:
         written = kinds.prepare_home(s.kind, self.environ.get("HOME"), self.model)
         if written:
             self.log.event("cli-config", f"model endpoint configured in {', '.join(written)}", files=written)
-        self.store = open_store(s.queue_target(), max_attempts=s.max_attempts,
-                                backoff_seconds=s.backoff_seconds, clock=self.clock)
+        target = s.queue_target()
+        # PostgreSQL: the lease clock is the DATABASE's (hosts' clocks differ) and an outage is one
+        # line in agent.log; SQLite: this process's clock (tests move it)
+        options = {"on_reconnect": self.log.line} if isinstance(target, str) else {"clock": self.clock}
+        self.store = open_store(target, host=s.host, max_attempts=s.max_attempts,
+                                backoff_seconds=s.backoff_seconds, **options)
         self.mark()
         released = self.store.release_agent(s.agent_id, reason="previous incarnation")
         if released:
@@ -212,7 +216,7 @@ class Agent:
                 self.store.agent_heartbeat(
                     self.s.agent_id, self.state,
                     issue=attempt.number if attempt else None, token=attempt.claim.token if attempt else None,
-                    incarnation=self.incarnation, host=socket.gethostname(), pid=os.getpid(),
+                    incarnation=self.incarnation, pid=os.getpid(),
                     waiting_until=self.waiting_until if self.state == "quota" else None)
                 return True
             except Exception as err:
@@ -333,8 +337,8 @@ class Agent:
     def _snapshot_if_due(self) -> None:
         """Every ``snapshot_seconds`` one agent (the first to look, holding the lock) snapshots the db."""
         now = self.monotonic()
-        if self.s.snapshot_seconds <= 0 or now < self._next_snapshot_look:
-            return
+        if self.s.snapshot_seconds <= 0 or now < self._next_snapshot_look or self.store.shared:
+            return  # (a shared PostgreSQL queue is no file of ours to snapshot)
         self._next_snapshot_look = now + min(self.s.snapshot_seconds, 60.0) * (0.7 + 0.6 * self.rng())
         path = snapshots.take_if_due(self.store, self.s.snapshot_seconds, self.s.snapshots_kept,
                                      now=self.clock())

@@ -55,6 +55,9 @@ class RuntimeSettings:
     # A file holding the postgresql:// URL of a shared queue (mounted read-only): the URL
     # carries a password, so it never travels in the environment or the compose file.
     queue_file: Path | None = None
+    # the workstation these agents run on (AUTOPILOT_HOST): on a shared queue an agent is
+    # (host, id); None (a runtime started by hand) is the store's default, this machine's name
+    host: str | None = None
 
     @property
     def renew_seconds(self) -> float:
@@ -132,6 +135,7 @@ class RuntimeSettings:
             check_timeout=number("AUTOPILOT_CHECK_TIMEOUT", float(defaults.DEFAULTS["check_timeout"]), 0.1),
             queue_file=Path(env["AUTOPILOT_QUEUE_FILE"].strip())
             if env.get("AUTOPILOT_QUEUE_FILE", "").strip() else None,
+            host=env.get("AUTOPILOT_HOST", "").strip() or None,
         )
 
     def queue_target(self) -> str | Path:

@@ -45,12 +45,12 @@ def doing(a: fleet.AgentStatus) -> str:
     return a.activity
 
 
-HEADERS = ["agent", "state", "doing", "uptime", "restarts", "cli", "tokens in/out"]
+HEADERS = ["agent", "host", "state", "doing", "uptime", "restarts", "cli", "tokens in/out"]
 
 
 def _rows(agents: list[fleet.AgentStatus]) -> list[tuple]:
-    return [(a.id, state(a), doing(a), _duration(a.uptime), a.restarts, a.cli or "", _tokens(a.tokens))
-            for a in agents]
+    return [(a.id, a.host or "", state(a), doing(a), _duration(a.uptime), a.restarts, a.cli or "",
+             _tokens(a.tokens)) for a in agents]
 
 
 NO_AGENTS = "no agents (start some with `agents.start --n 3`)"

@@ -27,11 +27,11 @@ def store_for(s: Settings):
     """
     if not s.queue:
         return fleet.open_store(s)
-    key = (s.queue, s.max_attempts, s.backoff_seconds)
+    key = (s.queue, s.host, s.max_attempts, s.backoff_seconds)
     with _queues_lock:
         if key not in _queues:
             # a person waits for these tasks: a server that is away is said within seconds
-            _queues[key] = issues.open_store(s.queue, max_attempts=s.max_attempts,
+            _queues[key] = issues.open_store(s.queue, host=s.host, max_attempts=s.max_attempts,
                                              backoff_seconds=s.backoff_seconds,
                                              reconnect_seconds=INTERACTIVE_RECONNECT_SECONDS)
         return _queues[key]
