@@ -170,14 +170,15 @@ def create(settings: Settings, n: int, *, git: Git | None = None, base: str | No
         clone.run("checkout", "--quiet", "--detach", f"refs/remotes/origin/{base}", "--")
         for local in clone.branches():
             clone.delete_branch(local, force=True)  # what clone made; the base lives in origin/<base>
-    found = {w.id: w for w in list(settings)}
+    found = {w.id: w for w in list(settings, git=git, base=base)}
     return [found[agent] for agent in wanted]
 
 
-def list(settings: Settings) -> list[Worktree]:  # noqa: A001 - the API reads worktrees.list()
+def list(settings: Settings, *, git: Git | None = None,  # noqa: A001 - the API reads worktrees.list()
+         base: str | None = None) -> list[Worktree]:
     """Every agent worktree (registered, or an ``agent-NNN`` directory) in id order."""
-    git = _main_checkout(settings)
-    base = base_branch(settings, git)
+    git = _main_checkout(settings, git)
+    base = base or base_branch(settings, git)
     root = settings.worktrees_path
     by_id: dict[str, WorktreeEntry] = {}
     for entry in git.worktree_list():
