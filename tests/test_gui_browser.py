@@ -172,7 +172,7 @@ def test_ten_agents_and_two_hundred_issues(pane):
     for i in range(194):
         store.add(f"Generated issue {i:03d} with a title long enough to need truncation in a narrow row",
                   priority=("urgent", "high", "medium", "low")[i % 4])
-    fleet.start_agents(None, 10, progress=lambda _: None)
+    fleet.start(10, progress=lambda _: None)
     for i in range(1, 11):
         fleet.claim(str(i))
     pane.open()
@@ -191,7 +191,7 @@ def test_ten_agents_and_two_hundred_issues(pane):
 
 def test_the_page_never_polls(pane):
     page, fleet, check = pane.page, pane.fleet, expect()
-    fleet.start_agents(None, 2, progress=lambda _: None)
+    fleet.start(2, progress=lambda _: None)
     pane.open()
     check(page.locator(".agent")).to_have_count(2, timeout=SEEN)
     before = len(pane.requests)
