@@ -178,6 +178,14 @@ class Fleet:
     def limits(self) -> platform.Limits:
         return platform.limits(self.settings)
 
+    #: what may change while a long-lived Fleet (the GUI's) waits between operations
+    _CHANGING = ("base_branch", "limits")
+
+    def refresh(self) -> None:
+        """Forget the branch checked out and the limits (free memory): each start resolves them anew, once."""
+        for name in self._CHANGING:
+            self.__dict__.pop(name, None)
+
     @property
     def store(self) -> IssueStore:
         # not cached here: open_store keeps one per database and process already, and opens a
@@ -196,6 +204,7 @@ class Fleet:
         strict = compose.creates(args)
         git_dir, base = (self.git_dir, self.base_branch) if strict else self._tolerant()
         env = containers.compose_env(self.settings, self.limits, strict=strict, git_dir=git_dir, base_branch=base)
+        # a given runner stands in for the compose program: nothing to detect on this machine
         return compose.run(self.settings, args, limits=self.limits, env=env,
                            **({"runner": self._runner, "compose": ["docker", "compose"]} if self._runner else {}))
 
@@ -237,6 +246,7 @@ class Fleet:
         filesystem), then act: image, worktrees, containers, wait for health.
         """
         settings = self.settings
+        self.refresh()
         count = self.check_count(n)
         if settings.queue:
             # the runtime in the containers speaks SQLite only so far: agents started now would

@@ -72,7 +72,7 @@ class FakeFleet(Fleet):
     @maximum.setter
     def maximum(self, value: int) -> None:
         self.settings = self.settings.replace(max_agents=value)
-        self.__dict__.pop("limits", None)  # resolved again from the new settings
+        self.refresh()  # the limits, resolved again from the new settings
 
     @property
     def docker_down(self) -> bool:

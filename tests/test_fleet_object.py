@@ -168,3 +168,14 @@ def test_one_start_resolves_limits_git_dir_and_base_branch_once(fake, settings, 
 def test_the_module_functions_are_the_fleets(settings):
     assert fleet.check_count(settings, "3") == fleet.Fleet.open(settings).check_count("3") == 3
     assert fleet.max_agents(settings, containers=False) == 4
+
+
+def test_a_long_lived_fleet_starts_from_the_branch_checked_out_now(fake, git_repo):
+    """The GUI keeps one Fleet: a start resolves the base branch again (once), not at the first start."""
+    from conftest import git
+
+    the_fleet, _, runner = fake
+    the_fleet.start(1, progress=quiet)
+    git(git_repo, "checkout", "-q", "-b", "next")
+    the_fleet.start(2, progress=quiet)
+    assert [env["AUTOPILOT_BASE_BRANCH"] for env in runner.envs] == ["main", "next"]
