@@ -106,7 +106,7 @@ class FakeDocker:
 
     def check(self) -> None:
         if self.down:
-            raise DockerUnavailable("Docker is not reachable (fake daemon down): start the daemon")
+            raise DockerUnavailable("Docker is not reachable: start dockerd (or Docker Desktop) and retry")
 
     def ping(self) -> bool:
         self.check()
