@@ -15,7 +15,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from . import git
 from .defaults import DEFAULTS as _DEFAULTS, TABLE, memory_bytes
@@ -298,28 +298,31 @@ def invoke_defaults() -> dict[str, Any]:
             for k, v in DEFAULTS.items()}
 
 
-def load(config: Any = None, cwd: Path | None = None, **overrides: Any) -> Settings:
-    """Build the Settings: DEFAULTS < invoke ``autopilot`` section < ``overrides``.
+def load(config: Any = None, cwd: Path | None = None, *, layers: Sequence[Any] = (),
+         **overrides: Any) -> Settings:
+    """Build the Settings: DEFAULTS < invoke ``autopilot`` section < ``layers`` < ``overrides``.
 
     ``config`` is an invoke/fabric Config (or any mapping with an ``autopilot``
     key); when it is None, invoke's system, user and repository files and
     ``INVOKE_AUTOPILOT_*`` variables are read here, so the GUI sees the same
-    values as the tasks.
+    values as the tasks. ``layers`` are more configs over it, in order: fab's
+    own (``~/.fabric.yaml``, ``FABRIC_AUTOPILOT_*``), which reads no invoke file.
     """
     explicit = {k: v for k, v in overrides.items() if v is not None}
     arg_sources = {k: "argument " + k for k in explicit}
-    first = {**_section(config), **explicit}
+    above = {k: v for layer in layers for k, v in _section(layer).items()}
+    first = {**_section(config), **above, **explicit}
     repo = first.get("repo")
     if repo:
         repo = Path(os.path.expanduser(str(repo))).resolve()
     else:
         repo = git_toplevel(Path(cwd or os.getcwd()))
     if config is None:
-        section = _section(invoke_config(repo))
+        section = {**_section(invoke_config(repo)), **above}
     else:
         # the console program and fab do not read the target repository's
         # invoke.yaml themselves; `inv` does, and reading it twice is harmless
-        section = {**_repo_file(repo), **_section(config)}
+        section = {**_repo_file(repo), **_section(config), **above}
     sources = {**_sources_of(section, repo), **arg_sources}
     values = {**DEFAULTS, **section, **explicit}
     return _build(repo, values, sources)

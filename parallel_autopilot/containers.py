@@ -41,7 +41,7 @@ def grace_seconds(settings: Settings) -> float:
 
 def compose_env(settings: Settings, limits: platform_mod.Limits | None = None, *, strict: bool = True,
                 uid: int | None = None, gid: int | None = None,
-                base_branch: str | None = None) -> dict[str, str]:
+                base_branch: str | None = None, git_dir: Path | None = None) -> dict[str, str]:
     """Every variable the compose file reads, from ``settings`` and ``limits``.
 
     Creates the state and logs directories and the placeholders/passwd files
@@ -50,8 +50,8 @@ def compose_env(settings: Settings, limits: platform_mod.Limits | None = None, *
     branch cannot be resolved.
     """
     limits = limits or platform_mod.limits(settings)
-    git_dir = _git_dir(settings, strict)
-    owner_uid, owner_gid = repo_owner(settings, strict)
+    git_dir = git_dir or _git_dir(settings, strict)  # given by a Fleet, which resolved it once
+    owner_uid, owner_gid = repo_owner(settings, strict, git_dir=git_dir)
     uid = owner_uid if uid is None else uid
     gid = owner_gid if gid is None else gid
 
@@ -111,14 +111,14 @@ def _optional(settings: Settings, key: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def repo_owner(settings: Settings, strict: bool = True) -> tuple[int, int]:
+def repo_owner(settings: Settings, strict: bool = True, git_dir: Path | None = None) -> tuple[int, int]:
     """(uid, gid) owning the repository's git directory: who the agents run as."""
-    git_dir = _git_dir(settings, strict)
+    git_dir = git_dir or _git_dir(settings, strict)
     stat = (git_dir if git_dir.exists() else Path(settings.repo)).stat()
     return stat.st_uid, stat.st_gid
 
 
-def hand_over(settings: Settings, paths: Sequence[Path]) -> None:
+def hand_over(settings: Settings, paths: Sequence[Path], git_dir: Path | None = None) -> None:
     """Give ``paths`` (recursively) to the repository's owner when we run as root for someone else.
 
     Root-made files the agents must write - the database and its -wal/-shm,
@@ -126,7 +126,7 @@ def hand_over(settings: Settings, paths: Sequence[Path]) -> None:
     otherwise be read-only for the agents' uid. ``chown`` by path opens
     nothing, so SQLite's locks in this process are untouched.
     """
-    uid, gid = repo_owner(settings)
+    uid, gid = repo_owner(settings, git_dir=git_dir)
     if os.geteuid() != 0 or (uid, gid) == (0, 0):
         return
     for top in paths:

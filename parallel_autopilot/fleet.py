@@ -1,27 +1,31 @@
 """The orchestration API: start, stop, list and read the logs of agent containers.
 
 This is the design's ``parallel/mod.rs``. The edges (tasks, GUI, Fabric, the
-shell wrapper) call these functions and nothing below them::
+shell wrapper) build ONE :class:`Fleet` and call its methods, nothing below::
 
-    start_agents(settings, 3)      # worktrees, image, containers, wait until healthy
-    list_agents(settings)          # id, container state, health, issue, since, uptime
-    get_logs(settings, "agent-002", tail=50, follow=False)
-    stop_agents(settings, ["agent-002"])   # or None for all
-    resources(settings)            # platform, memory, CPUs, max agents
-    merge_loop(settings)           # the merge queue, continuously, while agents work
+    fleet = Fleet.open(settings)
+    fleet.start(3)                 # worktrees, image, containers, wait until healthy
+    fleet.list()                   # id, container state, health, issue, since, uptime
+    fleet.logs("agent-002", tail=50, follow=False)
+    fleet.stop(["agent-002"])      # or None for all
+    fleet.resources()              # platform, memory, CPUs, max agents
+    fleet.merge_loop()             # the merge queue, continuously, while agents work
 
-Every check that can refuse a request runs before anything is changed, so a
-refused ``start_agents`` starts nothing and loses nothing.
+The module functions (``start_agents(settings, 3)``...) are one-line wrappers
+over ``Fleet.open(settings)`` for the bench and older callers. Every check that
+can refuse a request runs before anything is changed, so a refused start
+starts nothing and loses nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from . import agentcli, compose, containers, docker_client, image, issues, platform, queueaccess, snapshots, worktrees
 from .config import Settings
@@ -93,7 +97,7 @@ _stores: dict[tuple, IssueStore] = {}
 _stores_lock = threading.Lock()
 
 
-def open_store(settings: Settings) -> IssueStore:
+def open_store(settings: Settings, *, git: Git | None = None) -> IssueStore:
     """The shared issue store of this repository (one per database and process).
 
     Cached: the GUI asks for the agents several times a second, and an
@@ -112,7 +116,7 @@ def open_store(settings: Settings) -> IssueStore:
             store = _stores[key] = IssueStore(settings.db_path, max_attempts=settings.max_attempts,
                                               backoff_seconds=settings.backoff_seconds, host=settings.host)
             try:  # the state directory was just made: keep it out of `git status` and every merge
-                worktrees.exclude_tool_dirs(settings)
+                worktrees.exclude_tool_dirs(settings, git)
             except GitError:
                 pass  # not a git repository (yet): worktrees.create says so when it matters
         return store
@@ -125,193 +129,454 @@ def close_store(settings: Settings) -> None:
             _stores.pop(key).close()
 
 
+class Fleet:
+    """The agents of one repository, with what every operation needs resolved once.
+
+    Built once per edge (a task, the GUI, a Fabric call)::
+
+        fleet = Fleet.open(settings)
+        fleet.start(3); fleet.list(); fleet.stop()
+
+    The repository's Git, its common git directory, the base branch, the
+    compose project, the platform limits and the compose runner are resolved
+    on first use (``cached_property``): a GUI status poll pays only for the
+    Docker listing it makes. ``runner`` replaces ``subprocess.run`` under
+    compose (it gets the full command line and environment), ``docker`` the
+    Docker SDK client, ``ensure_image`` the image step, ``clock`` the time:
+    the seams of the tests that run without a daemon.
+    """
+
+    def __init__(self, settings: Settings, *, runner: Callable[..., Any] | None = None, docker: Any = None,
+                 clock: Callable[[], float] = time.time,
+                 ensure_image: Callable[..., str] | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._runner = runner
+        self._docker = docker
+        self._ensure_image = ensure_image or image.ensure_image
+
+    @classmethod
+    def open(cls, settings: Settings, *, runner: Callable[..., Any] | None = None, docker: Any = None,
+             clock: Callable[[], float] = time.time,
+             ensure_image: Callable[..., str] | None = None) -> "Fleet":
+        """The Fleet of ``settings`` (nothing is run until an operation needs it)."""
+        return cls(settings, runner=runner, docker=docker, clock=clock, ensure_image=ensure_image)
+
+    # -- resolved once ---------------------------------------------------------
+
+    @functools.cached_property
+    def git(self) -> Git:
+        return Git(self.settings.repo)
+
+    @functools.cached_property
+    def git_dir(self) -> Path:
+        """The repository's common git directory (what the containers mount)."""
+        return self.git.common_dir()
+
+    @functools.cached_property
+    def base_branch(self) -> str:
+        return worktrees.base_branch(self.settings, self.git)
+
+    @functools.cached_property
+    def project(self) -> str:
+        return compose.project_name(self.settings)
+
+    @functools.cached_property
+    def limits(self) -> platform.Limits:
+        return platform.limits(self.settings)
+
+    #: what may change while a long-lived Fleet (the GUI's) waits between operations
+    _CHANGING = ("base_branch", "limits")
+
+    def refresh(self) -> None:
+        """Forget the branch checked out and the limits (free memory): each start resolves them anew, once."""
+        for name in self._CHANGING:
+            self.__dict__.pop(name, None)
+
+    @property
+    def store(self) -> IssueStore:
+        # not cached here: open_store keeps one per database and process already, and opens a
+        # new one when the file was replaced (issues.restore), which a copy here would miss
+        return open_store(self.settings, git=self.git)
+
+    def docker(self) -> Any:
+        """The Docker client, pinged: a daemon that went away is DockerUnavailable, not a traceback."""
+        if self._docker is None:
+            return docker_client.client()  # the process's one client, pinged on every call
+        self._docker.ping()
+        return self._docker
+
+    def compose(self, args: list[str]):
+        """``compose.run`` with the containers' environment for these limits."""
+        strict = compose.creates(args)
+        git_dir, base = (self.git_dir, self.base_branch) if strict else self._tolerant()
+        env = containers.compose_env(self.settings, self.limits, strict=strict, git_dir=git_dir, base_branch=base)
+        # a given runner stands in for the compose program: nothing to detect on this machine
+        return compose.run(self.settings, args, limits=self.limits, env=env,
+                           **({"runner": self._runner, "compose": ["docker", "compose"]} if self._runner else {}))
+
+    def _tolerant(self) -> tuple[Path | None, str | None]:
+        # stop, rm: a repository whose base branch went away must still stop its agents
+        # (None: compose_env falls back as it does without a fleet)
+        try:
+            return self.git_dir, self.base_branch
+        except GitError:
+            return None, None
+
+    # -- counting ----------------------------------------------------------------
+
+    def max_agents(self, *, containers: bool = True) -> int:
+        """How many agents this machine may run (platform default, memory, override).
+
+        With ``containers`` the compose file's services bound it too; worktrees
+        alone (``worktrees.create``) need no service, so only the platform does.
+        """
+        limit = self.limits.max_agents
+        return min(limit, len(compose.services(self.settings))) if containers else limit
+
+    def check_count(self, n, *, containers: bool = True) -> int:
+        """The one agent-count rule of every edge: ``n`` as an int in 1..max_agents,
+        or InvalidAgentCount naming the range."""
+        return agent_count(n, self.max_agents(containers=containers))
+
+    # -- operations --------------------------------------------------------------
+
+    def running_agent_ids(self) -> list[str]:
+        """The agents of this repository whose container runs (Docker only: the store is not opened)."""
+        containers = self.docker().containers.list(filters={"label": f"{LABEL_PROJECT}={self.project}"})
+        return sorted(c.labels[LABEL_AGENT] for c in containers if c.labels.get(LABEL_AGENT))
+
+    def start(self, n, *, progress: Progress = print, wait: bool = True) -> list[AgentStatus]:
+        """Run agents agent-001..agent-00n; those already running are kept.
+
+        Order: validate the count, reach Docker, open the store (refuses an unsafe
+        filesystem), then act: image, worktrees, containers, wait for health.
+        """
+        settings = self.settings
+        self.refresh()
+        count = self.check_count(n)
+        self.docker()
+        for warning in self.preflight(count):
+            progress(warning)
+        store = self.store
+        if not store.shared:  # PostgreSQL checks its own pages; a snapshot of it is issues.migrate's
+            snapshots.at_start(store, progress)
+        self.release_gone(store)
+        self._ensure_image(settings, progress=progress)
+        ids = agent_ids(count)
+        progress(f"worktrees: {', '.join(ids)}")
+        worktrees.create(settings, count, git=self.git, base=self.base_branch)
+        git_dir = self.git_dir
+        containers.hand_over(settings, [settings.state_path, settings.logs_path, settings.worktrees_path,
+                                        git_dir / "worktrees", git_dir / "refs" / "heads" / "agent",
+                                        git_dir / "logs" / "refs" / "heads" / "agent"], git_dir=git_dir)
+        progress(f"starting {count} agent(s)")
+        self.compose(["up", "-d", "--no-build", *ids])
+        if wait:
+            self.wait_healthy(ids, progress=progress)
+        return [a for a in self.list() if a.id in ids]
+
+    def preflight(self, count: int = 1) -> list[str]:
+        """Refuse a model kind that cannot work (CLI in the image, credentials, network); warnings.
+
+        Runs before anything is created: InvalidInput names the fix in one line.
+        The image's labels count when it is current; otherwise it is about to be
+        built from these settings, and their ``agent_cli`` counts.
+        """
+        settings = self.settings
+        if settings.queue:  # a PostgreSQL queue the agents' network cannot reach (loopback TCP...)
+            queueaccess.check_network(settings, settings.queue)
+        if str(settings.agent_kind) not in agentcli.MODEL_KINDS:
+            return []
+        current = image.image_status(settings) == "current"
+        return agentcli.preflight(settings, image.image_labels(settings) if current else None, count)
+
+    def merge_loop(self, *, stop: threading.Event | None = None, progress: Progress = print,
+                   rounds: int | None = None, sleep: Callable[[float], None] | None = None) -> list:
+        """Run the merge queue every ``merge_poll_seconds`` until ``stop`` is set (or ``rounds`` ran).
+
+        What ``agents.start --merge`` runs in the foreground: done issues are
+        checked on the tip and merged (or rejected) while the agents keep working.
+        Returns the reports of the rounds that did something.
+        """
+        from . import mergequeue
+
+        settings = self.settings
+        stop = stop or threading.Event()
+        wait = sleep or stop.wait
+        store = self.store
+        reports, done = [], 0
+        while not stop.is_set() and (rounds is None or done < rounds):
+            done += 1
+            try:
+                report = mergequeue.MergeQueue(settings, store, progress=progress).run()
+            except Conflict as err:  # another queue runs (issues.merge by hand): next round
+                progress(f"merge queue: {err}")
+                wait(float(settings.merge_poll_seconds or 5))
+                continue
+            if report.outcome != "nothing":
+                progress(report.summary())
+                reports.append(report)
+            wait(float(settings.merge_poll_seconds or 5))
+        return reports
+
+    def wait_healthy(self, ids: Iterable[str], *, progress: Progress = print,
+                     timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
+                     sleep: Callable[[float], None] = time.sleep) -> list[AgentStatus]:
+        """Block until every agent in ``ids`` is running and ready (see AgentStatus.ready), or AgentsUnhealthy."""
+        settings = self.settings
+        wanted = set(ids)
+        deadline = clock() + (timeout if timeout is not None else settings.start_timeout_seconds)
+        reported = set()
+        while True:
+            agents = {a.id: a for a in self.list() if a.id in wanted}
+            healthy = {i for i, a in agents.items() if a.ready}
+            for i in sorted(healthy - reported):
+                progress(f"{i} ready")
+            reported |= healthy
+            if healthy == wanted:
+                return [agents[i] for i in sorted(wanted)]
+            if clock() > deadline:
+                bad = ", ".join(f"{i} ({agents[i].state}/{agents[i].health})" if i in agents else f"{i} (missing)"
+                                for i in sorted(wanted - healthy))
+                raise AgentsUnhealthy(f"not healthy after {settings.start_timeout_seconds}s: {bad}; "
+                                      "see `inv logs.tail --id <id>`")
+            sleep(0.25)
+
+    def stop(self, ids: Iterable[str] | None = None, *, progress: Progress = print) -> list[str]:
+        """Stop and remove the given agents (all when None); free any claim they still hold.
+
+        Each agent gets ``stop_grace_seconds`` to release its issue itself (SIGTERM);
+        whatever a killed agent still held is released here.
+        """
+        settings = self.settings
+        running = {a.id: a for a in self.list()}
+        if ids is None:
+            targets = sorted(running)
+        else:
+            targets = sorted({agent_id(i) for i in ids})
+            missing = [i for i in targets if i not in running]
+            if missing:
+                raise AgentNotFound(f"no such agent: {', '.join(missing)}; running: "
+                                    f"{', '.join(sorted(running)) or 'none'} (see `agents.status`)")
+        if not targets:
+            progress("no agents running")
+            return []
+        progress(f"stopping {', '.join(targets)} (grace {settings.stop_grace_seconds}s)")
+        present = [t for t in targets if running[t].container]  # a missing one has nothing to stop
+        if present:
+            self.compose(["stop", "-t", str(settings.stop_grace_seconds), *present])
+            self.compose(["rm", "-f", *present])
+        store = self.store
+        for target in targets:
+            freed = store.release_agent(target, reason="stopped by the orchestrator")
+            if freed:
+                progress(f"{target}: released #{', #'.join(map(str, freed))}")
+            store.agent_heartbeat(target, "stopped")  # a runtime killed at the end of its grace could not say so
+        from . import mergequeue
+
+        try:  # what the agents finished comes home (autopilot/issue-N in the repository)
+            mergequeue.bring_home(settings, store)
+        except GitError as err:
+            progress(f"could not fetch finished work from the agents' repositories: {err}")
+        return targets
+
+    def restart(self, agent: str, *, progress: Progress = print) -> AgentStatus:
+        """Restart one agent's container (it releases its old claim when it boots)."""
+        target = agent_id(agent)
+        if target not in {a.id for a in self.list()}:
+            raise AgentNotFound(f"no such agent: {target} (see `agents.status`)")
+        self.compose(["restart", "-t", str(self.settings.stop_grace_seconds), target])
+        progress(f"{target} restarted")
+        return next(a for a in self.list() if a.id == target)
+
+    def release_gone(self, store: IssueStore | None = None) -> dict[str, list[int]]:
+        """Free claims held by agents whose container no longer runs (crash recovery)."""
+        store = store or self.store
+        alive = {a.id for a in self.list() if a.state in ("running", "restarting")}
+        freed = {}
+        for issue in store.list("claimed"):
+            if issue.host != store.host:  # another host's agent: its containers are not ours to see
+                continue
+            if issue.owner and issue.owner.startswith("agent-") and issue.owner not in alive:
+                freed.setdefault(issue.owner, []).extend(
+                    store.release_agent(issue.owner, reason="container gone"))
+        return freed
+
+    def list(self, now: float | None = None) -> list[AgentStatus]:  # noqa: A003 - the API reads fleet.list()
+        """The agents of this repository: container state and health joined with heartbeats."""
+        settings = self.settings
+        now = self.clock() if now is None else now
+        docker = self.docker()
+        containers = docker.containers.list(all=True, filters={"label": f"{LABEL_PROJECT}={self.project}"})
+        rows = {}
+        titles = {}
+        spent: dict[str, list] = {}
+        if settings.queue or settings.db_path.exists():
+            store = self.store
+            rows = {r.id: r for r in store.agents(host=store.host)}  # never another host's agent-001
+            if containers:
+                for done in store.list():
+                    if done.usage and done.owner and done.host == store.host:
+                        spent.setdefault(done.owner, []).append(done.usage)
+        cli = _cli_label(containers, docker)
+        result = []
+        for container in containers:
+            attrs = container.attrs
+            ident = container.labels.get(LABEL_AGENT)
+            if not ident:
+                continue
+            state = attrs.get("State", {})
+            running = state.get("Status") == "running"
+            started = _parse_time(state.get("StartedAt")) if running else None
+            row = rows.pop(ident, None)
+            # a dead container's last report says "working": it works on nothing now
+            issue = row.issue if row and row.state == "working" and running else None
+            restarts = attrs.get("RestartCount", 0)
+            if issue is not None and issue not in titles:
+                try:
+                    titles[issue] = store.get(issue).title
+                except IssueNotFound:
+                    titles[issue] = None
+            result.append(AgentStatus(
+                id=ident,
+                container=container.name,
+                state=state.get("Status", "unknown"),
+                health=(state.get("Health") or {}).get("Status"),
+                activity=(row.state if row else "unknown") if running else state.get("Status", "unknown"),
+                issue=issue,
+                issue_title=titles.get(issue),
+                since=started,
+                uptime=round(now - started, 1) if started else None,
+                heartbeat_age=round(now - row.heartbeat_at, 1) if row else None,
+                restarts=restarts,
+                problem=problem(state, restarts),
+                cli=cli.get(attrs.get("Image")),
+                waiting_until=getattr(row, "waiting_until", None) if row and row.state == "quota" else None,
+                tokens=_tokens(spent.get(ident)),
+                host=settings.host,
+            ))
+        # an agent that reported but has no container any more (removed by hand, its host
+        # rebooted) and never said "stopped": shown as missing, not silently left out
+        for row in rows.values():
+            if row.state != "stopped" and row.id.startswith("agent-"):
+                result.append(AgentStatus(
+                    id=row.id, container=None, state="missing", health=None, activity="missing", issue=None,
+                    issue_title=None, since=None, uptime=None, heartbeat_age=round(now - row.heartbeat_at, 1),
+                    restarts=0, problem="container gone", host=row.host))
+        return sorted(result, key=lambda a: a.id)
+
+    def logs(self, agent: str | None = None, tail: int = 100, follow: bool = False,
+             stop: threading.Event | None = None, poll: float = 0.25) -> Iterator[str]:
+        """Lines of one agent's log (or of all agents, prefixed with the id).
+
+        With ``follow`` the generator keeps yielding new lines until ``stop`` is
+        set. An unknown agent raises AgentNotFound before anything is yielded.
+        """
+        settings = self.settings
+        if agent is not None:
+            paths = {agent_id(agent): agent_log_path(settings, agent)}
+            if not paths[agent_id(agent)].exists() and agent_id(agent) not in {a.id for a in self.list()}:
+                raise AgentNotFound(f"no logs for {agent_id(agent)}: it never ran here (see `agents.status`)")
+        else:
+            root = settings.logs_path / "agents"
+            paths = {p.name: p / "agent.log" for p in sorted(root.glob("agent-*"))} if root.exists() else {}
+        return _follow(paths, tail, follow, stop or threading.Event(), poll, prefix=agent is None)
+
+    def resources(self) -> dict:
+        """Platform, memory, CPUs, per-agent limits and the maximum number of agents."""
+        host = platform.detect()  # measured now (memory in use); the limits were resolved once
+        limits = self.limits
+        try:
+            self.docker()
+            docker_ok = True
+        except Exception:  # noqa: BLE001 - any failure means "not reachable" here
+            docker_ok = False
+        return {
+            "platform": f"{host.os} {host.arch}",
+            "arch": host.arch,
+            "cpus": host.cpus,
+            "memory_total": host.memory_total,
+            "memory_used": host.memory_total - host.memory_available,
+            "max_agents": self.max_agents(),
+            "memory_per_agent": limits.memory,
+            "cpus_per_agent": limits.cpus,
+            "profile": limits.profile,
+            "docker": docker_ok,
+        }
+
+
+# -- the module functions: one-line wrappers over a Fleet (the bench and older callers) --------
+
+
 def running_agent_ids(settings: Settings) -> list[str]:
-    """The agents of this repository whose container runs (Docker only: the store is not opened)."""
-    containers = docker_client.client().containers.list(
-        filters={"label": f"{LABEL_PROJECT}={compose.project_name(settings)}"})
-    return sorted(c.labels[LABEL_AGENT] for c in containers if c.labels.get(LABEL_AGENT))
-
-
-def _compose(settings: Settings, args: list[str]):
-    """``compose.run`` with the containers' environment for these limits."""
-    limits = platform.limits(settings)
-    env = containers.compose_env(settings, limits, strict=compose.creates(args))
-    return compose.run(settings, args, limits=limits, env=env)
+    """:meth:`Fleet.running_agent_ids` of ``settings``."""
+    return Fleet.open(settings).running_agent_ids()
 
 
 def max_agents(settings: Settings, *, containers: bool = True) -> int:
-    """How many agents this machine may run (platform default, memory, override).
-
-    With ``containers`` the compose file's services bound it too; worktrees
-    alone (``worktrees.create``) need no service, so only the platform does.
-    """
-    limit = platform.limits(settings).max_agents
-    return min(limit, len(compose.services(settings))) if containers else limit
+    """:meth:`Fleet.max_agents` of ``settings``."""
+    return Fleet.open(settings).max_agents(containers=containers)
 
 
 def check_count(settings: Settings, n, *, containers: bool = True) -> int:
-    """The one agent-count rule of every edge: ``n`` as an int in 1..max_agents,
-    or InvalidAgentCount naming the range."""
-    return agent_count(n, max_agents(settings, containers=containers))
+    """:meth:`Fleet.check_count` of ``settings``."""
+    return Fleet.open(settings).check_count(n, containers=containers)
 
 
 def start_agents(settings: Settings, n, *, progress: Progress = print, wait: bool = True) -> list[AgentStatus]:
-    """Run agents agent-001..agent-00n; those already running are kept.
-
-    Order: validate the count, reach Docker, open the store (refuses an unsafe
-    filesystem), then act: image, worktrees, containers, wait for health.
-    """
-    count = check_count(settings, n)
-    docker_client.client()
-    for warning in preflight(settings, count):
-        progress(warning)
-    store = open_store(settings)
-    if not store.shared:  # PostgreSQL checks its own pages; a snapshot of it is issues.migrate's
-        snapshots.at_start(store, progress)
-    release_gone(settings, store)
-    image.ensure_image(settings, progress=progress)
-    ids = agent_ids(count)
-    progress(f"worktrees: {', '.join(ids)}")
-    worktrees.create(settings, count)
-    git_dir = Git(settings.repo).common_dir()
-    containers.hand_over(settings, [settings.state_path, settings.logs_path, settings.worktrees_path,
-                                    git_dir / "worktrees", git_dir / "refs" / "heads" / "agent",
-                                    git_dir / "logs" / "refs" / "heads" / "agent"])
-    progress(f"starting {count} agent(s)")
-    _compose(settings, ["up", "-d", "--no-build", *ids])
-    if wait:
-        wait_healthy(settings, ids, progress=progress)
-    return [a for a in list_agents(settings) if a.id in ids]
+    """:meth:`Fleet.start` of ``settings``."""
+    return Fleet.open(settings).start(n, progress=progress, wait=wait)
 
 
 def preflight(settings: Settings, count: int = 1) -> list[str]:
-    """Refuse a model kind that cannot work (CLI in the image, credentials, network); warnings.
-
-    Runs before anything is created: InvalidInput names the fix in one line.
-    The image's labels count when it is current; otherwise it is about to be
-    built from these settings, and their ``agent_cli`` counts.
-    """
-    if settings.queue:  # a PostgreSQL queue the agents' network cannot reach (loopback TCP...)
-        queueaccess.check_network(settings, settings.queue)
-    if str(settings.agent_kind) not in agentcli.MODEL_KINDS:
-        return []
-    current = image.image_status(settings) == "current"
-    return agentcli.preflight(settings, image.image_labels(settings) if current else None, count)
+    """:meth:`Fleet.preflight` of ``settings``."""
+    return Fleet.open(settings).preflight(count)
 
 
 def merge_loop(settings: Settings, *, stop: threading.Event | None = None, progress: Progress = print,
                rounds: int | None = None, sleep: Callable[[float], None] | None = None) -> list:
-    """Run the merge queue every ``merge_poll_seconds`` until ``stop`` is set (or ``rounds`` ran).
-
-    What ``agents.start --merge`` runs in the foreground: done issues are
-    checked on the tip and merged (or rejected) while the agents keep working.
-    Returns the reports of the rounds that did something.
-    """
-    from . import mergequeue
-
-    stop = stop or threading.Event()
-    wait = sleep or stop.wait
-    store = open_store(settings)
-    reports, done = [], 0
-    while not stop.is_set() and (rounds is None or done < rounds):
-        done += 1
-        try:
-            report = mergequeue.MergeQueue(settings, store, progress=progress).run()
-        except Conflict as err:  # another queue runs (issues.merge by hand): next round
-            progress(f"merge queue: {err}")
-            wait(float(settings.merge_poll_seconds or 5))
-            continue
-        if report.outcome != "nothing":
-            progress(report.summary())
-            reports.append(report)
-        wait(float(settings.merge_poll_seconds or 5))
-    return reports
+    """:meth:`Fleet.merge_loop` of ``settings``."""
+    return Fleet.open(settings).merge_loop(stop=stop, progress=progress, rounds=rounds, sleep=sleep)
 
 
 def wait_healthy(settings: Settings, ids: Iterable[str], *, progress: Progress = print,
                  timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> list[AgentStatus]:
-    """Block until every agent in ``ids`` is running and ready (see AgentStatus.ready), or AgentsUnhealthy."""
-    wanted = set(ids)
-    deadline = clock() + (timeout if timeout is not None else settings.start_timeout_seconds)
-    reported = set()
-    while True:
-        agents = {a.id: a for a in list_agents(settings) if a.id in wanted}
-        healthy = {i for i, a in agents.items() if a.ready}
-        for i in sorted(healthy - reported):
-            progress(f"{i} ready")
-        reported |= healthy
-        if healthy == wanted:
-            return [agents[i] for i in sorted(wanted)]
-        if clock() > deadline:
-            bad = ", ".join(f"{i} ({agents[i].state}/{agents[i].health})" if i in agents else f"{i} (missing)"
-                            for i in sorted(wanted - healthy))
-            raise AgentsUnhealthy(f"not healthy after {settings.start_timeout_seconds}s: {bad}; "
-                                  "see `inv logs.tail --id <id>`")
-        sleep(0.25)
+    """:meth:`Fleet.wait_healthy` of ``settings``."""
+    return Fleet.open(settings).wait_healthy(ids, progress=progress, timeout=timeout, clock=clock, sleep=sleep)
 
 
 def stop_agents(settings: Settings, ids: Iterable[str] | None = None, *,
                 progress: Progress = print) -> list[str]:
-    """Stop and remove the given agents (all when None); free any claim they still hold.
-
-    Each agent gets ``stop_grace_seconds`` to release its issue itself (SIGTERM);
-    whatever a killed agent still held is released here.
-    """
-    running = {a.id: a for a in list_agents(settings)}
-    if ids is None:
-        targets = sorted(running)
-    else:
-        targets = sorted({agent_id(i) for i in ids})
-        missing = [i for i in targets if i not in running]
-        if missing:
-            raise AgentNotFound(f"no such agent: {', '.join(missing)}; running: "
-                                f"{', '.join(sorted(running)) or 'none'} (see `agents.status`)")
-    if not targets:
-        progress("no agents running")
-        return []
-    progress(f"stopping {', '.join(targets)} (grace {settings.stop_grace_seconds}s)")
-    present = [t for t in targets if running[t].container]  # a missing one has nothing to stop
-    if present:
-        _compose(settings, ["stop", "-t", str(settings.stop_grace_seconds), *present])
-        _compose(settings, ["rm", "-f", *present])
-    store = open_store(settings)
-    for target in targets:
-        freed = store.release_agent(target, reason="stopped by the orchestrator")
-        if freed:
-            progress(f"{target}: released #{', #'.join(map(str, freed))}")
-        store.agent_heartbeat(target, "stopped")  # a runtime killed at the end of its grace could not say so
-    from . import mergequeue
-
-    try:  # what the agents finished comes home (autopilot/issue-N in the repository)
-        mergequeue.bring_home(settings, store)
-    except GitError as err:
-        progress(f"could not fetch finished work from the agents' repositories: {err}")
-    return targets
+    """:meth:`Fleet.stop` of ``settings``."""
+    return Fleet.open(settings).stop(ids, progress=progress)
 
 
 def restart_agent(settings: Settings, agent: str, *, progress: Progress = print) -> AgentStatus:
-    """Restart one agent's container (it releases its old claim when it boots)."""
-    target = agent_id(agent)
-    if target not in {a.id for a in list_agents(settings)}:
-        raise AgentNotFound(f"no such agent: {target} (see `agents.status`)")
-    _compose(settings, ["restart", "-t", str(settings.stop_grace_seconds), target])
-    progress(f"{target} restarted")
-    return next(a for a in list_agents(settings) if a.id == target)
+    """:meth:`Fleet.restart` of ``settings``."""
+    return Fleet.open(settings).restart(agent, progress=progress)
 
 
 def release_gone(settings: Settings, store: IssueStore | None = None) -> dict[str, list[int]]:
-    """Free claims held by agents whose container no longer runs (crash recovery)."""
-    store = store or open_store(settings)
-    alive = {a.id for a in list_agents(settings) if a.state in ("running", "restarting")}
-    freed = {}
-    for issue in store.list("claimed"):
-        if issue.host != store.host:  # another host's agent: its containers are not ours to see
-            continue
-        if issue.owner and issue.owner.startswith("agent-") and issue.owner not in alive:
-            freed.setdefault(issue.owner, []).extend(
-                store.release_agent(issue.owner, reason="container gone"))
-    return freed
+    """:meth:`Fleet.release_gone` of ``settings``."""
+    return Fleet.open(settings).release_gone(store)
+
+
+def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentStatus]:
+    """:meth:`Fleet.list` of ``settings``."""
+    return Fleet.open(settings).list(now)
+
+
+def get_logs(settings: Settings, agent: str | None = None, tail: int = 100, follow: bool = False,
+             stop: threading.Event | None = None, poll: float = 0.25) -> Iterator[str]:
+    """:meth:`Fleet.logs` of ``settings``."""
+    return Fleet.open(settings).logs(agent, tail=tail, follow=follow, stop=stop, poll=poll)
+
+
+def resources(settings: Settings) -> dict:
+    """:meth:`Fleet.resources` of ``settings``."""
+    return Fleet.open(settings).resources()
 
 
 #: Restarts after which a container counts as crash-looping.
@@ -350,75 +615,12 @@ def _parse_time(value: str | None) -> float | None:
     return stamp.timestamp()
 
 
-def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentStatus]:
-    """The agents of this repository: container state and health joined with heartbeats."""
-    now = time.time() if now is None else now
-    containers = docker_client.client().containers.list(
-        all=True, filters={"label": f"{LABEL_PROJECT}={compose.project_name(settings)}"})
-    rows = {}
-    titles = {}
-    spent: dict[str, list] = {}
-    if settings.queue or settings.db_path.exists():
-        store = open_store(settings)
-        rows = {r.id: r for r in store.agents(host=store.host)}  # never another host's agent-001
-        if containers:
-            for done in store.list():
-                if done.usage and done.owner and done.host == store.host:
-                    spent.setdefault(done.owner, []).append(done.usage)
-    cli = _cli_label(containers)
-    result = []
-    for container in containers:
-        attrs = container.attrs
-        ident = container.labels.get(LABEL_AGENT)
-        if not ident:
-            continue
-        state = attrs.get("State", {})
-        running = state.get("Status") == "running"
-        started = _parse_time(state.get("StartedAt")) if running else None
-        row = rows.pop(ident, None)
-        # a dead container's last report says "working": it works on nothing now
-        issue = row.issue if row and row.state == "working" and running else None
-        restarts = attrs.get("RestartCount", 0)
-        if issue is not None and issue not in titles:
-            try:
-                titles[issue] = store.get(issue).title
-            except IssueNotFound:
-                titles[issue] = None
-        result.append(AgentStatus(
-            id=ident,
-            container=container.name,
-            state=state.get("Status", "unknown"),
-            health=(state.get("Health") or {}).get("Status"),
-            activity=(row.state if row else "unknown") if running else state.get("Status", "unknown"),
-            issue=issue,
-            issue_title=titles.get(issue),
-            since=started,
-            uptime=round(now - started, 1) if started else None,
-            heartbeat_age=round(now - row.heartbeat_at, 1) if row else None,
-            restarts=restarts,
-            problem=problem(state, restarts),
-            cli=cli.get(attrs.get("Image")),
-            waiting_until=getattr(row, "waiting_until", None) if row and row.state == "quota" else None,
-            tokens=_tokens(spent.get(ident)),
-            host=settings.host,
-        ))
-    # an agent that reported but has no container any more (removed by hand, its host
-    # rebooted) and never said "stopped": shown as missing, not silently left out
-    for row in rows.values():
-        if row.state != "stopped" and row.id.startswith("agent-"):
-            result.append(AgentStatus(
-                id=row.id, container=None, state="missing", health=None, activity="missing", issue=None,
-                issue_title=None, since=None, uptime=None, heartbeat_age=round(now - row.heartbeat_at, 1),
-                restarts=0, problem="container gone", host=row.host))
-    return sorted(result, key=lambda a: a.id)
-
-
-def _cli_label(containers) -> dict:
+def _cli_label(containers, docker) -> dict:
     """image id -> "codex 0.171.0" (the CLIs named by each image's labels)."""
     found = {}
     for ident in {c.attrs.get("Image") for c in containers} - {None}:
         try:
-            labels = (docker_client.client().images.get(ident).attrs.get("Config") or {}).get("Labels") or {}
+            labels = (docker.images.get(ident).attrs.get("Config") or {}).get("Labels") or {}
         except Exception:  # noqa: BLE001 - an image removed under a container: no label
             continue
         names = [f"{k[len(agentcli.LABEL_PREFIX):]} {v}" for k, v in sorted(labels.items())
@@ -442,23 +644,6 @@ def _tokens(usages: list | None) -> dict | None:
 def agent_log_path(settings: Settings, agent: str) -> Path:
     """``docs/logs/agents/<agent-id>/agent.log``."""
     return settings.logs_path / "agents" / agent_id(agent) / "agent.log"
-
-
-def get_logs(settings: Settings, agent: str | None = None, tail: int = 100, follow: bool = False,
-             stop: threading.Event | None = None, poll: float = 0.25) -> Iterator[str]:
-    """Lines of one agent's log (or of all agents, prefixed with the id).
-
-    With ``follow`` the generator keeps yielding new lines until ``stop`` is
-    set. An unknown agent raises AgentNotFound before anything is yielded.
-    """
-    if agent is not None:
-        paths = {agent_id(agent): agent_log_path(settings, agent)}
-        if not paths[agent_id(agent)].exists() and agent_id(agent) not in {a.id for a in list_agents(settings)}:
-            raise AgentNotFound(f"no logs for {agent_id(agent)}: it never ran here (see `agents.status`)")
-    else:
-        root = settings.logs_path / "agents"
-        paths = {p.name: p / "agent.log" for p in sorted(root.glob("agent-*"))} if root.exists() else {}
-    return _follow(paths, tail, follow, stop or threading.Event(), poll, prefix=agent is None)
 
 
 def _follow(paths: dict[str, Path], tail: int, follow: bool, stop: threading.Event, poll: float,
@@ -495,26 +680,3 @@ def _follow(paths: dict[str, Path], tail: int, follow: bool, stop: threading.Eve
                 grew = True
         if not grew:
             stop.wait(poll)
-
-
-def resources(settings: Settings) -> dict:
-    """Platform, memory, CPUs, per-agent limits and the maximum number of agents."""
-    host = platform.detect()
-    limits = platform.limits(settings, host)
-    try:
-        docker_client.client()
-        docker_ok = True
-    except Exception:  # noqa: BLE001 - any failure means "not reachable" here
-        docker_ok = False
-    return {
-        "platform": f"{host.os} {host.arch}",
-        "arch": host.arch,
-        "cpus": host.cpus,
-        "memory_total": host.memory_total,
-        "memory_used": host.memory_total - host.memory_available,
-        "max_agents": min(limits.max_agents, len(compose.services(settings))),
-        "memory_per_agent": limits.memory,
-        "cpus_per_agent": limits.cpus,
-        "profile": limits.profile,
-        "docker": docker_ok,
-    }

@@ -93,6 +93,7 @@ class Git:
         self.config = dict(config or {})
         self._popen = popen
         self._as_owner = _owner_credentials(self.path)
+        self._common_dir: Path | None = None
 
     def makedirs(self, path: str | os.PathLike) -> None:
         """``mkdir -p`` for a directory git will write into, owned like the repository.
@@ -179,8 +180,14 @@ class Git:
         return self._absolute(self.run("rev-parse", "--git-dir").strip())
 
     def common_dir(self) -> Path:
-        """The repository's shared git directory (``.git``) even from a linked worktree, absolute."""
-        return self._absolute(self.run("rev-parse", "--git-common-dir").strip())
+        """The repository's shared git directory (``.git``) even from a linked worktree, absolute.
+
+        Asked once per Git: a repository's git directory does not move under a
+        running command, and worktrees.create alone would ask for it per agent.
+        """
+        if self._common_dir is None:
+            self._common_dir = self._absolute(self.run("rev-parse", "--git-common-dir").strip())
+        return self._common_dir
 
     def _absolute(self, out: str) -> Path:
         path = Path(out)

@@ -117,10 +117,13 @@ def base_branch(settings: Settings, git: Git | None = None) -> str:
     return base
 
 
-def create(settings: Settings, n: int) -> list[Worktree]:
-    """Make (or reuse, or repair, or migrate) the clones ``agent-001`` .. ``agent-00n`` at the base branch."""
-    git = _main_checkout(settings)
-    base = base_branch(settings, git)
+def create(settings: Settings, n: int, *, git: Git | None = None, base: str | None = None) -> list[Worktree]:
+    """Make (or reuse, or repair, or migrate) the clones ``agent-001`` .. ``agent-00n`` at the base branch.
+
+    ``git`` and ``base`` are what a Fleet resolved already (default: resolved here).
+    """
+    git = _main_checkout(settings, git)
+    base = base or base_branch(settings, git)
     root = settings.worktrees_path
     registered = _registered(git)
     wanted = agent_ids(n)
@@ -167,14 +170,15 @@ def create(settings: Settings, n: int) -> list[Worktree]:
         clone.run("checkout", "--quiet", "--detach", f"refs/remotes/origin/{base}", "--")
         for local in clone.branches():
             clone.delete_branch(local, force=True)  # what clone made; the base lives in origin/<base>
-    found = {w.id: w for w in list(settings)}
+    found = {w.id: w for w in list(settings, git=git, base=base)}
     return [found[agent] for agent in wanted]
 
 
-def list(settings: Settings) -> list[Worktree]:  # noqa: A001 - the API reads worktrees.list()
+def list(settings: Settings, *, git: Git | None = None,  # noqa: A001 - the API reads worktrees.list()
+         base: str | None = None) -> list[Worktree]:
     """Every agent worktree (registered, or an ``agent-NNN`` directory) in id order."""
-    git = _main_checkout(settings)
-    base = base_branch(settings, git)
+    git = _main_checkout(settings, git)
+    base = base or base_branch(settings, git)
     root = settings.worktrees_path
     by_id: dict[str, WorktreeEntry] = {}
     for entry in git.worktree_list():
@@ -255,8 +259,8 @@ def drop_merged_issue_branches(settings: Settings) -> list[str]:
 
 # -- helpers -----------------------------------------------------------------
 
-def _main_checkout(settings: Settings) -> Git:
-    git = Git(settings.repo)
+def _main_checkout(settings: Settings, git: Git | None = None) -> Git:
+    git = git or Git(settings.repo)
     if git.git_dir() != git.common_dir():
         raise GitError(f"{settings.repo} is a linked worktree, not the main checkout: "
                        "run from the main checkout or set autopilot.repo to it")

@@ -1,15 +1,18 @@
-"""Shared by the GUI tests: a fake fleet, a real uvicorn server in a thread, Chromium.
+"""Shared by the GUI tests: a real Fleet over a fake daemon, a real uvicorn server in a thread, Chromium.
 
-The fake has the same functions and signatures as ``parallel_autopilot.fleet``
-but keeps its agents in memory; what an agent works on comes from a REAL
-IssueStore (an agent "works on" the issue it claimed there), so the GUI's
-reading of the queue is tested for real.
+``FakeFleet`` IS a ``parallel_autopilot.fleet.Fleet``: the GUI calls the real
+start/stop/restart/list/logs code, with real clones in a real git repository
+and a REAL IssueStore; only Docker and compose are the fakes of
+tests/fleet_fakes.py. What an agent works on comes from its own report in the
+store, which the fake containers write like the runtime (an agent "works on"
+the issue it claimed there), so the GUI's reading of the queue is tested for real.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import tempfile
 import threading
 import time
@@ -18,15 +21,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from fleet_fakes import FakeCompose, FakeDocker
+
 from parallel_autopilot import config
+from parallel_autopilot.fleet import AgentStatus, Fleet, agent_log_path
 
 with warnings.catch_warnings():  # starlette nags about httpx2 at import; the tests use httpx
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient  # noqa: F401 - re-exported for the GUI tests
-from parallel_autopilot.errors import AgentNotFound, DockerUnavailable
-from parallel_autopilot.ids import agent_count
 from parallel_autopilot.ids import agent_id
-from parallel_autopilot.fleet import AgentStatus
 from parallel_autopilot.issues import IssueStore
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,139 +42,126 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 FakeAgentStatus = AgentStatus
 
 
-class FakeFleet:
-    """In-memory stand-in for ``parallel_autopilot.fleet`` (same functions and signatures)."""
+class FakeFleet(Fleet):
+    """The real Fleet of ``store``'s repository over a FakeDocker and a FakeCompose.
 
-    def __init__(self, store: IssueStore, maximum: int = 10, clock=time.time):
-        self.store = store
-        self.maximum = maximum
-        self.clock = clock
+    ``settings`` defaults to the repository holding ``store`` (``<repo>/.autopilot/autopilot.db``);
+    ``maximum`` is its ``autopilot.max_agents``. The helpers below are for the tests:
+    ``log``/``claim`` play an agent, ``docker_down`` and ``gate`` the daemon, and
+    ``calls``, ``list_calls``, ``follow_stops`` record what the GUI asked for.
+    """
+
+    def __init__(self, store: IssueStore, maximum: int = 10, clock=time.time, *, settings=None):
+        settings = settings or config.load(repo=str(store.path.parent.parent), state_dir=str(store.path.parent))
+        self.fake_docker = FakeDocker(clock)
+        self.runner = FakeCompose(self.fake_docker, boot=self._boot)
+        super().__init__(settings.replace(max_agents=maximum), runner=self.runner, docker=self.fake_docker,
+                         clock=clock, ensure_image=self.fake_docker.ensure_image)
+        self.store_ = store
         self.lock = threading.RLock()
-        self.agents: dict[str, dict] = {}
-        self.logs: dict[str, list[str]] = {}
-        self.docker_down = False
-        self.gate: threading.Event | None = None  # when set, start_agents waits for it
         self.calls: list[tuple] = []
         self.list_calls = 0
         self.follow_stops: list[threading.Event] = []
 
     # -- helpers for tests -----------------------------------------------------
 
+    @property
+    def maximum(self) -> int:
+        return self.settings.max_agents
+
+    @maximum.setter
+    def maximum(self, value: int) -> None:
+        self.settings = self.settings.replace(max_agents=value)
+        self.refresh()  # the limits, resolved again from the new settings
+
+    @property
+    def docker_down(self) -> bool:
+        return self.fake_docker.down
+
+    @docker_down.setter
+    def docker_down(self, value: bool) -> None:
+        self.fake_docker.down = value
+
+    @property
+    def gate(self) -> threading.Event | None:
+        """When set to an Event, starting waits for it (inside compose up)."""
+        return self.runner.gate
+
+    @gate.setter
+    def gate(self, value: threading.Event | None) -> None:
+        self.runner.gate = value
+
+    @property
+    def agents(self) -> dict:
+        """The agents whose (fake) container exists."""
+        return self.fake_docker.agents(self.project)
+
     def log(self, agent: str, line: str) -> None:
-        with self.lock:
-            self.logs.setdefault(agent_id(agent), []).append(line)
+        path = agent_log_path(self.settings, agent)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock, path.open("a") as handle:
+            handle.write(line + "\n")
 
     def claim(self, agent: str):
-        return self.store.claim(agent_id(agent))
+        return self.store_.claim(agent_id(agent))
 
-    def _docker(self) -> None:
-        if self.docker_down:
-            raise DockerUnavailable("Docker is not reachable: start dockerd (or Docker Desktop) and retry")
+    def _boot(self, agent: str) -> None:
+        """A new container's runtime: it frees what its previous incarnation held and reports in."""
+        self.store_.release_agent(agent, reason="restarted: released by the new incarnation")
+        self.store_.agent_heartbeat(agent, "idle")
+        self.log(agent, f"{agent} started")
 
-    # -- fleet's functions -------------------------------------------------------
+    def _report(self) -> None:
+        """The running agents' heartbeats: working on the issue each holds in the store, else idle."""
+        if not self.settings.db_path.exists():
+            return
+        held = {i.owner: i.number for i in self.store_.list("claimed")}
+        rows = {r.id: r for r in self.store_.agents()}
+        for ident, container in self.agents.items():
+            if container.status != "running":
+                continue
+            state, issue = ("working", held[ident]) if ident in held else ("idle", None)
+            row = rows.get(ident)
+            if row is None or (row.state, row.issue) != (state, issue):  # only a change: a quiet fleet stays quiet
+                self.store_.agent_heartbeat(ident, state, issue=issue)
 
-    def max_agents(self, settings) -> int:
-        return self.maximum
+    def _ensure_repository(self) -> None:
+        # the GUI tests' directory becomes a git repository with one commit when agents start
+        repo = Path(self.settings.repo)
+        if not (repo / ".git").exists():
+            repo.mkdir(parents=True, exist_ok=True)
+            for args in (["init", "-q", "-b", "main"],
+                         ["-c", "user.name=GUI Test", "-c", "user.email=gui-test@example.invalid",
+                          "commit", "-q", "--allow-empty", "-m", "first"]):
+                subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
 
-    def start_agents(self, settings, n, *, progress=print, wait=True):
+    # -- the Fleet, recorded -------------------------------------------------------
+
+    def start(self, n, *, progress=print, wait=True):
         self.calls.append(("start", n))
-        n = agent_count(n, self.maximum)  # fleet.check_count's rule
-        self._docker()
-        ids = [agent_id(i) for i in range(1, n + 1)]
-        progress(f"worktrees: {', '.join(ids)}")
-        if self.gate is not None:
-            self.gate.wait(30)
-        with self.lock:
-            for ident in ids:
-                if ident not in self.agents:
-                    self.agents[ident] = {"since": self.clock(), "restarts": 0}
-                    self.logs.setdefault(ident, []).append(f"{ident} started")
-        for ident in ids:
-            progress(f"{ident} healthy")
-        return [a for a in self.list_agents(settings) if a.id in ids]
+        if not self.docker_down:
+            self._ensure_repository()
+        return super().start(n, progress=progress, wait=wait)
 
-    def stop_agents(self, settings, ids=None, *, progress=print):
+    def stop(self, ids=None, *, progress=print):
         self.calls.append(("stop", None if ids is None else list(ids)))
-        self._docker()
-        with self.lock:
-            targets = sorted(self.agents) if ids is None else sorted({agent_id(i) for i in ids})
-            missing = [i for i in targets if i not in self.agents]
-            if missing:
-                raise AgentNotFound(f"no such agent: {', '.join(missing)}")
-            for ident in targets:
-                del self.agents[ident]
-        for ident in targets:
-            self.store.release_agent(ident, reason="stopped by the orchestrator")
-        progress(f"stopped {', '.join(targets) or 'nothing'}")
-        return targets
+        return super().stop(ids, progress=progress)
 
-    def restart_agent(self, settings, agent, *, progress=print):
+    def restart(self, agent, *, progress=print):
         self.calls.append(("restart", agent))
-        self._docker()
-        ident = agent_id(agent)
-        with self.lock:
-            if ident not in self.agents:
-                raise AgentNotFound(f"no such agent: {ident}")
-            self.agents[ident] = {"since": self.clock(), "restarts": self.agents[ident]["restarts"] + 1}
-        self.store.release_agent(ident, reason="restarted")
-        progress(f"{ident} restarted")
-        return next(a for a in self.list_agents(settings) if a.id == ident)
+        return super().restart(agent, progress=progress)
 
-    def list_agents(self, settings, *, now=None):
-        self._docker()
-        now = self.clock() if now is None else now
+    def list(self, now=None):  # noqa: A003 - the Fleet's name
         self.list_calls += 1
-        claimed = {i.owner: i for i in self.store.list("claimed")}
-        with self.lock:
-            agents = dict(self.agents)
-        result = []
-        for ident, info in sorted(agents.items()):
-            issue = claimed.get(ident)
-            result.append(FakeAgentStatus(
-                id=ident, container=f"fake-{ident}", state="running", health="healthy",
-                activity="working" if issue else "idle", issue=issue.number if issue else None,
-                issue_title=issue.title if issue else None, since=info["since"],
-                uptime=round(now - info["since"], 1), heartbeat_age=0.5, restarts=info["restarts"]))
-        return result
+        if not self.docker_down:
+            self._report()
+        return super().list(now)
 
-    def get_logs(self, settings, agent=None, tail=100, follow=False, stop=None, poll=0.02) -> Iterator[str]:
+    def logs(self, agent=None, tail=100, follow=False, stop=None, poll=0.02) -> Iterator[str]:
         stop = stop or threading.Event()
-        if agent is not None:
-            ident = agent_id(agent)
-            with self.lock:
-                if ident not in self.logs and ident not in self.agents:
-                    raise AgentNotFound(f"no logs for {ident}")
-            sources = [ident]
-        else:
-            sources = sorted(self.logs)
         if follow:
             self.follow_stops.append(stop)
-
-        def lines() -> Iterator[str]:
-            prefix = agent is None
-            with self.lock:
-                seen = {s: len(self.logs.get(s, [])) for s in sources}
-                initial = [(s, line) for s in sources for line in self.logs.get(s, [])]
-            for s, line in initial[-tail:] if tail else []:
-                yield f"{s} | {line}" if prefix else line
-            while follow and not stop.is_set():
-                fresh = []
-                with self.lock:
-                    for s in sources:
-                        got = self.logs.get(s, [])
-                        fresh += [(s, line) for line in got[seen[s]:]]
-                        seen[s] = len(got)
-                for s, line in fresh:
-                    yield f"{s} | {line}" if prefix else line
-                if not fresh:
-                    stop.wait(poll)
-
-        return lines()
-
-    def resources(self, settings) -> dict:
-        return {"platform": "Linux x86_64", "arch": "x86_64", "cpus": 2, "memory_total": 24 * 1024 ** 3,
-                "memory_used": 5 * 1024 ** 3, "max_agents": self.maximum, "memory_per_agent": "2g",
-                "cpus_per_agent": 1.0, "profile": "light", "docker": not self.docker_down}
+        return super().logs(agent, tail=tail, follow=follow, stop=stop, poll=poll)
 
 
 def make_settings(tmp: Path, **overrides: Any) -> config.Settings:

@@ -49,18 +49,18 @@ def test_counts_inside_the_range_are_numbers(settings):
 
 def test_wait_healthy_returns_when_all_are_ready_and_names_the_laggards_otherwise(settings, monkeypatch):
     rounds = iter([[status(heartbeat_age=None)], [status()]])
-    monkeypatch.setattr(fleet, "list_agents", lambda s: next(rounds))
+    monkeypatch.setattr(fleet.Fleet, "list", lambda self, now=None: next(rounds))
     ticks = iter(range(100))
     assert [a.id for a in fleet.wait_healthy(settings, ["agent-001"], progress=lambda _: None,
                                               clock=lambda: next(ticks), sleep=lambda _: None)] == ["agent-001"]
-    monkeypatch.setattr(fleet, "list_agents", lambda s: [status(health="unhealthy")])
+    monkeypatch.setattr(fleet.Fleet, "list", lambda self, now=None: [status(health="unhealthy")])
     with pytest.raises(AgentsUnhealthy, match=r"agent-001 \(running/unhealthy\), agent-002 \(missing\)"):
         fleet.wait_healthy(settings, ["agent-001", "agent-002"], timeout=3, progress=lambda _: None,
                            clock=lambda: next(ticks), sleep=lambda _: None)
 
 
 def test_logs_of_one_agent_only_tail_and_follow(settings, monkeypatch):
-    monkeypatch.setattr(fleet, "list_agents", lambda s: [])
+    monkeypatch.setattr(fleet.Fleet, "list", lambda self, now=None: [])
     for agent in ("agent-001", "agent-002"):
         path = fleet.agent_log_path(settings, agent)
         path.parent.mkdir(parents=True)
@@ -100,7 +100,7 @@ def test_logs_of_one_agent_only_tail_and_follow(settings, monkeypatch):
 
 
 def test_logs_of_an_unknown_or_malformed_agent_are_refused(settings, monkeypatch):
-    monkeypatch.setattr(fleet, "list_agents", lambda s: [])
+    monkeypatch.setattr(fleet.Fleet, "list", lambda self, now=None: [])
     with pytest.raises(AgentNotFound, match="agent-009"):
         fleet.get_logs(settings, "9")
     with pytest.raises(InvalidAgentId):

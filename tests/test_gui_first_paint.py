@@ -22,7 +22,7 @@ def busy(tmp_path):
     for title in ("Implement feature X", "Fix bug in Y", "Polish the README </script><!--"):
         store.add(title)
     fleet = FakeFleet(store)
-    fleet.start_agents(settings, 2, progress=lambda _: None)
+    fleet.start(2, progress=lambda _: None)
     fleet.claim("agent-001")
     return settings, fleet
 

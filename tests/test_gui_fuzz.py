@@ -32,7 +32,7 @@ def fuzz_env(tmp_path_factory):
     for i in range(5):
         store.add(f"Issue {i}", priority=("urgent", "high", "medium", "low")[i % 4])
     fleet = FakeFleet(store, maximum=4)
-    fleet.start_agents(settings_, 3, progress=lambda _: None)
+    fleet.start(3, progress=lambda _: None)
     app = create_app(settings_, fleet=fleet)
     return app, fleet, {"Host": HOST, "X-CSRF-Token": app.state.guard.csrf_token}
 
@@ -57,7 +57,7 @@ def test_no_request_makes_a_server_error(case, fuzz_env):
         body = response.json()
         assert isinstance(body["error"], str) and "\n" not in body["error"] and "Traceback" not in response.text
     if not fleet.agents:  # a fuzzed stop emptied the fleet: give the next cases agents again
-        fleet.start_agents(None, 3, progress=lambda _: None)
+        fleet.start(3, progress=lambda _: None)
 
 
 @given(ident=st.text(min_size=1, max_size=40))

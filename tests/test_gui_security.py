@@ -30,7 +30,7 @@ def make_env(tmp_path, **kwargs):
     store = IssueStore(settings.db_path)
     store.add("Something to do")
     fleet = FakeFleet(store)
-    fleet.start_agents(settings, 1, progress=lambda _: None)
+    fleet.start(1, progress=lambda _: None)
     fleet.calls.clear()
     app = create_app(settings, fleet=fleet, **kwargs)
     return app, fleet

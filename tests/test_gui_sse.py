@@ -213,13 +213,13 @@ def test_dropped_log_streams_stop_their_readers(live):
 def test_a_failing_log_reader_ends_the_stream_with_its_error(live):
     post(live, "/api/agents/start", {"n": 1})
 
-    def broken(settings, agent=None, tail=100, follow=False, stop=None, poll=0.02):
+    def broken(agent=None, tail=100, follow=False, stop=None, poll=0.02):
         def lines():
             yield "last good line"
             raise DockerUnavailable("Docker is not reachable: start dockerd and retry")
         return lines()
 
-    live.fleet.get_logs = broken
+    live.fleet.logs = broken
     events = Events(live.url, "/api/agents/1/logs/stream")
     try:
         assert events.next() == ("lines", ["last good line"])
@@ -233,7 +233,7 @@ def test_a_failing_log_reader_ends_the_stream_with_its_error(live):
 def test_shutdown_with_open_streams_ends(tmp_path):
     settings = make_settings(tmp_path)
     fleet = FakeFleet(IssueStore(settings.db_path))
-    fleet.start_agents(settings, 1, progress=lambda _: None)
+    fleet.start(1, progress=lambda _: None)
     app = create_app(settings, fleet=fleet, interval=0.2)
     server = LiveServer(app).__enter__()
     streams = [Events(server.url, "/api/events"), Events(server.url, "/api/agents/1/logs/stream")]

@@ -20,10 +20,10 @@ class QuotaFleet(FakeFleet):
 
     until = time.time() + 3600
 
-    def list_agents(self, settings, now=None):
+    def list(self, now=None):
         return [dataclasses.replace(a, activity="quota", waiting_until=self.until, cli="codex 0.171.0",
                                     tokens={"input_tokens": 2400, "output_tokens": 68, "cost_usd": 0.0})
-                if a.id == "agent-001" else a for a in super().list_agents(settings, now=now)]
+                if a.id == "agent-001" else a for a in super().list(now)]
 
 
 def test_snapshot_has_tokens_per_issue_and_agent_and_the_quota_wait(tmp_path):
@@ -60,7 +60,7 @@ def test_the_guis_start_runs_the_preflight_and_starts_nothing(git_repo, tmp_path
     settings = make_settings(git_repo, agent_kind="claude", agent_cli="none", image="parallel-autopilot-test:absent",
                              codex_home=str(tmp_path / "none"), ssh_dir=str(tmp_path / "none"),
                              gitconfig=str(tmp_path / "none"))
-    app = create_app(settings, fleet=fleet)  # the real fleet: the refusal comes from start_agents itself
+    app = create_app(settings, fleet=fleet.Fleet.open(settings))  # the real fleet: the refusal is Fleet.start's
     with TestClient(app, base_url=BASE) as client:
         csrf = {"X-CSRF-Token": app.state.guard.csrf_token}
         response = client.post("/api/agents/start", json={"n": 1}, headers=csrf)

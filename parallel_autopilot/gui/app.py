@@ -1,12 +1,12 @@
 """The "Parallel Agents" pane and its JSON API: a thin HTTP edge over ``fleet``.
 
-Every action is a call into :mod:`parallel_autopilot.fleet` (start, stop,
+Every action is a call on one :class:`parallel_autopilot.fleet.Fleet` (start, stop,
 restart, list, logs, resources) or the issue store; the GUI adds no logic of
 its own beyond presenting it. Blocking calls run in worker threads so the
 event loop keeps serving the page and its event streams meanwhile.
 
-    app = create_app(settings)                  # the real fleet
-    app = create_app(settings, fleet=fake)      # any object with fleet's functions
+    app = create_app(settings)                  # Fleet.open(settings)
+    app = create_app(settings, fleet=fleet)     # a Fleet built elsewhere (tests: fake runner and docker)
     serve(settings, port=8787)                  # what `inv gui` runs
 
 Endpoints (the OpenAPI schema is at ``/openapi.json``)::
@@ -34,7 +34,7 @@ import time
 import webbrowser
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request
@@ -52,6 +52,9 @@ from ..errors import AgentNotFound, AutopilotError, Conflict, InvalidAgentId, on
 from ..issues import STATUSES, IssueStore
 from . import security
 from .events import EventStream, LogPumps, SnapshotHub
+
+if TYPE_CHECKING:  # for annotations only: the Fleet module is imported when an app is made
+    from ..fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class Agent(BaseModel):
     waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
     tokens: dict[str, float] | None = None  # model usage over the issues it completed
     doing: str | None = None  # what it does, in words ("waiting for quota until 14:05")
+    host: str | None = None  # the workstation it runs on (agents are (host, id) on a shared queue)
 
 
 class IssueSummary(BaseModel):
@@ -238,11 +242,11 @@ STREAM_ERRORS = {status: {"description": "refused", "content": {"application/jso
 class Pane:
     """Settings, the fleet, the issue store and the operation in progress.
 
-    ``fleet`` is :mod:`parallel_autopilot.fleet` or anything with the same
-    functions (tests pass a fake). Blocking methods are called from threads.
+    ``fleet`` is the :class:`~parallel_autopilot.fleet.Fleet` of ``settings`` (tests give it a
+    fake compose runner and Docker client). Blocking methods are called from threads.
     """
 
-    def __init__(self, settings: Settings, fleet: Any, *, clock: Callable[[], float] = time.time,
+    def __init__(self, settings: Settings, fleet: Fleet, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, resources_every: float = 5.0,
                  queue_limit: int = 500):
         self.settings = settings
@@ -269,7 +273,7 @@ class Pane:
             return self._store
 
     def agents(self) -> list[dict]:
-        return [a.to_dict() for a in self.fleet.list_agents(self.settings)]
+        return [a.to_dict() for a in self.fleet.list()]
 
     def issues(self, statuses: tuple[str, ...] = OPEN_STATUSES) -> list:
         store = self.store()
@@ -299,7 +303,7 @@ class Pane:
         """``fleet.resources`` and ``fleet.max_agents``, refreshed every ``resources_every`` s."""
         now = self.monotonic()
         if self._cached is None or now - self._cached[0] >= self.resources_every:
-            self._cached = (now, self.fleet.resources(self.settings), self.fleet.max_agents(self.settings))
+            self._cached = (now, self.fleet.resources(), self.fleet.max_agents())
         return self._cached[1], self._cached[2]
 
     def snapshot(self) -> dict:
@@ -352,7 +356,7 @@ class Pane:
             raise AgentNotFound(f"no agent {raw[:40]!r}: agent ids look like agent-001") from None
         known: set[str] = set()
         try:
-            known = {a.id for a in self.fleet.list_agents(self.settings)}
+            known = {a.id for a in self.fleet.list()}
         except AutopilotError:
             if not for_logs:
                 raise
@@ -426,7 +430,7 @@ def _validation_line(errors: list[dict]) -> str:
 
 # -- the app ----------------------------------------------------------------------
 
-def create_app(settings: Settings, fleet: Any = None, *, token: str | None = None,
+def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | None = None,
                bind_host: str = "127.0.0.1", guard: security.Guard | None = None,
                interval: float = 0.75, resources_every: float = 5.0, ping_seconds: float = 15.0,
                clock: Callable[[], float] = time.time) -> FastAPI:
@@ -437,9 +441,9 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
     it. ``app.state`` exposes ``pane``, ``hub``, ``pumps`` and ``guard``.
     """
     if fleet is None:
-        from .. import fleet as fleet_module  # the real one: imports docker lazily itself
+        from ..fleet import Fleet  # resolves nothing yet: docker and git are reached on first use
 
-        fleet = fleet_module
+        fleet = Fleet.open(settings)
     pane = Pane(settings, fleet, clock=clock, resources_every=resources_every)
     hub = SnapshotHub(pane.snapshot, interval=interval, fingerprint=fingerprint, ping_seconds=ping_seconds)
     pane.hub = hub
@@ -526,9 +530,9 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
     async def start(request: StartRequest) -> dict:
         """Run agent-001..agent-00n (running ones are kept); returns when they are healthy."""
         # refused before anything starts (no failed operation for a typo), by fleet's one rule
-        n = ids.agent_count(request.n, await blocking(fleet.max_agents, settings))
+        n = ids.agent_count(request.n, await blocking(fleet.max_agents))
         started = await pane.run("start", f"{n} agent{'s' if n != 1 else ''}",
-                                 lambda progress: fleet.start_agents(settings, n, progress=progress))
+                                 lambda progress: fleet.start(n, progress=progress))
         return {"agents": [a.to_dict() for a in started]}
 
     @app.post("/api/agents/stop", response_model=StopOut, tags=["act"], responses=ERRORS)
@@ -539,7 +543,7 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
             targets = sorted({await blocking(pane.resolve, raw) for raw in request.ids})
         detail = "all agents" if targets is None else ", ".join(targets)
         stopped = await pane.run("stop", detail,
-                                 lambda progress: fleet.stop_agents(settings, targets, progress=progress))
+                                 lambda progress: fleet.stop(targets, progress=progress))
         return {"stopped": list(stopped)}
 
     @app.post("/api/agents/{agent}/restart", response_model=Agent, tags=["act"], responses=ERRORS)
@@ -547,14 +551,14 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
         """Restart one agent's container."""
         ident = await blocking(pane.resolve, agent)
         status = await pane.run("restart", ident,
-                                lambda progress: fleet.restart_agent(settings, ident, progress=progress))
+                                lambda progress: fleet.restart(ident, progress=progress))
         return status.to_dict()
 
     @app.get("/api/agents/{agent}/logs", response_model=LogsOut, tags=["read"], responses=ERRORS)
     async def logs(agent: AgentId, tail: int = Query(100, ge=0, le=10000)) -> dict:
         """The last ``tail`` lines of one agent's log."""
         ident = await blocking(pane.resolve, agent, for_logs=True)
-        lines = await blocking(lambda: list(fleet.get_logs(settings, ident, tail=tail)))
+        lines = await blocking(lambda: list(fleet.logs(ident, tail=tail)))
         return {"agent": ident, "lines": lines}
 
     @app.get("/api/events", response_class=EventStream, status_code=200, tags=["stream"],
@@ -571,7 +575,7 @@ def create_app(settings: Settings, fleet: Any = None, *, token: str | None = Non
         if pumps.active >= MAX_LOG_STREAMS:  # each holds a thread: bound them
             raise Conflict(f"{MAX_LOG_STREAMS} log views are open already: close some pages first")
         stop_event = threading.Event()
-        lines = await blocking(fleet.get_logs, settings, ident, tail=tail, follow=True, stop=stop_event)
+        lines = await blocking(fleet.logs, ident, tail=tail, follow=True, stop=stop_event)
         return EventStream(pumps.stream(ident, iter(lines), stop_event))
 
     return app
@@ -630,7 +634,7 @@ def server_for(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8787):
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8787, token: str | None = None,
-          public: bool = False, open_browser: bool = False, fleet: Any = None,
+          public: bool = False, open_browser: bool = False, fleet: Fleet | None = None,
           echo: Callable[[str], None] = print, interval: float = 0.75) -> None:
     """Serve the pane until Ctrl-C (what ``inv gui`` runs)."""
     security.check_bind(host, public=public, token=token)

@@ -7,7 +7,7 @@ A listener that goes away is dropped at once (:class:`EventStream` watches
 for the disconnect); when the last one goes, the watcher stops.
 
 Log streams are per client, since each follows the agent it selected: a
-thread iterates ``fleet.get_logs(follow=True, stop=event)`` (a blocking
+thread iterates ``Fleet.logs(follow=True, stop=event)`` (a blocking
 generator) and hands lines to the event loop; the disconnect sets ``stop``.
 """
 
@@ -250,7 +250,7 @@ class LogPumps:
     async def stream(self, name: str, lines: Iterator[str], stop: threading.Event) -> AsyncIterator[bytes]:
         """SSE ``lines`` events (JSON lists of lines) from ``lines`` until ``stop`` or disconnect.
 
-        ``lines`` must end soon after ``stop`` is set (``fleet.get_logs`` does).
+        ``lines`` must end soon after ``stop`` is set (``Fleet.logs`` does).
         An error while reading becomes one ``failure`` event, then the stream ends.
         """
         loop = asyncio.get_running_loop()

@@ -7,7 +7,7 @@ import time
 
 from .. import fleet
 from ..errors import InvalidInput
-from .edge import Namespace, emit_json, print_table, rich_table, settings, table, task
+from .edge import Namespace, emit_json, fleet_of, print_table, rich_table, table, task
 
 
 def _duration(seconds: float | None) -> str:
@@ -78,8 +78,8 @@ def _tokens(tokens: dict | None) -> str:
             "json": "print the agents as JSON"})
 def start(c, n=None, no_wait=False, merge=False, json=False):
     """Start N agents (worktrees, image if missing, containers) and wait until healthy."""
-    s = settings(c)
-    agents = fleet.start_agents(s, n, progress=print if not json else lambda _: None, wait=not no_wait)
+    the_fleet = fleet_of(c)
+    agents = the_fleet.start(n, progress=print if not json else lambda _: None, wait=not no_wait)
     emit_json([a.to_dict() for a in agents]) if json else show(agents)
     if merge:
         # flushed: it runs until Ctrl-C, and a pipe (a log, a supervisor) would hold every line till then
@@ -87,13 +87,13 @@ def start(c, n=None, no_wait=False, merge=False, json=False):
             print(line, flush=True)
 
         say("merge queue running (Ctrl-C stops it; the agents keep running)")
-        fleet.merge_loop(s, progress=say)
+        the_fleet.merge_loop(progress=say)
 
 
 @task(help={"id": "stop only this agent (1, 01, 001 or agent-001); default: all", "json": "print stopped ids as JSON"})
 def stop(c, id=None, json=False):
     """Stop agents gracefully (they release their issues) and remove their containers."""
-    stopped = fleet.stop_agents(settings(c), [id] if id else None, progress=print if not json else lambda _: None)
+    stopped = fleet_of(c).stop([id] if id else None, progress=print if not json else lambda _: None)
     emit_json(stopped) if json else print(f"stopped {len(stopped)} agent(s)")
 
 
@@ -101,11 +101,11 @@ def stop(c, id=None, json=False):
             "no_wait": "return without waiting until it is ready again", "json": "print the agent as JSON"})
 def restart(c, id, no_wait=False, json=False):
     """Restart one agent's container and wait until its new incarnation is ready."""
-    s = settings(c)
+    the_fleet = fleet_of(c)
     progress = print if not json else lambda _: None
-    agent = fleet.restart_agent(s, id, progress=progress)
+    agent = the_fleet.restart(id, progress=progress)
     if not no_wait:  # else the table shows the old incarnation's last word ("stopped")
-        agent = fleet.wait_healthy(s, [agent.id], progress=progress)[0]
+        agent = the_fleet.wait_healthy([agent.id], progress=progress)[0]
     emit_json(agent.to_dict()) if json else show([agent])
 
 
@@ -113,7 +113,7 @@ def restart(c, id, no_wait=False, json=False):
             "watch": "a live view refreshed every N seconds (like `docker stats`) until Ctrl-C"})
 def status(c, json=False, watch=None):
     """Show each agent: its state, what it does, uptime, restarts."""
-    s = settings(c)
+    the_fleet = fleet_of(c)
     try:
         every = float(watch or 0)  # a string: invoke would cast to the default's type (int)
     except ValueError:
@@ -121,10 +121,10 @@ def status(c, json=False, watch=None):
     if every < 0 or every != every:
         raise InvalidInput(f"--watch {watch!r} is not a number of seconds: give e.g. --watch 2")
     if every and not json and sys.stdout.isatty():
-        return _live(s, every)
+        return _live(the_fleet, every)
     try:
         while True:
-            agents = fleet.list_agents(s)
+            agents = the_fleet.list()
             emit_json([a.to_dict() for a in agents]) if json else show(agents)
             if not every:
                 return
@@ -134,16 +134,16 @@ def status(c, json=False, watch=None):
         return  # Ctrl-C ends a watch: that is how it is stopped, not a failure
 
 
-def _live(s, every: float) -> None:
+def _live(the_fleet: fleet.Fleet, every: float) -> None:
     """`agents.status --watch` on a terminal: one table redrawn in place (``rich.live``)."""
     from rich.console import Group
     from rich.live import Live
     from rich.text import Text
 
     def view():
-        agents = fleet.list_agents(s)
+        agents = the_fleet.list()
         stamp = time.strftime("%H:%M:%S")
-        head = Text(f"agents of {s.repo} at {stamp}, every {every:g}s (Ctrl-C stops)", style="dim")
+        head = Text(f"agents of {the_fleet.settings.repo} at {stamp}, every {every:g}s (Ctrl-C stops)", style="dim")
         return Group(head, rich_table(_rows(agents), HEADERS) if agents else Text(NO_AGENTS))
 
     try:

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import invoke
@@ -18,7 +19,8 @@ from invoke.exceptions import ParseError
 from invoke.parser.parser import ParseMachine
 
 from .. import config
-from ..errors import AutopilotError, MissingDependency
+from ..errors import AutopilotError, GitError, MissingDependency
+from ..fleet import Fleet
 
 
 def task(*args: Any, **kwargs: Any) -> Callable:
@@ -54,9 +56,32 @@ def require_extra(extra: str, what: str | None = None):
             f"(in a checkout: `pip install -e '.[{extra}]'`, or `bash scripts/bootstrap.sh`)") from None
 
 
-def settings(c, **overrides) -> config.Settings:
-    """The Settings for this invocation (see :mod:`parallel_autopilot.config`)."""
+def settings(c, *, anywhere: bool = False, **overrides) -> config.Settings:
+    """The Settings for this invocation (see :mod:`parallel_autopilot.config`).
+
+    ``fab`` reads no invoke file itself, so its Config is a layer over the
+    files ``inv`` reads: both see the same values. ``anywhere``: outside a git
+    repository the current directory stands for it (the laptop side of the
+    ``remote.*`` tasks, which needs only the ``remote_*`` keys).
+    """
+    if anywhere:
+        try:
+            overrides["repo"] = str(config.git_toplevel(Path.cwd()))
+        except GitError:
+            overrides["repo"] = str(Path.cwd())
+    if _from_fab(c):
+        return config.load(None, layers=[c.config], **overrides)
     return config.load(c.config, **overrides)
+
+
+def _from_fab(c) -> bool:
+    fabric = sys.modules.get("fabric")  # only `fab` (or tasks/remote.py) imported it
+    return fabric is not None and isinstance(c.config, fabric.Config)
+
+
+def fleet_of(c, **overrides) -> Fleet:
+    """The one Fleet of this invocation: what every task that acts on the agents uses."""
+    return Fleet.open(settings(c, **overrides))
 
 
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -103,6 +128,11 @@ def _alias_letter_flags(contexts):
     return contexts
 
 
+def _ours(t: invoke.Task) -> bool:
+    """A task of this package (a mirrored remote task's body lives in tasks/remote.py)."""
+    return getattr(t.body, "__module__", "").startswith("parallel_autopilot.")
+
+
 class Namespace(invoke.Collection):
     """The Collection of our task modules (one-letter flags take ``--n`` too; see below)."""
 
@@ -110,13 +140,21 @@ class Namespace(invoke.Collection):
 # invoke gives a parameter ``n`` only ``-n``; the design writes ``agents.start
 # --n 5``. `inv` and `fab` load tasks.py's `ns` with Collection.from_module,
 # which copies it into a PLAIN Collection, so a subclass override never runs
-# there: the alias step goes on invoke's Collection itself. It only adds flags
-# that do not exist, so other collections in the process parse as before.
+# there and the step has to sit on invoke's Collection itself. It is scoped:
+# only the contexts of OUR tasks (by their body's module) get the alias and the
+# marker the parser patch below looks for; any other collection in the process
+# parses exactly as plain invoke does (tests/test_tasks_edge.py).
 _plain_to_contexts = invoke.Collection.to_contexts
+_MARK = "_parallel_autopilot"
 
 
 def _to_contexts_with_long_letter_flags(self, ignore_unknown_help=None):
-    return _alias_letter_flags(_plain_to_contexts(self, ignore_unknown_help=ignore_unknown_help))
+    contexts = _plain_to_contexts(self, ignore_unknown_help=ignore_unknown_help)
+    mine = [ctx for ctx in contexts if _ours(self[ctx.name])]
+    for ctx in mine:
+        setattr(ctx, _MARK, True)
+    _alias_letter_flags(mine)
+    return contexts
 
 
 invoke.Collection.to_contexts = _to_contexts_with_long_letter_flags
@@ -126,10 +164,14 @@ invoke.Collection.to_contexts = _to_contexts_with_long_letter_flags
 # gives a token to a task's missing positional argument BEFORE it looks for the core
 # --help/-h, so `issues.add --help` added an issue titled "--help". Help goes first
 # here (a value right after a flag that takes one, `--title --help`, stays a value).
+# invoke's Parser takes no parser class, so this too sits on its ParseMachine; it acts
+# only while the parser is in one of OUR tasks' contexts (marked above).
 _plain_handle = ParseMachine.handle
 
 
 def _handle_help_first(self, token):
+    if not getattr(self.context, _MARK, False):
+        return _plain_handle(self, token)
     if (token in ("--help", "-h") and self.current_state != "unknown" and self.context is not None
             and not self.waiting_for_flag_value and token not in self.context.flags
             and self.initial is not None and token in self.initial.flags):

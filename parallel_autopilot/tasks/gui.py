@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .. import fleet
-from .edge import Namespace, require_extra, settings, task
+from .edge import Namespace, fleet_of, require_extra, task
 
 
 @task(default=True, auto_shortflags=False, help={
@@ -18,12 +17,13 @@ def serve(c, port=None, host=None, open_=False, token=None, public=False):
     with require_extra("gui", "`parallel-autopilot gui`"):
         from ..gui import app  # FastAPI/uvicorn only when the GUI is wanted: `inv --list` works without
 
-    s = settings(c)
+    the_fleet = fleet_of(c)
+    s = the_fleet.settings
     if s.db_path.exists():
-        fleet.open_store(s)  # a damaged database is one line now, not a red banner later
+        the_fleet.store  # noqa: B018 - a damaged database is one line now, not a red banner later
     try:
         app.serve(s, host=host or s.gui_host, port=int(port if port is not None else s.gui_port),
-                  token=token, public=public, open_browser=open_,
+                  token=token, public=public, open_browser=open_, fleet=the_fleet,
                   echo=lambda line: print(line, flush=True))  # the URL shows at once, even through a pipe
     except KeyboardInterrupt:
         print("stopped", flush=True)  # Ctrl-C is how it is stopped: exit 0, not "interrupted"

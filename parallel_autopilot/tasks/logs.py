@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from .. import fleet
-from .edge import Namespace, settings, task
+from .edge import Namespace, fleet_of, task
 
 
 @task(help={"id": "only this agent (1, 01, 001 or agent-001); default: all, prefixed",
             "follow": "keep printing new lines until Ctrl-C", "lines": "how many past lines (default 50)"})
 def tail(c, id=None, follow=False, lines=50):
     """Print an agent's log (docs/logs/agents/<id>/agent.log); --follow streams it."""
-    for line in fleet.get_logs(settings(c), id, tail=int(lines), follow=follow):
+    for line in fleet_of(c).logs(id, tail=int(lines), follow=follow):
         print(line, flush=True)
 
 

@@ -22,15 +22,14 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import fabric
 import invoke
 
 from .. import config, remote
-from ..errors import AutopilotError, GitError, RemoteError
-from .edge import Namespace, emit_json, table, task
+from ..errors import AutopilotError, RemoteError
+from .edge import Namespace, emit_json, settings, table, task
 
 #: Tasks that run with a PTY when the named flag is set (None: always), so the
 #: remote side sees a terminal and Ctrl-C on the laptop stops it there.
@@ -38,24 +37,6 @@ INTERACTIVE: dict[str, str | None] = {"logs.tail": "follow", "agents.status": "w
 
 
 # -- settings and hosts ------------------------------------------------------------
-
-def remote_settings(c) -> config.Settings:
-    """The laptop's Settings, where the ``remote_*`` keys live.
-
-    Layers: DEFAULTS < the repository's invoke.yaml < ``~/.invoke.yaml`` (what
-    :func:`config.invoke_config` reads) < fab's own config (``~/.fabric.yaml``,
-    ``FABRIC_AUTOPILOT_*``, ``-f FILE``). Works outside a git repository too.
-    """
-    cfg = c.config
-    try:
-        repo = config.git_toplevel(Path.cwd())
-    except GitError:
-        repo = Path.cwd()
-    # _section drops copies of DEFAULTS (installed so env variables map), which
-    # would otherwise hide the lower layers
-    layers = {**config._section(config.invoke_config(repo)), **config._section(cfg)}
-    return config.load({"autopilot": layers}, repo=str(repo))
-
 
 def configured_hosts(settings: config.Settings) -> list[str]:
     """``autopilot.remote_hosts`` as a list (it may be a list or ``"a,b"``)."""
@@ -172,7 +153,7 @@ def _mirror_task(name: str, original: invoke.Task) -> invoke.Task:
 
 
 def _run_remote(c, name: str, argv: list[str], kwargs: dict[str, Any]) -> None:
-    s = remote_settings(c)
+    s = settings(c, anywhere=True)
     conns = connections(c, s)
     if len(conns) == 1:
         result = remote.run(conns[0], remote.program_command(s, name, argv), pty=_pty(name, kwargs))
@@ -316,7 +297,7 @@ class Executor(fabric.Executor):
         if given:
             return [h for h in given.split(",") if h]
         try:
-            return configured_hosts(remote_settings(invoke.Context(config=self.config)))
+            return configured_hosts(settings(invoke.Context(config=self.config), anywhere=True))
         except AutopilotError:
             return []
 
@@ -359,7 +340,7 @@ def _each_host(conns: list, job: Callable[[Any], None]) -> None:
             "python": "Python that creates the venv on the host (default python3)"})
 def setup(c, origin=None, python="python3"):
     """Install on the workstation: clone/update the checkout, venv, pip install -e, check Docker."""
-    s = remote_settings(c)
+    s = settings(c, anywhere=True)
     conns = connections(c, s)
     source = origin or s.remote_origin or remote.laptop_origin(s.repo)
     _each_host(conns, lambda conn: remote.setup(conn, s, source, base_python=python, progress=_say))
@@ -368,7 +349,7 @@ def setup(c, origin=None, python="python3"):
 @task(help={"ref": "the commit to bring the workstation to (default HEAD of this checkout; must be pushed)"})
 def sync(c, ref="HEAD"):
     """Bring the workstation's checkout to this checkout's pushed commit (refuses a dirty one)."""
-    s = remote_settings(c)
+    s = settings(c, anywhere=True)
     conns = connections(c, s)
     sha = remote.pushed_commit(s.repo, ref)
     _each_host(conns, lambda conn: remote.sync(conn, s, sha, progress=_say))
@@ -379,7 +360,7 @@ def sync(c, ref="HEAD"):
                           "same for a browser: the GUI accepts only its own port in the Host header)"})
 def gui(c, port=None, local_port=None):
     """Open the workstation's GUI here through an SSH tunnel (loopback on both ends); Ctrl-C stops."""
-    s = remote_settings(c)
+    s = settings(c, anywhere=True)
     conns = connections(c, s)
     if len(conns) != 1:
         raise RemoteError("remote.gui takes one host at a time: fab -H HOST remote.gui")
@@ -396,7 +377,7 @@ def gui(c, port=None, local_port=None):
 @task(name="test", help={"args": "arguments for pytest there, as one string (e.g. \"-x -m 'not docker'\")"})
 def test_(c, args=""):
     """Run the test suite (scripts/test.sh) in the workstation's checkout."""
-    s = remote_settings(c)
+    s = settings(c, anywhere=True)
     conns = connections(c, s)
     if len(conns) != 1:
         raise RemoteError("remote.test takes one host at a time: fab -H HOST remote.test")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import demo as demo_lib
-from .. import agentcli, fleet, image, worktrees
-from .edge import emit_json, settings, table, task
+from .. import agentcli, image, worktrees
+from .edge import emit_json, fleet_of, settings, table, task
 
 
 @task(help={"rebuild": "build even if the image is up to date",
@@ -39,12 +39,13 @@ def cleanup(c, force=False, json=False):
     listed) unless --force; issue branches (autopilot/issue-N) are deleted only
     when merged into the base - unmerged ones always stay, even with --force.
     """
-    s = settings(c)
-    stopped = fleet.stop_agents(s, progress=print if not json else lambda _: None)
+    the_fleet = fleet_of(c)
+    s = the_fleet.settings
+    stopped = the_fleet.stop(progress=print if not json else lambda _: None)
     if s.db_path.exists():  # results never live only in a clone that is about to go
         from .. import mergequeue
 
-        mergequeue.bring_home(s, fleet.open_store(s))
+        mergequeue.bring_home(s, the_fleet.store)
     report = worktrees.remove(s, force=force, keep_unsafe=True)
     dropped = worktrees.drop_merged_issue_branches(s)
     if json:

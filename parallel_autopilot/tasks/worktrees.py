@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .. import fleet, worktrees
-from .edge import Namespace, emit_json, settings, table, task
+from .. import worktrees
+from .edge import Namespace, emit_json, fleet_of, settings, table, task
 
 
 def _print(ws: list[worktrees.Worktree]) -> None:
@@ -23,8 +23,9 @@ def _print(ws: list[worktrees.Worktree]) -> None:
             "json": "machine-readable output"})
 def create(c, n, json=False):
     """Create (or reuse, or repair, or migrate) the agents' own clones .worktrees/agent-001.."""
-    s = settings(c)
-    made = worktrees.create(s, fleet.check_count(s, n, containers=False))
+    the_fleet = fleet_of(c)
+    made = worktrees.create(the_fleet.settings, the_fleet.check_count(n, containers=False),
+                            git=the_fleet.git)
     if json:
         emit_json([w.to_dict() for w in made])
     else:
