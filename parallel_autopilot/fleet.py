@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import agentcli, compose, containers, docker_client, image, issues, platform, queueaccess, snapshots, worktrees
 from .config import Settings
 from .git import Git
-from .errors import AgentNotFound, AgentsUnhealthy, Conflict, GitError, InvalidInput
+from .errors import AgentNotFound, AgentsUnhealthy, Conflict, GitError
 from .ids import agent_count, agent_id, agent_ids
 from .issues import IssueStore, IssueNotFound
 
@@ -97,20 +97,25 @@ _stores: dict[tuple, IssueStore] = {}
 _stores_lock = threading.Lock()
 
 
-def open_store(settings: Settings, *, git: Git | None = None) -> IssueStore:
+def open_store(settings: Settings, *, git: Git | None = None,
+               reconnect_seconds: float | None = None) -> IssueStore:
     """The shared issue store of this repository (one per database and process).
 
     Cached: the GUI asks for the agents several times a second, and an
     IssueStore is thread-safe and reconnects by itself after a fork.
+    ``reconnect_seconds`` bounds how long a PostgreSQL store waits for a server
+    that went away (the issues.* tasks, where a person waits, say so sooner).
     """
-    key = (settings.queue_target, settings.host, settings.max_attempts, settings.backoff_seconds)
+    key = (settings.queue_target, settings.host, settings.max_attempts, settings.backoff_seconds,
+           reconnect_seconds)
     with _stores_lock:
         store = _stores.get(key)
         if settings.queue:  # PostgreSQL (autopilot.queue): one backlog many hosts share
             if store is None:
+                options = {} if reconnect_seconds is None else {"reconnect_seconds": reconnect_seconds}
                 store = _stores[key] = issues.open_store(settings.queue, host=settings.host,
                                                          max_attempts=settings.max_attempts,
-                                                         backoff_seconds=settings.backoff_seconds)
+                                                         backoff_seconds=settings.backoff_seconds, **options)
             return store
         if store is None or not settings.db_path.exists():
             store = _stores[key] = IssueStore(settings.db_path, max_attempts=settings.max_attempts,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,27 +13,13 @@ from ..issues import IssueStore
 from .edge import Namespace, emit_json, print_table, settings, task
 
 INTERACTIVE_RECONNECT_SECONDS = 15.0
-_queues: dict[tuple, object] = {}
-_queues_lock = threading.Lock()
 
 
 def store_for(s: Settings):
-    """THE store of these settings: PostgreSQL when ``autopilot.queue`` is a URL, else SQLite.
-
-    Every host-side path should open the queue through here (or a fleet.open_store that
-    does the same); until fleet.open_store follows ``autopilot.queue`` the SQLite case
-    goes through it, so the orchestrator and these tasks share one cached store.
-    """
-    if not s.queue:
-        return fleet.open_store(s)
-    key = (s.queue, s.host, s.max_attempts, s.backoff_seconds)
-    with _queues_lock:
-        if key not in _queues:
-            # a person waits for these tasks: a server that is away is said within seconds
-            _queues[key] = issues.open_store(s.queue, host=s.host, max_attempts=s.max_attempts,
-                                             backoff_seconds=s.backoff_seconds,
-                                             reconnect_seconds=INTERACTIVE_RECONNECT_SECONDS)
-        return _queues[key]
+    """THE store of these settings (fleet.open_store): PostgreSQL when ``autopilot.queue``
+    is a URL, else SQLite; a person waits for these tasks, so a server that is away is
+    said within seconds."""
+    return fleet.open_store(s, reconnect_seconds=INTERACTIVE_RECONNECT_SECONDS if s.queue else None)
 
 
 def open_store(c) -> IssueStore:
