@@ -236,39 +236,6 @@ MIGRATIONS = [
 ]
 
 
-#: A claimed issue whose holder is gone: its lease expired, or its owner is an
-#: agent whose heartbeat (the agents table) has been silent since :stale_before.
-#: Only the claim's OWN (host, owner) row counts: another host's agent-001 says
-#: nothing about this one. With :stale_before NULL only expiry counts (host
-#: workers have no agent row).
-_ABANDONED = """status = 'claimed' AND (lease_until <= :now
-                     OR EXISTS (SELECT 1 FROM agents a WHERE a.host = issues.host AND a.id = issues.owner
-                                                        AND a.heartbeat_at < :stale_before))"""
-
-#: The claim's pick: the best eligible issue. One arm per status, each walking
-#: the issues_pick index in claim order and stopping at its first row; a single
-#: WHERE with OR would make SQLite sort every ready row on every claim. An
-#: abandoned issue competes in the same order, so it is taken ahead of newer
-#: issues of its priority, even while the queue is busy.
-_PICK = """
-    SELECT number, status, owner, token FROM (
-        SELECT * FROM (SELECT number, status, owner, token, rank, created_at FROM issues
-                       WHERE status = 'ready' AND due_at <= :now AND attempts < max_attempts
-                       ORDER BY rank, created_at, number LIMIT 1)
-        UNION ALL
-        SELECT * FROM (SELECT number, status, owner, token, rank, created_at FROM issues
-                       WHERE status = 'failed' AND due_at <= :now AND attempts < max_attempts
-                       ORDER BY rank, created_at, number LIMIT 1)
-        UNION ALL
-        SELECT * FROM (SELECT number, status, owner, token, rank, created_at FROM issues
-                       WHERE {abandoned} AND attempts < max_attempts
-                       ORDER BY rank, created_at, number LIMIT 1))
-    ORDER BY rank, created_at, number LIMIT 1""".format(abandoned=_ABANDONED)
-
-#: Abandoned issues whose last attempt it was: they become dead.
-_EXHAUSTED = f"""SELECT number FROM issues WHERE {_ABANDONED} AND attempts >= max_attempts"""
-
-
 @dataclass(frozen=True)
 class Issue:
     """One issue, as stored."""
@@ -796,6 +763,69 @@ class IssueStore:
 
     # -- the lease verbs ----------------------------------------------------
 
+    #: The claim: ONE statement picks the best eligible issue, leases it, counts the
+    #: attempt and bumps the fencing token (the trigger records the event). Eligible:
+    #: ready or failed and due, or abandoned - claimed, and the lease expired or the
+    #: owner's heartbeat (its OWN (host, id) row: another host's agent-001 is another
+    #: agent) is older than :stale_before (NULL: only expiry counts); attempts below
+    #: the limit, inside the pick, so an exhausted issue never blocks the queue.
+    #: One arm per status, each walking the issues_pick index in claim order and
+    #: stopping at its first row: a single WHERE with OR would make SQLite sort every
+    #: ready row on every claim. An abandoned issue competes in the same order, so it
+    #: is taken ahead of newer issues of its priority, even while the queue is busy.
+    _CLAIM = """
+        UPDATE issues SET status = 'claimed', owner = :worker, host = :host, token = token + 1,
+               attempts = attempts + 1, lease_until = :until, heartbeat_at = :now,
+               claimed_at = :now, updated_at = :now, transition = 'claimed', actor = :worker,
+               note = 'attempt ' || (attempts + 1) || ' of ' || max_attempts
+        WHERE number = (
+            SELECT number FROM (
+                SELECT * FROM (SELECT number, rank, created_at FROM issues
+                               WHERE status = 'ready' AND due_at <= :now AND attempts < max_attempts
+                               ORDER BY rank, created_at, number LIMIT 1)
+                UNION ALL
+                SELECT * FROM (SELECT number, rank, created_at FROM issues
+                               WHERE status = 'failed' AND due_at <= :now AND attempts < max_attempts
+                               ORDER BY rank, created_at, number LIMIT 1)
+                UNION ALL
+                SELECT * FROM (SELECT number, rank, created_at FROM issues i
+                               WHERE status = 'claimed' AND attempts < max_attempts
+                                 AND (lease_until <= :now
+                                      OR EXISTS (SELECT 1 FROM agents a WHERE a.host = i.host AND a.id = i.owner
+                                                                         AND a.heartbeat_at < :stale_before))
+                               ORDER BY rank, created_at, number LIMIT 1))
+            ORDER BY rank, created_at, number LIMIT 1)
+        RETURNING *"""
+
+    #: Before the claim: abandoned issues (as in :attr:`_CLAIM`) whose last attempt it was become dead.
+    _BURY = """
+        UPDATE issues SET status = 'dead', lease_until = NULL, updated_at = :now,
+               error = CASE WHEN lease_until <= :now THEN 'lease expired on the last attempt'
+                            ELSE 'agent heartbeat stale on the last attempt' END,
+               transition = 'dead', actor = owner,
+               note = CASE WHEN lease_until <= :now THEN 'lease expired' ELSE 'agent heartbeat stale' END
+        WHERE status = 'claimed' AND attempts >= max_attempts
+          AND (lease_until <= :now
+               OR EXISTS (SELECT 1 FROM agents a WHERE a.host = issues.host AND a.id = issues.owner
+                                                  AND a.heartbeat_at < :stale_before))"""
+
+    #: An idle agent polls often: "nothing to do" is answered from a read, without the
+    #: write lock. Two answers: is anything claimable (the arms of :attr:`_CLAIM`), is
+    #: anything to bury (:attr:`_BURY`). Each EXISTS stops at its first row.
+    _ANYTHING = """
+        SELECT EXISTS (SELECT 1 FROM issues WHERE status = 'ready' AND due_at <= :now AND attempts < max_attempts)
+            OR EXISTS (SELECT 1 FROM issues WHERE status = 'failed' AND due_at <= :now AND attempts < max_attempts)
+            OR EXISTS (SELECT 1 FROM issues i
+                       WHERE status = 'claimed' AND attempts < max_attempts
+                         AND (lease_until <= :now
+                              OR EXISTS (SELECT 1 FROM agents a WHERE a.host = i.host AND a.id = i.owner
+                                                                 AND a.heartbeat_at < :stale_before))),
+               EXISTS (SELECT 1 FROM issues i
+                       WHERE status = 'claimed' AND attempts >= max_attempts
+                         AND (lease_until <= :now
+                              OR EXISTS (SELECT 1 FROM agents a WHERE a.host = i.host AND a.id = i.owner
+                                                                 AND a.heartbeat_at < :stale_before)))"""
+
     def claim(self, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
               now: float | None = None, stale_after: float | None = None) -> Claim | None:
         """Lease the best eligible issue to ``worker``, or return None.
@@ -803,36 +833,18 @@ class IssueStore:
         Eligible: ready (or failed) and due, or abandoned - claimed with an
         expired lease, or (with ``stale_after``) held by an agent whose
         heartbeat has been silent that many seconds; and attempts below the
-        limit - inside the pick, so an exhausted issue never blocks the queue.
-        Best: priority urgent > high > medium > low, then oldest. An abandoned
-        issue whose attempts are used up is marked dead in the same call.
-        The previous holder is fenced out by the new token.
+        limit. Best: priority urgent > high > medium > low, then oldest. An
+        abandoned issue whose attempts are used up is marked dead in the same
+        call. The previous holder is fenced out by the new token.
         """
         now = self._now(now)
         params = {"now": now, "stale_before": None if stale_after is None else now - stale_after}
-        # an idle agent polls often: answer "nothing to do" from a read, without the write lock
-        eligible, exhausted = self._read(
-            f"SELECT EXISTS ({_PICK}), EXISTS ({_EXHAUSTED})", params)[0]
-        if not (eligible or exhausted):
+        claimable, to_bury = self._read(self._ANYTHING, params)[0]
+        if to_bury:
+            self._write(self._BURY, params)
+        if not claimable:
             return None
-        if exhausted:
-            self._write(
-                f"""UPDATE issues SET status = 'dead', lease_until = NULL, updated_at = :now,
-                          error = CASE WHEN lease_until <= :now THEN 'lease expired on the last attempt'
-                                       ELSE 'agent heartbeat stale on the last attempt' END,
-                          transition = 'dead', actor = owner,
-                          note = CASE WHEN lease_until <= :now THEN 'lease expired' ELSE 'agent heartbeat stale' END
-                   WHERE number IN ({_EXHAUSTED})""",
-                params)
-        # one statement: pick, lease, count the attempt, bump the token, and (trigger) the event
-        row = self._write(
-            f"""UPDATE issues SET status = 'claimed', owner = :worker, host = :host, token = token + 1,
-                      attempts = attempts + 1, lease_until = :until, heartbeat_at = :now,
-                      claimed_at = :now, updated_at = :now, transition = 'claimed', actor = :worker,
-                      note = 'attempt ' || (attempts + 1) || ' of ' || max_attempts
-               WHERE number = (SELECT number FROM ({_PICK}))
-               RETURNING *""",
-            {**params, "worker": worker, "host": self.host, "until": now + lease_seconds})
+        row = self._write(self._CLAIM, {**params, "worker": worker, "host": self.host, "until": now + lease_seconds})
         if row is None:
             return None
         issue = self._issue(row)

@@ -3,13 +3,11 @@
 The same public API and semantics as :class:`parallel_autopilot.issues.IssueStore`
 (read its docstring first); what differs is how PostgreSQL gives them:
 
-- **Claim**: ONE call of the function ``autopilot_claim`` (one round trip, one
-  transaction): the abandoned issues whose attempts are used up become dead, then
-  ONE UPDATE leases the best eligible issue, picked ``FOR UPDATE SKIP LOCKED``
-  (priority then age, attempts below the limit inside the pick), so concurrent
-  claimers on many hosts never wait for each other nor take the same row; the
-  ``issues_transition`` trigger appends the events. (A single statement with the
-  dead-marking as a CTE would record its events in an unpredictable order.)
+- **Claim**: ONE statement (``PgIssueStore._CLAIM``, beside ``claim``; one round
+  trip, one transaction): the abandoned issues whose attempts are used up become
+  dead, and ONE UPDATE leases the best eligible issue, picked ``FOR UPDATE SKIP
+  LOCKED`` (priority then age, attempts below the limit inside the pick), so
+  concurrent claimers on many hosts never wait for each other nor take the same row.
 - **Fencing**: every renew/complete/fail/release is one ``UPDATE ... WHERE number
   AND token AND status = 'claimed'``. Under READ COMMITTED a concurrent writer of
   the row makes PostgreSQL re-check that WHERE on the committed row, so a stale
@@ -256,16 +254,14 @@ MIGRATIONS: list[list[str]] = [
                RETURNING i.*;
            END $$""",
     ],
+    # 4: the claim is one statement of the store's own (PgIssueStore._CLAIM), no stored function
+    ["DROP FUNCTION autopilot_claim(float8, float8, text, float8, text, text)"],
 ]
 
 _ISSUE_FIELDS = frozenset(Issue.__dataclass_fields__)
 
 #: Columns of ``issues`` that are the store's own bookkeeping, not part of an Issue.
 INTERNAL_COLUMNS = ("rank", "transition", "actor", "note", "claim_nonce")
-
-#: The claim: ONE call, ONE transaction (see the function autopilot_claim in MIGRATIONS).
-_CLAIM = """SELECT * FROM autopilot_claim(CAST(:now AS float8), CAST(:stale_after AS float8), :worker,
-                                          CAST(:lease AS float8), :nonce, CAST(:host AS text))"""
 
 _REFUSE = f"""
 INSERT INTO events (at, issue, kind, worker, token, detail)
@@ -656,6 +652,59 @@ class PgIssueStore:
 
     # -- the lease verbs ----------------------------------------------------
 
+    #: The claim: ONE statement, one round trip, one transaction. ``bury``: the abandoned
+    #: issues whose attempts are used up become dead; their events are written here in
+    #: number order (transition NULL keeps the trigger out), so the audit trail reads
+    #: as SQLite's does, ahead of the claim's own event (the trigger fires at the end of
+    #: the statement). ``pick``: the best eligible issue - ready or failed and due, or
+    #: abandoned (claimed, and the lease expired or the heartbeat of the claim's OWN
+    #: (host, owner) agent older than :stale_after seconds; NULL: only expiry counts) -
+    #: attempts below the limit, priority then age, FOR UPDATE SKIP LOCKED: concurrent
+    #: claimers on many hosts neither wait for each other nor take the same row. One
+    #: condition the partial index issues_pick serves in claim order (an OR of arms
+    #: would sort every open issue). The two sets are disjoint (attempts >= / < max).
+    _CLAIM = """
+        WITH clock AS (SELECT t.now, t.now - CAST(:stale_after AS float8) AS stale_before
+                       FROM (SELECT COALESCE(CAST(:now AS float8), CAST(EXTRACT(EPOCH FROM now()) AS float8))
+                             AS now) t),
+        bury AS (
+            UPDATE issues d SET status = 'dead', lease_until = NULL, updated_at = clock.now,
+                   error = CASE WHEN d.lease_until <= clock.now THEN 'lease expired on the last attempt'
+                                ELSE 'agent heartbeat stale on the last attempt' END,
+                   transition = NULL, actor = d.owner,
+                   note = CASE WHEN d.lease_until <= clock.now THEN 'lease expired' ELSE 'agent heartbeat stale' END
+            FROM clock
+            WHERE d.number IN (
+                SELECT number FROM issues x, clock
+                WHERE x.status = 'claimed' AND x.attempts >= x.max_attempts
+                  AND (x.lease_until <= clock.now
+                       OR EXISTS (SELECT 1 FROM agents a WHERE a.host = x.host AND a.id = x.owner
+                                                          AND a.heartbeat_at < clock.stale_before))
+                FOR UPDATE OF x SKIP LOCKED)
+            RETURNING d.number, d.updated_at, d.actor, d.token, d.note),
+        buried AS (
+            INSERT INTO events (at, issue, kind, worker, token, detail)
+            SELECT updated_at, number, 'dead', actor, token, note FROM bury ORDER BY number),
+        pick AS (
+            SELECT number FROM issues p, clock
+            WHERE p.status IN ('ready', 'failed', 'claimed') AND p.attempts < p.max_attempts
+              AND CASE WHEN p.status = 'claimed'
+                       THEN p.lease_until <= clock.now
+                            OR EXISTS (SELECT 1 FROM agents a WHERE a.host = p.host AND a.id = p.owner
+                                                               AND a.heartbeat_at < clock.stale_before)
+                       ELSE p.due_at <= clock.now END
+            ORDER BY p.rank, p.created_at, p.number
+            LIMIT 1
+            FOR UPDATE OF p SKIP LOCKED)
+        UPDATE issues i SET status = 'claimed', owner = :worker, host = :host, token = i.token + 1,
+               attempts = i.attempts + 1, lease_until = clock.now + CAST(:lease AS float8),
+               heartbeat_at = clock.now, claimed_at = clock.now, updated_at = clock.now,
+               transition = 'claimed', actor = :worker,
+               note = 'attempt ' || (i.attempts + 1) || ' of ' || i.max_attempts, claim_nonce = :nonce
+        FROM pick, clock
+        WHERE i.number = pick.number
+        RETURNING i.*"""
+
     def claim(self, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
               now: float | None = None, stale_after: float | None = None) -> Claim | None:
         """Lease the best eligible issue to ``worker``, or return None (see IssueStore.claim)."""
@@ -670,7 +719,7 @@ class PgIssueStore:
                               nonce=nonce)
             return rows[0] if rows else None
 
-        row = self._retrying(lambda conn: next(iter(self._rows(conn, _CLAIM, **params)), False), verify)
+        row = self._retrying(lambda conn: next(iter(self._rows(conn, self._CLAIM, **params)), False), verify)
         if not row:
             return None
         issue = self._issue(row)
