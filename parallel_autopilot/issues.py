@@ -67,10 +67,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from . import defaults as _defaults
 from . import forksafe
 from .errors import Conflict, DatabaseDamaged, InvalidInput, IssueNotFound, LeaseLost
+# what an issue or a result may say is checked where issues are read in (named here too: callers)
+from .issuefile import PRIORITIES, RESULT_FIELDS, validate_fields, validate_result  # noqa: F401
 # the network-filesystem refusal lives with the rest of the host facts; named here too (tests, callers)
 from .platform import UNSAFE_FILESYSTEMS, check_filesystem, filesystem_type  # noqa: F401
 
-PRIORITIES = ("urgent", "high", "medium", "low")
 STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked", "empty", "merged", "rejected")
 DEFAULT_LEASE_SECONDS = _defaults.LEASE_SECONDS
 DEFAULT_MAX_ATTEMPTS = _defaults.MAX_ATTEMPTS
@@ -446,69 +447,6 @@ def _inspect_wal(db: Path, wal: Path, page_size: int, app_id: int) -> None:
                 handle.seek(wal_page, os.SEEK_CUR)
 
 
-#: What a completion may record about the attempt.
-RESULT_FIELDS = ("branch", "commit", "duration", "check_status", "check_duration", "check_output", "usage")
-
-
-def _as_result(result: Mapping[str, Any] | None) -> dict[str, Any]:
-    result = dict(result or {})
-    unknown = set(result) - set(RESULT_FIELDS)
-    if unknown:
-        raise InvalidInput(f"unknown result field(s) {sorted(unknown)}: use {', '.join(RESULT_FIELDS)}")
-    return result
-
-
-def _invalid(where: str, field: Any, problem: str) -> InvalidInput:
-    err = InvalidInput(f"{where}: {problem}")
-    err.field = field  # which field is at fault: an issue file reports that field's line
-    return err
-
-
-def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, Any]:
-    """Check one issue's fields for :meth:`IssueStore.add`; return them normalised.
-
-    The InvalidInput raised names the field at fault in its ``field`` attribute
-    (None when the item as a whole is wrong).
-    """
-    if not isinstance(item, Mapping):
-        raise _invalid(where, None, f"expected a mapping with at least a title, got {type(item).__name__}")
-    allowed = {"number", "title", "body", "priority", "script", "check", "max_attempts"}
-    unknown = sorted(set(item) - allowed, key=str)
-    if unknown:
-        raise _invalid(where, unknown[0], f"unknown field(s) {', '.join(map(str, unknown))}; "
-                                          f"allowed: {', '.join(sorted(allowed))}")
-    title = item.get("title")
-    if not isinstance(title, str) or not title.strip():
-        raise _invalid(where, "title" if "title" in item else None, "a non-empty 'title' is required")
-    priority = item.get("priority", "medium")
-    if priority not in PRIORITIES:
-        raise _invalid(where, "priority", f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
-    body = item.get("body", "")
-    script = item.get("script")
-    if not isinstance(body, str):
-        raise _invalid(where, "body", "'body' must be text")
-    if script is not None and not isinstance(script, str):
-        raise _invalid(where, "script", "'script' must be text")
-    check = item.get("check")
-    if check is not None and (not isinstance(check, str) or not check.strip()):
-        raise _invalid(where, "check", "'check' must be a non-empty command")
-    number = item.get("number")
-    if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 1):
-        raise _invalid(where, "number", "'number' must be a positive integer")
-    max_attempts = item.get("max_attempts")
-    if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1):
-        raise _invalid(where, "max_attempts", "'max_attempts' must be a positive integer")
-    return {
-        "number": number,
-        "title": title.strip(),
-        "body": body,
-        "priority": priority,
-        "script": script,
-        "check": check,
-        "max_attempts": max_attempts,
-    }
-
-
 #: Connections inherited across fork() (see forksafe): SQLite's close path in the child
 #: would run on the parent's locks and WAL state
 #: (https://www.sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_;
@@ -870,7 +808,7 @@ class IssueStore:
                  now: float | None = None) -> Issue:
         """Mark the claimed issue done with its result (branch, commit, duration)."""
         now = self._now(now)
-        result = _as_result(result)
+        result = validate_result(result)
         return self._fenced(
             claim, "complete", now,
             """UPDATE issues SET status = 'done', lease_until = NULL, branch = :branch,
@@ -899,7 +837,7 @@ class IssueStore:
         now = self._now(now)
         attempts = max(claim.issue.attempts, 1)
         backoff = self.backoff_seconds * 2 ** (attempts - 1)
-        check = _as_result(check)
+        check = validate_result(check)
         issue = self._fenced(
             claim, "fail", now,
             """UPDATE issues SET
@@ -928,7 +866,7 @@ class IssueStore:
         puts it back).
         """
         now = self._now(now)
-        result = _as_result(result)
+        result = validate_result(result)
         return self._fenced(
             claim, "empty", now,
             """UPDATE issues SET status = 'empty', lease_until = NULL, branch = :branch, commit_sha = NULL,

@@ -49,9 +49,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from . import forksafe
 from .errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, QueueUnavailable
 from .issues import (
-    DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, PRIORITIES, STATUSES,
-    AgentRow, Claim, Event, Issue, _as_result, agent_key, validate_fields,
+    DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES,
+    AgentRow, Claim, Event, Issue, agent_key,
 )
+from .issuefile import PRIORITIES, validate_fields, validate_result
 
 log = logging.getLogger(__name__)
 
@@ -745,7 +746,7 @@ class PgIssueStore:
                  now: float | None = None) -> Issue:
         """Mark the claimed issue done with its result (branch, commit, duration, check, usage)."""
         now = self._now(now)
-        result = _as_result(result)
+        result = validate_result(result)
         return self._issue(self._fenced(claim, "complete", now, f"""
             UPDATE issues SET status = 'done', lease_until = NULL, branch = :branch, commit_sha = :commit,
                    duration = CAST(:duration AS float8), error = NULL, updated_at = {NOW},
@@ -770,7 +771,7 @@ class PgIssueStore:
         now = self._now(now)
         attempts = max(claim.issue.attempts, 1)
         backoff = self.backoff_seconds * 2 ** (attempts - 1)
-        check = _as_result(check)
+        check = validate_result(check)
         return self._issue(self._fenced(claim, "fail", now, f"""
             UPDATE issues SET
                    status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
@@ -792,7 +793,7 @@ class PgIssueStore:
     def empty(self, claim: Claim, result: Mapping[str, Any] | None = None, now: float | None = None) -> Issue:
         """The attempt succeeded but changed nothing: status ``empty`` (as :meth:`IssueStore.empty`)."""
         now = self._now(now)
-        result = _as_result(result)
+        result = validate_result(result)
         return self._issue(self._fenced(claim, "empty", now, f"""
             UPDATE issues SET status = 'empty', lease_until = NULL, branch = :branch, commit_sha = NULL,
                    duration = CAST(:duration AS float8), error = 'the attempt changed nothing',
