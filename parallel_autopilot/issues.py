@@ -60,22 +60,21 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from . import defaults as _defaults
 from . import forksafe
 from .errors import Conflict, DatabaseDamaged, InvalidInput, IssueNotFound, LeaseLost
+# what both stores hand out, and their defaults (named here too: the callers' one import)
+from .records import (  # noqa: F401
+    DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES,
+    AgentRow, Claim, Event, Issue, agent_key, issue_from_row,
+)
 # what an issue or a result may say is checked where issues are read in (named here too: callers)
 from .issuefile import PRIORITIES, RESULT_FIELDS, validate_fields, validate_result  # noqa: F401
 # the network-filesystem refusal lives with the rest of the host facts; named here too (tests, callers)
 from .platform import UNSAFE_FILESYSTEMS, check_filesystem, filesystem_type  # noqa: F401
 
-STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked", "empty", "merged", "rejected")
-DEFAULT_LEASE_SECONDS = _defaults.LEASE_SECONDS
-DEFAULT_MAX_ATTEMPTS = _defaults.MAX_ATTEMPTS
-DEFAULT_BACKOFF_SECONDS = float(_defaults.BACKOFF_SECONDS)
 DEFAULT_BUSY_TIMEOUT = 30.0
 
 #: Appends the audit event an UPDATE names (transition, actor, note), in the same statement.
@@ -235,99 +234,6 @@ MIGRATIONS = [
         "ALTER TABLE agents_v5 RENAME TO agents",
     ],
 ]
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One issue, as stored."""
-
-    number: int
-    title: str
-    body: str
-    priority: str
-    script: str | None
-    status: str
-    attempts: int
-    max_attempts: int
-    due_at: float
-    owner: str | None
-    token: int
-    lease_until: float | None
-    heartbeat_at: float | None
-    claimed_at: float | None
-    branch: str | None
-    commit: str | None
-    duration: float | None
-    error: str | None
-    created_at: float
-    updated_at: float
-    check: str | None = None  # this issue's check command (None: the repository's)
-    check_status: str | None = None  # passed | failed | timeout | none (no check configured)
-    check_duration: float | None = None
-    check_output: str | None = None  # the check's last lines
-    feedback: str | None = None  # the report the next attempt's prompt carries
-    completed_at: float | None = None
-    merge_commit: str | None = None
-    merged_at: float | None = None
-    usage: dict | None = None  # model usage summed over attempts (tokens, cost)
-    host: str | None = None  # the host of the agent that (last) claimed it; None: never claimed
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A lease on one issue: who holds it, with which token, until when."""
-
-    issue: Issue
-    token: int
-    worker: str
-    lease_until: float
-
-    @property
-    def number(self) -> int:
-        return self.issue.number
-
-
-@dataclass(frozen=True)
-class Event:
-    """One row of the append-only audit trail."""
-
-    id: int
-    at: float
-    issue: int | None
-    kind: str
-    worker: str | None
-    token: int | None
-    detail: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class AgentRow:
-    """What an agent last said about itself (its heartbeat); keyed by (host, id)."""
-
-    id: str
-    state: str
-    issue: int | None
-    token: int | None
-    heartbeat_at: float
-    started_at: float
-    incarnation: str | None
-    host: str | None
-    pid: int | None
-    waiting_until: float | None = None  # state "quota": waiting for a model limit to reset
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def agent_key(agent_id: str, host: str | None, own_host: str) -> str:
-    """How a result names an agent: ``agent-001`` on ``own_host``, ``agent-001@ws2`` on another."""
-    return agent_id if host == own_host else f"{agent_id}@{host}"
 
 
 #: Snapshots of the database live in this directory next to it (see :mod:`.snapshots`).
@@ -963,6 +869,70 @@ class IssueStore:
             f"{verb} refused; the issue belongs to a newer claim or was changed"
         )
 
+    # -- operator verbs -----------------------------------------------------
+
+    def retry(self, number: int, now: float | None = None) -> Issue:
+        """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
+        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready", "empty",
+                                                     "rejected"),
+                              "status = 'ready', attempts = 0, due_at = :now, error = NULL")
+
+    def block(self, number: int, now: float | None = None) -> Issue:
+        """Take a ready or failed issue out of the queue until retried."""
+        return self._operator(number, "block", now, ("ready", "failed", "blocked"), "status = 'blocked'")
+
+    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str) -> Issue:
+        now = self._now(now)
+        with self.transaction() as conn:
+            row = conn.execute("SELECT status, owner FROM issues WHERE number = ?", (number,)).fetchone()
+            if row is None:
+                raise IssueNotFound(f"no issue #{number}: see `issues.list`")
+            if row["status"] not in allowed:
+                raise Conflict(
+                    f"issue #{number} is {row['status']}"
+                    + (f" by {row['owner']}" if row["status"] == "claimed" else "")
+                    + f": cannot {verb} it now (stop its agent first, or wait)"
+                )
+            conn.execute(f"""UPDATE issues SET {assignment}, updated_at = :now,
+                                    transition = :verb, actor = 'operator', note = NULL
+                             WHERE number = :number""",
+                         {"now": now, "number": number, "verb": verb})
+        return self.get(number)
+
+    # -- the agents registry ------------------------------------------------
+    # Who works where: one row per agent, keyed by (host, id) - agent ids repeat on every
+    # host of a shared queue. Its own section, not its own module: freeing a silent
+    # agent's claims is one transaction over this table AND the issues, on this store's
+    # connection.
+
+
+    def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
+                        token: int | None = None, incarnation: str | None = None,
+                        pid: int | None = None, now: float | None = None,
+                        waiting_until: float | None = None) -> None:
+        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
+        now = self._now(now)
+        with self.transaction() as conn:
+            conn.execute(
+                """INSERT INTO agents (host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid,
+                                      waiting_until)
+                   VALUES (:host, :id, :state, :issue, :token, :now, :now, :inc, :pid, :waiting)
+                   ON CONFLICT (host, id) DO UPDATE SET state = :state, issue = :issue, token = :token,
+                          waiting_until = :waiting, heartbeat_at = :now, pid = COALESCE(:pid, pid),
+                          started_at = CASE WHEN incarnation IS :inc THEN started_at ELSE :now END,
+                          incarnation = :inc""",
+                {"host": self.host, "id": agent_id, "state": state, "issue": issue, "token": token, "now": now,
+                 "inc": incarnation, "pid": pid, "waiting": waiting_until},
+            )
+
+    def agents(self, host: str | None = None) -> list[AgentRow]:
+        """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""
+        if host is None:
+            rows = self._read("SELECT * FROM agents ORDER BY id, host")
+        else:
+            rows = self._read("SELECT * FROM agents WHERE host = ? ORDER BY id", (host,))
+        return [AgentRow(**dict(r)) for r in rows]
+
     def release_agent(self, agent_id: str, now: float | None = None, reason: str = "agent gone") -> list[int]:
         """Free at once every claim held by this host's ``agent_id`` (crash recovery).
 
@@ -1016,77 +986,9 @@ class IssueStore:
                     freed[agent_key(owner, host, self.host)] = numbers
         return freed
 
-    # -- operator verbs -----------------------------------------------------
-
-    def retry(self, number: int, now: float | None = None) -> Issue:
-        """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
-        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready", "empty",
-                                                     "rejected"),
-                              "status = 'ready', attempts = 0, due_at = :now, error = NULL")
-
-    def block(self, number: int, now: float | None = None) -> Issue:
-        """Take a ready or failed issue out of the queue until retried."""
-        return self._operator(number, "block", now, ("ready", "failed", "blocked"), "status = 'blocked'")
-
-    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str) -> Issue:
-        now = self._now(now)
-        with self.transaction() as conn:
-            row = conn.execute("SELECT status, owner FROM issues WHERE number = ?", (number,)).fetchone()
-            if row is None:
-                raise IssueNotFound(f"no issue #{number}: see `issues.list`")
-            if row["status"] not in allowed:
-                raise Conflict(
-                    f"issue #{number} is {row['status']}"
-                    + (f" by {row['owner']}" if row["status"] == "claimed" else "")
-                    + f": cannot {verb} it now (stop its agent first, or wait)"
-                )
-            conn.execute(f"""UPDATE issues SET {assignment}, updated_at = :now,
-                                    transition = :verb, actor = 'operator', note = NULL
-                             WHERE number = :number""",
-                         {"now": now, "number": number, "verb": verb})
-        return self.get(number)
-
-    # -- agents -------------------------------------------------------------
-
-    def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
-                        token: int | None = None, incarnation: str | None = None,
-                        pid: int | None = None, now: float | None = None,
-                        waiting_until: float | None = None) -> None:
-        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
-        now = self._now(now)
-        with self.transaction() as conn:
-            conn.execute(
-                """INSERT INTO agents (host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid,
-                                      waiting_until)
-                   VALUES (:host, :id, :state, :issue, :token, :now, :now, :inc, :pid, :waiting)
-                   ON CONFLICT (host, id) DO UPDATE SET state = :state, issue = :issue, token = :token,
-                          waiting_until = :waiting, heartbeat_at = :now, pid = COALESCE(:pid, pid),
-                          started_at = CASE WHEN incarnation IS :inc THEN started_at ELSE :now END,
-                          incarnation = :inc""",
-                {"host": self.host, "id": agent_id, "state": state, "issue": issue, "token": token, "now": now,
-                 "inc": incarnation, "pid": pid, "waiting": waiting_until},
-            )
-
-    def agents(self, host: str | None = None) -> list[AgentRow]:
-        """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""
-        if host is None:
-            rows = self._read("SELECT * FROM agents ORDER BY id, host")
-        else:
-            rows = self._read("SELECT * FROM agents WHERE host = ? ORDER BY id", (host,))
-        return [AgentRow(**dict(r)) for r in rows]
-
     # -- reading ------------------------------------------------------------
 
-    @staticmethod
-    def _issue(row: sqlite3.Row) -> Issue:
-        data = dict(row)
-        for internal in ("rank", "transition", "actor", "note"):
-            data.pop(internal, None)
-        data["commit"] = data.pop("commit_sha")
-        data["check"] = data.pop("check_cmd", None)
-        if data.get("usage"):
-            data["usage"] = json.loads(data["usage"])
-        return Issue(**data)
+    _issue = staticmethod(issue_from_row)
 
     def get(self, number: int) -> Issue:
         """The issue with that number; IssueNotFound if there is none."""

@@ -48,9 +48,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import forksafe
 from .errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, QueueUnavailable
-from .issues import (
+from .records import (
     DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES,
-    AgentRow, Claim, Event, Issue, agent_key,
+    AgentRow, Claim, Event, Issue, agent_key, issue_from_row,
 )
 from .issuefile import PRIORITIES, validate_fields, validate_result
 
@@ -258,11 +258,6 @@ MIGRATIONS: list[list[str]] = [
     # 4: the claim is one statement of the store's own (PgIssueStore._CLAIM), no stored function
     ["DROP FUNCTION autopilot_claim(float8, float8, text, float8, text, text)"],
 ]
-
-_ISSUE_FIELDS = frozenset(Issue.__dataclass_fields__)
-
-#: Columns of ``issues`` that are the store's own bookkeeping, not part of an Issue.
-INTERNAL_COLUMNS = ("rank", "transition", "actor", "note", "claim_nonce")
 
 _REFUSE = f"""
 INSERT INTO events (at, issue, kind, worker, token, detail)
@@ -902,6 +897,71 @@ class PgIssueStore:
             )
         return row
 
+    # -- operator verbs -----------------------------------------------------
+
+    def retry(self, number: int, now: float | None = None) -> Issue:
+        """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
+        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready", "empty",
+                                                     "rejected"),
+                              f"status = 'ready', attempts = 0, due_at = {NOW}, error = NULL")
+
+    def block(self, number: int, now: float | None = None) -> Issue:
+        """Take a ready or failed issue out of the queue until retried."""
+        return self._operator(number, "block", now, ("ready", "failed", "blocked"), "status = 'blocked'")
+
+    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str) -> Issue:
+        now = self._now(now)
+
+        def op(conn):
+            with self._transaction(conn):
+                rows = conn.run("SELECT status, owner FROM issues WHERE number = CAST(:n AS bigint) FOR UPDATE",
+                                n=int(number))
+                if not rows:
+                    raise IssueNotFound(f"no issue #{number}: see `issues.list`")
+                status, owner = rows[0]
+                if status not in allowed:
+                    raise Conflict(f"issue #{number} is {status}" + (f" by {owner}" if status == "claimed" else "")
+                                   + f": cannot {verb} it now (stop its agent first, or wait)")
+                return self._rows(conn, f"""UPDATE issues SET {assignment}, updated_at = {NOW},
+                                                transition = :verb, actor = 'operator', note = NULL
+                                            WHERE number = CAST(:n AS bigint) RETURNING *""",
+                                  now=now, n=int(number), verb=verb)[0]
+
+        return self._issue(self._retrying(op))
+
+    # -- the agents registry ------------------------------------------------
+    # Who works where: one row per agent, keyed by (host, id) - agent ids repeat on every
+    # host of a shared queue. Its own section, not its own module: freeing a silent
+    # agent's claims is one transaction over this table AND the issues, on this store's
+    # connection.
+
+
+    def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
+                        token: int | None = None, incarnation: str | None = None,
+                        pid: int | None = None, now: float | None = None,
+                        waiting_until: float | None = None) -> None:
+        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
+        now = self._now(now)
+        self._retrying(lambda conn: self._exec(
+            conn, f"""INSERT INTO agents AS a (host, id, state, issue, token, heartbeat_at, started_at, incarnation,
+                                          pid, waiting_until)
+                VALUES (:host, :id, :state, CAST(:issue AS bigint), CAST(:token AS bigint), {NOW}, {NOW}, :inc,
+                        CAST(:pid AS integer), CAST(:waiting AS float8))
+                ON CONFLICT (host, id) DO UPDATE SET state = EXCLUDED.state, issue = EXCLUDED.issue,
+                       token = EXCLUDED.token, heartbeat_at = EXCLUDED.heartbeat_at,
+                       waiting_until = EXCLUDED.waiting_until, pid = COALESCE(EXCLUDED.pid, a.pid),
+                       started_at = CASE WHEN a.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
+                                         THEN a.started_at ELSE EXCLUDED.started_at END,
+                       incarnation = EXCLUDED.incarnation""",
+            id=agent_id, state=state, issue=issue, token=token, now=now, inc=incarnation, host=self.host, pid=pid,
+            waiting=waiting_until))
+
+    def agents(self, host: str | None = None) -> list[AgentRow]:
+        """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""
+        if host is None:
+            return [AgentRow(**r) for r in self._read("SELECT * FROM agents ORDER BY id, host")]
+        return [AgentRow(**r) for r in self._read("SELECT * FROM agents WHERE host = :h ORDER BY id", h=host)]
+
     def release_agent(self, agent_id: str, now: float | None = None, reason: str = "agent gone") -> list[int]:
         """Free at once every claim held by this host's ``agent_id`` (crash recovery; the attempt counts)."""
         now = self._now(now)
@@ -950,79 +1010,9 @@ class PgIssueStore:
 
         return self._retrying(op)
 
-    # -- operator verbs -----------------------------------------------------
-
-    def retry(self, number: int, now: float | None = None) -> Issue:
-        """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
-        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready", "empty",
-                                                     "rejected"),
-                              f"status = 'ready', attempts = 0, due_at = {NOW}, error = NULL")
-
-    def block(self, number: int, now: float | None = None) -> Issue:
-        """Take a ready or failed issue out of the queue until retried."""
-        return self._operator(number, "block", now, ("ready", "failed", "blocked"), "status = 'blocked'")
-
-    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str) -> Issue:
-        now = self._now(now)
-
-        def op(conn):
-            with self._transaction(conn):
-                rows = conn.run("SELECT status, owner FROM issues WHERE number = CAST(:n AS bigint) FOR UPDATE",
-                                n=int(number))
-                if not rows:
-                    raise IssueNotFound(f"no issue #{number}: see `issues.list`")
-                status, owner = rows[0]
-                if status not in allowed:
-                    raise Conflict(f"issue #{number} is {status}" + (f" by {owner}" if status == "claimed" else "")
-                                   + f": cannot {verb} it now (stop its agent first, or wait)")
-                return self._rows(conn, f"""UPDATE issues SET {assignment}, updated_at = {NOW},
-                                                transition = :verb, actor = 'operator', note = NULL
-                                            WHERE number = CAST(:n AS bigint) RETURNING *""",
-                                  now=now, n=int(number), verb=verb)[0]
-
-        return self._issue(self._retrying(op))
-
-    # -- agents -------------------------------------------------------------
-
-    def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
-                        token: int | None = None, incarnation: str | None = None,
-                        pid: int | None = None, now: float | None = None,
-                        waiting_until: float | None = None) -> None:
-        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
-        now = self._now(now)
-        self._retrying(lambda conn: self._exec(
-            conn, f"""INSERT INTO agents AS a (host, id, state, issue, token, heartbeat_at, started_at, incarnation,
-                                          pid, waiting_until)
-                VALUES (:host, :id, :state, CAST(:issue AS bigint), CAST(:token AS bigint), {NOW}, {NOW}, :inc,
-                        CAST(:pid AS integer), CAST(:waiting AS float8))
-                ON CONFLICT (host, id) DO UPDATE SET state = EXCLUDED.state, issue = EXCLUDED.issue,
-                       token = EXCLUDED.token, heartbeat_at = EXCLUDED.heartbeat_at,
-                       waiting_until = EXCLUDED.waiting_until, pid = COALESCE(EXCLUDED.pid, a.pid),
-                       started_at = CASE WHEN a.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
-                                         THEN a.started_at ELSE EXCLUDED.started_at END,
-                       incarnation = EXCLUDED.incarnation""",
-            id=agent_id, state=state, issue=issue, token=token, now=now, inc=incarnation, host=self.host, pid=pid,
-            waiting=waiting_until))
-
-    def agents(self, host: str | None = None) -> list[AgentRow]:
-        """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""
-        if host is None:
-            return [AgentRow(**r) for r in self._read("SELECT * FROM agents ORDER BY id, host")]
-        return [AgentRow(**r) for r in self._read("SELECT * FROM agents WHERE host = :h ORDER BY id", h=host)]
-
     # -- reading ------------------------------------------------------------
 
-    @staticmethod
-    def _issue(row: Mapping[str, Any]) -> Issue:
-        data = dict(row)
-        for internal in INTERNAL_COLUMNS:
-            data.pop(internal, None)
-        data["commit"] = data.pop("commit_sha")
-        data["check"] = data.pop("check_cmd", None)
-        if data.get("usage"):
-            data["usage"] = json.loads(data["usage"])
-        # a column a newer version added (one host upgraded before the others) is not ours to show
-        return Issue(**{k: v for k, v in data.items() if k in _ISSUE_FIELDS})
+    _issue = staticmethod(issue_from_row)
 
     def get(self, number: int) -> Issue:
         """The issue with that number; IssueNotFound if there is none."""
