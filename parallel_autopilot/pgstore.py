@@ -204,7 +204,7 @@ MIGRATIONS: list[list[str]] = [
     # 3 (SQLite's 5): an agent's identity is (host, id), agent ids repeat on every host.
     # issues.host is the claiming agent's host; the agents table is keyed by (host, id);
     # rows that exist get :host, the migrating store's; the backfill is no event
-    # (transition NULL). The claim matches a heartbeat of the claim's OWN (host, owner).
+    # (transition NULL).
     [
         "ALTER TABLE issues ADD COLUMN host text",
         "UPDATE issues SET host = :host, transition = NULL WHERE claimed_at IS NOT NULL",
@@ -214,49 +214,11 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE agents ADD PRIMARY KEY (host, id)",
         "DROP INDEX issues_owner",
         "CREATE INDEX issues_owner ON issues (owner, host) WHERE status = 'claimed'",
+        # the claim is one statement of the store's own now (PgIssueStore._CLAIM)
         "DROP FUNCTION autopilot_claim(float8, float8, text, float8, text)",
-        """CREATE FUNCTION autopilot_claim(p_now float8, p_stale_after float8, p_worker text,
-                                           p_lease float8, p_nonce text, p_host text)
-           RETURNS SETOF issues LANGUAGE plpgsql AS $$
-           DECLARE
-               t_now float8 := COALESCE(p_now, CAST(EXTRACT(EPOCH FROM now()) AS float8));
-               t_stale float8 := t_now - p_stale_after;
-               r record;
-           BEGIN
-               FOR r IN SELECT number FROM issues i
-                        WHERE status = 'claimed' AND attempts >= max_attempts
-                          AND (lease_until <= t_now
-                               OR EXISTS (SELECT 1 FROM agents a WHERE a.host = i.host AND a.id = i.owner
-                                                                  AND a.heartbeat_at < t_stale))
-                        ORDER BY number FOR UPDATE SKIP LOCKED LOOP
-                   UPDATE issues SET status = 'dead', lease_until = NULL, updated_at = t_now,
-                          error = CASE WHEN lease_until <= t_now THEN 'lease expired on the last attempt'
-                                       ELSE 'agent heartbeat stale on the last attempt' END,
-                          transition = 'dead', actor = owner,
-                          note = CASE WHEN lease_until <= t_now THEN 'lease expired' ELSE 'agent heartbeat stale' END
-                   WHERE number = r.number;
-               END LOOP;
-               RETURN QUERY
-               UPDATE issues i SET status = 'claimed', owner = p_worker, host = p_host, token = i.token + 1,
-                      attempts = i.attempts + 1, lease_until = t_now + p_lease, heartbeat_at = t_now,
-                      claimed_at = t_now, updated_at = t_now, transition = 'claimed', actor = p_worker,
-                      note = 'attempt ' || (i.attempts + 1) || ' of ' || i.max_attempts, claim_nonce = p_nonce
-               WHERE i.number = (
-                   SELECT number FROM issues p
-                   WHERE status IN ('ready', 'failed', 'claimed') AND attempts < max_attempts
-                     AND CASE WHEN status = 'claimed'
-                              THEN lease_until <= t_now
-                                   OR EXISTS (SELECT 1 FROM agents a WHERE a.host = p.host AND a.id = p.owner
-                                                                      AND a.heartbeat_at < t_stale)
-                              ELSE due_at <= t_now END
-                   ORDER BY rank, created_at, number
-                   LIMIT 1
-                   FOR UPDATE SKIP LOCKED)
-               RETURNING i.*;
-           END $$""",
     ],
-    # 4: the claim is one statement of the store's own (PgIssueStore._CLAIM), no stored function
-    ["DROP FUNCTION autopilot_claim(float8, float8, text, float8, text, text)"],
+    # 4: a queue migrated to 3 by a first cut of it (bd9efff) got a host-aware stored claim: gone too
+    ["DROP FUNCTION IF EXISTS autopilot_claim(float8, float8, text, float8, text, text)"],
 ]
 
 _REFUSE = f"""
