@@ -48,15 +48,14 @@ import fcntl
 import json
 import os
 import shutil
-import signal
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator
 
-from . import worktrees
+from . import checkbox, worktrees
+from .checkbox import CheckResult, CheckRunner, run_on_host  # noqa: F401 - named here too (callers)
 from .config import Settings
 from .errors import Conflict, GitError, InvalidInput
 from .git import Git
@@ -69,65 +68,10 @@ EXIT_NOTHING = 13  # no done issue to merge
 EXIT_REJECTED = 14  # at least one issue rejected (red or conflicting); the others merged
 EXIT_REFUSED = 4  # refused before anything was done (another merge queue runs, bad state): Conflict
 
-#: Lines of the check's output kept in an issue's error/feedback.
-TAIL_LINES = 20
 #: Times a candidate is rebuilt and re-tested because the base moved under it, before giving up.
 MAX_RETESTS = 10
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class CheckResult:
-    """One check run: passed, its duration and the last lines of its output."""
-
-    passed: bool
-    duration: float
-    output: str
-    status: str  # passed | failed | timeout | none
-
-
-class CheckRunner(Protocol):
-    def __call__(self, command: str, cwd: Path, timeout: float, log: Path) -> CheckResult: ...
-
-
-def run_on_host(command: str, cwd: Path, timeout: float, log: Path) -> CheckResult:
-    """Run ``command`` with ``bash -c`` in ``cwd`` in its own process group; kill the group on timeout."""
-    started = time.monotonic()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([shutil.which("bash") or "sh", "-c", command], cwd=str(cwd),
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=_check_env())
-        try:
-            code = proc.wait(timeout=timeout)
-            status = "passed" if code == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            status = "timeout"
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # what the check left running in the background too
-            except (ProcessLookupError, PermissionError):
-                pass
-            proc.wait()
-    output = _tail(log)
-    if status == "timeout":
-        output = f"(timed out after {timeout:g}s)\n{output}"
-    return CheckResult(status == "passed", round(time.monotonic() - started, 3), output, status)
-
-
-def _check_env() -> dict[str, str]:
-    # a check must test the candidate, not a repository a git hook variable points at
-    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-
-
-def _tail(path: Path, lines: int = TAIL_LINES) -> str:
-    try:
-        text = path.read_bytes()[-65536:].decode("utf-8", "replace")
-    except OSError:
-        return ""
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])[-4000:]
 
 
 @dataclass
@@ -233,7 +177,7 @@ class MergeQueue:
         self.git = Git(settings.repo)
         self.base = worktrees.base_branch(settings, self.git)
         self.ref = f"refs/heads/{self.base}"
-        self.runner = runner or _runner(settings)
+        self.runner = runner or checkbox.runner_for(settings)
         self.progress = progress
         self.batch = int(batch if batch is not None else settings.merge_batch or 1)
         if self.batch < 1:
@@ -520,18 +464,6 @@ def _ours(store: IssueStore, issue: Issue) -> bool:
 
 def _flat(text: str) -> str:
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())[-1000:] or "(no output)"
-
-
-def _runner(settings: Settings) -> CheckRunner:
-    """Where the check runs: ``host`` (a process here) or ``container`` (see :mod:`.checkbox`)."""
-    where = str(settings.merge_check_runner or "host")
-    if where == "host":
-        return run_on_host
-    if where == "container":
-        from .checkbox import container_runner
-
-        return container_runner(settings)
-    raise InvalidInput(f"merge_check_runner {where!r} is unknown: use host or container")
 
 
 def merge(settings: Settings, store: IssueStore, numbers: Iterable[int] | None = None, *, dry_run: bool = False,

@@ -3,13 +3,11 @@
 The same public API and semantics as :class:`parallel_autopilot.issues.IssueStore`
 (read its docstring first); what differs is how PostgreSQL gives them:
 
-- **Claim**: ONE call of the function ``autopilot_claim`` (one round trip, one
-  transaction): the abandoned issues whose attempts are used up become dead, then
-  ONE UPDATE leases the best eligible issue, picked ``FOR UPDATE SKIP LOCKED``
-  (priority then age, attempts below the limit inside the pick), so concurrent
-  claimers on many hosts never wait for each other nor take the same row; the
-  ``issues_transition`` trigger appends the events. (A single statement with the
-  dead-marking as a CTE would record its events in an unpredictable order.)
+- **Claim**: ONE statement (``PgIssueStore._CLAIM``, beside ``claim``; one round
+  trip, one transaction): the abandoned issues whose attempts are used up become
+  dead, and ONE UPDATE leases the best eligible issue, picked ``FOR UPDATE SKIP
+  LOCKED`` (priority then age, attempts below the limit inside the pick), so
+  concurrent claimers on many hosts never wait for each other nor take the same row.
 - **Fencing**: every renew/complete/fail/release is one ``UPDATE ... WHERE number
   AND token AND status = 'claimed'``. Under READ COMMITTED a concurrent writer of
   the row makes PostgreSQL re-check that WHERE on the committed row, so a stale
@@ -50,10 +48,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import forksafe
 from .errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, QueueUnavailable
-from .issues import (
-    DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, PRIORITIES, STATUSES,
-    AgentRow, Claim, Event, Issue, _as_result, agent_key, validate_fields,
+from .records import (
+    DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES,
+    AgentRow, Claim, Event, Issue, agent_key, issue_from_row,
 )
+from .issuefile import PRIORITIES, validate_fields, validate_result
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +204,7 @@ MIGRATIONS: list[list[str]] = [
     # 3 (SQLite's 5): an agent's identity is (host, id), agent ids repeat on every host.
     # issues.host is the claiming agent's host; the agents table is keyed by (host, id);
     # rows that exist get :host, the migrating store's; the backfill is no event
-    # (transition NULL). The claim matches a heartbeat of the claim's OWN (host, owner).
+    # (transition NULL).
     [
         "ALTER TABLE issues ADD COLUMN host text",
         "UPDATE issues SET host = :host, transition = NULL WHERE claimed_at IS NOT NULL",
@@ -215,57 +214,12 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE agents ADD PRIMARY KEY (host, id)",
         "DROP INDEX issues_owner",
         "CREATE INDEX issues_owner ON issues (owner, host) WHERE status = 'claimed'",
+        # the claim is one statement of the store's own now (PgIssueStore._CLAIM)
         "DROP FUNCTION autopilot_claim(float8, float8, text, float8, text)",
-        """CREATE FUNCTION autopilot_claim(p_now float8, p_stale_after float8, p_worker text,
-                                           p_lease float8, p_nonce text, p_host text)
-           RETURNS SETOF issues LANGUAGE plpgsql AS $$
-           DECLARE
-               t_now float8 := COALESCE(p_now, CAST(EXTRACT(EPOCH FROM now()) AS float8));
-               t_stale float8 := t_now - p_stale_after;
-               r record;
-           BEGIN
-               FOR r IN SELECT number FROM issues i
-                        WHERE status = 'claimed' AND attempts >= max_attempts
-                          AND (lease_until <= t_now
-                               OR EXISTS (SELECT 1 FROM agents a WHERE a.host = i.host AND a.id = i.owner
-                                                                  AND a.heartbeat_at < t_stale))
-                        ORDER BY number FOR UPDATE SKIP LOCKED LOOP
-                   UPDATE issues SET status = 'dead', lease_until = NULL, updated_at = t_now,
-                          error = CASE WHEN lease_until <= t_now THEN 'lease expired on the last attempt'
-                                       ELSE 'agent heartbeat stale on the last attempt' END,
-                          transition = 'dead', actor = owner,
-                          note = CASE WHEN lease_until <= t_now THEN 'lease expired' ELSE 'agent heartbeat stale' END
-                   WHERE number = r.number;
-               END LOOP;
-               RETURN QUERY
-               UPDATE issues i SET status = 'claimed', owner = p_worker, host = p_host, token = i.token + 1,
-                      attempts = i.attempts + 1, lease_until = t_now + p_lease, heartbeat_at = t_now,
-                      claimed_at = t_now, updated_at = t_now, transition = 'claimed', actor = p_worker,
-                      note = 'attempt ' || (i.attempts + 1) || ' of ' || i.max_attempts, claim_nonce = p_nonce
-               WHERE i.number = (
-                   SELECT number FROM issues p
-                   WHERE status IN ('ready', 'failed', 'claimed') AND attempts < max_attempts
-                     AND CASE WHEN status = 'claimed'
-                              THEN lease_until <= t_now
-                                   OR EXISTS (SELECT 1 FROM agents a WHERE a.host = p.host AND a.id = p.owner
-                                                                      AND a.heartbeat_at < t_stale)
-                              ELSE due_at <= t_now END
-                   ORDER BY rank, created_at, number
-                   LIMIT 1
-                   FOR UPDATE SKIP LOCKED)
-               RETURNING i.*;
-           END $$""",
     ],
+    # 4: a queue migrated to 3 by a first cut of it (bd9efff) got a host-aware stored claim: gone too
+    ["DROP FUNCTION IF EXISTS autopilot_claim(float8, float8, text, float8, text, text)"],
 ]
-
-_ISSUE_FIELDS = frozenset(Issue.__dataclass_fields__)
-
-#: Columns of ``issues`` that are the store's own bookkeeping, not part of an Issue.
-INTERNAL_COLUMNS = ("rank", "transition", "actor", "note", "claim_nonce")
-
-#: The claim: ONE call, ONE transaction (see the function autopilot_claim in MIGRATIONS).
-_CLAIM = """SELECT * FROM autopilot_claim(CAST(:now AS float8), CAST(:stale_after AS float8), :worker,
-                                          CAST(:lease AS float8), :nonce, CAST(:host AS text))"""
 
 _REFUSE = f"""
 INSERT INTO events (at, issue, kind, worker, token, detail)
@@ -656,6 +610,59 @@ class PgIssueStore:
 
     # -- the lease verbs ----------------------------------------------------
 
+    #: The claim: ONE statement, one round trip, one transaction. ``bury``: the abandoned
+    #: issues whose attempts are used up become dead; their events are written here in
+    #: number order (transition NULL keeps the trigger out), so the audit trail reads
+    #: as SQLite's does, ahead of the claim's own event (the trigger fires at the end of
+    #: the statement). ``pick``: the best eligible issue - ready or failed and due, or
+    #: abandoned (claimed, and the lease expired or the heartbeat of the claim's OWN
+    #: (host, owner) agent older than :stale_after seconds; NULL: only expiry counts) -
+    #: attempts below the limit, priority then age, FOR UPDATE SKIP LOCKED: concurrent
+    #: claimers on many hosts neither wait for each other nor take the same row. One
+    #: condition the partial index issues_pick serves in claim order (an OR of arms
+    #: would sort every open issue). The two sets are disjoint (attempts >= / < max).
+    _CLAIM = """
+        WITH clock AS (SELECT t.now, t.now - CAST(:stale_after AS float8) AS stale_before
+                       FROM (SELECT COALESCE(CAST(:now AS float8), CAST(EXTRACT(EPOCH FROM now()) AS float8))
+                             AS now) t),
+        bury AS (
+            UPDATE issues d SET status = 'dead', lease_until = NULL, updated_at = clock.now,
+                   error = CASE WHEN d.lease_until <= clock.now THEN 'lease expired on the last attempt'
+                                ELSE 'agent heartbeat stale on the last attempt' END,
+                   transition = NULL, actor = d.owner,
+                   note = CASE WHEN d.lease_until <= clock.now THEN 'lease expired' ELSE 'agent heartbeat stale' END
+            FROM clock
+            WHERE d.number IN (
+                SELECT number FROM issues x, clock
+                WHERE x.status = 'claimed' AND x.attempts >= x.max_attempts
+                  AND (x.lease_until <= clock.now
+                       OR EXISTS (SELECT 1 FROM agents a WHERE a.host = x.host AND a.id = x.owner
+                                                          AND a.heartbeat_at < clock.stale_before))
+                FOR UPDATE OF x SKIP LOCKED)
+            RETURNING d.number, d.updated_at, d.actor, d.token, d.note),
+        buried AS (
+            INSERT INTO events (at, issue, kind, worker, token, detail)
+            SELECT updated_at, number, 'dead', actor, token, note FROM bury ORDER BY number),
+        pick AS (
+            SELECT number FROM issues p, clock
+            WHERE p.status IN ('ready', 'failed', 'claimed') AND p.attempts < p.max_attempts
+              AND CASE WHEN p.status = 'claimed'
+                       THEN p.lease_until <= clock.now
+                            OR EXISTS (SELECT 1 FROM agents a WHERE a.host = p.host AND a.id = p.owner
+                                                               AND a.heartbeat_at < clock.stale_before)
+                       ELSE p.due_at <= clock.now END
+            ORDER BY p.rank, p.created_at, p.number
+            LIMIT 1
+            FOR UPDATE OF p SKIP LOCKED)
+        UPDATE issues i SET status = 'claimed', owner = :worker, host = :host, token = i.token + 1,
+               attempts = i.attempts + 1, lease_until = clock.now + CAST(:lease AS float8),
+               heartbeat_at = clock.now, claimed_at = clock.now, updated_at = clock.now,
+               transition = 'claimed', actor = :worker,
+               note = 'attempt ' || (i.attempts + 1) || ' of ' || i.max_attempts, claim_nonce = :nonce
+        FROM pick, clock
+        WHERE i.number = pick.number
+        RETURNING i.*"""
+
     def claim(self, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
               now: float | None = None, stale_after: float | None = None) -> Claim | None:
         """Lease the best eligible issue to ``worker``, or return None (see IssueStore.claim)."""
@@ -670,7 +677,7 @@ class PgIssueStore:
                               nonce=nonce)
             return rows[0] if rows else None
 
-        row = self._retrying(lambda conn: next(iter(self._rows(conn, _CLAIM, **params)), False), verify)
+        row = self._retrying(lambda conn: next(iter(self._rows(conn, self._CLAIM, **params)), False), verify)
         if not row:
             return None
         issue = self._issue(row)
@@ -696,7 +703,7 @@ class PgIssueStore:
                  now: float | None = None) -> Issue:
         """Mark the claimed issue done with its result (branch, commit, duration, check, usage)."""
         now = self._now(now)
-        result = _as_result(result)
+        result = validate_result(result)
         return self._issue(self._fenced(claim, "complete", now, f"""
             UPDATE issues SET status = 'done', lease_until = NULL, branch = :branch, commit_sha = :commit,
                    duration = CAST(:duration AS float8), error = NULL, updated_at = {NOW},
@@ -721,7 +728,7 @@ class PgIssueStore:
         now = self._now(now)
         attempts = max(claim.issue.attempts, 1)
         backoff = self.backoff_seconds * 2 ** (attempts - 1)
-        check = _as_result(check)
+        check = validate_result(check)
         return self._issue(self._fenced(claim, "fail", now, f"""
             UPDATE issues SET
                    status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
@@ -743,7 +750,7 @@ class PgIssueStore:
     def empty(self, claim: Claim, result: Mapping[str, Any] | None = None, now: float | None = None) -> Issue:
         """The attempt succeeded but changed nothing: status ``empty`` (as :meth:`IssueStore.empty`)."""
         now = self._now(now)
-        result = _as_result(result)
+        result = validate_result(result)
         return self._issue(self._fenced(claim, "empty", now, f"""
             UPDATE issues SET status = 'empty', lease_until = NULL, branch = :branch, commit_sha = NULL,
                    duration = CAST(:duration AS float8), error = 'the attempt changed nothing',
@@ -852,6 +859,71 @@ class PgIssueStore:
             )
         return row
 
+    # -- operator verbs -----------------------------------------------------
+
+    def retry(self, number: int, now: float | None = None) -> Issue:
+        """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
+        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready", "empty",
+                                                     "rejected"),
+                              f"status = 'ready', attempts = 0, due_at = {NOW}, error = NULL")
+
+    def block(self, number: int, now: float | None = None) -> Issue:
+        """Take a ready or failed issue out of the queue until retried."""
+        return self._operator(number, "block", now, ("ready", "failed", "blocked"), "status = 'blocked'")
+
+    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str) -> Issue:
+        now = self._now(now)
+
+        def op(conn):
+            with self._transaction(conn):
+                rows = conn.run("SELECT status, owner FROM issues WHERE number = CAST(:n AS bigint) FOR UPDATE",
+                                n=int(number))
+                if not rows:
+                    raise IssueNotFound(f"no issue #{number}: see `issues.list`")
+                status, owner = rows[0]
+                if status not in allowed:
+                    raise Conflict(f"issue #{number} is {status}" + (f" by {owner}" if status == "claimed" else "")
+                                   + f": cannot {verb} it now (stop its agent first, or wait)")
+                return self._rows(conn, f"""UPDATE issues SET {assignment}, updated_at = {NOW},
+                                                transition = :verb, actor = 'operator', note = NULL
+                                            WHERE number = CAST(:n AS bigint) RETURNING *""",
+                                  now=now, n=int(number), verb=verb)[0]
+
+        return self._issue(self._retrying(op))
+
+    # -- the agents registry ------------------------------------------------
+    # Who works where: one row per agent, keyed by (host, id) - agent ids repeat on every
+    # host of a shared queue. Its own section, not its own module: freeing a silent
+    # agent's claims is one transaction over this table AND the issues, on this store's
+    # connection.
+
+
+    def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
+                        token: int | None = None, incarnation: str | None = None,
+                        pid: int | None = None, now: float | None = None,
+                        waiting_until: float | None = None) -> None:
+        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
+        now = self._now(now)
+        self._retrying(lambda conn: self._exec(
+            conn, f"""INSERT INTO agents AS a (host, id, state, issue, token, heartbeat_at, started_at, incarnation,
+                                          pid, waiting_until)
+                VALUES (:host, :id, :state, CAST(:issue AS bigint), CAST(:token AS bigint), {NOW}, {NOW}, :inc,
+                        CAST(:pid AS integer), CAST(:waiting AS float8))
+                ON CONFLICT (host, id) DO UPDATE SET state = EXCLUDED.state, issue = EXCLUDED.issue,
+                       token = EXCLUDED.token, heartbeat_at = EXCLUDED.heartbeat_at,
+                       waiting_until = EXCLUDED.waiting_until, pid = COALESCE(EXCLUDED.pid, a.pid),
+                       started_at = CASE WHEN a.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
+                                         THEN a.started_at ELSE EXCLUDED.started_at END,
+                       incarnation = EXCLUDED.incarnation""",
+            id=agent_id, state=state, issue=issue, token=token, now=now, inc=incarnation, host=self.host, pid=pid,
+            waiting=waiting_until))
+
+    def agents(self, host: str | None = None) -> list[AgentRow]:
+        """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""
+        if host is None:
+            return [AgentRow(**r) for r in self._read("SELECT * FROM agents ORDER BY id, host")]
+        return [AgentRow(**r) for r in self._read("SELECT * FROM agents WHERE host = :h ORDER BY id", h=host)]
+
     def release_agent(self, agent_id: str, now: float | None = None, reason: str = "agent gone") -> list[int]:
         """Free at once every claim held by this host's ``agent_id`` (crash recovery; the attempt counts)."""
         now = self._now(now)
@@ -900,79 +972,9 @@ class PgIssueStore:
 
         return self._retrying(op)
 
-    # -- operator verbs -----------------------------------------------------
-
-    def retry(self, number: int, now: float | None = None) -> Issue:
-        """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
-        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready", "empty",
-                                                     "rejected"),
-                              f"status = 'ready', attempts = 0, due_at = {NOW}, error = NULL")
-
-    def block(self, number: int, now: float | None = None) -> Issue:
-        """Take a ready or failed issue out of the queue until retried."""
-        return self._operator(number, "block", now, ("ready", "failed", "blocked"), "status = 'blocked'")
-
-    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str) -> Issue:
-        now = self._now(now)
-
-        def op(conn):
-            with self._transaction(conn):
-                rows = conn.run("SELECT status, owner FROM issues WHERE number = CAST(:n AS bigint) FOR UPDATE",
-                                n=int(number))
-                if not rows:
-                    raise IssueNotFound(f"no issue #{number}: see `issues.list`")
-                status, owner = rows[0]
-                if status not in allowed:
-                    raise Conflict(f"issue #{number} is {status}" + (f" by {owner}" if status == "claimed" else "")
-                                   + f": cannot {verb} it now (stop its agent first, or wait)")
-                return self._rows(conn, f"""UPDATE issues SET {assignment}, updated_at = {NOW},
-                                                transition = :verb, actor = 'operator', note = NULL
-                                            WHERE number = CAST(:n AS bigint) RETURNING *""",
-                                  now=now, n=int(number), verb=verb)[0]
-
-        return self._issue(self._retrying(op))
-
-    # -- agents -------------------------------------------------------------
-
-    def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
-                        token: int | None = None, incarnation: str | None = None,
-                        pid: int | None = None, now: float | None = None,
-                        waiting_until: float | None = None) -> None:
-        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
-        now = self._now(now)
-        self._retrying(lambda conn: self._exec(
-            conn, f"""INSERT INTO agents AS a (host, id, state, issue, token, heartbeat_at, started_at, incarnation,
-                                          pid, waiting_until)
-                VALUES (:host, :id, :state, CAST(:issue AS bigint), CAST(:token AS bigint), {NOW}, {NOW}, :inc,
-                        CAST(:pid AS integer), CAST(:waiting AS float8))
-                ON CONFLICT (host, id) DO UPDATE SET state = EXCLUDED.state, issue = EXCLUDED.issue,
-                       token = EXCLUDED.token, heartbeat_at = EXCLUDED.heartbeat_at,
-                       waiting_until = EXCLUDED.waiting_until, pid = COALESCE(EXCLUDED.pid, a.pid),
-                       started_at = CASE WHEN a.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
-                                         THEN a.started_at ELSE EXCLUDED.started_at END,
-                       incarnation = EXCLUDED.incarnation""",
-            id=agent_id, state=state, issue=issue, token=token, now=now, inc=incarnation, host=self.host, pid=pid,
-            waiting=waiting_until))
-
-    def agents(self, host: str | None = None) -> list[AgentRow]:
-        """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""
-        if host is None:
-            return [AgentRow(**r) for r in self._read("SELECT * FROM agents ORDER BY id, host")]
-        return [AgentRow(**r) for r in self._read("SELECT * FROM agents WHERE host = :h ORDER BY id", h=host)]
-
     # -- reading ------------------------------------------------------------
 
-    @staticmethod
-    def _issue(row: Mapping[str, Any]) -> Issue:
-        data = dict(row)
-        for internal in INTERNAL_COLUMNS:
-            data.pop(internal, None)
-        data["commit"] = data.pop("commit_sha")
-        data["check"] = data.pop("check_cmd", None)
-        if data.get("usage"):
-            data["usage"] = json.loads(data["usage"])
-        # a column a newer version added (one host upgraded before the others) is not ours to show
-        return Issue(**{k: v for k, v in data.items() if k in _ISSUE_FIELDS})
+    _issue = staticmethod(issue_from_row)
 
     def get(self, number: int) -> Issue:
         """The issue with that number; IssueNotFound if there is none."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import Conflict
-from .issues import IssueStore
+from .sqlitestore import IssueStore
 
 TABLES = ("issues", "events", "agents")
 CHUNK = 5000

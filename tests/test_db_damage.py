@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import parallel_autopilot
-from parallel_autopilot import issues, snapshots
+from parallel_autopilot import issues, snapshots, sqlitestore
 from parallel_autopilot.issues import IssueStore
 from parallel_autopilot.errors import DatabaseDamaged
 
@@ -246,7 +246,7 @@ def test_a_second_store_on_an_open_database_never_opens_the_file_itself(tmp_path
     first.add("kept")
     opened = []
     real_inspect = issues.inspect_file
-    monkeypatch.setattr(issues, "inspect_file", lambda p: opened.append(p) or real_inspect(p))
+    monkeypatch.setattr(sqlitestore, "inspect_file", lambda p: opened.append(p) or real_inspect(p))
     with first.transaction():  # holds SQLite's locks while the second store is made
         second = IssueStore(path)
     assert opened == []

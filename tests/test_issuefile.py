@@ -127,3 +127,20 @@ def test_missing_and_unreadable_files(tmp_path):
     binary.write_bytes(b"- title: \xff\xfe\n")
     with pytest.raises(MalformedIssueFile, match="UTF-8"):
         issuefile.load(binary)
+
+
+def test_the_stores_validation_lives_here_and_needs_no_yaml(tmp_path):
+    """issues.py runs in the containers on the standard library: importing it (and so this
+    module, which owns the validation) loads no yaml until a file is read."""
+    import subprocess
+    import sys
+
+    from parallel_autopilot import issues
+
+    assert issues.validate_fields is issuefile.validate_fields
+    with pytest.raises(Exception, match="priority 'whenever' is not one of"):
+        issues.IssueStore(tmp_path / "q.db").add("x", priority="whenever")
+    probe = ("import sys, parallel_autopilot.issues as i; assert 'yaml' not in sys.modules, 'yaml at import'; "
+             "import parallel_autopilot.issuefile as f, pathlib; p = pathlib.Path(sys.argv[1]); "
+             "p.write_text('- title: a\\n'); assert f.load(p)[0]['title'] == 'a'; assert 'yaml' in sys.modules")
+    subprocess.run([sys.executable, "-c", probe, str(tmp_path / "one.yaml")], check=True)

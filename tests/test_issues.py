@@ -20,7 +20,7 @@ import weakref
 
 import pytest
 
-from parallel_autopilot import issues
+from parallel_autopilot import issues, sqlitestore
 from parallel_autopilot.errors import (
     Conflict, InvalidInput, IssueNotFound, LeaseLost, UnsafeFilesystem,
 )
@@ -454,14 +454,14 @@ def test_a_new_migration_applies_once_and_a_failing_one_applies_nothing(tmp_path
     with IssueStore(path) as store:
         store.add("old row")
     broken = "CREATE TABLE extra (x); CREATE TABLE issues (y)"  # second statement fails
-    monkeypatch.setattr(issues, "MIGRATIONS", MIGRATIONS + [broken])
+    monkeypatch.setattr(sqlitestore, "MIGRATIONS", MIGRATIONS + [broken])
     with pytest.raises(sqlite3.OperationalError):
         IssueStore(path)
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
 
-    monkeypatch.setattr(issues, "MIGRATIONS", MIGRATIONS + ["ALTER TABLE issues ADD COLUMN labels TEXT"])
+    monkeypatch.setattr(sqlitestore, "MIGRATIONS", MIGRATIONS + ["ALTER TABLE issues ADD COLUMN labels TEXT"])
     IssueStore(path).close()
     IssueStore(path).close()  # already applied: not applied twice (it would fail)
     with sqlite3.connect(path) as con:
@@ -595,7 +595,7 @@ def test_check_filesystem_accepts_local_disks_and_this_machine(tmp_path, fstype)
 def test_store_refuses_an_unsafe_state_directory(tmp_path, monkeypatch):
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(MOUNTINFO.format(base=os.path.realpath(tmp_path), fstype="virtiofs"))
-    monkeypatch.setattr(issues, "check_filesystem",
+    monkeypatch.setattr(sqlitestore, "check_filesystem",
                         lambda d: check_filesystem(d, str(mountinfo)))
     with pytest.raises(UnsafeFilesystem, match="virtiofs"):
         IssueStore(tmp_path / "mnt" / ".autopilot" / "autopilot.db")
@@ -637,12 +637,12 @@ def test_a_version_1_database_upgrades_and_keeps_its_audit_trail(tmp_path, monke
     from conftest import T0
 
     path = tmp_path / "autopilot.db"
-    monkeypatch.setattr(issues, "MIGRATIONS", MIGRATIONS[:1])
+    monkeypatch.setattr(sqlitestore, "MIGRATIONS", MIGRATIONS[:1])
     with IssueStore(path) as old, old.transaction() as conn:  # as version 1 wrote it
         number = conn.execute("""INSERT INTO issues (title, priority, rank, due_at, created_at, updated_at)
                                  VALUES ('from before', 'medium', 2, ?, ?, ?)""", (T0, T0, T0)).lastrowid
         conn.execute("INSERT INTO events (at, issue, kind) VALUES (?, ?, 'added')", (T0, number))
-    monkeypatch.setattr(issues, "MIGRATIONS", MIGRATIONS)
+    monkeypatch.setattr(sqlitestore, "MIGRATIONS", MIGRATIONS)
     with IssueStore(path) as store:
         claim = store.claim("agent-001", now=T0 + 1)
         store.complete(claim, {"branch": "b"}, now=T0 + 2)

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 import pytest
 
 from conftest import T0
-from parallel_autopilot import issues, pgstore
+from parallel_autopilot import issues, pgstore, sqlitestore
 from parallel_autopilot.issues import IssueStore, open_store
 
 
@@ -145,7 +145,7 @@ def _assert_migrated(target, store, done, held, never, events_before):
 @pytest.mark.sqlite_only
 def test_a_version_4_sqlite_queue_migrates_with_its_rows_on_the_stores_host(tmp_path, monkeypatch):
     path = tmp_path / "autopilot.db"
-    monkeypatch.setattr(issues, "MIGRATIONS", issues.MIGRATIONS[:4])
+    monkeypatch.setattr(sqlitestore, "MIGRATIONS", issues.MIGRATIONS[:4])
     with IssueStore(path) as old, old.transaction() as conn:  # as version 4 wrote it
         for title, owner, claimed_at in (("done before", "agent-001", T0), ("held before", "agent-002", T0),
                                          ("never claimed", None, None)):

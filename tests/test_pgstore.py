@@ -301,7 +301,7 @@ def test_a_fenced_write_whose_reply_was_lost_is_not_done_twice(own_cluster, monk
     url = own_cluster.create_database()
     store = PgIssueStore(url, on_reconnect=lambda line: None)
     store.add("once only")
-    markers = {"claim": "FROM autopilot_claim(", "complete": "status = 'done'", "fail": "THEN 'dead' ELSE 'failed'",
+    markers = {"claim": "claim_nonce = :nonce", "complete": "status = 'done'", "fail": "THEN 'dead' ELSE 'failed'",
                "release": "transition = 'released'"}
     claim = None if verb == "claim" else store.claim("agent-001")
     monkeypatch.setattr(PgIssueStore, "_exec", staticmethod(ReplyLost(store, own_cluster, markers[verb])))

@@ -52,3 +52,21 @@ def test_last_line_skips_headers_and_blank_lines(tmp_path):
     assert last_line(path) == "boom: it broke"
     path.write_text("x" * 500 + "\n")
     assert last_line(path, limit=50) == "x" * 47 + "..."
+
+
+def test_one_reader_of_a_logs_end_serves_last_line_tail_and_the_merge_check(tmp_path):
+    from pathlib import Path
+
+    from parallel_autopilot import checkbox
+    from parallel_autopilot.runtime.logs import read_end, tail
+
+    log = tmp_path / "big.log"
+    # far more than any reader reads: only the end is read, undecodable bytes replaced
+    log.write_bytes(b"old line\n" * 20000 + b"### header\n" + "".join(f"line {i}\n" for i in range(30)).encode()
+                    + b"\xff broken\n\n")
+    assert len(read_end(log, 100)) == 100 and read_end(tmp_path / "missing", 100) is None
+    assert last_line(log) == "\ufffd broken"
+    assert tail(log, lines=3) == "line 28\nline 29\n\ufffd broken"
+    assert "### header" not in tail(log, lines=40) and "### header" in tail(log, lines=40, skip_prefix=None)
+    assert checkbox._tail(log).splitlines() == [f"line {i}" for i in range(11, 30)] + ["\ufffd broken"]
+    assert checkbox._tail(Path(tmp_path / "missing")) == "" and tail(tmp_path / "missing") is None

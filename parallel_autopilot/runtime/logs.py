@@ -89,31 +89,38 @@ def _append(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def last_line(path: str | os.PathLike, limit: int = 200, skip_prefix: str = "### ") -> str | None:
-    """The last non-empty output line of an attempt log (our own ``### `` headers skipped)."""
+def read_end(path: str | os.PathLike, size: int) -> str | None:
+    """The last ``size`` bytes of a file, as text (undecodable bytes replaced); None if unreadable.
+
+    The one reader of a log's end: an attempt's last line, a check's tail (the merge
+    queue's too) - never the whole of a log that may be large.
+    """
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            tail = f.read().decode("utf-8", "replace")
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", "replace")
     except OSError:
         return None
-    for line in reversed(tail.splitlines()):
+
+
+def last_line(path: str | os.PathLike, limit: int = 200, skip_prefix: str = "### ") -> str | None:
+    """The last non-empty output line of an attempt log (our own ``### `` headers skipped)."""
+    text = read_end(path, 8192)
+    for line in reversed((text or "").splitlines()):
         line = line.strip()
         if line and not line.startswith(skip_prefix):
             return line if len(line) <= limit else line[: limit - 3] + "..."
     return None
 
 
-def tail(path: str | os.PathLike, lines: int = 20, limit: int = 4000, skip_prefix: str = "### ") -> str | None:
-    """The last ``lines`` output lines of a log (our ``### `` headers skipped), at most ``limit`` characters."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 65536))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
+def tail(path: str | os.PathLike, lines: int = 20, limit: int = 4000, skip_prefix: str | None = "### ") -> str | None:
+    """The last ``lines`` output lines of a log (our ``### `` headers skipped; None: none skipped),
+    at most ``limit`` characters; None when there are none or the file cannot be read."""
+    text = read_end(path, 65536)
+    if text is None:
         return None
-    kept = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith(skip_prefix)]
+    kept = [line.rstrip() for line in text.splitlines()
+            if line.strip() and not (skip_prefix and line.startswith(skip_prefix))]
     result = "\n".join(kept[-lines:])
     return (result[-limit:] if len(result) > limit else result) or None
