@@ -148,7 +148,7 @@ def status(settings: Settings, store: IssueStore) -> dict:
             testing = list(state.get("issues") or [])
     except (OSError, ValueError, GitError):
         pass
-    issues = store.list(("done", "merged", "rejected"))
+    issues = [i for i in store.list(("done", "merged", "rejected")) if _ours(store, i)]  # this host's
     pick = lambda s: [_brief(i) for i in _ordered(issues) if i.status == s]  # noqa: E731
     queued = [i for i in pick("done") if i["number"] not in testing]
     return {"queued": queued, "testing": [i for i in pick("done") if i["number"] in testing],

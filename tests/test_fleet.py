@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from parallel_autopilot import config, fleet
-from parallel_autopilot.errors import AgentNotFound, AgentsUnhealthy, InvalidAgentCount, InvalidAgentId
+from parallel_autopilot.errors import AgentNotFound, AgentsUnhealthy, InvalidAgentCount, InvalidAgentId, InvalidInput
 
 
 def status(**changes) -> fleet.AgentStatus:
@@ -186,8 +186,8 @@ def test_start_refuses_a_loopback_tcp_queue_on_network_none_before_creating_anyt
     settings = config.load({}, repo=str(git_repo), queue="postgresql://ap:pw@127.0.0.1:5432/backlog",
                            network="none")
     monkeypatch.setattr(fleet.docker_client, "client", lambda: object())
-    monkeypatch.setattr(fleet, "open_store", lambda s: pytest.fail("the store was opened"))
-    with pytest.raises(fleet.InvalidInput, match="autopilot.network: host") as caught:
+    monkeypatch.setattr(fleet, "open_store", lambda *a, **k: pytest.fail("the store was opened"))
+    with pytest.raises(InvalidInput, match="autopilot.network: host") as caught:
         fleet.start_agents(settings, 1, progress=lambda _: None)
     assert "\n" not in str(caught.value) and "pw" not in str(caught.value)
     assert not (git_repo / ".worktrees").exists()

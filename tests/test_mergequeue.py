@@ -333,5 +333,8 @@ def test_on_a_shared_queue_only_this_hosts_done_issues_are_merged(repo, request,
     if backend == "postgresql":  # shared: ws2's issue waits for ws2's merge queue
         assert report.merged == [mine]
         assert (here.get(theirs).status, here.get(theirs).host) == ("done", "ws2")
+        # and the GUI's view of ws1's merge queue does not show it as waiting there
+        view = mergequeue.status(repo.settings(), here)
+        assert [i["number"] for i in view["queued"] + view["merged"]] == [mine]
     else:  # one host's queue: everything in it is this host's
         assert report.merged == [mine, theirs]

@@ -361,7 +361,8 @@ class Pane:
             if not for_logs:
                 raise
         if for_logs and ident not in known and self.store() is not None:
-            known |= {row.id for row in self.store().agents()}
+            store = self.store()  # this host's agents only: another host's log is not here
+            known |= {row.id for row in store.agents(host=store.host)}
         if ident not in known:
             raise AgentNotFound(f"no agent {ident} here: see the running agents (GET /api/agents)")
         return ident
