@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import git
+from . import git, queueurl
 from .defaults import DEFAULTS as _DEFAULTS, TABLE, memory_bytes
 from .errors import GitError, InvalidInput
 
@@ -145,9 +145,7 @@ class Settings:
 
 def redact_url(url: str) -> str:
     """``url`` without its password (``postgresql://user:secret@host/db`` -> ``postgresql://user@host/db``)."""
-    from .pgstore import redact
-
-    return redact(url)
+    return queueurl.redact(url)
 
 
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")

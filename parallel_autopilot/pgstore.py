@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import forksafe
+from .queueurl import redact
 from .errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, QueueUnavailable
 from .records import (
     DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES,
@@ -246,20 +247,6 @@ class _Uncertain(Exception):
 
 class _Replan(Exception):
     """A statement prepared before another host changed the schema: nothing ran; run it again."""
-
-
-def redact(url: str) -> str:
-    """The URL without its password (for every message, log line and repr)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return parts._replace(netloc=netloc).geturl()
 
 
 def connect_options(url: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Mapping, TYPE_CHECKING
 
 from .errors import InvalidInput
+from .queueurl import redact
 
 if TYPE_CHECKING:  # for annotations only
     from .config import Settings
@@ -97,8 +98,6 @@ def _where(url: str) -> tuple[Path | None, str | None]:
 
 def check_network(settings: Settings, url: str, tcp_host: str | None = None) -> None:
     """InvalidInput unless the agents' network can reach the queue at ``url``."""
-    from .pgstore import redact
-
     if tcp_host is None:
         _, tcp_host = _where(url)
     network = str(settings.network)
