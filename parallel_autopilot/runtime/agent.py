@@ -56,7 +56,7 @@ from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
 from ..issues import Claim, IssueStore, open_store
 from .. import snapshots
 from . import health, kinds, process, usage
-from .logs import AgentLog, last_line, tail
+from .logs import AgentLog, last_line, read_end, tail
 from .settings import RuntimeSettings
 from .workspace import Workspace
 
@@ -475,7 +475,7 @@ class Agent:
         last = last_line(log_path)
         spent, limit = None, None
         if s.kind in ("codex", "claude"):
-            text = _read_tail(log_path)
+            text = read_end(log_path, 4 << 20) or ""  # the CLI's last events, at most 4 MiB
             spent = usage.parse(s.kind, text)
             limit = usage.limit(s.kind, text, self.clock()) if code else None
         return Outcome(kind or "exit", code, duration, last, spent, limit)
@@ -652,18 +652,6 @@ class Agent:
             thread.join(timeout=5)  # no periodic report may land after "stopped"
         self._report("stopped")
         self.log.event("stopped", f"stopped{why}", signal=self.stop_signal)
-
-
-def _read_tail(path, limit: int = 4 << 20) -> str:
-    """The end of an attempt log (the CLI's last events), at most ``limit`` bytes."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            return handle.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _changed_refs(before: dict[str, str], after: dict[str, str]) -> list[str]:
