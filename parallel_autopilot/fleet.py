@@ -378,6 +378,8 @@ class Fleet:
             if freed:
                 progress(f"{target}: released #{', #'.join(map(str, freed))}")
             store.agent_heartbeat(target, "stopped")  # a runtime killed at the end of its grace could not say so
+        if settings.queue and set(targets) == set(running):  # no container left to read the queue's URL
+            queueaccess.forget(settings, self.project, containers.repo_owner(settings, git_dir=self.git_dir)[0])
         from . import mergequeue
 
         try:  # what the agents finished comes home (autopilot/issue-N in the repository)

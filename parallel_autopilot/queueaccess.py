@@ -143,6 +143,16 @@ def write_secret(directory: Path, url: str, uid: int, gid: int, env: Mapping[str
     return path
 
 
+def forget(settings: Settings, project: str, uid: int) -> None:
+    """Remove ``project``'s secret (its last agent is gone; the next start writes it anew)."""
+    directory = secret_dir(settings, project, uid)
+    (directory / "queue-url").unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not there, or holds something else: left alone
+
+
 def _inside(path: Path, top: Path) -> bool:
     try:
         path.resolve().relative_to(top.resolve())
@@ -157,4 +167,4 @@ def _chown(path: Path, uid: int, gid: int) -> None:
         os.chown(path, uid, gid)
 
 
-__all__ = ["compose_entries", "check_network", "write_secret", "secret_dir", "SECRET_TARGET"]
+__all__ = ["compose_entries", "check_network", "write_secret", "secret_dir", "forget", "SECRET_TARGET"]

@@ -8,6 +8,7 @@ operations against a real daemon are in tests/test_fleet_docker.py.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -179,3 +180,19 @@ def test_a_long_lived_fleet_starts_from_the_branch_checked_out_now(fake, git_rep
     git(git_repo, "checkout", "-q", "-b", "next")
     the_fleet.start(2, progress=quiet)
     assert [env["AUTOPILOT_BASE_BRANCH"] for env in runner.envs] == ["main", "next"]
+
+
+def test_on_a_postgresql_queue_the_url_is_a_secret_file_that_the_last_stop_removes(git_repo, tmp_path, clock,
+                                                                                    pg_url, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    settings = config.load({}, repo=str(git_repo), max_agents=4, project="pa-fleet-pg", queue=pg_url,
+                           gitconfig=str(tmp_path / "no-gitconfig"))
+    the_fleet, _, runner = fake_fleet(settings, clock=clock)
+    the_fleet.start(2, progress=quiet)
+    secret = runner.envs[0]["AUTOPILOT_QUEUE_SECRET"]
+    assert open(secret).read().strip() == pg_url and pg_url not in " ".join(runner.envs[0].values())
+    the_fleet.stop(["1"], progress=quiet)
+    assert os.path.exists(secret), "agent-002 still runs and reads it"
+    the_fleet.stop(progress=quiet)
+    assert not os.path.exists(secret) and not os.path.exists(os.path.dirname(secret))
