@@ -336,3 +336,31 @@ def test_remote_test_runs_the_checkouts_test_command_with_the_arguments_and_its_
     assert [line.strip() for line in proc.stdout.splitlines()] == [str(workstation.checkout), "-x", "-k", "a b",
                                                                    "-m", "not docker"]
     laptop_untouched(workstation.laptop)
+
+
+@pytest.mark.docker
+def test_on_a_shared_postgresql_queue_fab_shows_the_workstations_own_agents_and_the_whole_backlog(
+        workstation, pg_url):
+    """Two hosts' agent-001 in one PostgreSQL queue: `fab -H ws` lists ws1's alone, never ws2's as gone."""
+    from parallel_autopilot.issues import open_store
+
+    with (workstation.target / "invoke.yaml").open("a") as f:
+        f.write(f"  queue: {pg_url}\n  host: ws1\n")
+    with open_store(pg_url, host="ws1") as ws1, open_store(pg_url, host="ws2") as ws2:
+        ws1.add("ws1's issue"), ws2.add("ws2's issue")
+        mine, theirs = ws1.claim("agent-001"), ws2.claim("agent-001")
+        ws1.agent_heartbeat("agent-001", "working", issue=mine.number)
+        ws2.agent_heartbeat("agent-001", "working", issue=theirs.number)
+    status = workstation.fab("agents.status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    agents = json.loads(status.stdout)
+    assert [(a["host"], a["id"], a["state"], a["problem"]) for a in agents] == [
+        ("ws1", "agent-001", "missing", "container gone")]  # ws1's: it reported, no container here
+    listed = workstation.fab("issues.list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    rows = rows if isinstance(rows, list) else rows.get("issues", rows)
+    assert sorted((i["title"], i["host"]) for i in rows) == [("ws1's issue", "ws1"), ("ws2's issue", "ws2")]
+    with open_store(pg_url, host="ws2") as ws2:
+        assert ws2.get(theirs.number).status == "claimed"  # ws1's status read freed nothing of ws2's
+    laptop_untouched(workstation.laptop)

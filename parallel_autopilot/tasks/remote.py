@@ -226,8 +226,9 @@ def _agents_status(conns: list, s: config.Settings, kwargs: dict[str, Any]) -> i
         records, rows, problems = [], [], []
         for result in results:
             agents, problem = _host_agents(result, s)
-            # the connection names the host here (an agent's own `host` setting is its hostname)
-            records += [{**a, "host": result.host} for a in agents]
+            # an agent names its own host (autopilot.host, the hostname by default); the
+            # connection it was read through is kept beside it
+            records += [{**a, "host": a.get("host") or result.host, "connection": result.host} for a in agents]
             rows += [(result.host, a["id"], a.get("state"), a.get("health") or "", _doing(a),
                       _uptime(a.get("uptime")), a.get("restarts", 0)) for a in agents]
             if problem:
