@@ -366,3 +366,31 @@ def test_start_refuses_too_many_agents_with_the_fleet_rule_message(env):
         agent_count(11, env.fleet.maximum)  # what fleet.check_count says for the same maximum
     assert message == str(rule.value)
     assert env.fleet.calls == []
+
+
+def test_on_a_postgresql_queue_the_pane_shows_that_backlog_and_this_hosts_agents(tmp_path, pg_url):
+    """autopilot.queue set: the GUI reads the PostgreSQL backlog (not a SQLite file) and lists
+    this host's agents, never another host's agent-001 that reports to the same queue."""
+    from parallel_autopilot import fleet as fleet_module
+    from parallel_autopilot.issues import open_store
+
+    settings = make_settings(tmp_path, queue=pg_url, host="ws1")
+    store = fleet_module.open_store(settings)
+    store.add("shared work", priority="high")
+    with open_store(pg_url, host="ws2") as ws2:
+        ws2.add("ws2's work")
+        ws2.agent_heartbeat("agent-001", "working", issue=ws2.claim("agent-001").number)
+    fake = FakeFleet(store, settings=settings)
+    app = create_app(settings, fleet=fake)
+    try:
+        with TestClient(app, base_url=BASE) as client:
+            csrf = {"X-CSRF-Token": app.state.guard.csrf_token}
+            assert client.post("/api/agents/start", json={"n": 1}, headers=csrf).status_code == 200
+            wait_until(lambda: [a["host"] for a in client.get("/api/agents").json()] == ["ws1"], what="ws1's agent")
+            snap = client.get("/api/snapshot").json()
+            # ws2's agent-001 took the high-priority issue; ws1's start freed nothing of it
+            assert sorted((i["title"], i["status"]) for i in snap["issues"]) == [
+                ("shared work", "claimed"), ("ws2's work", "ready")]
+            assert not settings.db_path.exists(), "the GUI opened a SQLite queue beside the PostgreSQL one"
+    finally:
+        fleet_module.close_store(settings)

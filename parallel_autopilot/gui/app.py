@@ -258,19 +258,16 @@ class Pane:
         self.operation: dict | None = None
         self.hub: SnapshotHub | None = None
         self._op_ids = itertools.count(1)
-        self._store: IssueStore | None = None
         self._cached: tuple[float, dict, int] | None = None
-        self._lock = threading.Lock()
 
     # reading
 
     def store(self) -> IssueStore | None:
-        """The shared issue store; None while no database exists (the GUI never creates one)."""
-        with self._lock:
-            if self._store is None and self.settings.db_path.exists():
-                self._store = IssueStore(self.settings.db_path, max_attempts=self.settings.max_attempts,
-                                         backoff_seconds=self.settings.backoff_seconds)
-            return self._store
+        """The fleet's issue store (SQLite, or the PostgreSQL queue of ``autopilot.queue``);
+        None while no SQLite database exists (the GUI never creates one)."""
+        if self.settings.queue or self.settings.db_path.exists():
+            return self.fleet.store  # fleet.open_store's: one per queue and process, renewed after a restore
+        return None
 
     def agents(self) -> list[dict]:
         return [a.to_dict() for a in self.fleet.list()]
