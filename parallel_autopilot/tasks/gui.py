@@ -19,7 +19,7 @@ def serve(c, port=None, host=None, open_=False, token=None, public=False):
 
     the_fleet = fleet_of(c)
     s = the_fleet.settings
-    if s.db_path.exists():
+    if s.queue or s.db_path.exists():
         the_fleet.store  # noqa: B018 - a damaged database is one line now, not a red banner later
     try:
         app.serve(s, host=host or s.gui_host, port=int(port if port is not None else s.gui_port),

@@ -42,7 +42,7 @@ def cleanup(c, force=False, json=False):
     the_fleet = fleet_of(c)
     s = the_fleet.settings
     stopped = the_fleet.stop(progress=print if not json else lambda _: None)
-    if s.db_path.exists():  # results never live only in a clone that is about to go
+    if s.queue or s.db_path.exists():  # results never live only in a clone that is about to go
         from .. import mergequeue
 
         mergequeue.bring_home(s, the_fleet.store)
