@@ -108,22 +108,19 @@ def open_store(settings: Settings, *, git: Git | None = None,
     """
     key = (settings.queue_target, settings.host, settings.max_attempts, settings.backoff_seconds,
            reconnect_seconds)
+    options = {} if reconnect_seconds is None else {"reconnect_seconds": reconnect_seconds}
     with _stores_lock:
         store = _stores.get(key)
-        if settings.queue:  # PostgreSQL (autopilot.queue): one backlog many hosts share
-            if store is None:
-                options = {} if reconnect_seconds is None else {"reconnect_seconds": reconnect_seconds}
-                store = _stores[key] = issues.open_store(settings.queue, host=settings.host,
-                                                         max_attempts=settings.max_attempts,
-                                                         backoff_seconds=settings.backoff_seconds, **options)
-            return store
-        if store is None or not settings.db_path.exists():
-            store = _stores[key] = IssueStore(settings.db_path, max_attempts=settings.max_attempts,
-                                              backoff_seconds=settings.backoff_seconds, host=settings.host)
-            try:  # the state directory was just made: keep it out of `git status` and every merge
-                worktrees.exclude_tool_dirs(settings, git)
-            except GitError:
-                pass  # not a git repository (yet): worktrees.create says so when it matters
+        # a SQLite file removed or replaced under the cache (issues.restore) is opened anew
+        if store is None or (not settings.queue and not settings.db_path.exists()):
+            store = _stores[key] = issues.open_store(settings.queue_target, host=settings.host,
+                                                     max_attempts=settings.max_attempts,
+                                                     backoff_seconds=settings.backoff_seconds, **options)
+            if not settings.queue:
+                try:  # the state directory was just made: keep it out of `git status` and every merge
+                    worktrees.exclude_tool_dirs(settings, git)
+                except GitError:
+                    pass  # not a git repository (yet): worktrees.create says so when it matters
         return store
 
 
@@ -403,7 +400,7 @@ class Fleet:
         alive = {a.id for a in self.list() if a.state in ("running", "restarting")}
         freed = {}
         for issue in store.list("claimed"):
-            if issue.host != store.host:  # another host's agent: its containers are not ours to see
+            if not issues.on_this_host(store, issue):  # another host's agent: not ours to see
                 continue
             if issue.owner and issue.owner.startswith("agent-") and issue.owner not in alive:
                 freed.setdefault(issue.owner, []).extend(
@@ -424,7 +421,7 @@ class Fleet:
             rows = {r.id: r for r in store.agents(host=store.host)}  # never another host's agent-001
             if containers:
                 for done in store.list():
-                    if done.usage and done.owner and done.host == store.host:
+                    if done.usage and done.owner and issues.on_this_host(store, done):
                         spent.setdefault(done.owner, []).append(done.usage)
         cli = _cli_label(containers, docker)
         result = []

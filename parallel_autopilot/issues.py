@@ -37,6 +37,12 @@ def is_url(target: Any) -> bool:
     return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
 
 
+def on_this_host(store: Any, issue: Issue) -> bool:
+    """Whether ``store``'s host did (or holds) ``issue``: on a queue many hosts share, only
+    what its own agents claimed (the branch is in its clones); a SQLite queue is one host's."""
+    return not store.shared or issue.host == store.host
+
+
 def open_store(target: str | os.PathLike, *, host: str | None = None, **options: Any):
     """The issue store at ``target``: a state directory or ``.db`` path (SQLite, the
     embedded default) or a ``postgresql://`` URL (one backlog shared by many hosts).

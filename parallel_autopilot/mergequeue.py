@@ -60,7 +60,7 @@ from .config import Settings
 from .errors import Conflict, GitError, InvalidInput
 from .git import Git
 from .ids import agent_id
-from .issues import PRIORITIES, Issue, IssueStore
+from .issues import PRIORITIES, Issue, IssueStore, on_this_host
 
 #: Exit codes of ``issues.merge`` (documented in the README): every outcome its own.
 EXIT_MERGED = 0  # every queued issue merged (or, with --dry-run, would merge)
@@ -148,7 +148,7 @@ def status(settings: Settings, store: IssueStore) -> dict:
             testing = list(state.get("issues") or [])
     except (OSError, ValueError, GitError):
         pass
-    issues = [i for i in store.list(("done", "merged", "rejected")) if _ours(store, i)]  # this host's
+    issues = [i for i in store.list(("done", "merged", "rejected")) if on_this_host(store, i)]  # this host's
     pick = lambda s: [_brief(i) for i in _ordered(issues) if i.status == s]  # noqa: E731
     queued = [i for i in pick("done") if i["number"] not in testing]
     return {"queued": queued, "testing": [i for i in pick("done") if i["number"] in testing],
@@ -202,7 +202,7 @@ class MergeQueue:
             report.base_before = self.git.rev_parse(self.ref)
             wanted = set(numbers) if numbers else None
             queue = [i for i in _ordered(self.store.list("done")) if (wanted is None or i.number in wanted)
-                     and _ours(self.store, i)]
+                     and on_this_host(self.store, i)]
             if queue:
                 self._prepare_worktree()
             candidates = [i for i in queue if self._bring_home(i)]
@@ -450,16 +450,10 @@ def bring_home(settings: Settings, store: IssueStore, progress: Progress = lambd
     git = Git(settings.repo)
     fetched = []
     for issue in store.list(("done", "rejected", "merged")):
-        if issue.commit and _ours(store, issue) and _clone_of(settings, issue) is not None and \
+        if issue.commit and on_this_host(store, issue) and _clone_of(settings, issue) is not None and \
                 fetch_issue(settings, git, issue, progress=progress) is None:
             fetched.append(issue.number)
     return fetched
-
-
-def _ours(store: IssueStore, issue: Issue) -> bool:
-    """Whether this host holds the issue's branch: on a shared queue, only the issues its
-    own agents did (in its clones); a SQLite queue is this host's alone."""
-    return not store.shared or issue.host == store.host
 
 
 def _flat(text: str) -> str:

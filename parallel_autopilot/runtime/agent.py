@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
-from ..issues import Claim, IssueStore, open_store
+from ..issues import Claim, IssueStore, is_url, open_store
 from .. import snapshots
 from . import health, kinds, process, usage
 from .logs import AgentLog, last_line, read_end, tail
@@ -180,7 +180,7 @@ class Agent:
         target = s.queue_target()
         # PostgreSQL: the lease clock is the DATABASE's (hosts' clocks differ) and an outage is one
         # line in agent.log; SQLite: this process's clock (tests move it)
-        options = {"on_reconnect": self.log.line} if isinstance(target, str) else {"clock": self.clock}
+        options = {"on_reconnect": self.log.line} if is_url(target) else {"clock": self.clock}
         self.store = open_store(target, host=s.host, max_attempts=s.max_attempts,
                                 backoff_seconds=s.backoff_seconds, **options)
         self.mark()
