@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import git, queueurl
-from .defaults import DEFAULTS as _DEFAULTS, TABLE, memory_bytes
+from . import git
+from .defaults import DEFAULTS as _DEFAULTS
+from .defaults import TABLE, memory_bytes
 from .errors import GitError, InvalidInput
+from .issues import urls
 
 #: Defaults (the one table in defaults.py), also installed with
 #: ``Collection.configure({"autopilot": DEFAULTS})`` so ``inv --help``/config dumps
@@ -145,7 +147,7 @@ class Settings:
 
 def redact_url(url: str) -> str:
     """``url`` without its password (``postgresql://user:secret@host/db`` -> ``postgresql://user@host/db``)."""
-    return queueurl.redact(url)
+    return urls.redact(url)
 
 
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")

@@ -27,12 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from . import agentcli, compose, containers, docker_client, image, issues, platform, queueaccess, snapshots, worktrees
+from . import issues, platform
 from .config import Settings
-from .git import Git
+from .containers import agentcli, compose, daemon, image, provision, queueaccess
 from .errors import AgentNotFound, AgentsUnhealthy, Conflict, GitError
+from .git import Git, clones
 from .ids import agent_count, agent_id, agent_ids
-from .issues import IssueStore, IssueNotFound
+from .issues import IssueNotFound, IssueStore, snapshots
 
 Progress = Callable[[str], None]
 LABEL_PROJECT = "parallel-autopilot.project"
@@ -118,7 +119,7 @@ def open_store(settings: Settings, *, git: Git | None = None,
                                                      backoff_seconds=settings.backoff_seconds, **options)
             if not settings.queue:
                 try:  # the state directory was just made: keep it out of `git status` and every merge
-                    worktrees.exclude_tool_dirs(settings, git)
+                    clones.exclude_tool_dirs(settings, git)
                 except GitError:
                     pass  # not a git repository (yet): worktrees.create says so when it matters
         return store
@@ -177,7 +178,7 @@ class Fleet:
 
     @functools.cached_property
     def base_branch(self) -> str:
-        return worktrees.base_branch(self.settings, self.git)
+        return clones.base_branch(self.settings, self.git)
 
     @functools.cached_property
     def project(self) -> str:
@@ -204,7 +205,7 @@ class Fleet:
     def docker(self) -> Any:
         """The Docker client, pinged: a daemon that went away is DockerUnavailable, not a traceback."""
         if self._docker is None:
-            return docker_client.client()  # the process's one client, pinged on every call
+            return daemon.client()  # the process's one client, pinged on every call
         self._docker.ping()
         return self._docker
 
@@ -212,10 +213,10 @@ class Fleet:
         """``compose.run`` with the containers' environment for these limits."""
         strict = compose.creates(args)
         git_dir, base = (self.git_dir, self.base_branch) if strict else self._tolerant()
-        env = containers.compose_env(self.settings, self.limits, strict=strict, git_dir=git_dir, base_branch=base)
+        env = provision.compose_env(self.settings, self.limits, strict=strict, git_dir=git_dir, base_branch=base)
         # a given runner stands in for the compose program: nothing to detect on this machine
         return compose.run(self.settings, args, limits=self.limits, env=env,
-                           **({"runner": self._runner, "compose": ["docker", "compose"]} if self._runner else {}))
+                           **({"runner": self._runner, "compose": list(compose.V2)} if self._runner else {}))
 
     def _tolerant(self) -> tuple[Path | None, str | None]:
         # stop, rm: a repository whose base branch went away must still stop its agents
@@ -267,9 +268,9 @@ class Fleet:
         self._ensure_image(settings, progress=progress)
         ids = agent_ids(count)
         progress(f"worktrees: {', '.join(ids)}")
-        worktrees.create(settings, count, git=self.git, base=self.base_branch)
+        clones.create(settings, count, git=self.git, base=self.base_branch)
         git_dir = self.git_dir
-        containers.hand_over(settings, [settings.state_path, settings.logs_path, settings.worktrees_path,
+        provision.hand_over(settings, [settings.state_path, settings.logs_path, settings.worktrees_path,
                                         git_dir / "worktrees", git_dir / "refs" / "heads" / "agent",
                                         git_dir / "logs" / "refs" / "heads" / "agent"], git_dir=git_dir)
         progress(f"starting {count} agent(s)")
@@ -301,7 +302,7 @@ class Fleet:
         checked on the tip and merged (or rejected) while the agents keep working.
         Returns the reports of the rounds that did something.
         """
-        from . import mergequeue
+        from .merge import queue as mergequeue
 
         settings = self.settings
         stop = stop or threading.Event()
@@ -376,8 +377,8 @@ class Fleet:
                 progress(f"{target}: released #{', #'.join(map(str, freed))}")
             store.agent_heartbeat(target, "stopped")  # a runtime killed at the end of its grace could not say so
         if settings.queue and set(targets) == set(running):  # no container left to read the queue's URL
-            queueaccess.forget(settings, self.project, containers.repo_owner(settings, git_dir=self.git_dir)[0])
-        from . import mergequeue
+            queueaccess.forget(settings, self.project, provision.repo_owner(settings, git_dir=self.git_dir)[0])
+        from .merge import queue as mergequeue
 
         try:  # what the agents finished comes home (autopilot/issue-N in the repository)
             mergequeue.bring_home(settings, store)

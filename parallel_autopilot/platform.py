@@ -193,7 +193,7 @@ def _get(settings: Settings, name: str, default: Any = None) -> Any:
     return getattr(settings, name, default)
 
 
-# -- the filesystem under a state directory (read by issues.py in the container: stdlib only)
+# -- the filesystem under a state directory (read by issues/__init__.py in the container: stdlib only)
 
 #: Filesystems where SQLite's WAL (shared memory across processes) is unsafe: network
 #: filesystems and host-to-VM shares. Docker Desktop >= 4.15 shows a bind mount inside the

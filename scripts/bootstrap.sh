@@ -122,10 +122,10 @@ if [ "$USE_VENV" = 1 ]; then
 fi
 
 # -- the agent CLIs (for the real-CLI tests) -------------------------------------
-# Codex CLI and Claude Code at the versions pinned in parallel_autopilot/agentcli.py,
+# Codex CLI and Claude Code at the versions pinned in parallel_autopilot/containers/agentcli.py,
 # into the host cache (~/.cache/parallel-autopilot/cli): a no-op when they are there
 if [ "$WANT_TEST" = 1 ]; then
-  (cd / && "$PYTHON" -m parallel_autopilot.agentcli all) || die "cannot fetch the agent CLIs with npm: see above"
+  (cd / && "$PYTHON" -m parallel_autopilot.containers.agentcli all) || die "cannot fetch the agent CLIs with npm: see above"
 fi
 
 # -- the Docker daemon ----------------------------------------------------------

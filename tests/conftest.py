@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from parallel_autopilot import pgcluster
+from parallel_autopilot.bench import pgcluster
 from parallel_autopilot.issues import open_store
+from support.clock import FakeClock
+from support.images import BUILT_TEST_IMAGES
+from support.shell import git
 
-pytest_plugins = ["fixtures_ssh"]  # sshd + workstation fixtures of the remote (Fabric) tests
-
-#: A fixed, round start time for stores driven by a fake clock (2023-11-14).
-T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    """A clock that moves only when told to: ``clock()`` is now, ``clock.advance(s)`` moves it."""
-
-    def __init__(self, start: float = T0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
+pytest_plugins = ["support.ssh"]  # sshd + workstation fixtures of the remote (Fabric) tests
 
 
 @pytest.fixture
@@ -81,17 +66,6 @@ def store(queue_target, clock):
         yield s
 
 
-def git(repo: Path, *args: str) -> str:
-    """Run git in ``repo`` and return its stdout (raises on failure)."""
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout
-
-
-def sh(cwd: Path, *args: str) -> str:
-    """Run git directly (not through the module under test); stdout stripped."""
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
 def hermetic_git(monkeypatch, tmp_path_factory):
     """No user or system git configuration leaks into the test."""
@@ -116,24 +90,7 @@ def git_repo(tmp_path) -> Path:
     return repo
 
 
-def open_to_others(path: Path) -> None:
-    """Let other uids reach ``path``: pytest's base directory is root's 0700.
-
-    Root runs git AS the owner of a repository owned by someone else (git.py),
-    so tests that chown a repository to another uid must open the way to it.
-    """
-    import tempfile
-
-    for parent in path.parents:
-        if parent == Path(tempfile.gettempdir()) or parent == parent.parent:
-            break
-        parent.chmod(parent.stat().st_mode | 0o711)
-
-
 # -- images that tests build: removed by the test, checked at the session's end ----------
-
-_BUILT_TEST_IMAGES: set[str] = set()
-
 
 @pytest.fixture
 def built_test_image():
@@ -146,7 +103,7 @@ def built_test_image():
 
     def register(tag: str) -> str:
         tags.append(tag)
-        _BUILT_TEST_IMAGES.add(tag)
+        BUILT_TEST_IMAGES.add(tag)
         return tag
 
     yield register
@@ -156,7 +113,7 @@ def built_test_image():
 
 def _images_left() -> list[str]:
     left = []
-    for tag in sorted(_BUILT_TEST_IMAGES):
+    for tag in sorted(BUILT_TEST_IMAGES):
         proc = subprocess.run(["docker", "image", "inspect", tag], capture_output=True)
         if proc.returncode == 0:
             left.append(tag)
@@ -171,14 +128,3 @@ def pytest_sessionfinish(session, exitstatus):
         if reporter is not None:
             reporter.write_line(f"test images left behind: {', '.join(left)}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def wait_for(predicate, timeout=120.0, step=0.3, what="condition"):
-    """Poll ``predicate`` until it returns something truthy (returned); AssertionError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

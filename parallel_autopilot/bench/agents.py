@@ -45,7 +45,7 @@ def plan(ctx) -> dict[str, Any]:
 
 def codex_image(ctx) -> str:
     """The run's image with the codex CLI (built once, from the host's npm cache)."""
-    from .. import image
+    from ..containers import image
 
     base = ctx.image or str(ctx.settings.image)
     tag = f"{base.rsplit(':', 1)[0]}:bench-{ctx.run_id}-codex"
@@ -56,9 +56,9 @@ def codex_image(ctx) -> str:
 
 def _drop(tag: str) -> None:
     try:
-        from .. import docker_client
+        from ..containers import daemon
 
-        docker_client.client().images.remove(tag, noprune=False)
+        daemon.client().images.remove(tag, noprune=False)
     except Exception:  # noqa: BLE001 - housekeeping must not hide the report
         pass
 
@@ -120,7 +120,7 @@ def run(ctx) -> dict[str, Any]:
                               [stats.percentile(cli_times[n], 50)],
                               baseline=[TURNS * think], baseline_label="model think time", x=n))
     notes = [f"M = {m} issues per N, each {TURNS} model turns of {think:g} s (scripted Responses API on "
-             "127.0.0.1, agents on network host); the real codex CLI pinned in agentcli.py",
+             "127.0.0.1, agents on network host); the real codex CLI pinned in containers/agentcli.py",
              f"ideal makespan at N=1: {ideal_one:g} s; efficiency = makespan(N=1) / (N x makespan(N))",
              "harness overhead = (completed_at - claimed_at) - the CLI's own run time, per issue"]
     return stats.scenario("agents", TITLE, rows, params=params, notes=notes,

@@ -41,7 +41,8 @@ def _git(cwd: Path, *args: str) -> str:
 
 def make_site(root: Path, issues: int = ISSUES, bad: int = BAD, check_seconds: float = CHECK_SECONDS):
     """A repository with ``issues`` done issues on branches (one bad), and its store; (settings, store)."""
-    from .. import config, worktrees
+    from .. import config
+    from ..git import clones
     from ..issues import IssueStore
 
     repo = root / "repo"
@@ -53,7 +54,7 @@ def make_site(root: Path, issues: int = ISSUES, bad: int = BAD, check_seconds: f
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "calc and its test")
     settings = config.load({}, repo=str(repo), base_branch="main", check=f"sleep {check_seconds:g}; {TEST}")
-    worktrees.exclude_tool_dirs(settings)  # the store below is never committed with `add -A`
+    clones.exclude_tool_dirs(settings)  # the store below is never committed with `add -A`
     store = IssueStore(settings.db_path)
     for i in range(issues):
         number = store.add(f"module {i}").number
@@ -96,7 +97,7 @@ def plan(ctx) -> dict[str, Any]:
 
 def one(ctx, size: int, label: str) -> dict[str, Any]:
     """Merge the issues with batches of ``size`` on a fresh repository."""
-    from ..mergequeue import MergeQueue
+    from ..merge.queue import MergeQueue
 
     params = plan(ctx)
     root = ctx.workdir / "merge" / f"{label}-k{size}-{time.time_ns()}"

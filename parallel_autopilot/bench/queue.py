@@ -91,7 +91,7 @@ def bare_connect(db: str | os.PathLike) -> sqlite3.Connection:
 def _pg_connect(url: str):
     import pg8000.native
 
-    from ..pgstore import connect_options
+    from ..issues.postgres import connect_options
 
     return pg8000.native.Connection(**connect_options(url))
 
@@ -280,7 +280,7 @@ class Round:
     def _start(self, db: Path) -> list:
         if not self.containers:
             return [("process", p) for p in spawn(self.mode, str(db), self.names, str(self.dir))]
-        from .. import docker_client  # host side only: the worker in a container never gets here
+        from ..containers import daemon  # host side only: the worker in a container never gets here
         from .sandbox import LABEL_BENCH, docker_step
 
         package = Path(__file__).resolve().parents[1]  # this very parallel_autopilot/, mounted read-only
@@ -291,7 +291,7 @@ class Round:
             name = f"pa-bench-{self.ctx.run_id}-queue-{k}"
             self.container_names.append(name)
             with docker_step(f"docker run {name}"):
-                container = docker_client.client().containers.run(
+                container = daemon.client().containers.run(
                     self.image, ["-m", "parallel_autopilot.bench.queue", "--mode", self.mode,
                                  "--db", f"{CONTAINER_MOUNT}/queue.db", "--dir", CONTAINER_MOUNT,
                                  "--names", ",".join(names)],
@@ -354,9 +354,9 @@ class Round:
 
     def _remove_containers(self) -> None:
         if self.container_names:
-            from .. import docker_client
+            from ..containers import daemon
 
-            docker_client.remove(self.container_names)
+            daemon.remove(self.container_names)
 
 
 def plan(ctx) -> dict[str, Any]:
@@ -413,7 +413,7 @@ def run(ctx) -> dict[str, Any]:
 
 def _pg_cluster():
     """A throwaway PostgreSQL server for the PostgreSQL rows, or (None, why not)."""
-    from .. import pgcluster
+    from . import pgcluster
 
     problem = pgcluster.unavailable()
     if problem is None:

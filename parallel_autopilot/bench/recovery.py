@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import docker_client
+from ..containers import daemon
 from . import stats
 from .sandbox import Sandbox, docker_step, wait_for
 
@@ -47,7 +47,7 @@ def plan(ctx) -> dict[str, Any]:
 def kill(container: str) -> None:
     """``docker kill`` (SIGKILL) of ``container``; RuntimeError naming it if Docker refuses."""
     with docker_step(f"docker kill {container}"):
-        docker_client.kill(container)
+        daemon.kill(container)
 
 
 def busy_round(ctx, box: Sandbox, label: str) -> dict[str, Any]:

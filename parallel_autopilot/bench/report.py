@@ -28,21 +28,18 @@ def _docker_versions(docker: Callable[[], Any]) -> tuple[str | None, str | None]
         server = docker().version().get("Version")
     except Exception:  # noqa: BLE001 - a report of a machine without Docker says "unavailable"
         server = None
-    try:
-        import docker as sdk
+    from ..containers import daemon
 
-        return server, sdk.__version__
-    except ImportError:
-        return server, None
+    return server, daemon.sdk_version()
 
 
 def machine(runner: Runner = subprocess.run, docker: Callable[[], Any] | None = None) -> dict[str, Any]:
     """CPU count, RAM, OS, Python, SQLite, Docker and Compose versions of this host.
 
     Docker is asked through ``docker`` (default: docker_client.client, the product's
-    client) and compose through compose.py with ``runner``, the modules the product uses.
+    client) and compose through containers/compose.py with ``runner``, the modules the product uses.
     """
-    from .. import compose, docker_client
+    from ..containers import compose, daemon
 
     try:
         import psutil
@@ -51,7 +48,7 @@ def machine(runner: Runner = subprocess.run, docker: Callable[[], Any] | None = 
         cpus = psutil.cpu_count(logical=True)
     except ImportError:  # psutil is a dependency; degrade anyway
         memory, cpus = None, os.cpu_count()
-    server, sdk = _docker_versions(docker or docker_client.client)
+    server, sdk = _docker_versions(docker or daemon.client)
     return {
         "cpus": cpus,
         "memory_bytes": memory,

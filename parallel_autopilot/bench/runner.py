@@ -75,9 +75,9 @@ def run_image(settings: Settings, run_id: str) -> str:
 def _prepare_image(settings: Settings, ctx: Context, display: Display) -> float:
     start = ctx.clock()
     try:
-        from .. import docker_client, image
+        from ..containers import daemon, image
 
-        docker_client.client()
+        daemon.client()
         ctx.image = image.ensure_image(settings.replace(image=run_image(settings, ctx.run_id)),
                                        progress=display.step)
         ctx.image_problem = None
@@ -93,9 +93,9 @@ def _drop_image(tag: str | None) -> None:
     if not tag:
         return
     try:
-        from .. import docker_client
+        from ..containers import daemon
 
-        docker_client.client().images.remove(tag, noprune=False)
+        daemon.client().images.remove(tag, noprune=False)
     except Exception:  # noqa: BLE001 - housekeeping must not hide the report
         pass
 

@@ -132,9 +132,9 @@ class Sandbox:
 
     def reset_worktrees(self) -> None:
         """Remove every agent worktree and branch, so the next start makes them anew."""
-        from .. import worktrees
+        from ..git import clones
 
-        worktrees.remove(self.settings, force=True)
+        clones.remove(self.settings, force=True)
 
     # -- bare containers (baselines) -----------------------------------------
 
@@ -148,12 +148,13 @@ class Sandbox:
 
         ``volumes`` maps a host path to its mount point in the container (read-write).
         """
-        from .. import docker_client, platform
+        from .. import platform
+        from ..containers import daemon
 
         limits = platform.limits(self.settings)
         self.bare.append(name)
         with docker_step(f"docker run {name}"):
-            container = docker_client.client().containers.run(
+            container = daemon.client().containers.run(
                 self.settings.image, list(command), detach=True, name=name, init=True,
                 labels={LABEL_BENCH: self.ctx.run_id}, network_mode="none", user=user,
                 mem_limit=limits.memory, nano_cpus=int(limits.cpus * 1e9), pids_limit=limits.pids,
@@ -162,11 +163,11 @@ class Sandbox:
 
     def docker_rm(self, names: Iterable[str]) -> None:
         """``docker rm -f`` of baseline containers (no error if already gone)."""
-        from .. import docker_client
+        from ..containers import daemon
 
         names = list(names)
         if names:
-            docker_client.remove(names)
+            daemon.remove(names)
             self.bare = [n for n in self.bare if n not in names]
 
     # -- cleanup -------------------------------------------------------------
@@ -197,10 +198,10 @@ def docker_step(what: str) -> Iterator[None]:
 
 def remove_labelled(label: str) -> None:
     """``docker rm -f`` every container carrying ``label`` (``key=value``); never raises (cleanup)."""
-    from .. import docker_client
+    from ..containers import daemon
 
     try:
-        docker_client.remove_labelled(label)
+        daemon.remove_labelled(label)
     except Exception:  # noqa: BLE001 - a daemon that went away has nothing left to clean
         pass
 
@@ -236,9 +237,9 @@ def container_memory(name: str) -> dict[str, float]:
     ``used`` is the cgroup's usage minus inactive page cache (what ``docker
     stats`` shows); ``rss`` is anonymous memory; ``usage`` is the raw counter.
     """
-    from .. import docker_client
+    from ..containers import daemon
 
-    data = docker_client.client().api.stats(name, stream=False, one_shot=True)
+    data = daemon.client().api.stats(name, stream=False, one_shot=True)
     memory = data.get("memory_stats") or {}
     detail = memory.get("stats") or {}
     usage = float(memory.get("usage") or 0)

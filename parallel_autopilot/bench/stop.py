@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .. import docker_client
+from ..containers import daemon
 from . import stats
 from .sandbox import Sandbox, docker_step, wait_for
 
@@ -87,7 +87,7 @@ def bare(ctx, box: Sandbox, n: int, label: str, grace: int) -> float:
     # the baseline stays one `docker stop -t grace` of all N: docker_client.stop sends the N
     # stop requests together, as the CLI does, so it is still one grace period, not N
     with docker_step("docker stop"):
-        docker_client.stop(names, grace)
+        daemon.stop(names, grace)
     box.docker_rm(names)
     return ctx.clock() - t0
 

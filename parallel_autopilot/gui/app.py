@@ -289,7 +289,7 @@ class Pane:
         store = self.store()
         if store is None:
             return {"queued": [], "testing": [], "merged": [], "rejected": []}
-        from .. import mergequeue
+        from ..merge import queue as mergequeue
 
         found = mergequeue.status(self.settings, store)
         found["merged"] = found["merged"][-recent:]

@@ -8,7 +8,7 @@ purely by ``AUTOPILOT_*`` environment variables (the contract in
 - ``agent`` - the loop: claim, branch, run the agent, commit, complete; the
   heartbeat thread (lease renewal, agents table), the watchdog, SIGTERM.
 - ``kinds`` - how each agent kind (script, codex, claude, command) is run.
-- ``workspace`` - the git steps on the agent's worktree (through ``git.py``).
+- ``workspace`` - the git steps on the agent's worktree (through ``git/runner.py``).
 - ``process`` - process groups: start, stop with a grace, reap leftovers.
 - ``logs`` - ``agent.log``, ``events.jsonl`` and per-attempt logs, per agent.
 - ``health`` - the container healthcheck: is the heartbeat file fresh?

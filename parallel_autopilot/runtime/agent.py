@@ -53,8 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
-from ..issues import Claim, IssueStore, is_url, open_store
-from .. import snapshots
+from ..issues import Claim, IssueStore, is_url, open_store, snapshots
 from . import health, kinds, process, usage
 from .logs import AgentLog, last_line, read_end, tail
 from .settings import RuntimeSettings

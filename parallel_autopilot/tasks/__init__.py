@@ -3,8 +3,8 @@
 Each namespace lives in its own module; this one only assembles them.
 """
 
-from .edge import Namespace
 from . import issues
+from .edge import Namespace
 
 ns = Namespace()
 ns.add_collection(issues.ns)
@@ -17,7 +17,7 @@ ns.add_collection(bench.ns)
 from . import gui  # noqa: E402
 
 ns.add_collection(gui.ns)
-from . import agents, logs, root  # noqa: E402
+from . import agents, logs, root
 
 ns.add_collection(agents.ns)
 ns.add_collection(logs.ns)

@@ -143,7 +143,7 @@ class Namespace(invoke.Collection):
 # there and the step has to sit on invoke's Collection itself. It is scoped:
 # only the contexts of OUR tasks (by their body's module) get the alias and the
 # marker the parser patch below looks for; any other collection in the process
-# parses exactly as plain invoke does (tests/test_tasks_edge.py).
+# parses exactly as plain invoke does (tests/tasks/test_tasks_edge.py).
 _plain_to_contexts = invoke.Collection.to_contexts
 _MARK = "_parallel_autopilot"
 

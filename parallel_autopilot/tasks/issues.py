@@ -6,10 +6,10 @@ import sys
 import time
 from pathlib import Path
 
-from .. import fleet, issuefile, issues, snapshots
+from .. import fleet, issues
 from ..config import Settings, redact_url
 from ..errors import Conflict, DockerUnavailable, InvalidInput
-from ..issues import IssueStore
+from ..issues import IssueStore, issuefile, snapshots
 from .edge import Namespace, emit_json, print_table, settings, task
 
 INTERACTIVE_RECONNECT_SECONDS = 15.0
@@ -179,7 +179,7 @@ def merge(c, number=None, dry_run=False, batch=None, json=False):
     Exit codes: 0 all merged (or would merge), 13 nothing to do, 14 some rejected
     (red or conflicting; the others merged), 4 refused (another merge queue runs).
     """
-    from .. import mergequeue
+    from ..merge import queue as mergequeue
 
     size = _number(batch, "batch") if batch is not None else None
     report = mergequeue.merge(settings(c), open_store(c), [_number(number)] if number else None,
@@ -231,7 +231,7 @@ def restore(c, snapshot=None, json=False):
             "json": "print what was copied as JSON"})
 def migrate(c, to, json=False):
     """Copy this repository's SQLite backlog (issues, events, agents) into an empty PostgreSQL queue, once."""
-    from .. import queuecopy
+    from ..issues import transfer
 
     if not issues.is_url(to):
         raise InvalidInput(f"--to {redact_url(str(to))!r} is not a postgresql:// URL: give postgresql://user@host/db")
@@ -244,12 +244,12 @@ def migrate(c, to, json=False):
 
     def progress(table_name: str, done: int, total: int) -> None:
         # large backlogs: a line per chunk, on stderr so --json stays parseable
-        if total > queuecopy.CHUNK and shown.get(table_name) != done:
+        if total > transfer.CHUNK and shown.get(table_name) != done:
             shown[table_name] = done
             print(f"{table_name}: {done}/{total}", file=sys.stderr, flush=True)
 
     try:
-        copied = queuecopy.sqlite_to_pg(source, target, progress)
+        copied = transfer.sqlite_to_pg(source, target, progress)
     finally:
         source.close()
         target.close()

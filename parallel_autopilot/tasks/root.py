@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import demo as demo_lib
-from .. import agentcli, image, worktrees
+from ..containers import agentcli, image
+from ..git import clones
 from .edge import emit_json, fleet_of, settings, table, task
 
 
@@ -43,11 +44,11 @@ def cleanup(c, force=False, json=False):
     s = the_fleet.settings
     stopped = the_fleet.stop(progress=print if not json else lambda _: None)
     if s.queue or s.db_path.exists():  # results never live only in a clone that is about to go
-        from .. import mergequeue
+        from ..merge import queue as mergequeue
 
         mergequeue.bring_home(s, the_fleet.store)
-    report = worktrees.remove(s, force=force, keep_unsafe=True)
-    dropped = worktrees.drop_merged_issue_branches(s)
+    report = clones.remove(s, force=force, keep_unsafe=True)
+    dropped = clones.drop_merged_issue_branches(s)
     if json:
         emit_json({"stopped": stopped, **report.to_dict(), "deleted_issue_branches": dropped})
         return

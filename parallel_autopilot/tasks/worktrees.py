@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .. import worktrees
+from ..git import clones
 from .edge import Namespace, emit_json, fleet_of, settings, table, task
 
 
-def _print(ws: list[worktrees.Worktree]) -> None:
+def _print(ws: list[clones.Worktree]) -> None:
     if not ws:
         print("no agent worktrees (make some with: worktrees.create --n 3)")
         return
@@ -24,7 +24,7 @@ def _print(ws: list[worktrees.Worktree]) -> None:
 def create(c, n, json=False):
     """Create (or reuse, or repair, or migrate) the agents' own clones .worktrees/agent-001.."""
     the_fleet = fleet_of(c)
-    made = worktrees.create(the_fleet.settings, the_fleet.check_count(n, containers=False),
+    made = clones.create(the_fleet.settings, the_fleet.check_count(n, containers=False),
                             git=the_fleet.git)
     if json:
         emit_json([w.to_dict() for w in made])
@@ -35,7 +35,7 @@ def create(c, n, json=False):
 @task(name="list", help={"json": "machine-readable output"})
 def list_(c, json=False):
     """List the agents' clones: branch checked out, clean/dirty, refs with work the repository lacks."""
-    found = worktrees.list(settings(c))
+    found = clones.list(settings(c))
     if json:
         emit_json([w.to_dict() for w in found])
     else:
@@ -49,7 +49,7 @@ def list_(c, json=False):
 })
 def remove(c, id=None, force=False, json=False):  # noqa: A002 - the flag reads --id
     """Remove the agents' clones (old layout: worktrees and merged agent/NNN branches); keeps work unless --force."""
-    report = worktrees.remove(settings(c), ids=id or None, force=force)
+    report = clones.remove(settings(c), ids=id or None, force=force)
     if json:
         emit_json(report.to_dict())
         return
