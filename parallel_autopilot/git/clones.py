@@ -35,14 +35,29 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from ..errors import AgentNotFound, GitError, UnmergedWork, WorktreeDirty
 from ..ids import agent_branch, agent_id, agent_ids
 from .runner import Git, WorktreeEntry
 
-if TYPE_CHECKING:  # for annotations only: the clones take the values of a Settings
-    from ..config import Settings
+
+class Settings(Protocol):
+    """What the clones need of a configuration: where things are (``config.Settings`` has it;
+    the clones sit below the configuration and take its values, they do not load one)."""
+
+    repo: Path
+    base_branch: str | None
+
+    @property
+    def worktrees_path(self) -> Path: ...
+
+    @property
+    def state_path(self) -> Path: ...
+
+    @property
+    def logs_path(self) -> Path: ...
+
 
 _AGENT_DIR = re.compile(r"^agent-[0-9]{3}$")
 
