@@ -55,18 +55,18 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..config import Settings
-from ..errors import Conflict, GitError, InvalidInput
+from ..errors import EXIT_NOTHING_TO_MERGE, EXIT_OK, EXIT_SOME_REJECTED, Conflict, GitError, InvalidInput
 from ..git import Git, clones
 from ..ids import agent_id
 from ..issues import PRIORITIES, Issue, IssueStore, on_this_host
 from . import checks
 from .checks import CheckResult, CheckRunner, run_on_host  # noqa: F401 - named here too (callers)
 
-#: Exit codes of ``issues.merge`` (documented in the README): every outcome its own.
-EXIT_MERGED = 0  # every queued issue merged (or, with --dry-run, would merge)
-EXIT_NOTHING = 13  # no done issue to merge
-EXIT_REJECTED = 14  # at least one issue rejected (red or conflicting); the others merged
-EXIT_REFUSED = 4  # refused before anything was done (another merge queue runs, bad state): Conflict
+#: Exit codes of ``issues.merge``, from the one table (``errors.EXIT_CODES``): every outcome its own.
+EXIT_MERGED = EXIT_OK  # every queued issue merged (or, with --dry-run, would merge)
+EXIT_NOTHING = EXIT_NOTHING_TO_MERGE  # no done issue to merge
+EXIT_REJECTED = EXIT_SOME_REJECTED  # at least one issue rejected (red or conflicting); the others merged
+EXIT_REFUSED = Conflict.exit_code  # refused before anything was done (another merge queue runs, bad state)
 
 #: Times a candidate is rebuilt and re-tested because the base moved under it, before giving up.
 MAX_RETESTS = 10
