@@ -144,17 +144,19 @@ def test_ensure_image_skips_a_current_image_and_rebuilds_a_stale_one(settings):
 
 def test_base_image_present_is_used_as_it_is(settings):
     client = FakeClient({"python:3.11-slim": {}})
-    puller = lambda *a, **k: pytest.fail("must not pull a present image")  # noqa: E731
+
+    def puller(*a, **k):
+        pytest.fail("must not pull a present image")
+
     assert image.base_image(settings, progress=lambda _: None, client=client, puller=puller) == "python:3.11-slim"
 
 
 def test_unpullable_base_falls_back_to_the_offline_base(settings):
     client = FakeClient({})
-    puller = lambda name, progress=print: "lookup registry-1.docker.io: no such host"  # noqa: E731
-    offline = lambda progress=print: image.OFFLINE_BASE  # noqa: E731
     lines = []
-    assert image.base_image(settings, progress=lines.append, client=client, puller=puller,
-                            offline=offline) == image.OFFLINE_BASE
+    assert image.base_image(settings, progress=lines.append, client=client,
+                            puller=lambda name, progress=print: "lookup registry-1.docker.io: no such host",
+                            offline=lambda progress=print: image.OFFLINE_BASE) == image.OFFLINE_BASE
     assert lines == [f"cannot pull python:3.11-slim (lookup registry-1.docker.io: no such host): "
                      f"using the offline base {image.OFFLINE_BASE}"]
 
