@@ -1,22 +1,36 @@
-"""The domain errors of parallel-autopilot.
+"""The domain errors of parallel-autopilot, and the table of exit codes.
 
 Every expected failure is an ``AutopilotError`` whose message is ONE line that
 names the fix. The edges turn it into that line and ``exit_code`` (tasks) or
 into ``http_status`` with a JSON body (GUI). Standard library only.
+
+:data:`EXIT_CODES` is the ONE table of the codes the program exits with: one
+meaning per code, so a script can tell "nothing to merge" from "the queue is
+down". An error family shares its head's code (``InvalidAgentCount`` exits 2,
+"invalid input", as ``InvalidInput``); the merge queue's outcomes and the edges'
+own exits (interrupted, broken pipe, the runtime's watchdog) have codes no
+failure uses. A command that the program runs for you and that fails (a
+``remote.test``, a ``c.run``) passes its own code through: those are not ours.
 """
+
+from __future__ import annotations
+
+from typing import NamedTuple
 
 
 class AutopilotError(Exception):
-    """Base of every expected failure; ``str(err)`` is the user-facing line."""
+    """Base of every expected failure; ``str(err)`` is the user-facing line.
 
-    exit_code = 1
+    ``exit_code`` is the class's row in :data:`EXIT_CODES` (set from the table below).
+    """
+
+    exit_code: int
     http_status = 400
 
 
 class InvalidInput(AutopilotError):
     """A value given by the user is not acceptable (bad count, bad file...)."""
 
-    exit_code = 2
     http_status = 422
 
 
@@ -35,7 +49,6 @@ class MalformedIssueFile(InvalidInput):
 class NotFound(AutopilotError):
     """A thing asked for by name or number does not exist."""
 
-    exit_code = 3
     http_status = 404
 
 
@@ -50,7 +63,6 @@ class AgentNotFound(NotFound):
 class Conflict(AutopilotError):
     """The request is valid but the current state forbids it."""
 
-    exit_code = 4
     http_status = 409
 
 
@@ -72,13 +84,10 @@ class UnmergedWork(Conflict):
 class UnsafeFilesystem(AutopilotError):
     """The state directory is on a filesystem where SQLite WAL is unsafe."""
 
-    exit_code = 5
-
 
 class QueueUnavailable(AutopilotError):
     """The PostgreSQL issue queue cannot be reached (within its reconnect window)."""
 
-    exit_code = 13
     http_status = 503
 
 
@@ -89,48 +98,40 @@ class ClusterUnavailable(AutopilotError):
 class GitError(AutopilotError):
     """A git command failed (not a git repository, bad base branch...)."""
 
-    exit_code = 6
-
 
 class DockerUnavailable(AutopilotError):
     """The Docker daemon cannot be reached."""
 
-    exit_code = 7
     http_status = 503
 
 
 class ComposeError(AutopilotError):
     """docker compose / docker-compose failed or is missing."""
 
-    exit_code = 8
     http_status = 502
 
 
 class ImageBuildError(AutopilotError):
     """The agent image could not be built."""
 
-    exit_code = 9
     http_status = 502
 
 
 class AgentsUnhealthy(AutopilotError):
     """Agents did not become healthy in time."""
 
-    exit_code = 10
     http_status = 504
 
 
 class RemoteError(AutopilotError):
     """A remote host could not be reached or refused the command."""
 
-    exit_code = 11
     http_status = 502
 
 
 class BenchmarkFailed(AutopilotError):
     """A benchmark scenario failed; the report naming it was still written."""
 
-    exit_code = 12
     http_status = 500
 
 
@@ -142,14 +143,70 @@ class DatabaseDamaged(AutopilotError):
     program's SQLite file. The line names the file and the fix (``issues.restore``).
     """
 
-    exit_code = 13
     http_status = 503
 
 
 class MissingDependency(AutopilotError):
     """An optional Python dependency (an extra: gui, bench) is not installed; the line names the pip command."""
 
-    exit_code = 14
+
+# -- the exit codes ------------------------------------------------------------------------------
+
+#: Codes that are outcomes or the edges' own, not an error class's (the values of EXIT_CODES' rows).
+EXIT_OK = 0
+EXIT_NOTHING_TO_MERGE = 20
+EXIT_SOME_REJECTED = 21
+EXIT_WATCHDOG = 70  # EX_SOFTWARE: the in-container runtime stalled; its restart policy restarts it
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of our output went away (`| head`)
+
+
+class ExitCode(NamedTuple):
+    """One row of :data:`EXIT_CODES`: what a script may conclude from the code, and who gives it."""
+
+    meaning: str
+    #: one error family (its head first, every member named) or the name of an outcome
+    given_by: tuple[type[AutopilotError], ...] | str
+
+
+#: Every exit code of parallel-autopilot (tasks, the ``parallel-autopilot`` program, the wrapper,
+#: fab, the in-container runtime): code -> its one meaning. The README shows the same table.
+EXIT_CODES: dict[int, ExitCode] = {
+    EXIT_OK: ExitCode("done (issues.merge: every queued issue merged, or would with --dry-run)", "ok"),
+    1: ExitCode("failed with no code of its own: an unexpected error, or a command line invoke "
+                "could not parse", (AutopilotError,)),
+    2: ExitCode("invalid input (a bad value, agent count, agent id or issue file; a malformed "
+                "command line of the wrapper)",
+                (InvalidInput, InvalidAgentCount, InvalidAgentId, MalformedIssueFile)),
+    3: ExitCode("not found (no such issue or agent)", (NotFound, IssueNotFound, AgentNotFound)),
+    4: ExitCode("refused: the current state forbids it (a lost lease, a dirty worktree, unmerged "
+                "work; issues.merge: another merge queue runs)", (Conflict, LeaseLost, WorktreeDirty, UnmergedWork)),
+    5: ExitCode("the state directory is on a filesystem where SQLite is unsafe", (UnsafeFilesystem,)),
+    6: ExitCode("a git command failed", (GitError,)),
+    7: ExitCode("the Docker daemon cannot be reached", (DockerUnavailable,)),
+    8: ExitCode("docker compose failed or is missing", (ComposeError,)),
+    9: ExitCode("the agent image could not be built", (ImageBuildError,)),
+    10: ExitCode("agents did not become healthy in time", (AgentsUnhealthy,)),
+    11: ExitCode("a remote host could not be reached or refused the command", (RemoteError,)),
+    12: ExitCode("a benchmark scenario failed (its report was written)", (BenchmarkFailed,)),
+    13: ExitCode("the queue's database file is damaged or foreign (left untouched)", (DatabaseDamaged,)),
+    14: ExitCode("an optional Python dependency is not installed", (MissingDependency,)),
+    15: ExitCode("the PostgreSQL issue queue cannot be reached", (QueueUnavailable,)),
+    16: ExitCode("no PostgreSQL server binaries, or a throwaway cluster would not start (tests, bench)",
+                 (ClusterUnavailable,)),
+    EXIT_NOTHING_TO_MERGE: ExitCode("issues.merge: nothing to merge (no done issue)", "nothing to merge"),
+    EXIT_SOME_REJECTED: ExitCode("issues.merge: at least one issue rejected (red or conflicting); the "
+                                 "others merged", "some rejected"),
+    EXIT_WATCHDOG: ExitCode("an agent's runtime stalled past its watchdog (in the container)", "watchdog"),
+    EXIT_INTERRUPTED: ExitCode("interrupted (Ctrl-C)", "interrupted"),
+    EXIT_BROKEN_PIPE: ExitCode("the reader of the output went away (| head)", "broken pipe"),
+}
+
+for _code, _row in EXIT_CODES.items():  # each error class exits with its row's code
+    if not isinstance(_row.given_by, str):
+        for _error in _row.given_by:
+            _error.exit_code = _code
+del _code, _row, _error
 
 
 def one_line(value: object, limit: int = 300) -> str:

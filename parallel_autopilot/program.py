@@ -6,10 +6,11 @@ import sys
 from invoke import Program
 
 from . import __version__
+from .errors import EXIT_BROKEN_PIPE
 from .tasks import ns
 
 #: Exit code when the reader of our output went away (`| head`): 128 + SIGPIPE, as a shell reports it.
-BROKEN_PIPE_EXIT = 141
+BROKEN_PIPE_EXIT = EXIT_BROKEN_PIPE
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..git import Git
 from . import stats
@@ -88,18 +88,17 @@ def red_commits(repo: Path, since: str) -> int:
     return red
 
 
-def plan(ctx) -> dict[str, Any]:
-    """Issues, the bad one's index, the check's sleep, rounds."""
+def plan(ctx, quick: Mapping[str, Any] = QUICK) -> dict[str, Any]:
+    """Issues, the bad one's index, the check's sleep, rounds (``quick``'s in a quick run)."""
     if ctx.quick:
-        return {**QUICK, "rounds": 1}
+        return {**quick, "rounds": 1}
     return {"issues": ISSUES, "bad": BAD, "check_seconds": CHECK_SECONDS, "rounds": ctx.repeats}
 
 
-def one(ctx, size: int, label: str) -> dict[str, Any]:
-    """Merge the issues with batches of ``size`` on a fresh repository."""
+def one(ctx, size: int, label: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge the issues of ``params`` (:func:`plan`) with batches of ``size`` on a fresh repository."""
     from ..merge.queue import MergeQueue
 
-    params = plan(ctx)
     root = ctx.workdir / "merge" / f"{label}-k{size}-{time.time_ns()}"
     settings, store = make_site(root, params["issues"], params["bad"], params["check_seconds"])
     start = _git(settings.repo, "rev-parse", "main")
@@ -116,14 +115,14 @@ def one(ctx, size: int, label: str) -> dict[str, Any]:
     return {"seconds": seconds, "check_runs": report.check_runs, "red": red}
 
 
-def run(ctx) -> dict[str, Any]:
-    """Each round: K = 1, then every K in SIZES, on fresh copies."""
-    params = plan(ctx)
+def run(ctx, quick: Mapping[str, Any] = QUICK) -> dict[str, Any]:
+    """Each round: K = 1, then every K in SIZES, on fresh copies; a quick run is ``quick``'s size."""
+    params = plan(ctx, quick)
     rounds = params["rounds"]
     results: dict[int, list[dict]] = {1: [], **{k: [] for k in SIZES}}
     for r in range(rounds):
         for size in (1, *SIZES):
-            results[size].append(one(ctx, size, f"round {r + 1}/{rounds}"))
+            results[size].append(one(ctx, size, f"round {r + 1}/{rounds}", params))
     base = [x["seconds"] for x in results[1]]
     rows = []
     for size in SIZES:

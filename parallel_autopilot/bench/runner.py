@@ -18,6 +18,7 @@ import time
 import traceback
 import uuid
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterable
 
 from ..config import Settings
@@ -100,6 +101,11 @@ def _drop_image(tag: str | None) -> None:
         pass
 
 
+def load_scenario(name: str) -> ModuleType:
+    """The module of scenario ``name`` (``bench/<name>.py``: ``TITLE``, ``run(ctx)``, maybe ``NEEDS_FLEET``)."""
+    return importlib.import_module(f"{__package__}.{name}")
+
+
 def _failure_line(err: BaseException) -> str:
     text = one_line(err, limit=1000)
     return text if isinstance(err, AutopilotError) else f"{err.__class__.__name__}: {text}"
@@ -108,8 +114,12 @@ def _failure_line(err: BaseException) -> str:
 def run(settings: Settings, scenarios: Iterable[str] | str | None = None, *, quick: bool = False,
         repeats: int | None = None, out_dir: Path | None = None, display: Display | None = None,
         clock: Callable[[], float] = time.perf_counter, wall: Callable[[], float] = time.time,
-        prepare_image: bool = True) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Run ``scenarios`` (all by default); write and return the report and its file paths."""
+        prepare_image: bool = True,
+        load: Callable[[str], Any] = load_scenario) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Run ``scenarios`` (all by default); write and return the report and its file paths.
+
+    ``load`` gives a scenario's module by name (default :func:`load_scenario`).
+    """
     names = parse_scenarios(scenarios)
     display = display or Display()
     repeats = repeats or DEFAULT_REPEATS["quick" if quick else "full"]
@@ -130,7 +140,7 @@ def run(settings: Settings, scenarios: Iterable[str] | str | None = None, *, qui
         if ctx.image_problem:
             display.note(f"no agent image: {ctx.image_problem}")
         for index, name in enumerate(names, start=1):
-            module = importlib.import_module(f"{__package__}.{name}")
+            module = load(name)
             display.begin(name, index, len(names))
             begun = clock()
             problem = fleet_problem(ctx) if getattr(module, "NEEDS_FLEET", False) else None

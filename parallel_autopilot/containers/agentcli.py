@@ -104,13 +104,13 @@ def installed(cli: str, settings: Settings | None = None) -> Installed:
 
 
 def fetch(cli: str, settings: Settings | None = None, progress: Callable[[str], None] = print,
-          runner: Runner = subprocess.run) -> Installed:
+          runner: Runner = subprocess.run, which: Callable[[str], str | None] = shutil.which) -> Installed:
     """The pinned CLI in the host cache, installed with npm when missing (idempotent)."""
     found = installed(cli, settings)
     if found.executable().is_file():
         return found
     package, version = PINS[cli]
-    npm = shutil.which("npm")
+    npm = which("npm")
     if npm is None:
         raise ImageBuildError(f"npm is missing on this host, and {package}@{version} is not in "
                               f"{found.prefix.parent}: apt-get install npm (or run scripts/bootstrap.sh)")

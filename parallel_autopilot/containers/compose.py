@@ -47,16 +47,16 @@ def compose_file() -> Path:
 # -- which compose ------------------------------------------------------------
 
 
-def detect(runner: Runner = subprocess.run) -> list[str]:
+def detect(runner: Runner = subprocess.run, which: Callable[[str], str | None] = shutil.which) -> list[str]:
     """The compose command: ``["docker", "compose"]`` (v2, preferred) or ``["docker-compose"]``."""
-    if shutil.which("docker"):
+    if which("docker"):
         try:
             probe = runner([*V2, "version"], capture_output=True, text=True, timeout=20)
             if probe.returncode == 0:
                 return list(V2)
         except (OSError, subprocess.TimeoutExpired):
             pass
-    if shutil.which(V1[0]):
+    if which(V1[0]):
         return list(V1)
     raise ComposeError("neither `docker compose` nor `docker-compose` is installed: "
                        "apt-get install docker-compose (or run scripts/bootstrap.sh)")

@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..errors import DockerUnavailable, ImageBuildError, InvalidInput, one_line
 from . import agentcli, daemon
@@ -80,8 +80,11 @@ def _package_files() -> list[Path]:
                   if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"))
 
 
-def source_hash(settings: Settings) -> str:
-    """sha256 of what goes into the image: package files, Dockerfile, build arguments."""
+def source_hash(settings: Settings, libs: Iterable[tuple[str, Path]] | None = None) -> str:
+    """sha256 of what goes into the image: package files, Dockerfile, build arguments, ``libs``.
+
+    ``libs``: the staged Python libraries, (path in the pylib directory, file); default :func:`python_lib_files`.
+    """
     digest = hashlib.sha256()
     for arg in (_base_image(settings), _agent_cli(settings), *sorted(agentcli.labels(_agent_cli(settings)).items())):
         digest.update(f"arg:{arg}\0".encode())
@@ -89,7 +92,7 @@ def source_hash(settings: Settings) -> str:
     for path in _package_files():
         digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
-    for relative, path in python_lib_files():
+    for relative, path in (python_lib_files() if libs is None else libs):
         digest.update(b"pylib:" + relative.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -157,9 +160,13 @@ def image_status(settings: Settings, client: Any = None) -> str:
     return "current" if labels.get(LABEL_HASH) == source_hash(settings) else "stale"
 
 
-def ensure_image(settings: Settings, progress: Progress = print, rebuild: bool = False) -> str:
-    """Build ``settings.image`` unless it exists and matches the sources; return its name."""
-    client = daemon.client()
+def ensure_image(settings: Settings, progress: Progress = print, rebuild: bool = False, *, client: Any = None,
+                 builder: Callable[..., Any] | None = None) -> str:
+    """Build ``settings.image`` unless it exists and matches the sources; return its name.
+
+    ``client`` is the Docker client (default :func:`daemon.client`), ``builder`` what builds (default :func:`build`).
+    """
+    client = client or daemon.client()
     if not rebuild and image_status(settings, client) == "current":
         progress(f"image {settings.image} is up to date")
         return settings.image
@@ -172,7 +179,7 @@ def ensure_image(settings: Settings, progress: Progress = print, rebuild: bool =
             progress(f"image {settings.image} is up to date (built meanwhile by another process)")
             return settings.image
         progress(f"image {settings.image}: {status}, building")
-        build(settings, progress=progress)
+        (builder or build)(settings, progress=progress)
     return settings.image
 
 
@@ -334,23 +341,28 @@ def _stream_build(api: Any, settings: Settings, context: Path, path: Path, base:
     return image_id, last
 
 
-def base_image(settings: Settings, progress: Progress = print) -> str:
-    """The base to build on: ``settings.base_image`` if present or pullable, else the offline base."""
+def base_image(settings: Settings, progress: Progress = print, *, client: Any = None,
+               puller: Callable[..., str | None] | None = None, offline: Callable[..., str] | None = None) -> str:
+    """The base to build on: ``settings.base_image`` if present or pullable, else the offline base.
+
+    ``client`` is the Docker client (default :func:`daemon.client`); ``puller`` pulls (default
+    :func:`pull`), ``offline`` makes the offline base (default :func:`offline_base`).
+    """
     from docker.errors import ImageNotFound
 
     wanted = _base_image(settings)
-    client = daemon.client()
+    client = client or daemon.client()
     try:
         client.images.get(wanted)
         return wanted
     except ImageNotFound:
         pass
     if wanted != OFFLINE_BASE:
-        reason = pull(wanted, progress=progress)
+        reason = (puller or pull)(wanted, progress=progress)
         if reason is None:
             return wanted
         progress(f"cannot pull {wanted} ({reason}): using the offline base {OFFLINE_BASE}")
-    return offline_base(progress=progress)
+    return (offline or offline_base)(progress=progress)
 
 
 def pull(name: str, progress: Progress = print, timeout: float = 60) -> str | None:
@@ -384,15 +396,17 @@ def _split_tag(name: str) -> tuple[str, str]:
 
 
 def offline_base(progress: Progress = print, popen: Callable[..., Any] = subprocess.Popen,
-                 workdir: str | os.PathLike | None = None) -> str:
+                 workdir: str | os.PathLike | None = None, *, client: Any = None,
+                 which: Callable[[str], str | None] = shutil.which, euid: Callable[[], int] = os.geteuid) -> str:
     """Make :data:`OFFLINE_BASE` with debootstrap + docker import, unless it exists; return it.
 
-    A file lock makes concurrent callers build it once. Needs root and
-    ``debootstrap`` (Debian/Ubuntu: ``apt-get install debootstrap``).
+    A file lock makes concurrent callers build it once. Needs root (``euid``) and
+    ``debootstrap`` (Debian/Ubuntu: ``apt-get install debootstrap``) on the PATH (``which``).
+    ``client`` is the Docker client (default :func:`daemon.client`).
     """
     from docker.errors import ImageNotFound
 
-    client = daemon.client()
+    client = client or daemon.client()
 
     def present() -> bool:
         try:
@@ -406,12 +420,12 @@ def offline_base(progress: Progress = print, popen: Callable[..., Any] = subproc
     with _lock(Path(tempfile.gettempdir()) / "parallel-autopilot-base.lock"):
         if present():  # made by another process while we waited
             return OFFLINE_BASE
-        if shutil.which("debootstrap") is None:
+        if which("debootstrap") is None:
             raise ImageBuildError(
                 "no base image: the registry is unreachable and debootstrap is missing: "
                 "apt-get install debootstrap (or run scripts/bootstrap.sh), or set autopilot.base_image "
                 "to a local image")
-        if os.geteuid() != 0:
+        if euid() != 0:
             raise ImageBuildError(
                 f"no base image: the registry is unreachable and making {OFFLINE_BASE} with "
                 "debootstrap needs root: run `sudo inv build` once")

@@ -14,6 +14,7 @@ it. The container is killed at ``timeout`` and removed whatever happened.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from ..errors import InvalidInput
 from ..runtime.logs import tail
@@ -47,9 +48,10 @@ class CheckRunner(Protocol):
     def __call__(self, command: str, cwd: Path, timeout: float, log: Path) -> CheckResult: ...
 
 
-def run_on_host(command: str, cwd: Path, timeout: float, log: Path) -> CheckResult:
+def run_on_host(command: str, cwd: Path, timeout: float, log: Path, *,
+                monotonic: Callable[[], float] = time.monotonic) -> CheckResult:
     """Run ``command`` with ``bash -c`` in ``cwd`` in its own process group; kill the group on timeout."""
-    started = time.monotonic()
+    started = monotonic()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen([shutil.which("bash") or "sh", "-c", command], cwd=str(cwd),
@@ -69,7 +71,7 @@ def run_on_host(command: str, cwd: Path, timeout: float, log: Path) -> CheckResu
     output = _tail(log)
     if status == "timeout":
         output = f"(timed out after {timeout:g}s)\n{output}"
-    return CheckResult(status == "passed", round(time.monotonic() - started, 3), output, status)
+    return CheckResult(status == "passed", round(monotonic() - started, 3), output, status)
 
 
 def _check_env() -> dict[str, str]:
@@ -82,17 +84,17 @@ def _tail(log: Path) -> str:
     return tail(log, lines=TAIL_LINES, skip_prefix=None) or ""
 
 
-def runner_for(settings: Settings) -> CheckRunner:
-    """Where the check runs: ``host`` (a process here) or ``container`` (see :mod:`.checks`)."""
+def runner_for(settings: Settings, *, monotonic: Callable[[], float] = time.monotonic) -> CheckRunner:
+    """Where the check runs: ``host`` (a process here) or ``container`` (see :mod:`.checks`); timed by ``monotonic``."""
     where = str(settings.merge_check_runner or "host")
     if where == "host":
-        return run_on_host
+        return functools.partial(run_on_host, monotonic=monotonic)
     if where == "container":
-        return container_runner(settings)
+        return container_runner(settings, monotonic=monotonic)
     raise InvalidInput(f"merge_check_runner {where!r} is unknown: use host or container")
 
 
-def container_runner(settings: Settings) -> CheckRunner:
+def container_runner(settings: Settings, *, monotonic: Callable[[], float] = time.monotonic) -> CheckRunner:
     """A :class:`CheckRunner` that runs each check in a container."""
     # Docker and the image only here: the host runner (and the merge queue's import) needs neither
     from .. import platform
@@ -105,7 +107,7 @@ def container_runner(settings: Settings) -> CheckRunner:
     git_dir = Git(settings.repo).common_dir()
 
     def run(command: str, cwd: Path, timeout: float, log: Path) -> CheckResult:
-        started = time.monotonic()
+        started = monotonic()
         docker = daemon.client()
         container = docker.containers.run(
             tag, ["sh", "-c", command], detach=True, user=f"{uid}:{gid}", working_dir=str(cwd),
@@ -129,7 +131,7 @@ def container_runner(settings: Settings) -> CheckRunner:
         output = _tail(log)
         if status == "timeout":
             output = f"(timed out after {timeout:g}s)\n{output}"
-        return CheckResult(status == "passed", round(time.monotonic() - started, 3), output, status)
+        return CheckResult(status == "passed", round(monotonic() - started, 3), output, status)
 
     return run
 

@@ -55,18 +55,18 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..config import Settings
-from ..errors import Conflict, GitError, InvalidInput
+from ..errors import EXIT_NOTHING_TO_MERGE, EXIT_OK, EXIT_SOME_REJECTED, Conflict, GitError, InvalidInput
 from ..git import Git, clones
 from ..ids import agent_id
 from ..issues import PRIORITIES, Issue, IssueStore, on_this_host
 from . import checks
 from .checks import CheckResult, CheckRunner, run_on_host  # noqa: F401 - named here too (callers)
 
-#: Exit codes of ``issues.merge`` (documented in the README): every outcome its own.
-EXIT_MERGED = 0  # every queued issue merged (or, with --dry-run, would merge)
-EXIT_NOTHING = 13  # no done issue to merge
-EXIT_REJECTED = 14  # at least one issue rejected (red or conflicting); the others merged
-EXIT_REFUSED = 4  # refused before anything was done (another merge queue runs, bad state): Conflict
+#: Exit codes of ``issues.merge``, from the one table (``errors.EXIT_CODES``): every outcome its own.
+EXIT_MERGED = EXIT_OK  # every queued issue merged (or, with --dry-run, would merge)
+EXIT_NOTHING = EXIT_NOTHING_TO_MERGE  # no done issue to merge
+EXIT_REJECTED = EXIT_SOME_REJECTED  # at least one issue rejected (red or conflicting); the others merged
+EXIT_REFUSED = Conflict.exit_code  # refused before anything was done (another merge queue runs, bad state)
 
 #: Times a candidate is rebuilt and re-tested because the base moved under it, before giving up.
 MAX_RETESTS = 10
@@ -171,13 +171,17 @@ class MergeQueue:
 
     def __init__(self, settings: Settings, store: IssueStore, *, runner: CheckRunner | None = None,
                  progress: Progress = lambda _: None, batch: int | None = None, requeue: bool | None = None,
-                 check: str | None = None, check_timeout: float | None = None):
+                 check: str | None = None, check_timeout: float | None = None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
+        """``clock`` stamps the state file and names the check logs; ``monotonic`` times the run and the checks."""
         self.settings = settings
         self.store = store
+        self.clock = clock
+        self.monotonic = monotonic
         self.git = Git(settings.repo)
         self.base = clones.base_branch(settings, self.git)
         self.ref = f"refs/heads/{self.base}"
-        self.runner = runner or checks.runner_for(settings)
+        self.runner = runner or checks.runner_for(settings, monotonic=monotonic)
         self.progress = progress
         self.batch = int(batch if batch is not None else settings.merge_batch or 1)
         if self.batch < 1:
@@ -195,7 +199,7 @@ class MergeQueue:
 
     def run(self, numbers: Iterable[int] | None = None, dry_run: bool = False) -> MergeReport:
         """Merge every done issue (or those in ``numbers``); the report. Conflict when another queue runs."""
-        started = time.monotonic()
+        started = self.monotonic()
         report = self._report = MergeReport(base=self.base, dry_run=dry_run, batch=self.batch)
         clones.exclude_tool_dirs(self.settings, self.git)
         with self._locked():
@@ -210,7 +214,7 @@ class MergeQueue:
                 self._land(candidates[start:start + self.batch], dry_run)
             report.base_after = self.git.rev_parse(self.ref)
             self._state("idle", [])
-        report.seconds = round(time.monotonic() - started, 3)
+        report.seconds = round(self.monotonic() - started, 3)
         return report
 
     @contextmanager
@@ -234,7 +238,7 @@ class MergeQueue:
     def _state(self, phase: str, issues: list[int]) -> None:
         path = self.dir / "state.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"phase": phase, "issues": issues, "at": time.time(), "pid": os.getpid()}))
+        tmp.write_text(json.dumps({"phase": phase, "issues": issues, "at": self.clock(), "pid": os.getpid()}))
         os.replace(tmp, path)
 
     def _prepare_worktree(self) -> None:
@@ -354,7 +358,7 @@ class MergeQueue:
             return CheckResult(True, 0.0, "", "none")
         self._runs += 1
         self._report.check_runs += 1
-        log = self.dir / "logs" / f"check-{int(time.time() * 1000)}-{self._runs}.log"
+        log = self.dir / "logs" / f"check-{int(self.clock() * 1000)}-{self._runs}.log"
         result = self.runner(command, self.worktree, self.check_timeout, log)
         self._wt.checkout_detached("HEAD")  # what the check wrote must not reach the next candidate
         return result
@@ -461,9 +465,11 @@ def _flat(text: str) -> str:
 
 
 def merge(settings: Settings, store: IssueStore, numbers: Iterable[int] | None = None, *, dry_run: bool = False,
-          batch: int | None = None, progress: Progress = lambda _: None) -> MergeReport:
+          batch: int | None = None, progress: Progress = lambda _: None, clock: Callable[[], float] = time.time,
+          monotonic: Callable[[], float] = time.monotonic) -> MergeReport:
     """Run the merge queue once (what ``issues.merge`` does)."""
-    return MergeQueue(settings, store, batch=batch, progress=progress).run(numbers, dry_run=dry_run)
+    return MergeQueue(settings, store, batch=batch, progress=progress, clock=clock,
+                      monotonic=monotonic).run(numbers, dry_run=dry_run)
 
 
 __all__ = ["MergeQueue", "MergeReport", "CheckResult", "merge", "status", "run_on_host", "merge_dir",

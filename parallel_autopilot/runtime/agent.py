@@ -104,13 +104,15 @@ class Agent:
     def __init__(self, settings: RuntimeSettings, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
                  rng: Callable[[], float] = random.random, environ: dict | None = None,
-                 exit: Callable[[int], None] = os._exit):
+                 exit: Callable[[int], None] = os._exit,
+                 kill_descendants: Callable[[], object] = process.kill_descendants):
         self.s = settings
         self.clock = clock
         self.monotonic = monotonic
         self.rng = rng
         self.environ = dict(os.environ if environ is None else environ)
         self._exit = exit
+        self._kill_descendants = kill_descendants  # the watchdog's, before it exits
         self.incarnation = uuid.uuid4().hex[:12]
         self.log = AgentLog(settings.logs, settings.agent_id, self.incarnation, clock=clock)
         self.workspace = Workspace(settings.workspace, settings.agent_id, settings.base_branch,
@@ -295,7 +297,7 @@ class Agent:
             attempt = self._attempt
             if attempt and attempt.proc is not None:
                 process.signal_group(attempt.proc.pid, signal.SIGKILL)
-            process.kill_descendants()  # a hung git hook, git itself: nothing of ours outlives us
+            self._kill_descendants()  # a hung git hook, git itself: nothing of ours outlives us
             self._exit(WATCHDOG_EXIT)
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:

@@ -176,7 +176,7 @@ def _check(issue) -> str:
 def merge(c, number=None, dry_run=False, batch=None, json=False):
     """Run the merge queue: done issues onto the base, checked, only green commits; see the README.
 
-    Exit codes: 0 all merged (or would merge), 13 nothing to do, 14 some rejected
+    Exit codes: 0 all merged (or would merge), 20 nothing to do, 21 some rejected
     (red or conflicting; the others merged), 4 refused (another merge queue runs).
     """
     from ..merge import queue as mergequeue

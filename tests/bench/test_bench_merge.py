@@ -8,11 +8,10 @@ from parallel_autopilot.bench import SCENARIOS, merge
 from parallel_autopilot.bench.context import Context
 
 
-def test_the_merge_scenario_counts_check_runs_and_finds_no_red_commit(tmp_path, git_repo, monkeypatch):
+def test_the_merge_scenario_counts_check_runs_and_finds_no_red_commit(tmp_path, git_repo):
     assert "merge" in SCENARIOS
-    monkeypatch.setattr(merge, "QUICK", {"issues": 6, "bad": 3, "check_seconds": 0})
     ctx = Context(settings=config.load({}, repo=str(git_repo)), workdir=tmp_path, run_id="t", quick=True)
-    result = merge.run(ctx)
+    result = merge.run(ctx, quick={"issues": 6, "bad": 3, "check_seconds": 0})
     assert result["status"] == "ok"
     runs = {k: [x["check_runs"] for x in v] for k, v in result["details"]["results"].items()}
     # K=1: one run each; K=4: [0-3] red -> [0,1] green, [2,3] red -> [2], [3]; then [4,5]

@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -131,13 +132,15 @@ def test_quick_queue_run_writes_a_sane_report_without_docker(settings, tmp_path)
     assert "1/1 queue: starting" in text and "1/1 queue: ok in" in text
 
 
-def test_a_failing_scenario_is_recorded_and_the_others_still_run(settings, tmp_path, monkeypatch):
+def test_a_failing_scenario_is_recorded_and_the_others_still_run(settings, tmp_path):
     def boom(ctx):
         raise RuntimeError("disk\nfull")
 
-    monkeypatch.setattr(queue, "run", boom)
+    def load(name):  # the queue scenario fails; the others are the real ones
+        return SimpleNamespace(TITLE=queue.TITLE, run=boom) if name == "queue" else runner.load_scenario(name)
+
     data, paths = runner.run(settings, "queue,footprint", quick=True, out_dir=tmp_path, prepare_image=False,
-                             display=Display(stream=open("/dev/null", "w"), live=False))
+                             display=Display(stream=open("/dev/null", "w"), live=False), load=load)
     first, second = data["scenarios"]
     assert (first["status"], first["reason"]) == ("failed", "RuntimeError: disk full")
     assert "Traceback" in first["details"]["traceback"]

@@ -60,16 +60,15 @@ def test_stage_links_the_binaries_and_is_stable(settings, tmp_path):
     assert {p: p.stat().st_mtime for p in target.rglob("*") if not p.is_symlink()} == before
 
 
-def test_fetch_uses_npm_once_and_keeps_no_half_install(settings, monkeypatch):
+def test_fetch_uses_npm_once_and_keeps_no_half_install(settings):
     calls = []
-    monkeypatch.setattr(agentcli.shutil, "which", lambda name: "/usr/bin/npm")
 
     def npm(argv, **_):
         calls.append(argv)
         return subprocess.CompletedProcess(argv, 1, "", "npm ERR! code SELF_SIGNED_CERT_IN_CHAIN")
 
     with pytest.raises(ImageBuildError, match="SELF_SIGNED_CERT_IN_CHAIN.*npm ping"):
-        agentcli.fetch("codex", settings, progress=lambda _: None, runner=npm)
+        agentcli.fetch("codex", settings, progress=lambda _: None, runner=npm, which=lambda name: "/usr/bin/npm")
     assert f"@openai/codex@{agentcli.PINS['codex'][1]}" in calls[0]
     assert not agentcli.installed("codex", settings).prefix.exists()
     fake_cache(settings, "codex")

@@ -60,22 +60,24 @@ def run_compose(s, args, **kwargs):
     env = containers.compose_env(s, LIMITS, strict=compose.creates(args))
     return compose.run(s, args, limits=LIMITS, env=env, **kwargs)
 
-def test_detect_prefers_compose_v2(monkeypatch):
-    monkeypatch.setattr(compose.shutil, "which", lambda name: f"/usr/bin/{name}")
-    assert compose.detect(Recorder(0)) == ["docker", "compose"]
+def everywhere(name):
+    """``which`` on a host where every program is installed."""
+    return f"/usr/bin/{name}"
 
 
-def test_detect_falls_back_to_docker_compose_v1(monkeypatch):
-    monkeypatch.setattr(compose.shutil, "which", lambda name: f"/usr/bin/{name}")
+def test_detect_prefers_compose_v2():
+    assert compose.detect(Recorder(0), which=everywhere) == ["docker", "compose"]
+
+
+def test_detect_falls_back_to_docker_compose_v1():
     runner = Recorder(1, stderr="docker: unknown command: docker compose")
-    assert compose.detect(runner) == ["docker-compose"]
+    assert compose.detect(runner, which=everywhere) == ["docker-compose"]
     assert runner.calls[0][0] == ["docker", "compose", "version"]
 
 
-def test_detect_without_any_compose_names_the_fix(monkeypatch):
-    monkeypatch.setattr(compose.shutil, "which", lambda name: None)
+def test_detect_without_any_compose_names_the_fix():
     with pytest.raises(ComposeError, match="apt-get install docker-compose"):
-        compose.detect(Recorder(1))
+        compose.detect(Recorder(1), which=lambda name: None)
 
 
 # -- names --------------------------------------------------------------------

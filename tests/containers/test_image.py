@@ -30,7 +30,7 @@ def test_source_hash_is_stable_and_follows_the_build_arguments(settings):
     assert image.source_hash(settings.replace(base_image="debian:12")) != first
 
 
-def test_source_hash_covers_the_staged_python_libraries(settings, monkeypatch, tmp_path):
+def test_source_hash_covers_the_staged_python_libraries(settings, tmp_path):
     files = dict(image.python_lib_files())
     assert "pg8000/__init__.py" in files and "scramp/__init__.py" in files and "six.py" in files
     assert "scramp-1.5.0.dist-info/METADATA" in files or any(f.endswith(".dist-info/METADATA") and f.startswith("scramp")
@@ -39,8 +39,8 @@ def test_source_hash_covers_the_staged_python_libraries(settings, monkeypatch, t
     first = image.source_hash(settings)
     changed = tmp_path / "__init__.py"
     changed.write_text(files["pg8000/__init__.py"].read_text() + "# another version\n")
-    monkeypatch.setattr(image, "python_lib_files", lambda: sorted({**files, "pg8000/__init__.py": changed}.items()))
-    assert image.source_hash(settings) != first
+    libs = sorted({**files, "pg8000/__init__.py": changed}.items())
+    assert image.source_hash(settings, libs) != first
 
 
 def test_build_context_stages_the_python_libraries(settings, tmp_path):
@@ -114,76 +114,71 @@ class FakeImages:
 
 
 class FakeClient:
+    """A Docker client that knows which images are present (name -> labels)."""
+
     def __init__(self, present=()):
         self.images = FakeImages(dict(present))
 
 
-@pytest.fixture
-def fake_docker(monkeypatch):
-    def install(present=()):
-        client = FakeClient(present)
-        monkeypatch.setattr(image.daemon, "client", lambda *a, **k: client)
-        return client
-    return install
+def test_ensure_image_skips_a_current_image_and_rebuilds_a_stale_one(settings):
+    built, lines = [], []
 
+    def ensure(settings, client, **kwargs):  # over a fake Docker, with a builder that only records
+        return image.ensure_image(settings, progress=lines.append, client=client,
+                                  builder=lambda s, progress=print: built.append(s.image), **kwargs)
 
-def test_ensure_image_skips_a_current_image_and_rebuilds_a_stale_one(settings, fake_docker, monkeypatch):
-    built = []
-    monkeypatch.setattr(image, "build", lambda s, progress=print: built.append(s.image))
-    fake_docker({settings.image: {image.LABEL_HASH: image.source_hash(settings)}})
-    lines = []
-    image.ensure_image(settings, progress=lines.append)
+    client = FakeClient({settings.image: {image.LABEL_HASH: image.source_hash(settings)}})
+    ensure(settings, client)
     assert built == [] and lines == [f"image {settings.image} is up to date"]
 
-    fake_docker({settings.image: {image.LABEL_HASH: "old"}})
-    image.ensure_image(settings, progress=lines.append)
+    client = FakeClient({settings.image: {image.LABEL_HASH: "old"}})
+    ensure(settings, client)
     assert built == [settings.image] and "stale" in lines[-1]
 
-    fake_docker({})
-    image.ensure_image(settings, progress=lines.append)
+    client = FakeClient({})
+    ensure(settings, client)
     assert len(built) == 2 and "missing" in lines[-1]
-    image.ensure_image(settings.replace(), progress=lines.append, rebuild=True)
+    ensure(settings.replace(), client, rebuild=True)
     assert len(built) == 3
 
 
-def test_base_image_present_is_used_as_it_is(settings, fake_docker, monkeypatch):
-    fake_docker({"python:3.11-slim": {}})
-    monkeypatch.setattr(image, "pull", lambda *a, **k: pytest.fail("must not pull a present image"))
-    assert image.base_image(settings, progress=lambda _: None) == "python:3.11-slim"
+def test_base_image_present_is_used_as_it_is(settings):
+    client = FakeClient({"python:3.11-slim": {}})
+
+    def puller(*a, **k):
+        pytest.fail("must not pull a present image")
+
+    assert image.base_image(settings, progress=lambda _: None, client=client, puller=puller) == "python:3.11-slim"
 
 
-def test_unpullable_base_falls_back_to_the_offline_base(settings, fake_docker, monkeypatch):
-    fake_docker({})
-    monkeypatch.setattr(image, "pull", lambda name, progress=print: "lookup registry-1.docker.io: no such host")
-    monkeypatch.setattr(image, "offline_base", lambda progress=print: image.OFFLINE_BASE)
+def test_unpullable_base_falls_back_to_the_offline_base(settings):
+    client = FakeClient({})
     lines = []
-    assert image.base_image(settings, progress=lines.append) == image.OFFLINE_BASE
+    assert image.base_image(settings, progress=lines.append, client=client,
+                            puller=lambda name, progress=print: "lookup registry-1.docker.io: no such host",
+                            offline=lambda progress=print: image.OFFLINE_BASE) == image.OFFLINE_BASE
     assert lines == [f"cannot pull python:3.11-slim (lookup registry-1.docker.io: no such host): "
                      f"using the offline base {image.OFFLINE_BASE}"]
 
 
-def test_offline_base_is_reused_when_it_exists(fake_docker):
-    fake_docker({image.OFFLINE_BASE: {}})
+def test_offline_base_is_reused_when_it_exists():
+    client = FakeClient({image.OFFLINE_BASE: {}})
 
     def no_popen(*a, **k):
         raise AssertionError("debootstrap must not run again")
 
-    assert image.offline_base(progress=lambda _: None, popen=no_popen) == image.OFFLINE_BASE
+    assert image.offline_base(progress=lambda _: None, popen=no_popen, client=client) == image.OFFLINE_BASE
 
 
-def test_offline_base_without_debootstrap_names_the_fix(fake_docker, monkeypatch):
-    fake_docker({})
-    monkeypatch.setattr(image.shutil, "which", lambda name: None)
+def test_offline_base_without_debootstrap_names_the_fix():
     with pytest.raises(ImageBuildError, match="apt-get install debootstrap"):
-        image.offline_base(progress=lambda _: None)
+        image.offline_base(progress=lambda _: None, client=FakeClient({}), which=lambda name: None)
 
 
-def test_offline_base_needs_root(fake_docker, monkeypatch):
-    fake_docker({})
-    monkeypatch.setattr(image.shutil, "which", lambda name: "/usr/sbin/debootstrap")
-    monkeypatch.setattr(image.os, "geteuid", lambda: 1000)
+def test_offline_base_needs_root():
     with pytest.raises(ImageBuildError, match="needs root"):
-        image.offline_base(progress=lambda _: None)
+        image.offline_base(progress=lambda _: None, client=FakeClient({}),
+                           which=lambda name: "/usr/sbin/debootstrap", euid=lambda: 1000)
 
 
 class FakePopen:
@@ -206,13 +201,11 @@ class FakePopen:
         return 1
 
 
-def test_failing_debootstrap_is_one_line_and_leaves_no_tree(fake_docker, monkeypatch, tmp_path):
-    fake_docker({})
-    monkeypatch.setattr(image.shutil, "which", lambda name: "/usr/sbin/debootstrap")
-    monkeypatch.setattr(image.os, "geteuid", lambda: 0)
+def test_failing_debootstrap_is_one_line_and_leaves_no_tree(tmp_path):
     lines = []
     with pytest.raises(ImageBuildError, match=r"debootstrap failed \(E: Failed getting release file .*\): check"):
-        image.offline_base(progress=lines.append, popen=FakePopen, workdir=tmp_path)
+        image.offline_base(progress=lines.append, popen=FakePopen, workdir=tmp_path, client=FakeClient({}),
+                           which=lambda name: "/usr/sbin/debootstrap", euid=lambda: 0)
     argv = FakePopen.calls[-1]
     assert argv[:3] == ["debootstrap", "--variant=minbase", "--include=python3,git,ca-certificates"]
     assert argv[3] == "bookworm"

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from parallel_autopilot import config
-from parallel_autopilot.merge import queue as mergequeue
+from parallel_autopilot.merge import checks, queue as mergequeue
 from parallel_autopilot.errors import Conflict
 from parallel_autopilot.issues import IssueStore
+from support.clock import T0, FakeClock
 
 CHECK = "python3 -m unittest -q"
 
@@ -140,6 +141,29 @@ def test_without_requeue_a_rejected_issue_stays_rejected_and_a_rerun_has_nothing
     assert report.rejected and repo.store.get(bad).status == "rejected"
     again = mergequeue.MergeQueue(repo.settings(), repo.store).run()
     assert again.outcome == "nothing" and again.exit_code == mergequeue.EXIT_NOTHING
+
+
+def test_the_queue_stamps_and_times_with_the_clocks_it_is_given(repo, clock):
+    number = repo.done("mul", GOOD_MUL)
+    timer, logs = FakeClock(start=500.0), []
+
+    def runner(command, cwd, timeout, log):
+        logs.append(log)
+        timer.advance(2.5)
+        return mergequeue.CheckResult(True, 2.5, "", "passed")
+
+    queue = mergequeue.MergeQueue(repo.settings(), repo.store, runner=runner, clock=clock, monotonic=timer)
+    report = queue.run()
+    assert report.merged == [number] and report.seconds == 2.5
+    assert logs == [queue.dir / "logs" / f"check-{int(T0 * 1000)}-1.log"]
+    assert json.loads((queue.dir / "state.json").read_text())["at"] == T0
+
+
+def test_the_host_runner_times_the_check_with_the_timer_it_is_given(repo, tmp_path):
+    ticks = iter([10.0, 12.25])
+    run = checks.runner_for(repo.settings(), monotonic=lambda: next(ticks))
+    result = run("true", repo.path, 30, tmp_path / "check.log")
+    assert result.passed and result.duration == 2.25
 
 
 @pytest.mark.parametrize("how", ["dirty", "other-branch"])

@@ -265,7 +265,7 @@ def test_a_busy_local_port_is_refused_before_the_tunnel():
 
 # -- several hosts, one table -------------------------------------------------------------------
 
-def test_agents_status_on_several_hosts_is_one_table_with_a_line_per_down_host(tmp_path, monkeypatch, capsys):
+def test_agents_status_on_several_hosts_is_one_table_with_a_line_per_down_host(tmp_path, capsys):
     agent = {"id": "agent-001", "state": "running", "health": "healthy", "activity": "working", "issue": 7,
              "issue_title": "Fix the parser", "uptime": 3725.0, "restarts": 1}
     results = [
@@ -276,9 +276,18 @@ def test_agents_status_on_several_hosts_is_one_table_with_a_line_per_down_host(t
         remote.HostResult("delta", 7, "", "error: Docker is not reachable (no socket): start the daemon\n"),
     ]
     seen = []
-    monkeypatch.setattr(remote, "run_many", lambda conns, command: seen.append(command) or results)
+
+    def answers(result):  # a host that gives ``result`` (or its SSH failure) for every command
+        def behaviour(command, kwargs):
+            seen.append(command)
+            if result.error is not None:
+                raise result.error
+            return SimpleNamespace(exited=result.exited, stdout=result.stdout, stderr=result.stderr)
+        return behaviour
+
+    conns = [FakeConnection(result.host, answers(result)) for result in results]
     s = settings_for(tmp_path, remote_dir="/srv/pa")
-    code = remote_tasks._agents_status(["alpha", "beta", "gamma", "delta"], s, {"json": False, "watch": 0})
+    code = remote_tasks._agents_status(conns, s, {"json": False, "watch": 0})
     out = capsys.readouterr().out.splitlines()
     assert "agents.status --json" in seen[0]
     assert out[0].split() == ["host", "agent", "container", "health", "doing", "uptime", "restarts"]
@@ -290,7 +299,7 @@ def test_agents_status_on_several_hosts_is_one_table_with_a_line_per_down_host(t
                        "error: delta: Docker is not reachable (no socket): start the daemon"]
     assert code == RemoteError.exit_code  # the first failing host decides, in host order
 
-    code = remote_tasks._agents_status(["alpha", "beta", "gamma", "delta"], s, {"json": True, "watch": 0})
+    code = remote_tasks._agents_status(conns, s, {"json": True, "watch": 0})
     records = json.loads(capsys.readouterr().out)
     assert [(r["host"], r.get("id"), "error" in r) for r in records] == [
         ("alpha", "agent-001", False), ("alpha", "agent-002", False), ("beta", None, True), ("delta", None, True)]

@@ -540,15 +540,15 @@ def test_idle_polls_are_jittered_by_30_percent():
     assert agent_module.jittered(10, lambda: 0.999999) == pytest.approx(13, abs=1e-4)
 
 
-def test_heartbeat_file_follows_loop_progress_and_the_watchdog_exits_70(tmp_path, monkeypatch):
+def test_heartbeat_file_follows_loop_progress_and_the_watchdog_exits_70(tmp_path):
     now = [100.0]
     exits, killed = [], []
-    monkeypatch.setattr(agent_module.process, "kill_descendants", lambda: killed.append(True) or [])
     settings = RuntimeSettings.from_env({
         "AUTOPILOT_AGENT_ID": "1", "AUTOPILOT_DB": str(tmp_path / "db"), "AUTOPILOT_WORKSPACE": str(tmp_path),
         "AUTOPILOT_LOGS": str(tmp_path / "logs"), "AUTOPILOT_WATCHDOG_SECONDS": "20",
         "AUTOPILOT_HEARTBEAT_FILE": str(tmp_path / "hb")})
-    agent = agent_module.Agent(settings, monotonic=lambda: now[0], exit=exits.append)
+    agent = agent_module.Agent(settings, monotonic=lambda: now[0], exit=exits.append,
+                               kill_descendants=lambda: killed.append(True) or [])
     heartbeat = tmp_path / "hb"
 
     def look(at):
