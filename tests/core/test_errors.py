@@ -1,6 +1,9 @@
 """errors.py: one_line, the one helper every edge uses to print an error as one line, and the one
 table of exit codes (one meaning per code, every error class in it)."""
 
+import re
+from pathlib import Path
+
 import invoke
 import pytest
 
@@ -111,3 +114,11 @@ def test_the_edges_own_exits_are_their_rows():
         with pytest.raises(invoke.Exit) as exit_:
             edge.task(body).body(invoke.Context())
         assert exit_.value.code == code
+
+
+def test_the_readme_shows_the_same_table():
+    readme = (Path(errors.__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", section, re.M))
+    assert {int(code): meaning.replace("\\|", "|") for code, meaning in rows.items()} == \
+        {code: row.meaning for code, row in errors.EXIT_CODES.items()}
