@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from . import git
 from .defaults import DEFAULTS as _DEFAULTS
-from .defaults import TABLE, memory_bytes
+from .defaults import TABLE, Range, memory_bytes
 from .errors import GitError, InvalidInput
 from .issues import urls
 
@@ -192,9 +192,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             if isinstance(number, float) and not number.is_integer():
                 raise _bad(key, source, f"{value!r} is not a whole number")
             number = int(number)
-        if isinstance(check, tuple) and len(check) >= 2 and not isinstance(check[0], str):
-            low, high = check[0], check[1]
-            inclusive = len(check) > 2 or low != 0
+        if isinstance(check, Range):
+            low, high, inclusive = check
             if low is not None and (number < low if inclusive else number <= low):
                 raise _bad(key, source, f"{value!r} must be {'at least' if inclusive else 'above'} {low}")
             if high is not None and number > high:

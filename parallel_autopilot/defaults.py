@@ -3,25 +3,35 @@ in-container runtime (runtime/settings.py). Standard library only: the runtime
 imports it inside the container, where neither yaml nor invoke exist.
 
 Each row: key -> (default, kind, check). ``kind`` is the type config.load coerces
-to (int, float, bool, str, path, list); ``check`` is a range ``(low, high)``
-(inclusive; None = open), a tuple of choices, or a format name ("memory",
-"project", "queue", "http"). A ``None`` default means "unset/detect" and makes
-the key None-able.
+to (int, float, bool, str, path, list); ``check`` is a :class:`Range`, a tuple of
+choices, or a format name ("memory", "project", "queue", "http"). A ``None``
+default means "unset/detect" and makes the key None-able.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 LEASE_SECONDS = 900  # the design's 15-minute claim expiry
 MAX_ATTEMPTS = 3
 BACKOFF_SECONDS = 30
 AGENT_KINDS = ("script", "codex", "claude", "command")
 
-POSITIVE = (0, None)  # > 0 (see config._check_range: a low of 0 is exclusive)
-AT_LEAST_1 = (1, None)
-PORT = (1, 65535)
+
+
+class Range(NamedTuple):
+    """The numbers a key takes: from ``low`` to ``high`` (None: open), ``low`` itself only if ``low_inclusive``."""
+
+    low: float | None
+    high: float | None = None
+    low_inclusive: bool = True
+
+
+POSITIVE = Range(0, None, low_inclusive=False)  # > 0
+NON_NEGATIVE = Range(0)  # >= 0
+AT_LEAST_1 = Range(1)
+PORT = Range(1, 65535)
 
 TABLE: dict[str, tuple[Any, str, Any]] = {
     "repo": (None, "path", None),
@@ -33,7 +43,7 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "base_branch": (None, "str", None),
     "lease_seconds": (LEASE_SECONDS, "float", POSITIVE),
     "max_attempts": (MAX_ATTEMPTS, "int", AT_LEAST_1),
-    "backoff_seconds": (BACKOFF_SECONDS, "float", (0, None, "ge")),
+    "backoff_seconds": (BACKOFF_SECONDS, "float", NON_NEGATIVE),
     "agent_kind": ("script", "str", AGENT_KINDS),
     "agent_command": (None, "str", None),
     "issue_timeout": (3600, "float", POSITIVE),
@@ -52,14 +62,14 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "openai_base_url": (None, "str", "http"),
     "anthropic_base_url": (None, "str", "http"),
     "agent_model": (None, "str", None),
-    "model_retries": (None, "int", (0, None, "ge")),
+    "model_retries": (None, "int", NON_NEGATIVE),
     "quota_backoff_seconds": (60, "float", POSITIVE),
     "profile": ("auto", "str", ("auto", "light", "full")),
     "memory": (None, "str", "memory"),
     "cpus": (None, "float", POSITIVE),
     "pids_limit": (512, "int", AT_LEAST_1),
     "max_agents": (None, "int", AT_LEAST_1),
-    "stop_grace_seconds": (30, "float", (0, None, "ge")),
+    "stop_grace_seconds": (30, "float", NON_NEGATIVE),
     "health_interval_seconds": (2, "float", POSITIVE),
     "start_timeout_seconds": (120, "float", POSITIVE),
     "network": ("bridge", "str", None),
