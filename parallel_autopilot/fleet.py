@@ -11,8 +11,9 @@ shell wrapper) build ONE :class:`Fleet` and call its methods, nothing below::
     fleet.resources()              # platform, memory, CPUs, max agents
     fleet.merge_loop()             # the merge queue, continuously, while agents work
 
-The module functions (``start_agents(settings, 3)``...) are one-line wrappers
-over ``Fleet.open(settings)`` for the bench and older callers. Every check that
+There are no module-level twins of these methods: every caller (the edges, the
+demo, the bench, the tests) opens a Fleet. ``store_for(settings)`` is the one
+store of a Settings in this process (``Fleet.store`` reads it). Every check that
 can refuse a request runs before anything is changed, so a refused start
 starts nothing and loses nothing.
 """
@@ -98,8 +99,8 @@ _stores: dict[tuple, IssueStore] = {}
 _stores_lock = threading.Lock()
 
 
-def open_store(settings: Settings, *, git: Git | None = None,
-               reconnect_seconds: float | None = None) -> IssueStore:
+def store_for(settings: Settings, *, git: Git | None = None,
+              reconnect_seconds: float | None = None) -> IssueStore:
     """The shared issue store of this repository (one per database and process).
 
     Cached: the GUI asks for the agents several times a second, and an
@@ -198,9 +199,9 @@ class Fleet:
 
     @property
     def store(self) -> IssueStore:
-        # not cached here: open_store keeps one per database and process already, and opens a
+        # not cached here: store_for keeps one per database and process already, and opens a
         # new one when the file was replaced (issues.restore), which a copy here would miss
-        return open_store(self.settings, git=self.git)
+        return store_for(self.settings, git=self.git)
 
     def docker(self) -> Any:
         """The Docker client, pinged: a daemon that went away is DockerUnavailable, not a traceback."""
@@ -509,79 +510,6 @@ class Fleet:
             "profile": limits.profile,
             "docker": docker_ok,
         }
-
-
-# -- the module functions: one-line wrappers over a Fleet (the bench and older callers) --------
-
-
-def running_agent_ids(settings: Settings) -> list[str]:
-    """:meth:`Fleet.running_agent_ids` of ``settings``."""
-    return Fleet.open(settings).running_agent_ids()
-
-
-def max_agents(settings: Settings, *, containers: bool = True) -> int:
-    """:meth:`Fleet.max_agents` of ``settings``."""
-    return Fleet.open(settings).max_agents(containers=containers)
-
-
-def check_count(settings: Settings, n, *, containers: bool = True) -> int:
-    """:meth:`Fleet.check_count` of ``settings``."""
-    return Fleet.open(settings).check_count(n, containers=containers)
-
-
-def start_agents(settings: Settings, n, *, progress: Progress = print, wait: bool = True) -> list[AgentStatus]:
-    """:meth:`Fleet.start` of ``settings``."""
-    return Fleet.open(settings).start(n, progress=progress, wait=wait)
-
-
-def preflight(settings: Settings, count: int = 1) -> list[str]:
-    """:meth:`Fleet.preflight` of ``settings``."""
-    return Fleet.open(settings).preflight(count)
-
-
-def merge_loop(settings: Settings, *, stop: threading.Event | None = None, progress: Progress = print,
-               rounds: int | None = None, sleep: Callable[[float], None] | None = None) -> list:
-    """:meth:`Fleet.merge_loop` of ``settings``."""
-    return Fleet.open(settings).merge_loop(stop=stop, progress=progress, rounds=rounds, sleep=sleep)
-
-
-def wait_healthy(settings: Settings, ids: Iterable[str], *, progress: Progress = print,
-                 timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> list[AgentStatus]:
-    """:meth:`Fleet.wait_healthy` of ``settings``."""
-    return Fleet.open(settings).wait_healthy(ids, progress=progress, timeout=timeout, clock=clock, sleep=sleep)
-
-
-def stop_agents(settings: Settings, ids: Iterable[str] | None = None, *,
-                progress: Progress = print) -> list[str]:
-    """:meth:`Fleet.stop` of ``settings``."""
-    return Fleet.open(settings).stop(ids, progress=progress)
-
-
-def restart_agent(settings: Settings, agent: str, *, progress: Progress = print) -> AgentStatus:
-    """:meth:`Fleet.restart` of ``settings``."""
-    return Fleet.open(settings).restart(agent, progress=progress)
-
-
-def release_gone(settings: Settings, store: IssueStore | None = None) -> dict[str, list[int]]:
-    """:meth:`Fleet.release_gone` of ``settings``."""
-    return Fleet.open(settings).release_gone(store)
-
-
-def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentStatus]:
-    """:meth:`Fleet.list` of ``settings``."""
-    return Fleet.open(settings).list(now)
-
-
-def get_logs(settings: Settings, agent: str | None = None, tail: int = 100, follow: bool = False,
-             stop: threading.Event | None = None, poll: float = 0.25) -> Iterator[str]:
-    """:meth:`Fleet.logs` of ``settings``."""
-    return Fleet.open(settings).logs(agent, tail=tail, follow=follow, stop=stop, poll=poll)
-
-
-def resources(settings: Settings) -> dict:
-    """:meth:`Fleet.resources` of ``settings``."""
-    return Fleet.open(settings).resources()
 
 
 #: Restarts after which a container counts as crash-looping.

@@ -266,7 +266,7 @@ class Pane:
         """The fleet's issue store (SQLite, or the PostgreSQL queue of ``autopilot.queue``);
         None while no SQLite database exists (the GUI never creates one)."""
         if self.settings.queue or self.settings.db_path.exists():
-            return self.fleet.store  # fleet.open_store's: one per queue and process, renewed after a restore
+            return self.fleet.store  # fleet.store_for's: one per queue and process, renewed after a restore
         return None
 
     def agents(self) -> list[dict]:
@@ -297,7 +297,7 @@ class Pane:
         return found
 
     def resources(self) -> tuple[dict, int]:
-        """``fleet.resources`` and ``fleet.max_agents``, refreshed every ``resources_every`` s."""
+        """``Fleet.resources`` and ``Fleet.max_agents``, refreshed every ``resources_every`` s."""
         now = self.monotonic()
         if self._cached is None or now - self._cached[0] >= self.resources_every:
             self._cached = (now, self.fleet.resources(), self.fleet.max_agents())

@@ -179,7 +179,7 @@ def test_restore_brings_back_every_issue_and_event_up_to_the_latest_snapshot(git
 
 
 def test_restore_is_refused_while_agents_run(git_repo, monkeypatch):
-    from parallel_autopilot import config, fleet
+    from parallel_autopilot import fleet
     from parallel_autopilot.tasks import issues as issue_tasks
     import invoke
 
@@ -189,10 +189,9 @@ def test_restore_is_refused_while_agents_run(git_repo, monkeypatch):
     snapshots.take(store)
     store.add("newer than the snapshot")
     store.close()
-    monkeypatch.setattr(fleet, "running_agent_ids", lambda s: ["agent-001"])  # beside the real tests
-    monkeypatch.setattr(issue_tasks, "settings", lambda c: config.load(repo=str(git_repo)))
+    monkeypatch.setattr(fleet.Fleet, "running_agent_ids", lambda self: ["agent-001"])  # beside the real tests
     with pytest.raises(invoke.Exit) as exc:
-        issue_tasks.restore.body(invoke.Context())
+        issue_tasks.restore.body(invoke.Context(config=invoke.Config(overrides={"autopilot": {"repo": str(git_repo)}})))
     assert exc.value.code == 4 and "agents.stop" in str(exc.value.message)
     assert len(IssueStore(db).list()) == 2
 
