@@ -47,7 +47,7 @@ class AgentStatus:
 
     id: str
     container: str | None
-    state: str
+    state: str  # the container's, as Docker says it (running, exited...) or "missing"; the agent's word: status
     health: str | None
     activity: str
     issue: int | None
@@ -61,15 +61,6 @@ class AgentStatus:
     waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
     tokens: dict | None = None  # model usage summed over the issues this agent completed
     host: str | None = None  # the workstation it runs on (agents are (host, id) on a shared queue)
-
-    @property
-    def doing(self) -> str:
-        """What the agent does, in words (the status table, the GUI)."""
-        if self.activity == "quota" and self.waiting_until:
-            return f"waiting for quota until {time.strftime('%H:%M', time.localtime(self.waiting_until))}"
-        if self.issue:
-            return f"working on #{self.issue} {(self.issue_title or '')[:40]}"
-        return self.activity
 
     @property
     def ready(self) -> bool:
@@ -87,8 +78,61 @@ class AgentStatus:
                                 and self.heartbeat_age <= (self.uptime or 0) and self.heartbeat_age < 5)
         return reported_since_start and self.activity in ("idle", "working")
 
+    @property
+    def status(self) -> str:
+        """ONE state word per agent, the real one: the container's state joined with the agent's own report.
+
+        ``ready``, ``starting`` or ``unhealthy`` while the container runs, else the
+        container's own state (``exited``, ``restarting``, ``created``, ``dead``,
+        ``missing``). Docker's health says "starting" until its first check ran,
+        though the agent already reported itself booted: then it is ``ready``, as
+        ``agents.start`` said. (``state`` is the container's, as Docker gives it.)
+        """
+        if self.state != "running":
+            return self.state
+        if self.health == "unhealthy":
+            return "unhealthy"
+        return "ready" if self.ready else "starting"
+
+    @property
+    def doing(self) -> str:
+        """What the agent does, in words: every edge shows this (the tables, fab, the GUI).
+
+        Why it does nothing (killed, out of memory...) first; "waiting for quota
+        until HH:MM"; "working on #N title"; "booting" while only its previous
+        incarnation has reported; else its own report (idle, stopping...).
+        """
+        if self.problem:
+            return self.problem
+        if self.activity == "quota" and self.waiting_until:
+            return f"waiting for quota until {time.strftime('%H:%M', time.localtime(self.waiting_until))}"
+        if self.issue:
+            return f"working on #{self.issue} {(self.issue_title or '')[:40]}".rstrip()
+        reported_since_start = (self.heartbeat_age is not None and self.uptime is not None
+                                and self.heartbeat_age <= self.uptime)
+        if self.state == "running" and not reported_since_start:
+            return "booting"
+        return self.activity
+
+    @property
+    def uptime_text(self) -> str:
+        """The uptime in words: ``4m05s``, ``2h03m``; empty when the container does not run."""
+        return duration_text(self.uptime)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "ready": self.ready, "doing": self.doing}
+        """The fields and the words above (``ready``, ``status``, ``doing``, ``uptime_text``): the JSON of every edge."""
+        return {**asdict(self), "ready": self.ready, "status": self.status, "doing": self.doing,
+                "uptime_text": self.uptime_text}
+
+
+def duration_text(seconds: float | None) -> str:
+    """Whole seconds in words, ``0m05s``, ``4m05s``, ``2h03m`` (empty for None): an agent's uptime."""
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _quiet(_: str) -> None:

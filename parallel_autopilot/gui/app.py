@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 OPEN_STATUSES = ("claimed", "ready")
 MAX_LOG_STREAMS = 64
-VOLATILE_AGENT_FIELDS = ("uptime", "heartbeat_age")  # change every second: not a "change"
+VOLATILE_AGENT_FIELDS = ("uptime", "uptime_text", "heartbeat_age")  # change every second: not a "change"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
@@ -75,7 +75,12 @@ class ErrorBody(BaseModel):
 
 
 class Agent(BaseModel):
-    """One agent: its container joined with what it last reported."""
+    """One agent: its container joined with what it last reported, and the library's words for it.
+
+    ``state`` and ``health`` are the container's, as Docker gives them; ``status``, ``doing``
+    and ``uptime_text`` are what ``agents.status`` and ``fab -H a,b agents.status`` show
+    (``AgentStatus.to_dict``): the page shows them too instead of working them out again.
+    """
 
     id: str
     container: str | None = None
@@ -92,8 +97,11 @@ class Agent(BaseModel):
     cli: str | None = None  # the model CLI and version in its image, e.g. "codex 0.171.0"
     waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
     tokens: dict[str, float] | None = None  # model usage over the issues it completed
-    doing: str | None = None  # what it does, in words ("waiting for quota until 14:05")
     host: str | None = None  # the workstation it runs on (agents are (host, id) on a shared queue)
+    ready: bool | None = None  # running, and healthy by Docker's check or by its own report since it started
+    status: str | None = None  # ONE word: ready, starting, unhealthy, or the container's (exited, missing...)
+    doing: str | None = None  # what it does, in words ("working on #7 Fix it", "waiting for quota until 14:05")
+    uptime_text: str | None = None  # "4m05s", "2h03m"
 
 
 class IssueSummary(BaseModel):
