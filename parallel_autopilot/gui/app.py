@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 OPEN_STATUSES = ("claimed", "ready")
-MAX_LOG_STREAMS = 64
+MAX_LOG_STREAMS = 64  # log views open at once (each holds a thread): create_app(max_log_streams=)
 VOLATILE_AGENT_FIELDS = ("uptime", "uptime_text", "heartbeat_age")  # change every second: not a "change"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
@@ -439,12 +439,13 @@ def _validation_line(errors: list[dict]) -> str:
 def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | None = None,
                bind_host: str = "127.0.0.1", guard: security.Guard | None = None,
                interval: float = 0.75, resources_every: float = 5.0, ping_seconds: float = 15.0,
-               clock: Callable[[], float] = time.time) -> FastAPI:
+               max_log_streams: int = MAX_LOG_STREAMS, clock: Callable[[], float] = time.time) -> FastAPI:
     """The ASGI app for ``settings``.
 
     ``interval``: seconds between snapshots while a page listens (a change
     shows within about that). ``token``: when set, every request must carry
-    it. ``app.state`` exposes ``pane``, ``hub``, ``pumps`` and ``guard``.
+    it. ``max_log_streams``: log views open at once, beyond which one is
+    refused (409). ``app.state`` exposes ``pane``, ``hub``, ``pumps`` and ``guard``.
     """
     if fleet is None:
         from ..fleet import Fleet  # resolves nothing yet: docker and git are reached on first use
@@ -578,8 +579,8 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
     async def logs_stream(agent: AgentId, tail: int = Query(100, ge=0, le=10000)) -> EventStream:
         """Server-sent events: ``lines`` (a JSON list) as the agent's log grows; ``end`` when it stops."""
         ident = await blocking(pane.resolve, agent, for_logs=True)
-        if pumps.active >= MAX_LOG_STREAMS:  # each holds a thread: bound them
-            raise Conflict(f"{MAX_LOG_STREAMS} log views are open already: close some pages first")
+        if pumps.active >= max_log_streams:  # each holds a thread: bound them
+            raise Conflict(f"{max_log_streams} log views are open already: close some pages first")
         stop_event = threading.Event()
         lines = await blocking(fleet.logs, ident, tail=tail, follow=True, stop=stop_event)
         return EventStream(pumps.stream(ident, iter(lines), stop_event))

@@ -146,7 +146,12 @@ def test_list_names_the_cli_from_the_images_labels(git_repo, tmp_path, clock):
 
 
 def test_one_start_resolves_limits_git_dir_and_base_branch_once(fake, settings, git_repo, monkeypatch):
-    """Issue 12's acceptance: counted on a recording Git and a counting platform.limits."""
+    """Issue 12's acceptance: counted on a recording Git and a counting platform.limits.
+
+    Patched on the class and the module, not handed to the Fleet: they count EVERY git
+    command and limits() of the process, so a Fleet that forgot to pass what it resolved
+    (provision, compose and clones resolve it themselves then) fails here.
+    """
     repo = git_repo.absolute()
     asked: list[tuple] = []
     plain_run = git_mod.Git._run
