@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .fleet import Fleet
 from .config import Settings
 from .errors import AgentsUnhealthy, InvalidInput
+from .fleet import Fleet
 from .git import Git
 from .issues import Issue
 

@@ -120,7 +120,7 @@ class AgentStatus:
         return duration_text(self.uptime)
 
     def to_dict(self) -> dict:
-        """The fields and the words above (``ready``, ``status``, ``doing``, ``uptime_text``): the JSON of every edge."""
+        """The fields and the words above (ready, status, doing, uptime_text): the JSON of every edge."""
         return {**asdict(self), "ready": self.ready, "status": self.status, "doing": self.doing,
                 "uptime_text": self.uptime_text}
 
