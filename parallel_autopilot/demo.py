@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import fleet
 from .config import Settings
 from .errors import AgentsUnhealthy, InvalidInput
+from .fleet import Fleet
 from .git import Git
 from .issues import Issue
 
@@ -148,11 +148,12 @@ def run_demo(base: Settings, directory: Path | None = None, agents: int = 3, tim
     repo = make_sample_repo(directory or new_directory())
     settings = demo_settings(base, repo)
     progress(f"sample repository: {repo}")
-    store = fleet.open_store(settings)
+    the_fleet = Fleet.open(settings)
+    store = the_fleet.store
     store.add_many(sample_issues())
     progress(f"seeded {len(SAMPLE_ISSUES)} issues")
     started = time.monotonic()
-    fleet.start_agents(settings, agents, progress=progress)
+    the_fleet.start(agents, progress=progress)
     try:
         last = None
         while True:
@@ -169,7 +170,7 @@ def run_demo(base: Settings, directory: Path | None = None, agents: int = 3, tim
             time.sleep(1)
     finally:
         if not keep_running:
-            fleet.stop_agents(settings, progress=progress)
+            the_fleet.stop(progress=progress)
     return DemoResult(repo=repo, issues=store.list(), seconds=time.monotonic() - started)
 
 

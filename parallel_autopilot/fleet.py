@@ -11,8 +11,9 @@ shell wrapper) build ONE :class:`Fleet` and call its methods, nothing below::
     fleet.resources()              # platform, memory, CPUs, max agents
     fleet.merge_loop()             # the merge queue, continuously, while agents work
 
-The module functions (``start_agents(settings, 3)``...) are one-line wrappers
-over ``Fleet.open(settings)`` for the bench and older callers. Every check that
+There are no module-level twins of these methods: every caller (the edges, the
+demo, the bench, the tests) opens a Fleet. ``store_for(settings)`` is the one
+store of a Settings in this process (``Fleet.store`` reads it). Every check that
 can refuse a request runs before anything is changed, so a refused start
 starts nothing and loses nothing.
 """
@@ -46,7 +47,7 @@ class AgentStatus:
 
     id: str
     container: str | None
-    state: str
+    state: str  # the container's, as Docker says it (running, exited...) or "missing"; the agent's word: status
     health: str | None
     activity: str
     issue: int | None
@@ -60,15 +61,6 @@ class AgentStatus:
     waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
     tokens: dict | None = None  # model usage summed over the issues this agent completed
     host: str | None = None  # the workstation it runs on (agents are (host, id) on a shared queue)
-
-    @property
-    def doing(self) -> str:
-        """What the agent does, in words (the status table, the GUI)."""
-        if self.activity == "quota" and self.waiting_until:
-            return f"waiting for quota until {time.strftime('%H:%M', time.localtime(self.waiting_until))}"
-        if self.issue:
-            return f"working on #{self.issue} {(self.issue_title or '')[:40]}"
-        return self.activity
 
     @property
     def ready(self) -> bool:
@@ -86,8 +78,61 @@ class AgentStatus:
                                 and self.heartbeat_age <= (self.uptime or 0) and self.heartbeat_age < 5)
         return reported_since_start and self.activity in ("idle", "working")
 
+    @property
+    def status(self) -> str:
+        """ONE state word per agent, the real one: the container's state joined with the agent's own report.
+
+        ``ready``, ``starting`` or ``unhealthy`` while the container runs, else the
+        container's own state (``exited``, ``restarting``, ``created``, ``dead``,
+        ``missing``). Docker's health says "starting" until its first check ran,
+        though the agent already reported itself booted: then it is ``ready``, as
+        ``agents.start`` said. (``state`` is the container's, as Docker gives it.)
+        """
+        if self.state != "running":
+            return self.state
+        if self.health == "unhealthy":
+            return "unhealthy"
+        return "ready" if self.ready else "starting"
+
+    @property
+    def doing(self) -> str:
+        """What the agent does, in words: every edge shows this (the tables, fab, the GUI).
+
+        Why it does nothing (killed, out of memory...) first; "waiting for quota
+        until HH:MM"; "working on #N title"; "booting" while only its previous
+        incarnation has reported; else its own report (idle, stopping...).
+        """
+        if self.problem:
+            return self.problem
+        if self.activity == "quota" and self.waiting_until:
+            return f"waiting for quota until {time.strftime('%H:%M', time.localtime(self.waiting_until))}"
+        if self.issue:
+            return f"working on #{self.issue} {(self.issue_title or '')[:40]}".rstrip()
+        reported_since_start = (self.heartbeat_age is not None and self.uptime is not None
+                                and self.heartbeat_age <= self.uptime)
+        if self.state == "running" and not reported_since_start:
+            return "booting"
+        return self.activity
+
+    @property
+    def uptime_text(self) -> str:
+        """The uptime in words: ``4m05s``, ``2h03m``; empty when the container does not run."""
+        return duration_text(self.uptime)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "ready": self.ready, "doing": self.doing}
+        """The fields and the words above (ready, status, doing, uptime_text): the JSON of every edge."""
+        return {**asdict(self), "ready": self.ready, "status": self.status, "doing": self.doing,
+                "uptime_text": self.uptime_text}
+
+
+def duration_text(seconds: float | None) -> str:
+    """Whole seconds in words, ``0m05s``, ``4m05s``, ``2h03m`` (empty for None): an agent's uptime."""
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _quiet(_: str) -> None:
@@ -98,8 +143,8 @@ _stores: dict[tuple, IssueStore] = {}
 _stores_lock = threading.Lock()
 
 
-def open_store(settings: Settings, *, git: Git | None = None,
-               reconnect_seconds: float | None = None) -> IssueStore:
+def store_for(settings: Settings, *, git: Git | None = None,
+              reconnect_seconds: float | None = None) -> IssueStore:
     """The shared issue store of this repository (one per database and process).
 
     Cached: the GUI asks for the agents several times a second, and an
@@ -198,9 +243,9 @@ class Fleet:
 
     @property
     def store(self) -> IssueStore:
-        # not cached here: open_store keeps one per database and process already, and opens a
+        # not cached here: store_for keeps one per database and process already, and opens a
         # new one when the file was replaced (issues.restore), which a copy here would miss
-        return open_store(self.settings, git=self.git)
+        return store_for(self.settings, git=self.git)
 
     def docker(self) -> Any:
         """The Docker client, pinged: a daemon that went away is DockerUnavailable, not a traceback."""
@@ -509,79 +554,6 @@ class Fleet:
             "profile": limits.profile,
             "docker": docker_ok,
         }
-
-
-# -- the module functions: one-line wrappers over a Fleet (the bench and older callers) --------
-
-
-def running_agent_ids(settings: Settings) -> list[str]:
-    """:meth:`Fleet.running_agent_ids` of ``settings``."""
-    return Fleet.open(settings).running_agent_ids()
-
-
-def max_agents(settings: Settings, *, containers: bool = True) -> int:
-    """:meth:`Fleet.max_agents` of ``settings``."""
-    return Fleet.open(settings).max_agents(containers=containers)
-
-
-def check_count(settings: Settings, n, *, containers: bool = True) -> int:
-    """:meth:`Fleet.check_count` of ``settings``."""
-    return Fleet.open(settings).check_count(n, containers=containers)
-
-
-def start_agents(settings: Settings, n, *, progress: Progress = print, wait: bool = True) -> list[AgentStatus]:
-    """:meth:`Fleet.start` of ``settings``."""
-    return Fleet.open(settings).start(n, progress=progress, wait=wait)
-
-
-def preflight(settings: Settings, count: int = 1) -> list[str]:
-    """:meth:`Fleet.preflight` of ``settings``."""
-    return Fleet.open(settings).preflight(count)
-
-
-def merge_loop(settings: Settings, *, stop: threading.Event | None = None, progress: Progress = print,
-               rounds: int | None = None, sleep: Callable[[float], None] | None = None) -> list:
-    """:meth:`Fleet.merge_loop` of ``settings``."""
-    return Fleet.open(settings).merge_loop(stop=stop, progress=progress, rounds=rounds, sleep=sleep)
-
-
-def wait_healthy(settings: Settings, ids: Iterable[str], *, progress: Progress = print,
-                 timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> list[AgentStatus]:
-    """:meth:`Fleet.wait_healthy` of ``settings``."""
-    return Fleet.open(settings).wait_healthy(ids, progress=progress, timeout=timeout, clock=clock, sleep=sleep)
-
-
-def stop_agents(settings: Settings, ids: Iterable[str] | None = None, *,
-                progress: Progress = print) -> list[str]:
-    """:meth:`Fleet.stop` of ``settings``."""
-    return Fleet.open(settings).stop(ids, progress=progress)
-
-
-def restart_agent(settings: Settings, agent: str, *, progress: Progress = print) -> AgentStatus:
-    """:meth:`Fleet.restart` of ``settings``."""
-    return Fleet.open(settings).restart(agent, progress=progress)
-
-
-def release_gone(settings: Settings, store: IssueStore | None = None) -> dict[str, list[int]]:
-    """:meth:`Fleet.release_gone` of ``settings``."""
-    return Fleet.open(settings).release_gone(store)
-
-
-def list_agents(settings: Settings, *, now: float | None = None) -> list[AgentStatus]:
-    """:meth:`Fleet.list` of ``settings``."""
-    return Fleet.open(settings).list(now)
-
-
-def get_logs(settings: Settings, agent: str | None = None, tail: int = 100, follow: bool = False,
-             stop: threading.Event | None = None, poll: float = 0.25) -> Iterator[str]:
-    """:meth:`Fleet.logs` of ``settings``."""
-    return Fleet.open(settings).logs(agent, tail=tail, follow=follow, stop=stop, poll=poll)
-
-
-def resources(settings: Settings) -> dict:
-    """:meth:`Fleet.resources` of ``settings``."""
-    return Fleet.open(settings).resources()
 
 
 #: Restarts after which a container counts as crash-looping.

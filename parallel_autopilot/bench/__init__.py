@@ -4,11 +4,11 @@ One module per scenario, each measuring our figure AND its baseline, run by run:
 
 - :mod:`.queue` - claim+complete throughput and claim latency of the issue store at
   1, 4 and 10 processes (and 10 split over containers) against a bare SQLite loop;
-- :mod:`.startup` - ``fleet.start_agents`` until healthy against bare
+- :mod:`.startup` - ``Fleet.start`` until healthy against bare
   ``git worktree add`` + ``docker run -d``;
 - :mod:`.throughput` - makespan of M sleeping issues with N agents, speedup, efficiency;
 - :mod:`.recovery` - an agent SIGKILLed mid-issue: seconds until its issue is claimed again;
-- :mod:`.stop` - ``fleet.stop_agents`` mid-work against bare ``docker stop``;
+- :mod:`.stop` - ``Fleet.stop`` mid-work against bare ``docker stop``;
 - :mod:`.footprint` - memory of an idle agent against a bare Python container;
 - :mod:`.agents` - M issues resolved by the REAL codex CLI against a scripted model
   server with N agents: makespan, efficiency against N = 1, harness overhead per issue.

@@ -11,6 +11,7 @@ agents and removes every container the sandbox made, whatever happened.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from pathlib import Path
@@ -40,8 +41,8 @@ def fleet_problem(ctx: Context) -> str | None:
         from .. import fleet
     except ImportError as err:
         return f"parallel_autopilot.fleet cannot be imported ({err})"
-    missing = [f for f in ("start_agents", "stop_agents", "list_agents") if not hasattr(fleet, f)]
-    return f"parallel_autopilot.fleet lacks {', '.join(missing)}" if missing else None
+    missing = [f for f in ("open", "start", "stop", "list") if not hasattr(getattr(fleet, "Fleet", None), f)]
+    return f"parallel_autopilot.fleet.Fleet lacks {', '.join(missing)}" if missing else None
 
 
 def git(repo: Path, *args: str) -> str:
@@ -112,23 +113,24 @@ class Sandbox:
 
     # -- the fleet -----------------------------------------------------------
 
-    def start(self, n: int, progress: Callable[[str], None] | None = None) -> list:
-        """``fleet.start_agents`` of this sandbox (waits until healthy)."""
-        from .. import fleet
+    @functools.cached_property
+    def fleet(self):
+        """The sandbox's one :class:`~parallel_autopilot.fleet.Fleet` (each start resolves what may change)."""
+        from ..fleet import Fleet
 
-        return fleet.start_agents(self.settings, n, progress=progress or self.ctx.progress)
+        return Fleet.open(self.settings)
+
+    def start(self, n: int, progress: Callable[[str], None] | None = None) -> list:
+        """``Fleet.start`` of this sandbox (waits until healthy)."""
+        return self.fleet.start(n, progress=progress or self.ctx.progress)
 
     def stop(self, ids: Iterable[str] | None = None, progress: Callable[[str], None] | None = None) -> list[str]:
-        """``fleet.stop_agents`` of this sandbox."""
-        from .. import fleet
-
-        return fleet.stop_agents(self.settings, ids, progress=progress or self.ctx.progress)
+        """``Fleet.stop`` of this sandbox."""
+        return self.fleet.stop(ids, progress=progress or self.ctx.progress)
 
     def agents(self) -> list:
-        """``fleet.list_agents`` of this sandbox."""
-        from .. import fleet
-
-        return fleet.list_agents(self.settings)
+        """``Fleet.list`` of this sandbox."""
+        return self.fleet.list()
 
     def reset_worktrees(self) -> None:
         """Remove every agent worktree and branch, so the next start makes them anew."""

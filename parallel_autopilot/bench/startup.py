@@ -1,4 +1,4 @@
-"""Scenario ``startup``: ``fleet.start_agents(settings, N)`` until all are healthy.
+"""Scenario ``startup``: ``Fleet.open(settings).start(N)`` until all are healthy.
 
 Baseline, in the same round and sandbox: N times bare ``git worktree add`` plus
 ``docker run -d`` of the same image with the same limits (a container running
@@ -30,7 +30,7 @@ def plan(ctx) -> dict[str, Any]:
 
 
 def measure_ours(ctx, box: Sandbox, n: int) -> tuple[float, list]:
-    """Seconds from ``start_agents`` to all healthy, with the timed progress messages."""
+    """Seconds from ``Fleet.start`` to all healthy, with the timed progress messages."""
     for _ in range(MAX_REMEASURE + 1):
         trace: list = []
         t0 = ctx.clock()
@@ -97,7 +97,7 @@ def run(ctx) -> dict[str, Any]:
         ratio = stats.summary(stats.ratios(ours[n], bare[n]))["median"]
         rows.append(stats.row(f"N={n}", "time to all healthy", "s", ours[n], baseline=bare[n],
                               baseline_label=BARE_LABEL, target="<= 1.5x baseline", met=ratio <= 1.5, x=n))
-    notes = ["ours = fleet.start_agents (worktrees, compose up, runtime boot) until every health check passes; "
+    notes = ["ours = Fleet.start (worktrees, compose up, runtime boot) until every health check passes; "
              f"health interval {box.settings.health_interval_seconds}s; bare = containers running `sleep` "
              "(docker run -d returns once started; no health check to wait for)"]
     return stats.scenario("startup", TITLE, rows, params=params, notes=notes, details={"traces": traces})

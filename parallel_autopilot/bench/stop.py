@@ -1,7 +1,7 @@
-"""Scenario ``stop``: ``fleet.stop_agents`` of N agents, each in the middle of an issue.
+"""Scenario ``stop``: ``Fleet.stop`` of N agents, each in the middle of an issue.
 
 Each round starts N agents and gives each a long issue (a script sleeping far
-longer than the round); once all N are claimed, ``stop_agents`` runs. Measured:
+longer than the round); once all N are claimed, ``Fleet.stop`` runs. Measured:
 seconds until it returns with every container gone, and until the last of the
 N claims is released (a watcher reads the queue every 50 ms meanwhile); the
 claims still held afterwards must be zero.
@@ -69,7 +69,7 @@ def ours(ctx, box: Sandbox, n: int, label: str) -> dict[str, Any]:
     watcher.halt.set()
     left = [a.id for a in box.agents()]
     if left:
-        raise RuntimeError(f"agents still there after stop_agents: {', '.join(left)}")
+        raise RuntimeError(f"agents still there after Fleet.stop: {', '.join(left)}")
     held = watcher.held()
     released = watcher.released_at if watcher.released_at is not None else gone
     for number in numbers:  # keep them out of the next round's way
@@ -117,8 +117,8 @@ def run(ctx) -> dict[str, Any]:
                   target=f"<= grace + 5 s ({limit} s), zero claims left",
                   met=stats.summary(gone)["median"] <= limit and not any(left)),
         stats.row(case, "every claim released", "s", released,
-                  note=f"claims left after stop_agents: {left} (per round)"),
+                  note=f"claims left after Fleet.stop: {left} (per round)"),
     ]
-    notes = [f"stop grace period {grace} s; claims left after stop_agents, per round: {left}"]
+    notes = [f"stop grace period {grace} s; claims left after Fleet.stop, per round: {left}"]
     return stats.scenario("stop", TITLE, rows, params={**params, "grace_seconds": grace}, notes=notes,
                           details={"rounds": results, "baseline": baseline})

@@ -3,7 +3,7 @@
 The agents run (healthy, idle) before the clock starts; each round adds M fresh
 issues at once and measures until the last is done: the makespan a user of a
 running fleet sees, the agents' idle polling included. N grows 1, 2, 3, 5, 10
-(``start_agents`` keeps the running ones). Against:
+(``Fleet.start`` keeps the running ones). Against:
 
 - the ideal makespan ``ceil(M/N) x S`` (sleep-bound issues, zero overhead);
 - N = 1 in the same round number: speedup = makespan(1) / makespan(N), pair by pair.

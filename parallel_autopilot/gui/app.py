@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 OPEN_STATUSES = ("claimed", "ready")
-MAX_LOG_STREAMS = 64
-VOLATILE_AGENT_FIELDS = ("uptime", "heartbeat_age")  # change every second: not a "change"
+MAX_LOG_STREAMS = 64  # log views open at once (each holds a thread): create_app(max_log_streams=)
+VOLATILE_AGENT_FIELDS = ("uptime", "uptime_text", "heartbeat_age")  # change every second: not a "change"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
@@ -75,7 +75,12 @@ class ErrorBody(BaseModel):
 
 
 class Agent(BaseModel):
-    """One agent: its container joined with what it last reported."""
+    """One agent: its container joined with what it last reported, and the library's words for it.
+
+    ``state`` and ``health`` are the container's, as Docker gives them; ``status``, ``doing``
+    and ``uptime_text`` are what ``agents.status`` and ``fab -H a,b agents.status`` show
+    (``AgentStatus.to_dict``): the page shows them too instead of working them out again.
+    """
 
     id: str
     container: str | None = None
@@ -92,8 +97,11 @@ class Agent(BaseModel):
     cli: str | None = None  # the model CLI and version in its image, e.g. "codex 0.171.0"
     waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
     tokens: dict[str, float] | None = None  # model usage over the issues it completed
-    doing: str | None = None  # what it does, in words ("waiting for quota until 14:05")
     host: str | None = None  # the workstation it runs on (agents are (host, id) on a shared queue)
+    ready: bool | None = None  # running, and healthy by Docker's check or by its own report since it started
+    status: str | None = None  # ONE word: ready, starting, unhealthy, or the container's (exited, missing...)
+    doing: str | None = None  # what it does, in words ("working on #7 Fix it", "waiting for quota until 14:05")
+    uptime_text: str | None = None  # "4m05s", "2h03m"
 
 
 class IssueSummary(BaseModel):
@@ -266,7 +274,7 @@ class Pane:
         """The fleet's issue store (SQLite, or the PostgreSQL queue of ``autopilot.queue``);
         None while no SQLite database exists (the GUI never creates one)."""
         if self.settings.queue or self.settings.db_path.exists():
-            return self.fleet.store  # fleet.open_store's: one per queue and process, renewed after a restore
+            return self.fleet.store  # fleet.store_for's: one per queue and process, renewed after a restore
         return None
 
     def agents(self) -> list[dict]:
@@ -297,7 +305,7 @@ class Pane:
         return found
 
     def resources(self) -> tuple[dict, int]:
-        """``fleet.resources`` and ``fleet.max_agents``, refreshed every ``resources_every`` s."""
+        """``Fleet.resources`` and ``Fleet.max_agents``, refreshed every ``resources_every`` s."""
         now = self.monotonic()
         if self._cached is None or now - self._cached[0] >= self.resources_every:
             self._cached = (now, self.fleet.resources(), self.fleet.max_agents())
@@ -431,12 +439,13 @@ def _validation_line(errors: list[dict]) -> str:
 def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | None = None,
                bind_host: str = "127.0.0.1", guard: security.Guard | None = None,
                interval: float = 0.75, resources_every: float = 5.0, ping_seconds: float = 15.0,
-               clock: Callable[[], float] = time.time) -> FastAPI:
+               max_log_streams: int = MAX_LOG_STREAMS, clock: Callable[[], float] = time.time) -> FastAPI:
     """The ASGI app for ``settings``.
 
     ``interval``: seconds between snapshots while a page listens (a change
     shows within about that). ``token``: when set, every request must carry
-    it. ``app.state`` exposes ``pane``, ``hub``, ``pumps`` and ``guard``.
+    it. ``max_log_streams``: log views open at once, beyond which one is
+    refused (409). ``app.state`` exposes ``pane``, ``hub``, ``pumps`` and ``guard``.
     """
     if fleet is None:
         from ..fleet import Fleet  # resolves nothing yet: docker and git are reached on first use
@@ -570,8 +579,8 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
     async def logs_stream(agent: AgentId, tail: int = Query(100, ge=0, le=10000)) -> EventStream:
         """Server-sent events: ``lines`` (a JSON list) as the agent's log grows; ``end`` when it stops."""
         ident = await blocking(pane.resolve, agent, for_logs=True)
-        if pumps.active >= MAX_LOG_STREAMS:  # each holds a thread: bound them
-            raise Conflict(f"{MAX_LOG_STREAMS} log views are open already: close some pages first")
+        if pumps.active >= max_log_streams:  # each holds a thread: bound them
+            raise Conflict(f"{max_log_streams} log views are open already: close some pages first")
         stop_event = threading.Event()
         lines = await blocking(fleet.logs, ident, tail=tail, follow=True, stop=stop_event)
         return EventStream(pumps.stream(ident, iter(lines), stop_event))

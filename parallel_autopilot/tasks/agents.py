@@ -9,47 +9,12 @@ from .. import fleet
 from ..errors import InvalidInput
 from .edge import Namespace, emit_json, fleet_of, print_table, rich_table, table, task
 
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def state(a: fleet.AgentStatus) -> str:
-    """ONE state per agent, the real one: Docker's container state joined with the agent's own report.
-
-    Docker's health says "starting" until its first check ran, though the agent
-    already reported itself booted: then it is ``ready``, as `agents.start` said.
-    """
-    if a.state != "running":
-        return a.state  # exited, restarting, created, dead, gone
-    if a.health == "unhealthy":
-        return "unhealthy"
-    return "ready" if a.ready else "starting"
-
-
-def doing(a: fleet.AgentStatus) -> str:
-    """What the agent does; why it does nothing (killed, out of memory...); "booting" while only
-    its previous incarnation has reported."""
-    if a.problem:
-        return a.problem
-    if a.activity == "quota" and a.waiting_until:
-        return a.doing  # "waiting for quota until HH:MM"
-    if a.issue:
-        return f"working on #{a.issue} {(a.issue_title or '')[:40]}".rstrip()
-    reported_since_start = a.heartbeat_age is not None and a.uptime is not None and a.heartbeat_age <= a.uptime
-    if a.state == "running" and not reported_since_start:
-        return "booting"
-    return a.activity
-
-
 HEADERS = ["agent", "host", "state", "doing", "uptime", "restarts", "cli", "tokens in/out"]
 
 
 def _rows(agents: list[fleet.AgentStatus]) -> list[tuple]:
-    return [(a.id, a.host or "", state(a), doing(a), _duration(a.uptime), a.restarts, a.cli or "",
+    # the words are the library's (AgentStatus.status, .doing, .uptime_text): fab and the GUI show the same
+    return [(a.id, a.host or "", a.status, a.doing, a.uptime_text, a.restarts, a.cli or "",
              _tokens(a.tokens)) for a in agents]
 
 

@@ -80,7 +80,15 @@ def _from_fab(c) -> bool:
 
 
 def fleet_of(c, **overrides) -> Fleet:
-    """The one Fleet of this invocation: what every task that acts on the agents uses."""
+    """The one Fleet of this invocation: what every task that acts on the agents uses.
+
+    A caller that made its Fleet already (a program running the tasks in-process, a
+    test over a fake daemon) hands it over on the context, as ``create_app(fleet=)``
+    takes one: ``invoke.Context(config=invoke.Config(overrides={"fleet": the_fleet}))``.
+    """
+    given = c.config.get("fleet")
+    if isinstance(given, Fleet) and not overrides:
+        return given
     return Fleet.open(settings(c, **overrides))
 
 

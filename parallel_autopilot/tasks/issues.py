@@ -10,20 +10,20 @@ from .. import fleet, issues
 from ..config import Settings, redact_url
 from ..errors import Conflict, DockerUnavailable, InvalidInput
 from ..issues import IssueStore, issuefile, snapshots
-from .edge import Namespace, emit_json, print_table, settings, task
+from .edge import Namespace, emit_json, fleet_of, print_table, settings, task
 
 INTERACTIVE_RECONNECT_SECONDS = 15.0
 
 
-def store_for(s: Settings):
-    """THE store of these settings (fleet.open_store): PostgreSQL when ``autopilot.queue``
+def store_for(s: Settings) -> IssueStore:
+    """THE store of these settings (``fleet.store_for``): PostgreSQL when ``autopilot.queue``
     is a URL, else SQLite; a person waits for these tasks, so a server that is away is
     said within seconds."""
-    return fleet.open_store(s, reconnect_seconds=INTERACTIVE_RECONNECT_SECONDS if s.queue else None)
+    return fleet.store_for(s, reconnect_seconds=INTERACTIVE_RECONNECT_SECONDS if s.queue else None)
 
 
-def open_store(c) -> IssueStore:
-    """The store of this invocation's settings (the same one the orchestrator uses)."""
+def store_of(c) -> IssueStore:
+    """The store of this invocation (its settings' :func:`store_for`: the one the orchestrator uses)."""
     return store_for(settings(c))
 
 
@@ -39,8 +39,8 @@ def open_store(c) -> IssueStore:
 def add(c, title, body="", priority="medium", script=None, max_attempts=None, check=None, json=False):
     """Add one issue to the queue."""
     attempts = _number(max_attempts, "max-attempts") if max_attempts is not None else None
-    issue = open_store(c).add(title, body=body, priority=priority, script=script, max_attempts=attempts,
-                              check=check)
+    issue = store_of(c).add(title, body=body, priority=priority, script=script, max_attempts=attempts,
+                            check=check)
     if json:
         emit_json(issue.to_dict())
     else:
@@ -52,7 +52,7 @@ def add(c, title, body="", priority="medium", script=None, max_attempts=None, ch
 def import_(c, file, json=False):
     """Import issues from a file: all of them, or none if any is malformed."""
     items = issuefile.load(Path(file))
-    added = open_store(c).add_many(items)
+    added = store_of(c).add_many(items)
     if json:
         emit_json([i.to_dict() for i in added])
     else:
@@ -65,7 +65,7 @@ def import_(c, file, json=False):
                          "json": "machine-readable output"})
 def list_(c, status=None, json=False):
     """List issues with status, priority, attempts, owner, check result and merge commit."""
-    store = open_store(c)
+    store = store_of(c)
     issues = store.list(status)
     if json:
         emit_json([i.to_dict() for i in issues])
@@ -94,7 +94,7 @@ def tokens(usage: dict | None, long: bool = False) -> str:
 @task(help={"number": "the issue number", "json": "machine-readable output"})
 def show(c, number, json=False):
     """Show one issue in full, with its event history."""
-    store = open_store(c)
+    store = store_of(c)
     issue = store.get(_number(number))
     events = store.events(issue.number)
     if json:
@@ -143,14 +143,14 @@ def _shown(key: str, value, now: float) -> str:
 @task(help={"number": "the issue number"})
 def retry(c, number):
     """Put a failed, dead, blocked, done, empty or rejected issue back in the queue with fresh attempts."""
-    issue = open_store(c).retry(_number(number))
+    issue = store_of(c).retry(_number(number))
     print(f"#{issue.number} is {issue.status} again")
 
 
 @task(help={"number": "the issue number"})
 def block(c, number):
     """Keep an issue out of the queue until `issues.retry`."""
-    issue = open_store(c).block(_number(number))
+    issue = store_of(c).block(_number(number))
     print(f"#{issue.number} is {issue.status}")
 
 
@@ -182,7 +182,7 @@ def merge(c, number=None, dry_run=False, batch=None, json=False):
     from ..merge import queue as mergequeue
 
     size = _number(batch, "batch") if batch is not None else None
-    report = mergequeue.merge(settings(c), open_store(c), [_number(number)] if number else None,
+    report = mergequeue.merge(settings(c), store_of(c), [_number(number)] if number else None,
                               dry_run=dry_run, batch=size, progress=(lambda _: None) if json else print)
     emit_json(report.to_dict()) if json else print(report.summary())
     if report.exit_code:
@@ -195,7 +195,7 @@ def merge(c, number=None, dry_run=False, batch=None, json=False):
             "json": "print the snapshot as JSON"})
 def backup(c, keep=None, json=False):
     """Snapshot the database now (safe while agents run), after PRAGMA quick_check."""
-    store = open_store(c)
+    store = store_of(c)
     store.quick_check()
     path = snapshots.take(store, keep=_number(keep, "keep") if keep is not None else snapshots.KEEP)
     counts = snapshots.check(path)
@@ -209,10 +209,11 @@ def backup(c, keep=None, json=False):
             "json": "print the result as JSON"})
 def restore(c, snapshot=None, json=False):
     """Bring back a snapshot of the database (refused while agents run; the current file is kept aside)."""
-    s = settings(c)
+    the_fleet = fleet_of(c)
+    s = the_fleet.settings
     path = snapshots.resolve(s.db_path, snapshot)
     try:
-        running = fleet.running_agent_ids(s)
+        running = the_fleet.running_agent_ids()
     except DockerUnavailable:
         running = []  # no daemon: no agent of this machine can be running
     if running:

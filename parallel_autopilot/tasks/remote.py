@@ -189,21 +189,6 @@ def _stream_many(conns: list, s: config.Settings, name: str, argv: list[str], pt
     return remote.first_failure(results)
 
 
-def _doing(agent: dict) -> str:
-    if agent.get("issue"):
-        return f"working on #{agent['issue']} {(agent.get('issue_title') or '')[:40]}".rstrip()
-    return agent.get("activity") or ""
-
-
-def _uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def _host_agents(result: remote.HostResult, s: config.Settings) -> tuple[list[dict], str | None]:
     """The agents one host reported (``agents.status --json``), or the one line saying why not."""
     problem = _host_error(result, s)
@@ -229,8 +214,10 @@ def _agents_status(conns: list, s: config.Settings, kwargs: dict[str, Any]) -> i
             # an agent names its own host (autopilot.host, the hostname by default); the
             # connection it was read through is kept beside it
             records += [{**a, "host": a.get("host") or result.host, "connection": result.host} for a in agents]
-            rows += [(result.host, a["id"], a.get("state"), a.get("health") or "", _doing(a),
-                      _uptime(a.get("uptime")), a.get("restarts", 0)) for a in agents]
+            # the words are the host's library's (AgentStatus.to_dict), shown as they came; a host on an
+            # older checkout gives no "doing": its agents' own report stands in
+            rows += [(result.host, a["id"], a.get("state"), a.get("health") or "", a.get("doing") or a.get("activity"),
+                      a.get("uptime_text") or "", a.get("restarts", 0)) for a in agents]
             if problem:
                 problems.append(problem)
                 records.append({"host": result.host, "error": problem})

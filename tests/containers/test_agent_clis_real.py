@@ -1,5 +1,5 @@
 """The REAL agent CLIs (Codex CLI and Claude Code at their pinned versions, from npm) in REAL agent
-containers started by fleet.start_agents, against scripted model servers on 127.0.0.1 (tests/support/modelservers.py).
+containers started by Fleet.start, against scripted model servers on 127.0.0.1 (tests/support/modelservers.py).
 
 The image with both CLIs is built ONCE per session, with the build's network set to ``none`` (the
 CLIs come from the host's npm cache), under a tag of this module's own that is removed at the end.
@@ -88,7 +88,7 @@ def sample(tmp_path):
     yield repo, tmp_path, factory
     for settings in made:
         try:
-            fleet.stop_agents(settings, progress=lambda _: None)
+            fleet.Fleet.open(settings).stop(progress=lambda _: None)
         except Exception:  # noqa: BLE001 - best-effort teardown
             pass
 
@@ -140,9 +140,9 @@ def test_real_cli_resolves_an_issue_in_a_container(cli_image, sample, kind):
     repo, tmp_path, make = sample
     with server_for(kind) as server:
         settings = make(agent_kind=kind, env_file=str(env_file(tmp_path, kind)), **endpoint(kind, server))
-        store = fleet.open_store(settings)
+        store = fleet.store_for(settings)
         store.add(TITLE, body=BODY)
-        agents = fleet.start_agents(settings, 1, progress=lambda _: None)
+        agents = fleet.Fleet.open(settings).start(1, progress=lambda _: None)
         assert agents[0].cli and f"{kind} {agentcli.PINS[kind][1]}" in agents[0].cli
         wait_for(lambda: store.get(1).status in ("done", "dead"), 150, what=f"the real {kind} CLI")
         issue = store.get(1)
@@ -157,7 +157,7 @@ def test_real_cli_resolves_an_issue_in_a_container(cli_image, sample, kind):
         assert issue.usage["input_tokens"] == 2 * USAGE_IN and issue.usage["output_tokens"] == 2 * USAGE_OUT
         if kind == "claude":
             assert issue.usage["cost_usd"] is not None
-        status = {a.id: a for a in fleet.list_agents(settings)}["agent-001"]
+        status = {a.id: a for a in fleet.Fleet.open(settings).list()}["agent-001"]
         assert status.tokens["input_tokens"] == 2 * USAGE_IN
         assert len(server.model_requests()) == 2
         assert server.peers() == {"127.0.0.1"}
@@ -174,10 +174,10 @@ def test_rate_limit_releases_without_an_attempt_waits_then_resolves(cli_image, s
     with server_for(kind, fail_first=fail_first, retry_after=1, quota=(kind == "codex")) as server:
         settings = make(agent_kind=kind, env_file=str(env_file(tmp_path, kind)), quota_backoff_seconds=6,
                         **endpoint(kind, server))
-        store = fleet.open_store(settings)
+        store = fleet.store_for(settings)
         store.add(TITLE, body=BODY, max_attempts=1)  # a counted attempt would make it dead
-        fleet.start_agents(settings, 1, progress=lambda _: None)
-        waiting = wait_for(lambda: next((a for a in fleet.list_agents(settings)
+        fleet.Fleet.open(settings).start(1, progress=lambda _: None)
+        waiting = wait_for(lambda: next((a for a in fleet.Fleet.open(settings).list()
                                          if a.activity == "quota" and a.waiting_until), None),
                            120, step=0.2, what="the agent to wait for its quota")
         assert waiting.doing.startswith("waiting for quota until ")
@@ -227,10 +227,10 @@ def test_a_model_kind_that_cannot_work_is_refused_at_start_in_one_line(cli_image
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert expected in proc.stderr
     settings = make(**values)
-    assert fleet.list_agents(settings) == []
+    assert fleet.Fleet.open(settings).list() == []
     assert not settings.worktrees_path.exists()
     with pytest.raises(InvalidInput):
-        fleet.start_agents(settings, 1, progress=lambda _: None)
+        fleet.Fleet.open(settings).start(1, progress=lambda _: None)
     if case == "network-none":  # an endpoint on the container's own loopback is allowed through
         assert agentcli.preflight(settings.replace(openai_base_url="http://127.0.0.1:9/v1"),
                                   image.image_labels(settings)) == []

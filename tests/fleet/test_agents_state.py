@@ -6,11 +6,14 @@ import os
 import socket
 import subprocess
 import time
+from operator import attrgetter
 
 import pytest
 
 from parallel_autopilot.fleet import AgentStatus
-from parallel_autopilot.tasks.agents import doing, state, status_table
+from parallel_autopilot.tasks.agents import status_table
+
+state, doing = attrgetter("status"), attrgetter("doing")  # the library's words, which every edge shows
 
 
 def agent(**fields) -> AgentStatus:

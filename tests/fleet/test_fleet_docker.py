@@ -65,7 +65,7 @@ def sample(tmp_path):
     yield repo, factory
     for settings in made:
         try:
-            fleet.stop_agents(settings, progress=lambda _: None)
+            fleet.Fleet.open(settings).stop(progress=lambda _: None)
         except Exception:  # noqa: BLE001 - best-effort teardown
             pass
 
@@ -82,21 +82,21 @@ def docker_inspect(name: str) -> dict:
 
 
 def container_of(settings, agent="agent-001") -> str:
-    return next(a.container for a in fleet.list_agents(settings) if a.id == agent)
+    return next(a.container for a in fleet.Fleet.open(settings).list() if a.id == agent)
 
 
 def test_three_agents_resolve_twelve_issues_each_exactly_once(sample):
     repo, make = sample
     settings = make()
     base = git(repo, "rev-parse", "main")
-    store = fleet.open_store(settings)
+    store = fleet.store_for(settings)
     store.add_many([{"title": f"write file {i}", "script": f"sleep 1; echo {i} > file-{i}.txt"}
                     for i in range(1, 13)])
-    agents = fleet.start_agents(settings, 3, progress=lambda _: None)
+    agents = fleet.Fleet.open(settings).start(3, progress=lambda _: None)
     assert [a.id for a in agents] == ["agent-001", "agent-002", "agent-003"]
     assert all(a.state == "running" and a.ready for a in agents)
     # Docker's own health check agrees within its interval
-    wait_for(lambda: all(a.health == "healthy" for a in fleet.list_agents(settings)), 30, what="docker health")
+    wait_for(lambda: all(a.health == "healthy" for a in fleet.Fleet.open(settings).list()), 30, what="docker health")
     wait_for(lambda: drained(store), 180, what="the queue to drain")
 
     issues = store.list()
@@ -126,9 +126,9 @@ def test_three_agents_resolve_twelve_issues_each_exactly_once(sample):
     attempt_logs = {p.name for p in (settings.logs_path / "agents" / "agent-002").glob("issue-*-attempt-*.log")}
     assert attempt_logs == {f"issue-{n}-attempt-1.log" for n in mine}
 
-    stopped = fleet.stop_agents(settings, progress=lambda _: None)
+    stopped = fleet.Fleet.open(settings).stop(progress=lambda _: None)
     assert stopped == ["agent-001", "agent-002", "agent-003"]
-    assert fleet.list_agents(settings) == []
+    assert fleet.Fleet.open(settings).list() == []
 
 
 def _hammer_host(db: str, worker: str, out: str) -> None:
@@ -157,9 +157,9 @@ def test_two_containers_and_a_host_process_never_double_claim(sample, tmp_path):
 
     repo, make = sample
     settings = make(poll_seconds=0.2)
-    store = fleet.open_store(settings)
+    store = fleet.store_for(settings)
     store.add_many([{"title": f"noop {i}", "script": "true"} for i in range(150)])
-    fleet.start_agents(settings, 2, progress=lambda _: None)
+    fleet.Fleet.open(settings).start(2, progress=lambda _: None)
     ctx = multiprocessing.get_context("spawn")
     out = tmp_path / "host.json"
     host = ctx.Process(target=_hammer_host, args=(str(settings.db_path), "host-1", str(out)))
@@ -182,9 +182,9 @@ def test_two_containers_and_a_host_process_never_double_claim(sample, tmp_path):
 def test_sigterm_mid_issue_releases_the_claim_and_exits_zero_within_grace(sample):
     repo, make = sample
     settings = make(stop_grace_seconds=20)
-    store = fleet.open_store(settings)
+    store = fleet.store_for(settings)
     store.add("long", script='if [ "$AUTOPILOT_AGENT_ID" = agent-001 ]; then sleep 600; fi; echo ok > done.txt')
-    fleet.start_agents(settings, 1, progress=lambda _: None)
+    fleet.Fleet.open(settings).start(1, progress=lambda _: None)
     wait_for(lambda: store.get(1).status == "claimed", 60, what="agent-001 to claim")
     name = container_of(settings)
     started = time.monotonic()
@@ -197,8 +197,8 @@ def test_sigterm_mid_issue_releases_the_claim_and_exits_zero_within_grace(sample
     assert any(e.kind == "released" and e.worker == "agent-001" for e in store.events(1))
     # another agent finishes it
     subprocess.run(["docker", "rm", "-f", name], check=True, capture_output=True)
-    fleet.start_agents(settings, 2, progress=lambda _: None)
-    fleet.stop_agents(settings, ["agent-001"], progress=lambda _: None)
+    fleet.Fleet.open(settings).start(2, progress=lambda _: None)
+    fleet.Fleet.open(settings).stop(["agent-001"], progress=lambda _: None)
     wait_for(lambda: store.get(1).status == "done", 90, what="agent-002 to finish")
     assert store.get(1).owner == "agent-002"
 
@@ -206,9 +206,9 @@ def test_sigterm_mid_issue_releases_the_claim_and_exits_zero_within_grace(sample
 def test_sigkill_mid_issue_restarted_agent_releases_and_finishes(sample):
     repo, make = sample
     settings = make()
-    store = fleet.open_store(settings)
+    store = fleet.store_for(settings)
     store.add("slow", script="sleep 6; echo ok > done.txt")
-    fleet.start_agents(settings, 1, progress=lambda _: None)
+    fleet.Fleet.open(settings).start(1, progress=lambda _: None)
     wait_for(lambda: store.get(1).status == "claimed", 60, what="a claim")
     name = container_of(settings)
     subprocess.run(["docker", "kill", name], check=True, capture_output=True)  # SIGKILL
@@ -224,9 +224,9 @@ def test_sigkill_mid_issue_restarted_agent_releases_and_finishes(sample):
 def test_crashed_runtime_is_restarted_by_the_restart_policy(sample):
     repo, make = sample
     settings = make()
-    store = fleet.open_store(settings)
+    store = fleet.store_for(settings)
     store.add("slow", script="sleep 5; echo ok > done.txt")
-    fleet.start_agents(settings, 1, progress=lambda _: None)
+    fleet.Fleet.open(settings).start(1, progress=lambda _: None)
     wait_for(lambda: store.get(1).status == "claimed", 60, what="a claim")
     name = container_of(settings)
     crash = ("import os\nfor p in os.listdir('/proc'):\n"
@@ -244,8 +244,8 @@ def test_crashed_runtime_is_restarted_by_the_restart_policy(sample):
 def test_hung_loop_is_restarted_by_the_watchdog(sample):
     repo, make = sample
     settings = make(watchdog_seconds=4)
-    store = fleet.open_store(settings)
-    fleet.start_agents(settings, 1, progress=lambda _: None)
+    store = fleet.store_for(settings)
+    fleet.Fleet.open(settings).start(1, progress=lambda _: None)
     # in the agent's own repository (a clone does not take the user's hooks)
     hook = settings.worktrees_path / "agent-001" / ".git" / "hooks" / "pre-commit"
     hook.write_text('#!/bin/sh\nmarker="$(git rev-parse --git-common-dir)/hung-once"\n'
@@ -270,9 +270,9 @@ def test_limits_credentials_read_only_and_uid_of_repository_owner():
     settings = make_settings(repo, memory="200m", cpus=0.5, codex_home=str(codex))
     subprocess.run(["chown", "-R", "1234:1234", str(tmp_path)], check=True)
     try:
-        store = fleet.open_store(settings)
+        store = fleet.store_for(settings)
         store.add("write", script="echo hi > out.txt")
-        fleet.start_agents(settings, 1, progress=lambda _: None)
+        fleet.Fleet.open(settings).start(1, progress=lambda _: None)
         name = container_of(settings)
         host = docker_inspect(name)["HostConfig"]
         assert host["Memory"] == 200 * 1024 * 1024
@@ -290,7 +290,7 @@ def test_limits_credentials_read_only_and_uid_of_repository_owner():
         assert (settings.logs_path / "agents" / "agent-001" / "agent.log").stat().st_uid == 1234
         assert git(worktree, "log", "-1", "--format=%an", "autopilot/issue-1").startswith("agent-001")
     finally:
-        fleet.stop_agents(settings, progress=lambda _: None)
+        fleet.Fleet.open(settings).stop(progress=lambda _: None)
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
@@ -318,9 +318,9 @@ def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind, built
     settings = make(image=tag, agent_kind=kind, env_file=str(keys), openai_base_url="http://127.0.0.1:9/v1",
                     anthropic_base_url="http://127.0.0.1:9")
     try:
-        store = fleet.open_store(settings)
+        store = fleet.store_for(settings)
         store.add("Make the greeting friendlier", body="Say hello nicely.")
-        fleet.start_agents(settings, 1, progress=lambda _: None)
+        fleet.Fleet.open(settings).start(1, progress=lambda _: None)
         wait_for(lambda: store.get(1).status == "done", 90, what=f"the {kind} stand-in")
         issue = store.get(1)
         assert issue.commit, "the stand-in's edit was committed"
@@ -336,7 +336,7 @@ def test_model_cli_kinds_with_stand_in_executables(sample, tmp_path, kind, built
         else:
             assert "-p" in argv or "--print" in argv
     finally:  # the containers first: an image in use would only lose its tag
-        fleet.stop_agents(settings, progress=lambda _: None)
+        fleet.Fleet.open(settings).stop(progress=lambda _: None)
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
@@ -355,16 +355,16 @@ def test_start_refuses_bad_counts_with_one_line_and_starts_nothing(sample, count
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "agent count" in proc.stderr
-    assert fleet.list_agents(settings) == []
+    assert fleet.Fleet.open(settings).list() == []
     assert not settings.worktrees_path.exists()
     with pytest.raises(InvalidAgentCount):
-        fleet.start_agents(settings, count, progress=lambda _: None)
+        fleet.Fleet.open(settings).start(count, progress=lambda _: None)
 
 
 def test_start_without_docker_daemon_is_one_line_and_changes_nothing(sample):
     repo, make = sample
     settings = make()
-    store = fleet.open_store(settings)
+    store = fleet.store_for(settings)
     store.add("kept", script="true")
     before = settings.db_path.read_bytes()
     env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
@@ -380,9 +380,9 @@ def test_start_without_docker_daemon_is_one_line_and_changes_nothing(sample):
 def test_cleanup_keeps_unmerged_work_unless_forced_and_never_loses_a_result(sample):
     repo, make = sample
     settings = make()
-    store = fleet.open_store(settings)
+    store = fleet.store_for(settings)
     store.add("change", script="echo change > c.txt")
-    fleet.start_agents(settings, 2, progress=lambda _: None)
+    fleet.Fleet.open(settings).start(2, progress=lambda _: None)
     wait_for(lambda: store.get(1).status == "done", 90, what="the issue")
     # agent-002's own repository gets a commit that no branch of the user's repository has
     clone = settings.worktrees_path / "agent-002"
@@ -397,7 +397,7 @@ def test_cleanup_keeps_unmerged_work_unless_forced_and_never_loses_a_result(samp
     # the done issue's result came home before its clone went, and is not merged: kept
     assert git(repo, "rev-parse", "--verify", "autopilot/issue-1") == store.get(1).commit
     assert not (settings.worktrees_path / "agent-001").exists()
-    assert fleet.list_agents(settings) == []
+    assert fleet.Fleet.open(settings).list() == []
     forced = run_cli(repo, "cleanup", "--force")
     assert forced.returncode == 0, forced.stderr
     assert not clone.exists()

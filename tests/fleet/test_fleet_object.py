@@ -146,7 +146,12 @@ def test_list_names_the_cli_from_the_images_labels(git_repo, tmp_path, clock):
 
 
 def test_one_start_resolves_limits_git_dir_and_base_branch_once(fake, settings, git_repo, monkeypatch):
-    """Issue 12's acceptance: counted on a recording Git and a counting platform.limits."""
+    """Issue 12's acceptance: counted on a recording Git and a counting platform.limits.
+
+    Patched on the class and the module, not handed to the Fleet: they count EVERY git
+    command and limits() of the process, so a Fleet that forgot to pass what it resolved
+    (provision, compose and clones resolve it themselves then) fails here.
+    """
     repo = git_repo.absolute()
     asked: list[tuple] = []
     plain_run = git_mod.Git._run
@@ -167,9 +172,11 @@ def test_one_start_resolves_limits_git_dir_and_base_branch_once(fake, settings, 
     assert len(limits_calls) == 1
 
 
-def test_the_module_functions_are_the_fleets(settings):
-    assert fleet.check_count(settings, "3") == fleet.Fleet.open(settings).check_count("3") == 3
-    assert fleet.max_agents(settings, containers=False) == 4
+def test_the_fleet_is_the_one_api_for_counts(settings):
+    """No module-level twins of the Fleet's methods (issue 18): the edges, the demo and the bench open a Fleet."""
+    assert not any(hasattr(fleet, name) for name in ("check_count", "max_agents", "start_agents", "list_agents"))
+    assert fleet.Fleet.open(settings).check_count("3") == 3
+    assert fleet.Fleet.open(settings).max_agents(containers=False) == 4
 
 
 def test_a_long_lived_fleet_starts_from_the_branch_checked_out_now(fake, git_repo):

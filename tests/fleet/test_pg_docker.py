@@ -66,12 +66,12 @@ def two_hosts(pg_cluster, tmp_path_factory):
         image.ensure_image(settings["ws1"], progress=lambda _: None, rebuild=True)
         measured["image build with pg8000 staged (s)"] = round(time.monotonic() - started, 1)
         for host in HOSTS:
-            fleet.start_agents(settings[host], 3, progress=lambda _: None)
+            fleet.Fleet.open(settings[host]).start(3, progress=lambda _: None)
         yield settings, pg_cluster, measured
     finally:
         for host in HOSTS:
             try:
-                fleet.stop_agents(settings[host], progress=lambda _: None)
+                fleet.Fleet.open(settings[host]).stop(progress=lambda _: None)
             except Exception:  # noqa: BLE001 - best-effort teardown
                 pass
         subprocess.run(["docker", "rmi", "-f", TAG], capture_output=True)
@@ -84,7 +84,7 @@ def two_hosts(pg_cluster, tmp_path_factory):
 
 def test_two_hosts_drain_one_backlog_once_and_survive_a_server_restart(two_hosts):
     settings, cluster, measured = two_hosts
-    store = fleet.open_store(settings["ws1"])
+    store = fleet.store_for(settings["ws1"])
     assert store.shared and store.host == "ws1"
 
     # 60 script issues, 6 agents on 2 hosts
@@ -93,11 +93,11 @@ def test_two_hosts_drain_one_backlog_once_and_survive_a_server_restart(two_hosts
     begun = time.monotonic()
     # while both hosts work, ws1's crash recovery frees no claim of ws2's (same agent ids)
     wait_for(lambda: {i.host for i in store.list("claimed")} >= set(HOSTS), 60, 0.1, "claims from both hosts")
-    assert fleet.release_gone(settings["ws1"]) == {}
+    assert fleet.Fleet.open(settings["ws1"]).release_gone() == {}
     assert {i.host for i in store.list("claimed")} >= set(HOSTS)
     # each host lists its own agents only: never the other's agent-001 as "container gone"
     for host in HOSTS:
-        agents = fleet.list_agents(settings[host])
+        agents = fleet.Fleet.open(settings[host]).list()
         assert [(a.id, a.host, a.problem) for a in agents] == [(f"agent-00{n}", host, None) for n in (1, 2, 3)]
     wait_for(lambda: drained(store), 240, 0.2, "60 issues drained")
     measured["drain 60 issues, 2 hosts x 3 agents (s)"] = round(time.monotonic() - begun, 1)
@@ -115,7 +115,7 @@ def test_two_hosts_drain_one_backlog_once_and_survive_a_server_restart(two_hosts
         uid = containers.repo_owner(s)[0]
         secret = queueaccess.secret_dir(s, compose.project_name(s), uid) / "queue-url"
         assert secret.is_relative_to(s.repo.parent) and PASSWORD in secret.read_text()  # what they read
-        for agent in fleet.list_agents(s):
+        for agent in fleet.Fleet.open(s).list():
             inspected = subprocess.run(["docker", "inspect", agent.container], check=True, capture_output=True,
                                        text=True).stdout
             assert PASSWORD not in inspected
@@ -152,17 +152,17 @@ def test_two_hosts_drain_one_backlog_once_and_survive_a_server_restart(two_hosts
     for line in lines:
         per_agent[line.split()[1]] = per_agent.get(line.split()[1], 0) + 1
     assert max(per_agent.values()) <= 2, per_agent  # one per outage (the heartbeat thread's store is the same)
-    assert all(a.problem is None for h in HOSTS for a in fleet.list_agents(settings[h]))
+    assert all(a.problem is None for h in HOSTS for a in fleet.Fleet.open(settings[h]).list())
 
 
 def test_a_killed_hosts_issues_are_taken_over_by_the_other_host(two_hosts):
     settings, _, measured = two_hosts
-    store = fleet.open_store(settings["ws1"])
+    store = fleet.store_for(settings["ws1"])
     before = _done(store)
     added = [i.number for i in store.add_many(
         [{"title": f"kill {i}", "script": f"sleep 4; echo {i} > kill-{i}.txt"} for i in range(1, 13)])]
     victims = wait_for(lambda: (lambda a: a if len(a) == 3 else None)(
-        [x for x in fleet.list_agents(settings["ws2"]) if x.issue is not None]), 60, 0.1, "ws2's agents at work")
+        [x for x in fleet.Fleet.open(settings["ws2"]).list() if x.issue is not None]), 60, 0.1, "ws2's agents at work")
     held = {a.issue: store.get(a.issue) for a in victims}
     assert {i.host for i in held.values()} == {"ws2"}
     subprocess.run(["docker", "kill", *[a.container for a in victims]], check=True, capture_output=True)
@@ -179,5 +179,5 @@ def test_a_killed_hosts_issues_are_taken_over_by_the_other_host(two_hosts):
     assert _done(store) == sorted(before + added)  # the taken-over issues done once, by ws1
     assert all(store.get(n).host == "ws1" for n in held)
     # ws1 sees its 3 agents; ws2 sees its killed ones for what they are
-    assert [a.problem for a in fleet.list_agents(settings["ws1"])] == [None, None, None]
-    assert {a.problem for a in fleet.list_agents(settings["ws2"])} == {"killed (exit 137)"}
+    assert [a.problem for a in fleet.Fleet.open(settings["ws1"]).list()] == [None, None, None]
+    assert {a.problem for a in fleet.Fleet.open(settings["ws2"]).list()} == {"killed (exit 137)"}

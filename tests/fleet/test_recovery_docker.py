@@ -27,13 +27,13 @@ def test_sigkilled_agents_issue_is_taken_over_within_seconds_while_every_agent_i
     repo, make = sample
     settings = make(lease_seconds=DEFAULT_LEASE_SECONDS)
     assert settings.lease_seconds == config.DEFAULTS["lease_seconds"] == 900
-    store = fleet.open_store(settings)
+    store = fleet.store_for(settings)
     store.add_many([{"title": f"busy {i}", "script": f"sleep 2; echo {i} > file-{i}.txt"} for i in range(1, 13)])
-    fleet.start_agents(settings, 3, progress=lambda _: None)
+    fleet.Fleet.open(settings).start(3, progress=lambda _: None)
 
     # every agent busy, 9 more issues ready
     working = wait_for(lambda: (lambda a: a if len(a) == 3 else None)(
-        [x for x in fleet.list_agents(settings) if x.issue is not None]), 60, 0.1, "three working agents")
+        [x for x in fleet.Fleet.open(settings).list() if x.issue is not None]), 60, 0.1, "three working agents")
     victim = working[1]
     issue = store.get(victim.issue)
     assert store.counts()["ready"] >= 6
@@ -54,7 +54,7 @@ def test_sigkilled_agents_issue_is_taken_over_within_seconds_while_every_agent_i
     assert between == []
 
     # the fleet sees the killed container for what it is
-    dead = next(a for a in fleet.list_agents(settings) if a.id == victim.id)
+    dead = next(a for a in fleet.Fleet.open(settings).list() if a.id == victim.id)
     assert (dead.state, dead.problem, dead.issue) == ("exited", "killed (exit 137)", None)
 
     wait_for(lambda: drained(store), 120, what="the queue to drain")
@@ -63,6 +63,6 @@ def test_sigkilled_agents_issue_is_taken_over_within_seconds_while_every_agent_i
     assert store.get(issue.number).attempts == 2
 
     # agents.start --n 3 brings the fleet back to three
-    back = fleet.start_agents(settings, 3, progress=lambda _: None)
+    back = fleet.Fleet.open(settings).start(3, progress=lambda _: None)
     assert [(a.id, a.state, a.problem) for a in back] == [
         (f"agent-00{i}", "running", None) for i in (1, 2, 3)]

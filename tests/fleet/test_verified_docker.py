@@ -73,7 +73,7 @@ def site(tmp_path, built_test_image):
                            gitconfig=str(tmp_path / "no-gitconfig"))
     yield repo, settings
     try:
-        fleet.stop_agents(settings, progress=lambda _: None)
+        fleet.Fleet.open(settings).stop(progress=lambda _: None)
     except Exception:  # noqa: BLE001 - best-effort teardown
         pass
 
@@ -101,7 +101,7 @@ ROGUE = ("echo rogue > rogue.txt; git add -A; git commit -qm rogue; "
 
 def test_verified_work_and_the_merge_queue_with_three_agents_in_containers(site):
     repo, settings = site
-    store = fleet.open_store(settings)
+    store = fleet.store_for(settings)
     good = store.add("mul", script=GOOD).number
     bad = store.add("break add", script=BAD).number
     empty = store.add("nothing", script="echo 'looked, nothing to do'").number
@@ -112,7 +112,7 @@ def test_verified_work_and_the_merge_queue_with_three_agents_in_containers(site)
                    if not line.startswith("refs/heads/autopilot/")}
     objects_before = objects(repo)
 
-    fleet.start_agents(settings, 3, progress=lambda _: None)
+    fleet.Fleet.open(settings).start(3, progress=lambda _: None)
     finished = ("done", "dead", "empty", "rejected", "merged")
     wait_for(lambda: all(i.status in finished for i in store.list()), what="every issue to finish its attempts")
 
@@ -142,7 +142,7 @@ def test_verified_work_and_the_merge_queue_with_three_agents_in_containers(site)
 
     # the merge queue, first round: (a) merged; (d) one merged, the other rejected naming the file
     base_before = git(repo, "rev-parse", "main")
-    (report,) = fleet.merge_loop(settings, rounds=1, sleep=lambda _: None, progress=lambda _: None)
+    (report,) = fleet.Fleet.open(settings).merge_loop(rounds=1, sleep=lambda _: None, progress=lambda _: None)
     assert good in report.merged and bad not in report.merged
     assert len({square, pentagon} & set(report.merged)) == 1
     loser = ({square, pentagon} - set(report.merged)).pop()
@@ -153,7 +153,7 @@ def test_verified_work_and_the_merge_queue_with_three_agents_in_containers(site)
     # re-queued as a new attempt: it starts from the new base and merges in the next round
     wait_for(lambda: store.get(loser).status in ("done", "dead"), what="the re-queued attempt")
     assert "conflicts in: shapes.py" in attempt_log(settings, loser, 2)
-    fleet.merge_loop(settings, rounds=1, sleep=lambda _: None, progress=lambda _: None)
+    fleet.Fleet.open(settings).merge_loop(rounds=1, sleep=lambda _: None, progress=lambda _: None)
     assert {store.get(n).status for n in (good, square, pentagon)} == {"merged"}
     assert store.get(bad).status == "dead" and store.get(bad).merge_commit is None
 

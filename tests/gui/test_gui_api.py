@@ -363,7 +363,7 @@ def test_the_real_fleet_with_docker_unreachable_answers_503_and_the_snapshot_say
 def test_start_refuses_too_many_agents_with_the_fleet_rule_message(env):
     message = assert_error(env.client.post("/api/agents/start", json={"n": 11}, headers=env.csrf), 422)
     with pytest.raises(InvalidAgentCount) as rule:
-        agent_count(11, env.fleet.maximum)  # what fleet.check_count says for the same maximum
+        agent_count(11, env.fleet.maximum)  # what Fleet.check_count says for the same maximum
     assert message == str(rule.value)
     assert env.fleet.calls == []
 
@@ -375,7 +375,7 @@ def test_on_a_postgresql_queue_the_pane_shows_that_backlog_and_this_hosts_agents
     from parallel_autopilot.issues import open_store
 
     settings = make_settings(tmp_path, queue=pg_url, host="ws1")
-    store = fleet_module.open_store(settings)
+    store = fleet_module.store_for(settings)
     store.add("shared work", priority="high")
     with open_store(pg_url, host="ws2") as ws2:
         ws2.add("ws2's work")

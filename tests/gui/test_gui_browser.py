@@ -244,7 +244,7 @@ def test_end_to_end_with_real_containers(tmp_path):
                            start_timeout_seconds=180, watchdog_seconds=30, backoff_seconds=1,
                            codex_home=str(tmp_path / "no-codex"), ssh_dir=str(tmp_path / "no-ssh"),
                            gitconfig=str(tmp_path / "no-gitconfig"))
-    store = fleet.open_store(settings)
+    store = fleet.store_for(settings)
     store.add_many([{"title": f"Slow job {i}", "priority": "high" if i <= 3 else "medium",
                      "script": f"echo working on job {i}; sleep 12; echo {i} > job-{i}.txt"} for i in range(1, 10)])
     app = create_app(settings, interval=0.5)  # the REAL fleet
@@ -286,12 +286,12 @@ def test_end_to_end_with_real_containers(tmp_path):
             check(page.locator(".agent")).to_have_count(0, timeout=180_000)
             check(page.locator("#no-agents")).to_be_visible()
             assert store.list("claimed") == []  # every claim released
-            assert fleet.list_agents(settings) == []
+            assert fleet.Fleet.open(settings).list() == []
             check(page.locator("#counts")).to_contain_text("claimed 0", timeout=SEEN)
             screenshot(page, "gui-real-4-stopped")
             assert errors == []
     finally:
         try:
-            fleet.stop_agents(settings, progress=lambda _: None)
+            fleet.Fleet.open(settings).stop(progress=lambda _: None)
         except Exception:  # noqa: BLE001 - best-effort teardown
             pass

@@ -80,13 +80,15 @@ def abort(sock: socket.socket) -> None:
 
 
 @pytest.fixture
-def live(tmp_path):
+def live(tmp_path, request):
+    """A real server over a FakeFleet; ``create_app``'s options from ``@pytest.mark.parametrize("live", [{...}],
+    indirect=True)``."""
     settings = make_settings(tmp_path)
     store = IssueStore(settings.db_path)
     for title in ("First job", "Second job", "Third job"):
         store.add(title, priority="high")
     fleet = FakeFleet(store)
-    app = create_app(settings, fleet=fleet, interval=0.2)
+    app = create_app(settings, fleet=fleet, interval=0.2, **getattr(request, "param", {}))
     with LiveServer(app) as server:
         server.fleet, server.store, server.hub = fleet, store, app.state.hub
         server.pumps, server.csrf = app.state.pumps, {"X-CSRF-Token": app.state.guard.csrf_token}
@@ -246,10 +248,8 @@ def test_shutdown_with_open_streams_ends(tmp_path):
         stream.close()
 
 
-def test_log_views_are_bounded(live, monkeypatch):
-    from parallel_autopilot.gui import app as gui_app
-
-    monkeypatch.setattr(gui_app, "MAX_LOG_STREAMS", 3)
+@pytest.mark.parametrize("live", [{"max_log_streams": 3}], indirect=True, ids=["three-views"])
+def test_log_views_are_bounded(live):
     post(live, "/api/agents/start", {"n": 1})
     streams = [Events(live.url, "/api/agents/1/logs/stream") for _ in range(3)]
     try:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -178,7 +179,9 @@ def test_restore_brings_back_every_issue_and_event_up_to_the_latest_snapshot(git
     assert [p.read_bytes() for p in kept] == [damaged_bytes]  # kept aside, never deleted
 
 
-def test_restore_is_refused_while_agents_run(git_repo, monkeypatch):
+def test_restore_is_refused_while_agents_run(git_repo):
+    from support.fleet_fakes import IMAGE_ID, FakeContainer, FakeDocker
+
     from parallel_autopilot import config, fleet
     from parallel_autopilot.tasks import issues as issue_tasks
     import invoke
@@ -189,10 +192,13 @@ def test_restore_is_refused_while_agents_run(git_repo, monkeypatch):
     snapshots.take(store)
     store.add("newer than the snapshot")
     store.close()
-    monkeypatch.setattr(fleet, "running_agent_ids", lambda s: ["agent-001"])  # beside the real tests
-    monkeypatch.setattr(issue_tasks, "settings", lambda c: config.load(repo=str(git_repo)))
+    # agent-001's container runs on a fake daemon (beside the real tests), in the invocation's Fleet
+    docker = FakeDocker()
+    the_fleet = fleet.Fleet.open(config.load(repo=str(git_repo)), docker=docker)
+    running = FakeContainer(the_fleet.project, "agent-001", IMAGE_ID, time.time())
+    docker.containers_by_name[running.name] = running
     with pytest.raises(invoke.Exit) as exc:
-        issue_tasks.restore.body(invoke.Context())
+        issue_tasks.restore.body(invoke.Context(config=invoke.Config(overrides={"fleet": the_fleet})))
     assert exc.value.code == 4 and "agents.stop" in str(exc.value.message)
     assert len(IssueStore(db).list()) == 2
 

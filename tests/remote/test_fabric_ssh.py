@@ -285,7 +285,7 @@ def agents_station(workstation):
     from parallel_autopilot import fleet
 
     try:
-        fleet.stop_agents(config.load(None, repo=str(workstation.target)), progress=lambda _: None)
+        fleet.Fleet.open(config.load(None, repo=str(workstation.target))).stop(progress=lambda _: None)
     except Exception:  # noqa: BLE001 - best-effort teardown
         pass
 

@@ -6,6 +6,7 @@ Python that prints the argv it received, so quoting is tested, not eyeballed.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -22,6 +23,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 
 from parallel_autopilot import config, remote
 from parallel_autopilot.errors import Conflict, RemoteError
+from parallel_autopilot.fleet import AgentStatus
 from parallel_autopilot.tasks import remote as remote_tasks
 from parallel_autopilot.tasks.edge import Namespace, task
 
@@ -266,11 +268,13 @@ def test_a_busy_local_port_is_refused_before_the_tunnel():
 # -- several hosts, one table -------------------------------------------------------------------
 
 def test_agents_status_on_several_hosts_is_one_table_with_a_line_per_down_host(tmp_path, capsys):
-    agent = {"id": "agent-001", "state": "running", "health": "healthy", "activity": "working", "issue": 7,
-             "issue_title": "Fix the parser", "uptime": 3725.0, "restarts": 1}
+    # what `agents.status --json` prints on a host: the agents' fields and the library's words for them
+    agent = AgentStatus(id="agent-001", container="pa_agent-001_1", state="running", health="healthy",
+                        activity="working", issue=7, issue_title="Fix the parser", since=0.0, uptime=3725.0,
+                        heartbeat_age=1.0, restarts=1)
+    idle = dataclasses.replace(agent, id="agent-002", issue=None, activity="idle", uptime=65.0, restarts=0)
     results = [
-        remote.HostResult("alpha", 0, json.dumps([agent, {**agent, "id": "agent-002", "issue": None,
-                                                           "activity": "idle", "uptime": 65.0, "restarts": 0}])),
+        remote.HostResult("alpha", 0, json.dumps([agent.to_dict(), idle.to_dict()])),
         remote.HostResult("beta", None, error=RemoteError("beta: cannot connect to 10.0.0.2:22: connection refused")),
         remote.HostResult("gamma", 0, "[]"),
         remote.HostResult("delta", 7, "", "error: Docker is not reachable (no socket): start the daemon\n"),

@@ -168,7 +168,7 @@ def agent_repo(tmp_path):
     from parallel_autopilot import fleet
 
     try:
-        fleet.stop_agents(config.load(None, repo=str(repo)), progress=lambda _: None)
+        fleet.Fleet.open(config.load(None, repo=str(repo))).stop(progress=lambda _: None)
     except Exception:  # noqa: BLE001 - best-effort teardown
         pass
 

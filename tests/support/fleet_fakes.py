@@ -207,7 +207,7 @@ def runtime_boot(store_of: Callable[[], object]) -> Callable[[str], None]:
 def fake_fleet(settings, *, clock: Callable[[], float] = time.time) -> tuple[fleet.Fleet, FakeDocker, FakeCompose]:
     """A real Fleet over a FakeDocker and a FakeCompose whose containers boot like the runtime."""
     docker = FakeDocker(clock)
-    runner = FakeCompose(docker, boot=runtime_boot(lambda: fleet.open_store(settings)))
+    runner = FakeCompose(docker, boot=runtime_boot(lambda: fleet.store_for(settings)))
     return fleet.Fleet.open(settings, runner=runner, docker=docker, clock=clock,
                             ensure_image=docker.ensure_image), docker, runner
 

@@ -170,6 +170,8 @@ function renderControls(snap) {
   }
 }
 
+// The uptime ticks here between snapshots (none is pushed for the clock alone: uptime and
+// uptime_text are volatile), so the page counts on from the API's `uptime` seconds.
 function uptimeSeconds(agent) {
   if (agent.uptime === null || agent.uptime === undefined) return null;
   return agent.uptime + (performance.now() - state.receivedAt) / 1000;
@@ -186,22 +188,22 @@ function formatDuration(seconds) {
   return `${s}s`;
 }
 
+// What an agent does is the API's words (AgentStatus.status and .doing: what `agents.status`
+// prints too); the page only picks a colour for them and writes them in sentence case.
+const STARTING = ["starting", "created", "restarting"];
+
+function dotClass(agent) {
+  if (agent.problem || agent.status === "unhealthy") return "bad";
+  if (agent.status !== "ready") return STARTING.includes(agent.status) ? "starting" : "bad";
+  if (agent.activity === "quota" || agent.activity === "stopping" || agent.doing === "booting") return "starting";
+  return agent.issue !== null && agent.issue !== undefined ? "working" : "idle";
+}
+
 function describe(agent, readyCount) {
-  // -> [dot class, activity text]
-  if (agent.problem) return ["bad", agent.problem.charAt(0).toUpperCase() + agent.problem.slice(1)];
-  if (agent.state !== "running") {
-    const text = { restarting: "Restarting...", created: "Starting...", exited: "Exited", dead: "Dead",
-                   paused: "Paused", missing: "Missing" }[agent.state] || agent.state;
-    return [agent.state === "created" || agent.state === "restarting" ? "starting" : "bad", text];
-  }
-  if (agent.health === "unhealthy") return ["bad", "Unhealthy"];
-  if (agent.activity === "quota") return ["starting", agent.doing || "Waiting for quota"];
-  if (agent.issue !== null && agent.issue !== undefined) {
-    return ["working", `Working on #${agent.issue}` + (agent.issue_title ? ` ${agent.issue_title}` : "")];
-  }
-  if (agent.activity === "stopping") return ["starting", "Stopping..."];
-  if (agent.health === "starting" || agent.activity === "unknown") return ["starting", "Starting..."];
-  return ["idle", readyCount === 0 ? "Idle (no issues)" : "Idle"];
+  // -> [dot class, what it does]
+  const doing = String(agent.doing || agent.status || agent.state || "");
+  const text = doing.charAt(0).toUpperCase() + doing.slice(1);
+  return [dotClass(agent), agent.doing === "idle" && readyCount === 0 ? `${text} (no issues)` : text];
 }
 
 function renderAgents(snap) {
