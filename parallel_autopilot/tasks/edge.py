@@ -19,7 +19,7 @@ from invoke.exceptions import ParseError
 from invoke.parser.parser import ParseMachine
 
 from .. import config
-from ..errors import AutopilotError, GitError, MissingDependency
+from ..errors import EXIT_INTERRUPTED, AutopilotError, GitError, MissingDependency
 from ..fleet import Fleet
 
 
@@ -34,7 +34,7 @@ def task(*args: Any, **kwargs: Any) -> Callable:
             except AutopilotError as err:
                 raise invoke.Exit(f"error: {err}", code=err.exit_code) from None
             except KeyboardInterrupt:
-                raise invoke.Exit("interrupted", code=130) from None
+                raise invoke.Exit("interrupted", code=EXIT_INTERRUPTED) from None
 
         return invoke.task(*args, **kwargs)(run)
 

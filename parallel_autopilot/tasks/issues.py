@@ -15,16 +15,15 @@ from .edge import Namespace, emit_json, fleet_of, print_table, settings, task
 INTERACTIVE_RECONNECT_SECONDS = 15.0
 
 
-def store_for(s: Settings) -> IssueStore:
-    """THE store of these settings (``fleet.store_for``): PostgreSQL when ``autopilot.queue``
-    is a URL, else SQLite; a person waits for these tasks, so a server that is away is
-    said within seconds."""
+def interactive_store(s: Settings) -> IssueStore:
+    """``fleet.store_for(s)`` (the orchestrator's store: PostgreSQL when ``autopilot.queue`` is a
+    URL, else SQLite) for a person who waits: a server that is away is said within seconds."""
     return fleet.store_for(s, reconnect_seconds=INTERACTIVE_RECONNECT_SECONDS if s.queue else None)
 
 
 def store_of(c) -> IssueStore:
-    """The store of this invocation (its settings' :func:`store_for`: the one the orchestrator uses)."""
-    return store_for(settings(c))
+    """The store of this invocation: its settings' :func:`interactive_store`."""
+    return interactive_store(settings(c))
 
 
 @task(help={

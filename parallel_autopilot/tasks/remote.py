@@ -28,7 +28,7 @@ import fabric
 import invoke
 
 from .. import config, remote
-from ..errors import AutopilotError, RemoteError
+from ..errors import EXIT_INTERRUPTED, AutopilotError, RemoteError
 from .edge import Namespace, emit_json, settings, table, task
 
 #: Tasks that run with a PTY when the named flag is set (None: always), so the
@@ -145,7 +145,7 @@ def _mirror_task(name: str, original: invoke.Task) -> invoke.Task:
         except AutopilotError as err:
             raise invoke.Exit(f"error: {err}", code=err.exit_code) from None
         except KeyboardInterrupt:
-            raise invoke.Exit("interrupted", code=130) from None
+            raise invoke.Exit("interrupted", code=EXIT_INTERRUPTED) from None
 
     mirrored = copy.copy(original)
     mirrored.body = body
@@ -359,7 +359,7 @@ def gui(c, port=None, local_port=None):
     result = remote.serve_tunnelled(conn, command, int(local_port or number), number, ready=lambda url: _say(
         f"{name}: GUI at {url} (tunnel to its 127.0.0.1:{number}; Ctrl-C stops)"))
     remote.check_exit(result, s)
-    if result.exited not in (0, 130, None):
+    if result.exited not in (0, EXIT_INTERRUPTED, None):
         raise invoke.Exit(code=result.exited)
 
 

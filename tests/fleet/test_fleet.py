@@ -203,8 +203,8 @@ def test_on_a_shared_queue_each_host_lists_and_frees_only_its_own_agents(git_rep
         kept = one.get(theirs.issue.number)
         assert (kept.status, kept.owner, kept.host, kept.token) == ("claimed", "agent-001", "ws2", theirs.token)
         # the issues.* tasks speak for the same host (the merge queue merges only its host's issues)
-        from parallel_autopilot.tasks.issues import store_for
-        assert store_for(ws2).host == "ws2"
+        from parallel_autopilot.tasks.issues import interactive_store
+        assert interactive_store(ws2).host == "ws2"
     finally:
         fleet.close_store(ws1)
 
