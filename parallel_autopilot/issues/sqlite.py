@@ -74,8 +74,14 @@ from .records import (
     DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES, AgentRow, Claim, Event,
     Issue, agent_key, issue_from_row,
 )
+from .schema import (
+    AGENTS, AGENTS_KEY, EVENTS, FIRST_AGENTS, FIRST_STATUSES, ISSUES, add_column, columns, create_table, status_check,
+)
 
 DEFAULT_BUSY_TIMEOUT = 30.0
+
+#: The portable column types of :mod:`.schema`, as SQLite declares them (its type affinities).
+TYPES = {"bigint": "INTEGER", "integer": "INTEGER", "text": "TEXT", "float": "REAL", "identity": "INTEGER"}
 
 #: Appends the audit event an UPDATE names (transition, actor, note), in the same statement.
 _TRANSITION_TRIGGER = """CREATE TRIGGER issues_transition AFTER UPDATE ON issues WHEN NEW.transition IS NOT NULL
@@ -88,64 +94,28 @@ _TRANSITION_TRIGGER = """CREATE TRIGGER issues_transition AFTER UPDATE ON issues
                INSERT INTO events (at, issue, kind, worker, token, detail)
                    VALUES (NEW.updated_at, NEW.number, NEW.transition, NEW.actor, NEW.token, NEW.note);
            END"""
+#: The claim's index: each arm of ``_CLAIM`` walks it in claim order.
+_PICK_INDEX = "CREATE INDEX issues_pick ON issues (status, rank, created_at, number)"
 
-MIGRATIONS = [
+#: The schema's history (``PRAGMA user_version`` counts what was applied). A string is
+#: a script of statements split on ";", a list its statements; ``:host`` is the
+#: migrating store's host.
+MIGRATIONS: list[str | list[str]] = [
     # 1: the initial schema
-    """
-    CREATE TABLE issues (
-        number       INTEGER PRIMARY KEY,
-        title        TEXT NOT NULL,
-        body         TEXT NOT NULL DEFAULT '',
-        priority     TEXT NOT NULL CHECK (priority IN ('urgent','high','medium','low')),
-        rank         INTEGER NOT NULL,          -- 0 urgent .. 3 low
-        script       TEXT,
-        status       TEXT NOT NULL DEFAULT 'ready'
-                     CHECK (status IN ('ready','claimed','done','failed','dead','blocked')),
-        attempts     INTEGER NOT NULL DEFAULT 0,
-        max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
-        due_at       REAL NOT NULL,             -- not claimable before (backoff)
-        owner        TEXT,                      -- agent id of the lease (or of the result)
-        token        INTEGER NOT NULL DEFAULT 0, -- lease fencing token, never decreases
-        lease_until  REAL,
-        heartbeat_at REAL,
-        claimed_at   REAL,
-        branch       TEXT,
-        commit_sha   TEXT,
-        duration     REAL,
-        error        TEXT,
-        created_at   REAL NOT NULL,
-        updated_at   REAL NOT NULL
-    );
-    CREATE INDEX issues_pick ON issues (status, rank, created_at, number);
-    CREATE TABLE events (
-        id     INTEGER PRIMARY KEY,
-        at     REAL NOT NULL,
-        issue  INTEGER,
-        kind   TEXT NOT NULL,
-        worker TEXT,
-        token  INTEGER,
-        detail TEXT
-    );
-    CREATE INDEX events_issue ON events (issue, id);
-    CREATE TABLE agents (
-        id           TEXT PRIMARY KEY,
-        state        TEXT NOT NULL,
-        issue        INTEGER,
-        token        INTEGER,
-        heartbeat_at REAL NOT NULL,
-        started_at   REAL NOT NULL,
-        incarnation  TEXT,
-        host         TEXT,
-        pid          INTEGER
-    );
-    """,
+    [
+        create_table("issues", columns(ISSUES, until="updated_at"), TYPES, status=status_check(FIRST_STATUSES)),
+        _PICK_INDEX,
+        create_table("events", EVENTS, TYPES),
+        "CREATE INDEX events_issue ON events (issue, id)",
+        create_table("agents", columns(AGENTS, FIRST_AGENTS), TYPES, id="PRIMARY KEY", host=""),
+    ],
     # 2: every UPDATE of an issue names the event it records (transition, actor,
     # note); a trigger appends it in the same statement, so a claim or a
     # completion is ONE statement and ONE short hold of the write lock
     [
-        "ALTER TABLE issues ADD COLUMN transition TEXT",
-        "ALTER TABLE issues ADD COLUMN actor TEXT",
-        "ALTER TABLE issues ADD COLUMN note TEXT",
+        add_column("issues", "transition", TYPES),
+        add_column("issues", "actor", TYPES),
+        add_column("issues", "note", TYPES),
         _TRANSITION_TRIGGER,
     ],
     # 3: verified work and a merge queue (statuses empty/merged/rejected, the check's
@@ -153,43 +123,7 @@ MIGRATIONS = [
     # cannot alter a CHECK constraint: the table is rebuilt, trigger and index with it.
     [
         "DROP TRIGGER issues_transition",
-        """CREATE TABLE issues_v3 (
-            number       INTEGER PRIMARY KEY,
-            title        TEXT NOT NULL,
-            body         TEXT NOT NULL DEFAULT '',
-            priority     TEXT NOT NULL CHECK (priority IN ('urgent','high','medium','low')),
-            rank         INTEGER NOT NULL,
-            script       TEXT,
-            status       TEXT NOT NULL DEFAULT 'ready'
-                         CHECK (status IN ('ready','claimed','done','failed','dead','blocked',
-                                           'empty','merged','rejected')),
-            attempts     INTEGER NOT NULL DEFAULT 0,
-            max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
-            due_at       REAL NOT NULL,
-            owner        TEXT,
-            token        INTEGER NOT NULL DEFAULT 0,
-            lease_until  REAL,
-            heartbeat_at REAL,
-            claimed_at   REAL,
-            branch       TEXT,
-            commit_sha   TEXT,
-            duration     REAL,
-            error        TEXT,
-            created_at   REAL NOT NULL,
-            updated_at   REAL NOT NULL,
-            transition   TEXT,
-            actor        TEXT,
-            note         TEXT,
-            check_cmd    TEXT,                      -- per-issue check (None: the repository's)
-            check_status TEXT,                      -- passed | failed | timeout | none
-            check_duration REAL,
-            check_output TEXT,                      -- the check's last lines
-            feedback     TEXT,                      -- report handed to the next attempt's prompt
-            completed_at REAL,
-            merge_commit TEXT,
-            merged_at    REAL,
-            usage        TEXT                       -- JSON: model tokens/cost, summed over attempts
-        )""",
+        create_table("issues_v3", columns(ISSUES, until="usage"), TYPES),
         """INSERT INTO issues_v3 (number, title, body, priority, rank, script, status, attempts,
                                  max_attempts, due_at, owner, token, lease_until, heartbeat_at,
                                  claimed_at, branch, commit_sha, duration, error, created_at,
@@ -201,31 +135,19 @@ MIGRATIONS = [
            FROM issues""",
         "DROP TABLE issues",
         "ALTER TABLE issues_v3 RENAME TO issues",
-        "CREATE INDEX issues_pick ON issues (status, rank, created_at, number)",
+        _PICK_INDEX,
         _TRANSITION_TRIGGER,
     ],
     # 4: an agent waiting for a model's rate limit / quota to reset says until when
-    ["ALTER TABLE agents ADD COLUMN waiting_until REAL"],
+    [add_column("agents", "waiting_until", TYPES)],
     # 5: an agent's identity is (host, id), agent ids repeat on every host of a shared queue:
     # issues.host is the claiming agent's host; the agents table is keyed by (host, id).
     # Rows that exist get :host, the migrating store's (a SQLite queue was one host's all
     # along). transition = NULL: the backfill is no event.
     [
-        "ALTER TABLE issues ADD COLUMN host TEXT",
+        add_column("issues", "host", TYPES),
         "UPDATE issues SET host = :host, transition = NULL WHERE claimed_at IS NOT NULL",
-        """CREATE TABLE agents_v5 (
-            host          TEXT NOT NULL,
-            id            TEXT NOT NULL,
-            state         TEXT NOT NULL,
-            issue         INTEGER,
-            token         INTEGER,
-            heartbeat_at  REAL NOT NULL,
-            started_at    REAL NOT NULL,
-            incarnation   TEXT,
-            pid           INTEGER,
-            waiting_until REAL,
-            PRIMARY KEY (host, id)
-        )""",
+        create_table("agents_v5", AGENTS, TYPES, key=AGENTS_KEY),
         """INSERT INTO agents_v5 (host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid,
                                  waiting_until)
            SELECT :host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid, waiting_until
