@@ -1,9 +1,10 @@
 """The shared issue queue on PostgreSQL: one backlog for agents on many hosts.
 
-The same public API and semantics as :class:`parallel_autopilot.issues.IssueStore`
-(read its docstring first); what differs is how PostgreSQL gives them:
+The same public API and semantics as the SQLite store: the verbs, their rules
+and their SQL are :class:`~parallel_autopilot.issues.store.Store`'s, written once
+for both (read :mod:`.store` first). What PostgreSQL gives its own way, here:
 
-- **Claim**: ONE statement (``PgIssueStore._CLAIM``, beside ``claim``; one round
+- **Claim**: ONE statement (``PgIssueStore._CLAIM``, beside ``_claim``; one round
   trip, one transaction): the abandoned issues whose attempts are used up become
   dead, and ONE UPDATE leases the best eligible issue, picked ``FOR UPDATE SKIP
   LOCKED`` (priority then age, attempts below the limit inside the pick), so
@@ -14,7 +15,7 @@ The same public API and semantics as :class:`parallel_autopilot.issues.IssueStor
   token matches nothing; the refusal is recorded and LeaseLost raised.
 - **Clock**: the lease clock is the DATABASE's (``now()``, one value per
   transaction), never a host's: hosts' clocks differ. An explicit ``now=`` (or a
-  ``clock`` given to the store, for tests) still wins.
+  ``clock`` given to the store, for tests) still wins (:data:`NOW`).
 - **Schema**: versioned in ``autopilot_schema``; migrations run in ONE transaction
   (PostgreSQL's DDL is transactional) under an advisory lock, so hosts starting
   together migrate once and a failing migration leaves nothing behind.
@@ -26,6 +27,8 @@ The same public API and semantics as :class:`parallel_autopilot.issues.IssueStor
   with backoff (one log line per outage) for up to ``reconnect_seconds``. A fenced
   write whose outcome is unknown is never sent twice blindly: the store first
   looks whether it took effect (its event with that token, or the claim's nonce).
+- **Statements** are prepared once per connection (parsed and planned once);
+  ``ANALYZE`` after a large import, so the planner knows the backlog's size.
 
 Driver: pg8000 (pure Python; ``pip install 'parallel-autopilot[postgres]'``),
 imported only when a store is opened.
@@ -33,27 +36,19 @@ imported only when a store is opened.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import socket
-import threading
 import time
 import uuid
-import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import Conflict, InvalidInput, IssueNotFound, LeaseLost, QueueUnavailable
-from . import forksafe
-from .fields import PRIORITIES, validate_fields, validate_result
-from .records import (
-    DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES, AgentRow, Claim, Event,
-    Issue, agent_key, issue_from_row,
-)
+from ..errors import InvalidInput, QueueUnavailable
+from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS, Issue
 from .schema import AGENTS, EVENTS, FIRST_AGENTS, ISSUES, Column, add_column, columns, create_table
+from .store import Row, Run, Store
 from .urls import redact
 
 log = logging.getLogger(__name__)
@@ -174,24 +169,6 @@ MIGRATIONS: list[list[str]] = [
     ["DROP FUNCTION IF EXISTS autopilot_claim(float8, float8, text, float8, text, text)"],
 ]
 
-_REFUSE = f"""
-INSERT INTO events (at, issue, kind, worker, token, detail)
-SELECT {NOW}, CAST(:number AS bigint), :kind, :worker, CAST(:token AS bigint),
-       COALESCE((SELECT 'stale token ' || CAST(:token AS bigint) || '; issue is ' || status || ', token ' || token
-                        || ' held by ' || COALESCE(owner, 'None')
-                 FROM issues WHERE number = CAST(:number AS bigint)), 'issue does not exist')"""
-
-_RELEASE_AGENT = f"""
-UPDATE issues SET
-       status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
-       error = CASE WHEN attempts >= max_attempts THEN :reason ELSE error END,
-       owner = CASE WHEN attempts >= max_attempts THEN owner END,
-       lease_until = NULL, due_at = {NOW}, updated_at = {NOW},
-       transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'released-agent' END,
-       actor = :agent, note = :note
-WHERE number = CAST(:number AS bigint) AND status = 'claimed' AND owner = :agent AND host = :host
-RETURNING number"""
-
 
 class _Uncertain(Exception):
     """A write whose COMMIT was sent when the connection broke: it may have happened."""
@@ -256,21 +233,24 @@ def _connection_lost(err: BaseException) -> bool:
     return False
 
 
-_INHERITED = forksafe.INHERITED
-_STORES: "weakref.WeakSet[PgIssueStore]" = weakref.WeakSet()
-forksafe.reset_in_children(_STORES)
 
 
-class PgIssueStore:
+class PgIssueStore(Store):
     """The shared issue queue in the PostgreSQL database at ``url``.
 
     ``host`` is the machine whose agents this store speaks for (default: this
-    one's name). Thread-safe (one connection behind a lock); fork-safe (a child
-    process opens its own connection and never touches the parent's).
+    one's name). ``migrations`` is the schema's history this store upgrades a
+    database to (default :data:`MIGRATIONS`). Thread-safe (one connection behind
+    a lock); fork-safe (a child process opens its own connection and never
+    touches the parent's).
     """
 
     #: Many hosts' agents claim from this queue.
     shared = True
+    NOW = NOW
+    FOR_UPDATE = " FOR UPDATE"
+    #: Numbers as SQLite gives them (one above the highest): adders take turns.
+    NUMBERING_LOCK = f"SELECT pg_advisory_xact_lock({_NUMBER_LOCK})"
 
     def __init__(
         self,
@@ -283,32 +263,24 @@ class PgIssueStore:
         on_reconnect: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         host: str | None = None,
+        migrations: Sequence[Sequence[str]] | None = None,
     ):
         self.url = redact(url)
-        self.host = host or socket.gethostname()
         self._options = connect_options(url)
-        self.clock = clock  # None: the database's clock
-        self.max_attempts = max_attempts
-        self.backoff_seconds = backoff_seconds
+        self.migrations = MIGRATIONS if migrations is None else migrations
         self.reconnect_seconds = reconnect_seconds
         self.on_reconnect = on_reconnect or log.warning
         self._sleep = sleep
-        self._lock = threading.RLock()
-        self._conn = None
-        self._pid = -1
         self._outage = False
-        _STORES.add(self)
+        # clock None: the database's clock
+        super().__init__(host=host, clock=clock, max_attempts=max_attempts, backoff_seconds=backoff_seconds,
+                         where=self.url)
         self._retrying(lambda conn: None)  # connect and migrate now: a bad URL fails here
 
     def __repr__(self) -> str:
         return f"PgIssueStore({self.url!r})"
 
     # -- connection ---------------------------------------------------------
-
-    def _discard_inherited(self) -> None:
-        if self._conn is not None and self._pid != os.getpid():
-            _INHERITED.append(self._conn)  # closing it would end the PARENT's session
-            self._conn = None
 
     def _connect(self):
         if self._conn is not None and self._pid == os.getpid():
@@ -344,7 +316,7 @@ class PgIssueStore:
         if rows[0][0]:
             version = conn.run("SELECT version FROM autopilot_schema")[0][0]
             self._check_version(version)
-            if version == len(MIGRATIONS):
+            if version == len(self.migrations):
                 return
         conn.run("BEGIN")
         try:
@@ -354,23 +326,12 @@ class PgIssueStore:
             rows = conn.run("SELECT version FROM autopilot_schema")
             if not rows:
                 conn.run("INSERT INTO autopilot_schema VALUES (0)")
-            version = rows[0][0] if rows else 0
-            self._check_version(version)
-            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    conn.run(statement, host=self.host)  # :host in a backfill (version 3)
-                conn.run("UPDATE autopilot_schema SET version = :v", v=number)
+            self._upgrade(rows[0][0] if rows else 0, lambda sql, params: conn.run(sql, **params),
+                          lambda number: conn.run("UPDATE autopilot_schema SET version = :v", v=number))
             conn.run("COMMIT")
         except BaseException:
             self._rollback(conn)
             raise
-
-    def _check_version(self, version: int) -> None:
-        if version > len(MIGRATIONS):
-            raise Conflict(
-                f"{self.url} has schema version {version}, newer than this parallel-autopilot "
-                f"knows ({len(MIGRATIONS)}): upgrade parallel-autopilot (and rebuild the agent image)"
-            )
 
     @staticmethod
     def _rollback(conn) -> None:
@@ -473,8 +434,28 @@ class PgIssueStore:
         rows, names = self._exec(conn, sql, **params)
         return [dict(zip(names, row)) for row in rows]
 
-    def _read(self, sql: str, **params) -> list[dict[str, Any]]:
-        return self._retrying(lambda conn: self._rows(conn, sql, **params))
+    def _run(self, conn) -> Run:
+        """``run(sql, params)`` on ``conn``: a prepared statement's rows as dicts."""
+        return lambda sql, params: self._rows(conn, sql, **params)
+
+    # -- the connector --------------------------------------------------------
+
+    def _write(self, sql: str, params: Mapping[str, Any], verify: Callable[[Run], Row | None] | None = None
+               ) -> dict[str, Any] | None:
+        """ONE write statement (autocommit); its first returned row. After a lost reply,
+        ``verify`` first looks whether it took effect; without one it is sent again."""
+        return self._retrying(lambda conn: next(iter(self._rows(conn, sql, **params)), None),
+                              None if verify is None else lambda conn: verify(self._run(conn)))
+
+    def _read(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self._retrying(lambda conn: self._rows(conn, sql, **(params or {})))
+
+    def _atomic(self, work: Callable[[Run], Any], once: bool = False) -> Any:
+        def op(conn):
+            with self._transaction(conn):
+                return work(self._run(conn))
+
+        return self._retrying(op, uncertain_ok=not once)
 
     def close(self) -> None:
         """Close this process's connection (an inherited one is left alone)."""
@@ -482,62 +463,11 @@ class PgIssueStore:
             self._discard_inherited()
             self._drop()
 
-    def __enter__(self) -> "PgIssueStore":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _now(self, now: float | None) -> float | None:
-        """An explicit time, the injected clock's, or None: the database's clock."""
-        if now is not None:
-            return float(now)
-        return None if self.clock is None else float(self.clock())
-
     # -- adding -------------------------------------------------------------
-
-    def add(self, title: str, body: str = "", priority: str = "medium", script: str | None = None,
-            max_attempts: int | None = None, number: int | None = None, now: float | None = None,
-            check: str | None = None) -> Issue:
-        """Add one ready issue and return it."""
-        fields = {"title": title, "body": body, "priority": priority, "script": script,
-                  "max_attempts": max_attempts, "number": number, "check": check}
-        return self.add_many([fields], now=now)[0]
 
     def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None) -> list[Issue]:
         """Add issues in ONE transaction: all are added, or (on any error) none."""
-        now = self._now(now)
-        checked = [validate_fields(item, f"issue {i + 1}") for i, item in enumerate(items)]
-
-        def op(conn):
-            with self._transaction(conn):
-                # numbers as SQLite gives them (one above the highest): serialise the adders
-                conn.run(f"SELECT pg_advisory_xact_lock({_NUMBER_LOCK})")
-                rows = []
-                for fields in checked:
-                    if fields["number"] is not None and conn.run(
-                            "SELECT 1 FROM issues WHERE number = CAST(:n AS bigint)", n=fields["number"]):
-                        raise Conflict(f"issue #{fields['number']} already exists: "
-                                       "leave 'number' out to get a new one")
-                    rows += self._rows(conn, f"""
-                        WITH n AS (SELECT {NOW} AS now)
-                        INSERT INTO issues (number, title, body, priority, rank, script, check_cmd,
-                                            max_attempts, due_at, created_at, updated_at)
-                        SELECT COALESCE(CAST(:number AS bigint),
-                                        (SELECT COALESCE(MAX(number), 0) + 1 FROM issues)),
-                               :title, :body, :priority, CAST(:rank AS integer), :script, :check_cmd,
-                               CAST(:max_attempts AS integer), n.now, n.now, n.now
-                        FROM n RETURNING *""",
-                        number=fields["number"], title=fields["title"], body=fields["body"],
-                        priority=fields["priority"], rank=PRIORITIES.index(fields["priority"]),
-                        script=fields["script"], check_cmd=fields["check"],
-                        max_attempts=fields["max_attempts"] or self.max_attempts, now=now)
-                    conn.run("INSERT INTO events (at, issue, kind) VALUES (CAST(:at AS float8), "
-                             "CAST(:issue AS bigint), 'added')", at=rows[-1]["created_at"],
-                             issue=rows[-1]["number"])
-                return [self._issue(r) for r in rows]
-
-        added = self._retrying(op, uncertain_ok=False)
+        added = super().add_many(items, now)
         if len(added) >= ANALYZE_AFTER:
             self._analyze()
         return added
@@ -547,7 +477,7 @@ class PgIssueStore:
         until then it takes a big backlog for a tiny one and sorts it on every claim."""
         self._retrying(lambda conn: conn.run("ANALYZE issues, events, agents"))
 
-    # -- the lease verbs ----------------------------------------------------
+    # -- the claim ------------------------------------------------------------
 
     #: The claim: ONE statement, one round trip, one transaction. ``bury``: the abandoned
     #: issues whose attempts are used up become dead; their events are written here in
@@ -560,10 +490,9 @@ class PgIssueStore:
     #: claimers on many hosts neither wait for each other nor take the same row. One
     #: condition the partial index issues_pick serves in claim order (an OR of arms
     #: would sort every open issue). The two sets are disjoint (attempts >= / < max).
-    _CLAIM = """
+    _CLAIM = f"""
         WITH clock AS (SELECT t.now, t.now - CAST(:stale_after AS float8) AS stale_before
-                       FROM (SELECT COALESCE(CAST(:now AS float8), CAST(EXTRACT(EPOCH FROM now()) AS float8))
-                             AS now) t),
+                       FROM (SELECT {NOW} AS now) t),
         bury AS (
             UPDATE issues d SET status = 'dead', lease_until = NULL, updated_at = clock.now,
                    error = CASE WHEN d.lease_until <= clock.now THEN 'lease expired on the last attempt'
@@ -602,354 +531,21 @@ class PgIssueStore:
         WHERE i.number = pick.number
         RETURNING i.*"""
 
-    def claim(self, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-              now: float | None = None, stale_after: float | None = None) -> Claim | None:
-        """Lease the best eligible issue to ``worker``, or return None (see IssueStore.claim)."""
-        now = self._now(now)
+    def _claim(self, worker: str, lease_seconds: float, now: float | None,
+               stale_after: float | None) -> dict[str, Any] | None:
+        """The row :meth:`Store.claim` leased, or None: one round trip."""
         nonce = uuid.uuid4().hex
-        params = {"now": now, "stale_after": stale_after, "worker": worker, "lease": float(lease_seconds),
-                  "nonce": nonce, "host": self.host}
 
-        def verify(conn):
+        def claimed_already(run: Run) -> Row | None:
             # the reply was lost: did the claim happen? (the nonce is this call's alone)
-            rows = self._rows(conn, "SELECT * FROM issues WHERE claim_nonce = :nonce AND status = 'claimed'",
-                              nonce=nonce)
+            rows = run("SELECT * FROM issues WHERE claim_nonce = :nonce AND status = 'claimed'", {"nonce": nonce})
             return rows[0] if rows else None
 
-        row = self._retrying(lambda conn: next(iter(self._rows(conn, self._CLAIM, **params)), False), verify)
-        if not row:
-            return None
-        issue = self._issue(row)
-        return Claim(issue=issue, token=issue.token, worker=worker, lease_until=issue.lease_until)
+        return self._write(self._CLAIM, {"now": now, "stale_after": stale_after, "worker": worker,
+                                         "lease": lease_seconds, "nonce": nonce, "host": self.host},
+                           claimed_already)
 
-    def renew(self, claim: Claim, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-              now: float | None = None) -> Claim:
-        """Extend a live lease (the heartbeat); raise LeaseLost if it is not live."""
-        now = self._now(now)
-        # a repeated renew is harmless: it extends the same live lease again, or is refused
-        row = self._fenced(claim, "renew", now, f"""
-            WITH n AS (SELECT {NOW} AS now)
-            UPDATE issues SET lease_until = n.now + CAST(:lease AS float8), heartbeat_at = n.now,
-                   updated_at = n.now, transition = NULL
-            FROM n
-            WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
-              AND lease_until > n.now
-            RETURNING issues.*""", {"lease": float(lease_seconds)}, kinds=None)
-        issue = self._issue(row)
-        return Claim(issue=issue, token=claim.token, worker=claim.worker, lease_until=issue.lease_until)
-
-    def complete(self, claim: Claim, result: Mapping[str, Any] | None = None,
-                 now: float | None = None) -> Issue:
-        """Mark the claimed issue done with its result (branch, commit, duration, check, usage)."""
-        now = self._now(now)
-        result = validate_result(result)
-        return self._issue(self._fenced(claim, "complete", now, f"""
-            UPDATE issues SET status = 'done', lease_until = NULL, branch = :branch, commit_sha = :commit,
-                   duration = CAST(:duration AS float8), error = NULL, updated_at = {NOW},
-                   completed_at = {NOW}, check_status = :check_status,
-                   check_duration = CAST(:check_duration AS float8), check_output = :check_output,
-                   usage = :usage, feedback = NULL, transition = 'done', actor = :worker, note = :detail
-            WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
-            RETURNING *""",
-            {"branch": result.get("branch"), "commit": result.get("commit"),
-             "duration": result.get("duration"), "check_status": result.get("check_status"),
-             "check_duration": result.get("check_duration"), "check_output": result.get("check_output"),
-             "usage": json.dumps(result["usage"]) if result.get("usage") is not None else None,
-             "detail": json.dumps(result) if result else None}, kinds=("done",)))
-
-    def fail(self, claim: Claim, error: str, now: float | None = None, feedback: str | None = None,
-             check: Mapping[str, Any] | None = None) -> Issue:
-        """Record a failed attempt: retried after a backoff, or dead at the limit.
-
-        ``feedback`` goes to the next attempt's prompt; ``check`` records the
-        failing check's result (as :meth:`IssueStore.fail`).
-        """
-        now = self._now(now)
-        attempts = max(claim.issue.attempts, 1)
-        backoff = self.backoff_seconds * 2 ** (attempts - 1)
-        check = validate_result(check)
-        return self._issue(self._fenced(claim, "fail", now, f"""
-            UPDATE issues SET
-                   status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
-                   due_at = {NOW} + CAST(:backoff AS float8), lease_until = NULL, error = :error,
-                   updated_at = {NOW}, feedback = :feedback,
-                   check_status = COALESCE(:check_status, check_status),
-                   check_duration = COALESCE(CAST(:check_duration AS float8), check_duration),
-                   check_output = COALESCE(:check_output, check_output),
-                   transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
-                   actor = :worker, note = :detail
-            WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
-            RETURNING *""",
-            {"backoff": float(backoff), "error": str(error)[:4000], "detail": str(error)[:500],
-             "feedback": str(feedback)[:4000] if feedback else None,
-             "check_status": check.get("check_status"), "check_duration": check.get("check_duration"),
-             "check_output": check.get("check_output")},
-            kinds=("failed", "dead")))
-
-    def empty(self, claim: Claim, result: Mapping[str, Any] | None = None, now: float | None = None) -> Issue:
-        """The attempt succeeded but changed nothing: status ``empty`` (as :meth:`IssueStore.empty`)."""
-        now = self._now(now)
-        result = validate_result(result)
-        return self._issue(self._fenced(claim, "empty", now, f"""
-            UPDATE issues SET status = 'empty', lease_until = NULL, branch = :branch, commit_sha = NULL,
-                   duration = CAST(:duration AS float8), error = 'the attempt changed nothing',
-                   updated_at = {NOW}, completed_at = {NOW}, check_status = :check_status,
-                   check_duration = CAST(:check_duration AS float8), check_output = :check_output,
-                   usage = :usage, transition = 'empty', actor = :worker, note = 'no change'
-            WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
-            RETURNING *""",
-            {"branch": result.get("branch"), "duration": result.get("duration"),
-             "check_status": result.get("check_status"), "check_duration": result.get("check_duration"),
-             "check_output": result.get("check_output"),
-             "usage": json.dumps(result["usage"]) if result.get("usage") is not None else None},
-            kinds=("empty",)))
-
-    # -- the merge queue's verbs (host side) --------------------------------
-
-    def mark_merged(self, number: int, commit: str, merge_commit: str, now: float | None = None) -> Issue:
-        """``done`` -> ``merged`` with the base commit that contains it (guarded by the commit)."""
-        now = self._now(now)
-
-        def op(conn):
-            rows = self._rows(conn, f"""
-                UPDATE issues SET status = 'merged', merge_commit = :merge, merged_at = {NOW},
-                       updated_at = {NOW}, error = NULL, feedback = NULL,
-                       transition = 'merged', actor = 'merge-queue', note = :merge
-                WHERE number = CAST(:number AS bigint) AND status = 'done' AND commit_sha = :commit
-                RETURNING *""", number=int(number), commit=commit, merge=merge_commit, now=now)
-            return rows[0] if rows else False
-
-        def verify(conn):  # the reply was lost: merged already, with this merge commit?
-            rows = self._rows(conn, "SELECT * FROM issues WHERE number = CAST(:n AS bigint) AND status = 'merged'"
-                                    " AND merge_commit = :m", n=int(number), m=merge_commit)
-            return rows[0] if rows else None
-
-        row = self._retrying(op, verify)
-        if row is False:
-            raise Conflict(f"issue #{number} is no longer done at {commit[:12]}: not marked merged")
-        return self._issue(row)
-
-    def reject(self, number: int, commit: str | None, report: str, requeue: bool = False,
-               now: float | None = None) -> Issue:
-        """``done`` -> ``rejected`` (or back to ``ready`` with ``requeue``), as :meth:`IssueStore.reject`."""
-        now = self._now(now)
-
-        def op(conn):
-            with self._transaction(conn):
-                rows = conn.run("SELECT attempts < max_attempts FROM issues WHERE number = CAST(:n AS bigint)"
-                                " AND status = 'done' AND commit_sha IS NOT DISTINCT FROM :c FOR UPDATE",
-                                n=int(number), c=commit)
-                if not rows:
-                    return False
-                again = bool(requeue) and bool(rows[0][0])
-                return self._rows(conn, f"""
-                    UPDATE issues SET status = :status, owner = CASE WHEN CAST(:again AS boolean) THEN NULL ELSE owner END,
-                           due_at = {NOW}, error = :report, feedback = :report, updated_at = {NOW},
-                           transition = 'rejected', actor = 'merge-queue', note = :note
-                    WHERE number = CAST(:n AS bigint) RETURNING *""",
-                    status="ready" if again else "rejected", again=again, report=str(report)[:4000],
-                    note=("re-queued: " if again else "") + str(report)[:400], n=int(number), now=now)[0]
-
-        row = self._retrying(op)
-        if row is False:
-            raise Conflict(f"issue #{number} is no longer done at {(commit or 'no commit')[:12]}: not rejected")
-        return self._issue(row)
-
-    def release(self, claim: Claim, now: float | None = None) -> Issue:
-        """Give the issue back at once (graceful shutdown); the attempt is refunded."""
-        now = self._now(now)
-        return self._issue(self._fenced(claim, "release", now, f"""
-            UPDATE issues SET status = 'ready', owner = NULL, lease_until = NULL,
-                   attempts = GREATEST(attempts - 1, 0), due_at = {NOW}, updated_at = {NOW},
-                   transition = 'released', actor = :worker, note = NULL
-            WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
-            RETURNING *""", {}, kinds=("released",)))
-
-    def _fenced(self, claim: Claim, verb: str, now: float | None, sql: str, params: dict,
-                kinds: tuple[str, ...] | None) -> dict[str, Any]:
-        """One fenced UPDATE; its row, or (refused) the refusal recorded and LeaseLost raised."""
-        params = {**params, "now": now, "number": claim.number, "token": claim.token, "worker": claim.worker}
-
-        def op(conn):
-            rows = self._rows(conn, sql, **params)
-            if rows:
-                return rows[0]
-            self._exec(conn, _REFUSE, now=now, number=claim.number, kind=f"refused-{verb}", worker=claim.worker,
-                     token=claim.token)
-            return False
-
-        def verify(conn):
-            # the reply was lost: a verb that took effect left its event with this token
-            # (each token can leave 'claimed' once), so it is not sent a second time
-            if kinds is None:
-                return None
-            found = conn.run("SELECT 1 FROM events WHERE issue = CAST(:n AS bigint) AND token = CAST(:t AS bigint)"
-                             " AND kind = ANY(CAST(:kinds AS text[]))", n=claim.number, t=claim.token,
-                             kinds="{" + ",".join(kinds) + "}")
-            if not found:
-                return None
-            return self._rows(conn, "SELECT * FROM issues WHERE number = CAST(:n AS bigint)", n=claim.number)[0]
-
-        row = self._retrying(op, verify)
-        if row is False:
-            raise LeaseLost(
-                f"lease lost on issue #{claim.number} (token {claim.token}, {claim.worker}): "
-                f"{verb} refused; the issue belongs to a newer claim or was changed"
-            )
-        return row
-
-    # -- operator verbs -----------------------------------------------------
-
-    def retry(self, number: int, now: float | None = None) -> Issue:
-        """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
-        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready", "empty",
-                                                     "rejected"),
-                              f"status = 'ready', attempts = 0, due_at = {NOW}, error = NULL")
-
-    def block(self, number: int, now: float | None = None) -> Issue:
-        """Take a ready or failed issue out of the queue until retried."""
-        return self._operator(number, "block", now, ("ready", "failed", "blocked"), "status = 'blocked'")
-
-    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str) -> Issue:
-        now = self._now(now)
-
-        def op(conn):
-            with self._transaction(conn):
-                rows = conn.run("SELECT status, owner FROM issues WHERE number = CAST(:n AS bigint) FOR UPDATE",
-                                n=int(number))
-                if not rows:
-                    raise IssueNotFound(f"no issue #{number}: see `issues.list`")
-                status, owner = rows[0]
-                if status not in allowed:
-                    raise Conflict(f"issue #{number} is {status}" + (f" by {owner}" if status == "claimed" else "")
-                                   + f": cannot {verb} it now (stop its agent first, or wait)")
-                return self._rows(conn, f"""UPDATE issues SET {assignment}, updated_at = {NOW},
-                                                transition = :verb, actor = 'operator', note = NULL
-                                            WHERE number = CAST(:n AS bigint) RETURNING *""",
-                                  now=now, n=int(number), verb=verb)[0]
-
-        return self._issue(self._retrying(op))
-
-    # -- the agents registry ------------------------------------------------
-    # Who works where: one row per agent, keyed by (host, id) - agent ids repeat on every
-    # host of a shared queue. Its own section, not its own module: freeing a silent
-    # agent's claims is one transaction over this table AND the issues, on this store's
-    # connection.
-
-
-    def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
-                        token: int | None = None, incarnation: str | None = None,
-                        pid: int | None = None, now: float | None = None,
-                        waiting_until: float | None = None) -> None:
-        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
-        now = self._now(now)
-        self._retrying(lambda conn: self._exec(
-            conn, f"""INSERT INTO agents AS a (host, id, state, issue, token, heartbeat_at, started_at, incarnation,
-                                          pid, waiting_until)
-                VALUES (:host, :id, :state, CAST(:issue AS bigint), CAST(:token AS bigint), {NOW}, {NOW}, :inc,
-                        CAST(:pid AS integer), CAST(:waiting AS float8))
-                ON CONFLICT (host, id) DO UPDATE SET state = EXCLUDED.state, issue = EXCLUDED.issue,
-                       token = EXCLUDED.token, heartbeat_at = EXCLUDED.heartbeat_at,
-                       waiting_until = EXCLUDED.waiting_until, pid = COALESCE(EXCLUDED.pid, a.pid),
-                       started_at = CASE WHEN a.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
-                                         THEN a.started_at ELSE EXCLUDED.started_at END,
-                       incarnation = EXCLUDED.incarnation""",
-            id=agent_id, state=state, issue=issue, token=token, now=now, inc=incarnation, host=self.host, pid=pid,
-            waiting=waiting_until))
-
-    def agents(self, host: str | None = None) -> list[AgentRow]:
-        """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""
-        if host is None:
-            return [AgentRow(**r) for r in self._read("SELECT * FROM agents ORDER BY id, host")]
-        return [AgentRow(**r) for r in self._read("SELECT * FROM agents WHERE host = :h ORDER BY id", h=host)]
-
-    def release_agent(self, agent_id: str, now: float | None = None, reason: str = "agent gone") -> list[int]:
-        """Free at once every claim held by this host's ``agent_id`` (crash recovery; the attempt counts)."""
-        now = self._now(now)
-
-        def op(conn):
-            with self._transaction(conn):
-                return self._release_agent(conn, now, self.host, agent_id, reason)
-
-        return self._retrying(op)
-
-    def _release_agent(self, conn, now: float | None, host: str, agent_id: str, reason: str) -> list[int]:
-        # one issue at a time, by number: the audit trail then reads as SQLite's does
-        # (one UPDATE of many rows would record them in the table's physical order)
-        numbers = [r[0] for r in self._exec(
-            conn, "SELECT number FROM issues WHERE status = 'claimed' AND owner = :agent AND host = :host"
-                  " ORDER BY number FOR UPDATE", agent=agent_id, host=host)[0]]
-        for number in numbers:
-            self._exec(conn, _RELEASE_AGENT, now=now, number=number, agent=agent_id, host=host,
-                       reason=f"{reason} on the last attempt", note=reason)
-        return numbers
-
-    def release_stale_agents(self, stale_after: float, now: float | None = None) -> dict[str, list[int]]:
-        """Free the claims of agents whose heartbeat is older than ``stale_after`` seconds.
-
-        Every host's agents (a dead host's claims come back); the keys name the agent
-        as :meth:`IssueStore.release_stale_agents` does (``agent-001@ws2`` for another host's).
-        """
-        now = self._now(now)
-
-        def op(conn):
-            freed = {}
-            with self._transaction(conn):
-                # the agents' rows are locked and their staleness re-checked on the newest
-                # version: an agent that heartbeats meanwhile keeps its claim
-                owners = conn.run(
-                    f"""SELECT a.host, a.id FROM agents a
-                        WHERE a.heartbeat_at < {NOW} - CAST(:stale AS float8)
-                          AND EXISTS (SELECT 1 FROM issues i WHERE i.status = 'claimed'
-                                                              AND i.owner = a.id AND i.host = a.host)
-                        ORDER BY a.host, a.id FOR UPDATE""", now=now, stale=float(stale_after))
-                for host, owner in owners:
-                    numbers = self._release_agent(conn, now, host, owner, "agent heartbeat stale")
-                    if numbers:
-                        freed[agent_key(owner, host, self.host)] = numbers
-            return freed
-
-        return self._retrying(op)
-
-    # -- reading ------------------------------------------------------------
-
-    _issue = staticmethod(issue_from_row)
-
-    def get(self, number: int) -> Issue:
-        """The issue with that number; IssueNotFound if there is none."""
-        rows = self._read("SELECT * FROM issues WHERE number = CAST(:n AS bigint)", n=int(number))
-        if not rows:
-            raise IssueNotFound(f"no issue #{number}: see `issues.list`")
-        return self._issue(rows[0])
-
-    def list(self, status: str | Iterable[str] | None = None) -> list[Issue]:
-        """Issues by number, optionally only those with the given status(es)."""
-        if status is None:
-            return [self._issue(r) for r in self._read("SELECT * FROM issues ORDER BY number")]
-        wanted = [status] if isinstance(status, str) else list(status)
-        bad = [s for s in wanted if s not in STATUSES]
-        if bad:
-            raise InvalidInput(f"unknown status {bad[0]!r}: use one of {', '.join(STATUSES)}")
-        return [self._issue(r) for r in self._read(
-            "SELECT * FROM issues WHERE status = ANY(CAST(:s AS text[])) ORDER BY rank, created_at, number",
-            s="{" + ",".join(wanted) + "}")]
-
-    def counts(self) -> dict[str, int]:
-        """Number of issues in each status (every status present, zeros included)."""
-        counts = dict.fromkeys(STATUSES, 0)
-        for row in self._read("SELECT status, COUNT(*) AS n FROM issues GROUP BY status"):
-            counts[row["status"]] = int(row["n"])
-        return counts
-
-    def events(self, number: int | None = None, limit: int | None = None) -> list[Event]:
-        """The audit trail, oldest first; of one issue when ``number`` is given."""
-        where = "WHERE issue = CAST(:n AS bigint)" if number is not None else ""
-        params = {"n": number} if number is not None else {}
-        if limit is None:
-            sql = f"SELECT * FROM events {where} ORDER BY id"
-        else:
-            sql = f"SELECT * FROM (SELECT * FROM events {where} ORDER BY id DESC LIMIT {int(limit)}) e ORDER BY id"
-        return [Event(**r) for r in self._read(sql, **params)]
+    # -- the database -----------------------------------------------------------
 
     def quick_check(self) -> None:
         """The server answers and the schema is this version's (PostgreSQL checks its own pages)."""

@@ -275,7 +275,7 @@ def _verbs(store, claim):
 def _row(store, number):
     """The raw row, every column (the store's bookkeeping too)."""
     if not isinstance(store, IssueStore):
-        return store._read("SELECT * FROM issues WHERE number = CAST(:n AS bigint)", n=number)
+        return store._read("SELECT * FROM issues WHERE number = CAST(:n AS bigint)", {"n": number})
     with sqlite3.connect(store.path) as con:
         return con.execute("SELECT * FROM issues WHERE number = ?", (number,)).fetchone()
 
