@@ -240,9 +240,13 @@ class PgIssueStore(Store):
 
     ``host`` is the machine whose agents this store speaks for (default: this
     one's name). ``migrations`` is the schema's history this store upgrades a
-    database to (default :data:`MIGRATIONS`). Thread-safe (one connection behind
-    a lock); fork-safe (a child process opens its own connection and never
-    touches the parent's).
+    database to (default :data:`MIGRATIONS`). ``backup_into(store, path)`` copies
+    the queue into a new SQLite database for :meth:`backup`: the copy needs both
+    backends, and a store never imports its sibling, so the entrance
+    (:func:`~parallel_autopilot.issues.open_store`) hands it
+    :func:`~parallel_autopilot.issues.transfer.pg_to_sqlite`. Thread-safe (one
+    connection behind a lock); fork-safe (a child process opens its own
+    connection and never touches the parent's).
     """
 
     #: Many hosts' agents claim from this queue.
@@ -264,6 +268,7 @@ class PgIssueStore(Store):
         sleep: Callable[[float], None] = time.sleep,
         host: str | None = None,
         migrations: Sequence[Sequence[str]] | None = None,
+        backup_into: Callable[[PgIssueStore, str | os.PathLike], Any] | None = None,
     ):
         self.url = redact(url)
         self._options = connect_options(url)
@@ -271,6 +276,7 @@ class PgIssueStore(Store):
         self.reconnect_seconds = reconnect_seconds
         self.on_reconnect = on_reconnect or log.warning
         self._sleep = sleep
+        self._backup_into = backup_into
         self._outage = False
         # clock None: the database's clock
         super().__init__(host=host, clock=clock, max_attempts=max_attempts, backoff_seconds=backoff_seconds,
@@ -553,9 +559,10 @@ class PgIssueStore(Store):
 
     def backup(self, target: str | os.PathLike) -> None:
         """Copy the whole backlog, consistently, into a new SQLite database at ``target``."""
-        from . import transfer
-
-        transfer.pg_to_sqlite(self, target)
+        if self._backup_into is None:
+            raise InvalidInput(f"{self.url}: a PostgreSQL queue is backed up into SQLite by the store "
+                               "issues.open_store opens (or issues.transfer.pg_to_sqlite)")
+        self._backup_into(self, target)
 
 
 def _describe(err: BaseException | None) -> str:
