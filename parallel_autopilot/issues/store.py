@@ -245,9 +245,9 @@ class Store:
                 row = run(f"""
                     INSERT INTO issues (number, title, body, priority, rank, script, check_cmd,
                                         max_attempts, due_at, created_at, updated_at)
-                    SELECT COALESCE(CAST(:number AS bigint), (SELECT COALESCE(MAX(number), 0) + 1 FROM issues)),
-                           :title, :body, :priority, CAST(:rank AS integer), :script, :check_cmd,
-                           CAST(:max_attempts AS integer), {self.NOW}, {self.NOW}, {self.NOW}
+                    VALUES (COALESCE(CAST(:number AS bigint), (SELECT COALESCE(MAX(number), 0) + 1 FROM issues)),
+                            :title, :body, :priority, CAST(:rank AS integer), :script, :check_cmd,
+                            CAST(:max_attempts AS integer), {self.NOW}, {self.NOW}, {self.NOW})
                     RETURNING *""",
                     {"number": fields["number"], "title": fields["title"], "body": fields["body"],
                      "priority": fields["priority"], "rank": PRIORITIES.index(fields["priority"]),
