@@ -2,12 +2,15 @@
 
 A state directory or ``.db`` path is the SQLite store (:mod:`.sqlite`, the
 embedded default, one host); a ``postgresql://`` URL is the PostgreSQL store
-(:mod:`.postgres`, one backlog for many hosts). Both have the one public API and
-hand out the same records (:mod:`.records`). The names callers import from here
+(:mod:`.postgres`, one backlog for many hosts). Both are the one skeleton of
+:mod:`.store` (every verb written once) over their own connection, and hand out
+the same records (:mod:`.records`). The names callers import from here
 (``IssueStore``, ``Issue``, ``Claim``, ``PRIORITIES``...) are named here too.
 
-Standard library only: the agent containers import it; pgstore (pg8000) is
-imported only for a URL. It sits above both stores, so no store imports it.
+Standard library only: the agent containers import it; the PostgreSQL store
+(pg8000) is imported only for a URL. It sits above both stores, so no store
+imports it, and it hands a PostgreSQL store its backup into SQLite
+(:func:`.transfer.pg_to_sqlite`): neither store imports the other.
 """
 
 from __future__ import annotations
@@ -52,9 +55,11 @@ def open_store(target: str | os.PathLike, *, host: str | None = None, **options:
     takes ``busy_timeout``/``check_fs``, PostgreSQL ``reconnect_seconds``/``on_reconnect``).
     """
     if is_url(target):
+        from . import transfer
         from .postgres import PgIssueStore  # not standard library: imported only for a URL
 
-        return PgIssueStore(str(target), host=host, **options)
+        # its backup is a SQLite database: the copy between backends is transfer's, above both
+        return PgIssueStore(str(target), host=host, backup_into=transfer.pg_to_sqlite, **options)
     path = Path(target)
     if path.suffix != ".db" or path.is_dir():
         path = path / "autopilot.db"

@@ -112,6 +112,10 @@ def agent_key(agent_id: str, host: str | None, own_host: str) -> str:
 
 
 _ISSUE_FIELDS = frozenset(Issue.__dataclass_fields__)
+#: The issue's REAL columns: SQLite's RETURNING hands back a whole-number REAL as an
+#: integer (3.40), a SELECT as a float; an Issue holds the float either way.
+_FLOAT_FIELDS = ("due_at", "lease_until", "heartbeat_at", "claimed_at", "duration", "created_at", "updated_at",
+                 "check_duration", "completed_at", "merged_at")
 
 
 def issue_from_row(row: Mapping[str, Any]) -> Issue:
@@ -126,4 +130,7 @@ def issue_from_row(row: Mapping[str, Any]) -> Issue:
     data["check"] = data.pop("check_cmd", None)
     if data.get("usage"):
         data["usage"] = json.loads(data["usage"])
+    for name in _FLOAT_FIELDS:
+        if isinstance(data.get(name), int):
+            data[name] = float(data[name])
     return Issue(**{k: v for k, v in data.items() if k in _ISSUE_FIELDS})

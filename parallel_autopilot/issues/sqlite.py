@@ -1,81 +1,61 @@
-"""The shared issue queue on SQLite: one database, fenced leases, an audit trail.
+"""The shared issue queue on SQLite: one database file, one host's agents.
 
 (Open a queue with :func:`parallel_autopilot.issues.open_store`: it picks this
-store or the PostgreSQL one.)
+store or the PostgreSQL one. The verbs, their rules and their SQL are
+:class:`~parallel_autopilot.issues.store.Store`'s, written once for both: read
+:mod:`.store` first.)
 
 Standard library only: the same module runs on the host and in every agent
 container, all of them on one database in a bind-mounted DIRECTORY.
 
-The verbs, each next to its SQL::
+What is SQLite's own, here:
 
-    store = IssueStore(".autopilot/autopilot.db")
-    store.add("Fix the parser", priority="high", script="make fix-parser")
-    claim = store.claim("agent-001")          # None when nothing is eligible
-    claim = store.renew(claim)                # heartbeat: every lease/3
-    store.complete(claim, {"branch": ..., "commit": ..., "duration": ...})
-    store.fail(claim, "tests failed", feedback=...)  # retried after a backoff
-    store.empty(claim, result)                # succeeded but changed nothing
-    store.mark_merged(n, commit, merge_commit)  # the merge queue: done -> merged
-    store.reject(n, commit, report, requeue)  # the merge queue: done -> rejected (or ready)
-    store.release(claim)                      # graceful: not an attempt
-    store.release_agent("agent-001")          # crash recovery: counts as one (this host's agent-001)
-
-Defaults: a lease of 900 s (the design's 15 minutes), 3 attempts, a backoff of
-30 s doubling per attempt, a busy timeout of 30 s.
-
-Fencing. ``claim`` increments the issue's never-decreasing ``token``. ``renew``
-acts only while ``token`` matches and the lease has not expired; ``complete``,
-``fail`` and ``release`` only while ``token`` matches and the issue is still
-claimed (an expired lease that nobody re-claimed can still be finished: its
-holder is the only one with that token). A stale call changes nothing, appends
-a ``refused-<verb>`` event and raises :class:`LeaseLost`.
-
-Time is a parameter: every verb takes ``now`` (seconds since the epoch),
-defaulting to the store's clock. Times are stored as REAL epoch seconds, so a
-comparison is a comparison of numbers, never of differently formatted text.
-
-Writes. A claim and each fenced verb is ONE ``UPDATE ... RETURNING`` statement
-(atomic on its own: the pick is a subquery of the UPDATE); the ``issues_transition``
-trigger appends the audit event in that same statement, so the write lock is
-held once and briefly. Reads that lead to writes (imports, operator verbs,
-refusals, the stale-agent sweep) use explicit ``BEGIN IMMEDIATE``.
-
-Hosts. An agent's identity is (host, id): agent ids repeat on every workstation
-of a shared (PostgreSQL) queue. ``store.host`` is the machine whose agents the
-store speaks for; a claim records it in ``issues.host``, the agents table is keyed
-by (host, id), and release/stale detection only ever matches an agent's own host.
-A SQLite queue is one host's (``store.shared`` is False).
-
-Connections. ``isolation_level=None``; WAL is set when the database is created;
-no transaction is held across agent work; a store used after ``fork()``
-reconnects instead of sharing the parent's connection.
+- **Claim**: three statements beside :meth:`IssueStore._claim`. An idle agent
+  polls often, so "nothing to do" is answered by a read (``_ANYTHING``) without
+  the write lock; abandoned issues on their last attempt are buried
+  (``_BURY``); then ONE ``UPDATE ... RETURNING`` (``_CLAIM``, atomic on its own:
+  the pick is a subquery of the UPDATE) leases the best eligible issue.
+- **Transactions**: ``isolation_level=None``; one statement is its own
+  transaction, a read that leads to writes runs under ``BEGIN IMMEDIATE``
+  (:meth:`IssueStore.transaction`), which holds the database's write lock from
+  the start; a busy timeout (30 s) waits for it.
+- **The file**: WAL, set when the database is created; ``PRAGMA user_version``
+  numbers the schema (:data:`MIGRATIONS`), ``PRAGMA application_id`` tells this
+  database from another's WAL. A damaged or foreign file is refused before
+  SQLite touches it (:func:`inspect_file`), and SQLite's "malformed" becomes
+  :class:`DatabaseDamaged`; ``quick_check`` and ``backup`` (SQLite's online
+  backup API) serve the snapshots (:mod:`.snapshots`).
+- **Hosts**: a SQLite queue is one host's (``store.shared`` is False).
+- **Connections**: no transaction is held across agent work; a store used after
+  ``fork()`` reconnects instead of sharing the parent's connection; a file
+  replaced under an open store (``issues.restore``) is followed, never closed
+  under SQLite's feet.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import socket
 import sqlite3
 import struct
-import threading
 import time
-import weakref
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from ..errors import Conflict, DatabaseDamaged, InvalidInput, IssueNotFound, LeaseLost
+from ..errors import DatabaseDamaged
 from ..platform import check_filesystem  # the network-filesystem refusal lives with the host facts
 from . import forksafe
-from .fields import PRIORITIES, validate_fields, validate_result
-from .records import (
-    DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES, AgentRow, Claim, Event,
-    Issue, agent_key, issue_from_row,
+from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS
+from .schema import (
+    AGENTS, AGENTS_KEY, EVENTS, FIRST_AGENTS, FIRST_STATUSES, ISSUES, add_column, columns, create_table, status_check,
 )
+from .store import STORES, Row, Run, Store
 
 DEFAULT_BUSY_TIMEOUT = 30.0
+
+#: The portable column types of :mod:`.schema`, as SQLite declares them (its type affinities).
+TYPES = {"bigint": "INTEGER", "integer": "INTEGER", "text": "TEXT", "float": "REAL", "identity": "INTEGER"}
 
 #: Appends the audit event an UPDATE names (transition, actor, note), in the same statement.
 _TRANSITION_TRIGGER = """CREATE TRIGGER issues_transition AFTER UPDATE ON issues WHEN NEW.transition IS NOT NULL
@@ -88,64 +68,28 @@ _TRANSITION_TRIGGER = """CREATE TRIGGER issues_transition AFTER UPDATE ON issues
                INSERT INTO events (at, issue, kind, worker, token, detail)
                    VALUES (NEW.updated_at, NEW.number, NEW.transition, NEW.actor, NEW.token, NEW.note);
            END"""
+#: The claim's index: each arm of ``_CLAIM`` walks it in claim order.
+_PICK_INDEX = "CREATE INDEX issues_pick ON issues (status, rank, created_at, number)"
 
-MIGRATIONS = [
+#: The schema's history (``PRAGMA user_version`` counts what was applied). A string is
+#: a script of statements split on ";", a list its statements; ``:host`` is the
+#: migrating store's host.
+MIGRATIONS: list[str | list[str]] = [
     # 1: the initial schema
-    """
-    CREATE TABLE issues (
-        number       INTEGER PRIMARY KEY,
-        title        TEXT NOT NULL,
-        body         TEXT NOT NULL DEFAULT '',
-        priority     TEXT NOT NULL CHECK (priority IN ('urgent','high','medium','low')),
-        rank         INTEGER NOT NULL,          -- 0 urgent .. 3 low
-        script       TEXT,
-        status       TEXT NOT NULL DEFAULT 'ready'
-                     CHECK (status IN ('ready','claimed','done','failed','dead','blocked')),
-        attempts     INTEGER NOT NULL DEFAULT 0,
-        max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
-        due_at       REAL NOT NULL,             -- not claimable before (backoff)
-        owner        TEXT,                      -- agent id of the lease (or of the result)
-        token        INTEGER NOT NULL DEFAULT 0, -- lease fencing token, never decreases
-        lease_until  REAL,
-        heartbeat_at REAL,
-        claimed_at   REAL,
-        branch       TEXT,
-        commit_sha   TEXT,
-        duration     REAL,
-        error        TEXT,
-        created_at   REAL NOT NULL,
-        updated_at   REAL NOT NULL
-    );
-    CREATE INDEX issues_pick ON issues (status, rank, created_at, number);
-    CREATE TABLE events (
-        id     INTEGER PRIMARY KEY,
-        at     REAL NOT NULL,
-        issue  INTEGER,
-        kind   TEXT NOT NULL,
-        worker TEXT,
-        token  INTEGER,
-        detail TEXT
-    );
-    CREATE INDEX events_issue ON events (issue, id);
-    CREATE TABLE agents (
-        id           TEXT PRIMARY KEY,
-        state        TEXT NOT NULL,
-        issue        INTEGER,
-        token        INTEGER,
-        heartbeat_at REAL NOT NULL,
-        started_at   REAL NOT NULL,
-        incarnation  TEXT,
-        host         TEXT,
-        pid          INTEGER
-    );
-    """,
+    [
+        create_table("issues", columns(ISSUES, until="updated_at"), TYPES, status=status_check(FIRST_STATUSES)),
+        _PICK_INDEX,
+        create_table("events", EVENTS, TYPES),
+        "CREATE INDEX events_issue ON events (issue, id)",
+        create_table("agents", columns(AGENTS, FIRST_AGENTS), TYPES, id="PRIMARY KEY", host=""),
+    ],
     # 2: every UPDATE of an issue names the event it records (transition, actor,
     # note); a trigger appends it in the same statement, so a claim or a
     # completion is ONE statement and ONE short hold of the write lock
     [
-        "ALTER TABLE issues ADD COLUMN transition TEXT",
-        "ALTER TABLE issues ADD COLUMN actor TEXT",
-        "ALTER TABLE issues ADD COLUMN note TEXT",
+        add_column("issues", "transition", TYPES),
+        add_column("issues", "actor", TYPES),
+        add_column("issues", "note", TYPES),
         _TRANSITION_TRIGGER,
     ],
     # 3: verified work and a merge queue (statuses empty/merged/rejected, the check's
@@ -153,43 +97,7 @@ MIGRATIONS = [
     # cannot alter a CHECK constraint: the table is rebuilt, trigger and index with it.
     [
         "DROP TRIGGER issues_transition",
-        """CREATE TABLE issues_v3 (
-            number       INTEGER PRIMARY KEY,
-            title        TEXT NOT NULL,
-            body         TEXT NOT NULL DEFAULT '',
-            priority     TEXT NOT NULL CHECK (priority IN ('urgent','high','medium','low')),
-            rank         INTEGER NOT NULL,
-            script       TEXT,
-            status       TEXT NOT NULL DEFAULT 'ready'
-                         CHECK (status IN ('ready','claimed','done','failed','dead','blocked',
-                                           'empty','merged','rejected')),
-            attempts     INTEGER NOT NULL DEFAULT 0,
-            max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
-            due_at       REAL NOT NULL,
-            owner        TEXT,
-            token        INTEGER NOT NULL DEFAULT 0,
-            lease_until  REAL,
-            heartbeat_at REAL,
-            claimed_at   REAL,
-            branch       TEXT,
-            commit_sha   TEXT,
-            duration     REAL,
-            error        TEXT,
-            created_at   REAL NOT NULL,
-            updated_at   REAL NOT NULL,
-            transition   TEXT,
-            actor        TEXT,
-            note         TEXT,
-            check_cmd    TEXT,                      -- per-issue check (None: the repository's)
-            check_status TEXT,                      -- passed | failed | timeout | none
-            check_duration REAL,
-            check_output TEXT,                      -- the check's last lines
-            feedback     TEXT,                      -- report handed to the next attempt's prompt
-            completed_at REAL,
-            merge_commit TEXT,
-            merged_at    REAL,
-            usage        TEXT                       -- JSON: model tokens/cost, summed over attempts
-        )""",
+        create_table("issues_v3", columns(ISSUES, until="usage"), TYPES),
         """INSERT INTO issues_v3 (number, title, body, priority, rank, script, status, attempts,
                                  max_attempts, due_at, owner, token, lease_until, heartbeat_at,
                                  claimed_at, branch, commit_sha, duration, error, created_at,
@@ -201,31 +109,19 @@ MIGRATIONS = [
            FROM issues""",
         "DROP TABLE issues",
         "ALTER TABLE issues_v3 RENAME TO issues",
-        "CREATE INDEX issues_pick ON issues (status, rank, created_at, number)",
+        _PICK_INDEX,
         _TRANSITION_TRIGGER,
     ],
     # 4: an agent waiting for a model's rate limit / quota to reset says until when
-    ["ALTER TABLE agents ADD COLUMN waiting_until REAL"],
+    [add_column("agents", "waiting_until", TYPES)],
     # 5: an agent's identity is (host, id), agent ids repeat on every host of a shared queue:
     # issues.host is the claiming agent's host; the agents table is keyed by (host, id).
     # Rows that exist get :host, the migrating store's (a SQLite queue was one host's all
     # along). transition = NULL: the backfill is no event.
     [
-        "ALTER TABLE issues ADD COLUMN host TEXT",
+        add_column("issues", "host", TYPES),
         "UPDATE issues SET host = :host, transition = NULL WHERE claimed_at IS NOT NULL",
-        """CREATE TABLE agents_v5 (
-            host          TEXT NOT NULL,
-            id            TEXT NOT NULL,
-            state         TEXT NOT NULL,
-            issue         INTEGER,
-            token         INTEGER,
-            heartbeat_at  REAL NOT NULL,
-            started_at    REAL NOT NULL,
-            incarnation   TEXT,
-            pid           INTEGER,
-            waiting_until REAL,
-            PRIMARY KEY (host, id)
-        )""",
+        create_table("agents_v5", AGENTS, TYPES, key=AGENTS_KEY),
         """INSERT INTO agents_v5 (host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid,
                                  waiting_until)
            SELECT :host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid, waiting_until
@@ -353,22 +249,16 @@ def _inspect_wal(db: Path, wal: Path, page_size: int, app_id: int) -> None:
                 handle.seek(wal_page, os.SEEK_CUR)
 
 
-#: Connections inherited across fork() (see forksafe): SQLite's close path in the child
-#: would run on the parent's locks and WAL state
-#: (https://www.sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_;
-#: rails/solid_queue#324 corrupted databases that way).
-_INHERITED = forksafe.INHERITED
-_STORES: "weakref.WeakSet[IssueStore]" = weakref.WeakSet()
-forksafe.reset_in_children(_STORES)
 
-
-class IssueStore:
+class IssueStore(Store):
     """The shared issue queue in the SQLite database at ``path``.
 
     The parent directory is created if missing and must be on a local
     filesystem. ``host`` is the machine whose agents this store speaks for
-    (default: this one's name). Thread-safe (one connection behind a lock); fork-safe (a child
-    process opens its own connection).
+    (default: this one's name). ``migrations`` is the schema's history this
+    store upgrades a database to (default :data:`MIGRATIONS`; an older copy of
+    parallel-autopilot is a store with fewer). Thread-safe (one connection
+    behind a lock); fork-safe (a child process opens its own connection).
     """
 
     #: One host's queue: every claim in it was made on this machine.
@@ -384,31 +274,22 @@ class IssueStore:
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         check_fs: bool = True,
         host: str | None = None,
+        migrations: Sequence[str | Sequence[str]] | None = None,
     ):
         self.path = Path(path)
-        self.host = host or socket.gethostname()
-        self.clock = clock
-        self.max_attempts = max_attempts
-        self.backoff_seconds = backoff_seconds
         self.busy_timeout = busy_timeout
+        self.migrations = MIGRATIONS if migrations is None else migrations
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if check_fs:
             check_filesystem(self.path.parent)
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = -1
         self._id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
-        _STORES.add(self)
+        super().__init__(host=host, clock=clock, max_attempts=max_attempts, backoff_seconds=backoff_seconds,
+                         where=str(self.path))
         self._inspect()
         with self._damage_as_error():
             self._connect()
 
     # -- connection ---------------------------------------------------------
-
-    def _discard_inherited(self) -> None:
-        if self._conn is not None and self._pid != os.getpid():
-            _INHERITED.append(self._conn)
-            self._conn = None
 
     def _inspect(self) -> None:
         """:func:`inspect_file`, unless this process already has a connection to that very file.
@@ -421,8 +302,8 @@ class IssueStore:
         """
         file_id = self._file_id()
         if file_id is not None and any(
-                other is not self and other._conn is not None and other._pid == os.getpid()
-                and other._id == file_id for other in list(_STORES)):
+                other is not self and isinstance(other, IssueStore) and other._conn is not None
+                and other._pid == os.getpid() and other._id == file_id for other in list(STORES)):
             return
         inspect_file(self.path)
 
@@ -441,7 +322,7 @@ class IssueStore:
             # replaced under us (`issues.restore` renamed a snapshot into place): follow the new
             # file. The old connection is never closed: SQLite's close would checkpoint and then
             # unlink "<path>-wal" BY NAME - the new database's WAL.
-            _INHERITED.append(self._conn)
+            forksafe.INHERITED.append(self._conn)
             self._conn = None
             self._inspect()
         self._discard_inherited()  # where fork() bypassed the at-fork hook
@@ -495,23 +376,13 @@ class IssueStore:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            # an older copy (say, an agent image built earlier) must not write a newer schema
-            raise Conflict(
-                f"{self.path} has schema version {version}, newer than this parallel-autopilot "
-                f"knows ({len(MIGRATIONS)}): upgrade parallel-autopilot (and rebuild the agent image)"
-            )
-        if version == len(MIGRATIONS) and conn.execute("PRAGMA application_id").fetchone()[0]:
+        self._check_version(version)
+        if version == len(self.migrations) and conn.execute("PRAGMA application_id").fetchone()[0]:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                statements = script.split(";") if isinstance(script, str) else script
-                for statement in statements:
-                    if statement.strip():
-                        conn.execute(statement, {"host": self.host})  # :host in a backfill (v5)
-                conn.execute(f"PRAGMA user_version = {number}")
+            self._upgrade(conn.execute("PRAGMA user_version").fetchone()[0], conn.execute,
+                          lambda number: conn.execute(f"PRAGMA user_version = {number}"))
             if not conn.execute("PRAGMA application_id").fetchone()[0]:
                 # this database's own id, in its first page: a WAL whose first page carries
                 # another id belongs to another database (see inspect_file)
@@ -538,8 +409,14 @@ class IssueStore:
                     conn.execute("ROLLBACK")
                 raise
 
-    def _write(self, sql: str, params: Mapping[str, Any]) -> sqlite3.Row | None:
-        """ONE write statement in its own implicit transaction; its first returned row."""
+    # -- the connector --------------------------------------------------------
+
+    def _write(self, sql: str, params: Mapping[str, Any], verify: Callable[[Run], Row | None] | None = None
+               ) -> sqlite3.Row | None:
+        """ONE write statement in its own implicit transaction; its first returned row.
+
+        (``verify`` is for a lost reply: a local file loses none.)
+        """
         with self._lock, self._damage_as_error():
             return self._connect().execute(sql, params).fetchone()
 
@@ -547,6 +424,10 @@ class IssueStore:
         params = params if isinstance(params, Mapping) else tuple(params)
         with self._lock, self._damage_as_error():
             return self._connect().execute(sql, params).fetchall()
+
+    def _atomic(self, work: Callable[[Run], Any], once: bool = False) -> Any:
+        with self.transaction() as conn:
+            return work(lambda sql, params: conn.execute(sql, params).fetchall())
 
     def close(self) -> None:
         """Close this process's connection (an inherited one is left alone)."""
@@ -556,56 +437,7 @@ class IssueStore:
                 self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> "IssueStore":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _now(self, now: float | None) -> float:
-        return self.clock() if now is None else float(now)
-
-    @staticmethod
-    def _event(conn, now, issue, kind, worker=None, token=None, detail=None) -> None:
-        conn.execute(
-            "INSERT INTO events (at, issue, kind, worker, token, detail) VALUES (?, ?, ?, ?, ?, ?)",
-            (now, issue, kind, worker, token, detail),
-        )
-
-    # -- adding -------------------------------------------------------------
-
-    def add(self, title: str, body: str = "", priority: str = "medium", script: str | None = None,
-            max_attempts: int | None = None, number: int | None = None, now: float | None = None,
-            check: str | None = None) -> Issue:
-        """Add one ready issue and return it."""
-        fields = {"title": title, "body": body, "priority": priority, "script": script,
-                  "max_attempts": max_attempts, "number": number, "check": check}
-        return self.add_many([fields], now=now)[0]
-
-    def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None) -> list[Issue]:
-        """Add issues in ONE transaction: all are added, or (on any error) none."""
-        now = self._now(now)
-        checked = [validate_fields(item, f"issue {i + 1}") for i, item in enumerate(items)]
-        numbers = []
-        with self.transaction() as conn:
-            for fields in checked:
-                if fields["number"] is not None and conn.execute(
-                    "SELECT 1 FROM issues WHERE number = ?", (fields["number"],)
-                ).fetchone():
-                    raise Conflict(f"issue #{fields['number']} already exists: leave 'number' out to get a new one")
-                cur = conn.execute(
-                    """INSERT INTO issues (number, title, body, priority, rank, script, check_cmd,
-                                           max_attempts, due_at, created_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (fields["number"], fields["title"], fields["body"], fields["priority"],
-                     PRIORITIES.index(fields["priority"]), fields["script"], fields["check"],
-                     fields["max_attempts"] or self.max_attempts, now, now, now),
-                )
-                numbers.append(cur.lastrowid)
-                self._event(conn, now, cur.lastrowid, "added")
-        return [self.get(n) for n in numbers]
-
-    # -- the lease verbs ----------------------------------------------------
+    # -- the claim --------------------------------------------------------------
 
     #: The claim: ONE statement picks the best eligible issue, leases it, counts the
     #: attempt and bumps the fencing token (the trigger records the event). Eligible:
@@ -670,361 +502,18 @@ class IssueStore:
                               OR EXISTS (SELECT 1 FROM agents a WHERE a.host = i.host AND a.id = i.owner
                                                                  AND a.heartbeat_at < :stale_before)))"""
 
-    def claim(self, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-              now: float | None = None, stale_after: float | None = None) -> Claim | None:
-        """Lease the best eligible issue to ``worker``, or return None.
-
-        Eligible: ready (or failed) and due, or abandoned - claimed with an
-        expired lease, or (with ``stale_after``) held by an agent whose
-        heartbeat has been silent that many seconds; and attempts below the
-        limit. Best: priority urgent > high > medium > low, then oldest. An
-        abandoned issue whose attempts are used up is marked dead in the same
-        call. The previous holder is fenced out by the new token.
-        """
-        now = self._now(now)
+    def _claim(self, worker: str, lease_seconds: float, now: float | None,
+               stale_after: float | None) -> sqlite3.Row | None:
+        """The row :meth:`Store.claim` leased, or None: a read, a burial if due, then ONE UPDATE."""
         params = {"now": now, "stale_before": None if stale_after is None else now - stale_after}
         claimable, to_bury = self._read(self._ANYTHING, params)[0]
         if to_bury:
             self._write(self._BURY, params)
         if not claimable:
             return None
-        row = self._write(self._CLAIM, {**params, "worker": worker, "host": self.host, "until": now + lease_seconds})
-        if row is None:
-            return None
-        issue = self._issue(row)
-        return Claim(issue=issue, token=issue.token, worker=worker, lease_until=issue.lease_until)
+        return self._write(self._CLAIM, {**params, "worker": worker, "host": self.host, "until": now + lease_seconds})
 
-    def renew(self, claim: Claim, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-              now: float | None = None) -> Claim:
-        """Extend a live lease (the heartbeat); raise LeaseLost if it is not live."""
-        now = self._now(now)
-        row = self._write(
-            """UPDATE issues SET lease_until = :until, heartbeat_at = :now, updated_at = :now,
-                      transition = NULL
-               WHERE number = :number AND token = :token AND status = 'claimed'
-                 AND lease_until > :now
-               RETURNING *""",
-            {"until": now + lease_seconds, "now": now, "number": claim.number, "token": claim.token})
-        if row is None:
-            raise self._refuse(now, claim, "renew")
-        issue = self._issue(row)
-        return Claim(issue=issue, token=claim.token, worker=claim.worker, lease_until=issue.lease_until)
-
-    def complete(self, claim: Claim, result: Mapping[str, Any] | None = None,
-                 now: float | None = None) -> Issue:
-        """Mark the claimed issue done with its result (branch, commit, duration)."""
-        now = self._now(now)
-        result = validate_result(result)
-        return self._fenced(
-            claim, "complete", now,
-            """UPDATE issues SET status = 'done', lease_until = NULL, branch = :branch,
-                      commit_sha = :commit, duration = :duration, error = NULL, updated_at = :now,
-                      completed_at = :now, check_status = :check_status,
-                      check_duration = :check_duration, check_output = :check_output,
-                      usage = :usage, feedback = NULL,
-                      transition = 'done', actor = :worker, note = :detail
-               WHERE number = :number AND token = :token AND status = 'claimed'
-               RETURNING *""",
-            {"branch": result.get("branch"), "commit": result.get("commit"),
-             "duration": result.get("duration"), "check_status": result.get("check_status"),
-             "check_duration": result.get("check_duration"), "check_output": result.get("check_output"),
-             "usage": json.dumps(result["usage"]) if result.get("usage") is not None else None},
-            detail=json.dumps(result) if result else None,
-        )
-
-    def fail(self, claim: Claim, error: str, now: float | None = None, feedback: str | None = None,
-             check: Mapping[str, Any] | None = None) -> Issue:
-        """Record a failed attempt: retried after a backoff, or dead at the limit.
-
-        ``feedback`` (e.g. the failing check's last lines) is handed to the next
-        attempt's prompt; ``check`` records the check's result (check_status,
-        check_duration, check_output) when it was the check that failed.
-        """
-        now = self._now(now)
-        attempts = max(claim.issue.attempts, 1)
-        backoff = self.backoff_seconds * 2 ** (attempts - 1)
-        check = validate_result(check)
-        issue = self._fenced(
-            claim, "fail", now,
-            """UPDATE issues SET
-                      status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
-                      due_at = :now + :backoff, lease_until = NULL, error = :error, updated_at = :now,
-                      feedback = :feedback, check_status = COALESCE(:check_status, check_status),
-                      check_duration = COALESCE(:check_duration, check_duration),
-                      check_output = COALESCE(:check_output, check_output),
-                      transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
-                      actor = :worker, note = :detail
-               WHERE number = :number AND token = :token AND status = 'claimed'
-               RETURNING *""",
-            {"backoff": backoff, "error": str(error)[:4000],
-             "feedback": str(feedback)[:4000] if feedback else None,
-             "check_status": check.get("check_status"), "check_duration": check.get("check_duration"),
-             "check_output": check.get("check_output")},
-            detail=str(error)[:500],
-        )
-        return issue
-
-    def empty(self, claim: Claim, result: Mapping[str, Any] | None = None, now: float | None = None) -> Issue:
-        """The attempt succeeded but changed nothing: status ``empty`` (not done, not retried).
-
-        An empty change is its own outcome: nothing to merge, and retrying the
-        same instructions would most likely change nothing again (``issues.retry``
-        puts it back).
-        """
-        now = self._now(now)
-        result = validate_result(result)
-        return self._fenced(
-            claim, "empty", now,
-            """UPDATE issues SET status = 'empty', lease_until = NULL, branch = :branch, commit_sha = NULL,
-                      duration = :duration, error = 'the attempt changed nothing', updated_at = :now,
-                      completed_at = :now, check_status = :check_status, check_duration = :check_duration,
-                      check_output = :check_output, usage = :usage,
-                      transition = 'empty', actor = :worker, note = :detail
-               WHERE number = :number AND token = :token AND status = 'claimed'
-               RETURNING *""",
-            {"branch": result.get("branch"), "duration": result.get("duration"),
-             "check_status": result.get("check_status"), "check_duration": result.get("check_duration"),
-             "check_output": result.get("check_output"),
-             "usage": json.dumps(result["usage"]) if result.get("usage") is not None else None},
-            detail="no change",
-        )
-
-    # -- the merge queue's verbs (host side; the merge queue is their only caller) ------
-
-    def mark_merged(self, number: int, commit: str, merge_commit: str, now: float | None = None) -> Issue:
-        """``done`` -> ``merged`` with the base commit that contains it.
-
-        Guarded by the commit: an issue retried (or re-done) meanwhile is left alone.
-        """
-        now = self._now(now)
-        row = self._write(
-            """UPDATE issues SET status = 'merged', merge_commit = :merge, merged_at = :now, updated_at = :now,
-                      error = NULL, feedback = NULL, transition = 'merged', actor = 'merge-queue', note = :merge
-               WHERE number = :number AND status = 'done' AND commit_sha = :commit
-               RETURNING *""",
-            {"number": number, "commit": commit, "merge": merge_commit, "now": now})
-        if row is None:
-            raise Conflict(f"issue #{number} is no longer done at {commit[:12]}: not marked merged")
-        return self._issue(row)
-
-    def reject(self, number: int, commit: str | None, report: str, requeue: bool = False,
-               now: float | None = None) -> Issue:
-        """``done`` -> ``rejected`` (red or conflicting on the base), the report in error and feedback.
-
-        With ``requeue`` and attempts left, the issue goes back to ``ready`` at
-        once as a new attempt whose prompt carries the report (the audit trail
-        still says ``rejected``).
-        """
-        now = self._now(now)
-        row = self._write(
-            """UPDATE issues SET
-                      status = CASE WHEN :requeue AND attempts < max_attempts THEN 'ready' ELSE 'rejected' END,
-                      owner = CASE WHEN :requeue AND attempts < max_attempts THEN NULL ELSE owner END,
-                      due_at = :now, error = :report, feedback = :report, updated_at = :now,
-                      transition = 'rejected', actor = 'merge-queue',
-                      note = CASE WHEN :requeue AND attempts < max_attempts THEN 're-queued: ' ELSE '' END
-                             || substr(:report, 1, 400)
-               WHERE number = :number AND status = 'done' AND commit_sha IS :commit
-               RETURNING *""",
-            {"number": number, "commit": commit, "report": str(report)[:4000], "requeue": bool(requeue),
-             "now": now})
-        if row is None:
-            raise Conflict(f"issue #{number} is no longer done at {(commit or 'no commit')[:12]}: not rejected")
-        return self._issue(row)
-
-    def release(self, claim: Claim, now: float | None = None) -> Issue:
-        """Give the issue back at once (graceful shutdown); the attempt is refunded."""
-        now = self._now(now)
-        return self._fenced(
-            claim, "release", now,
-            """UPDATE issues SET status = 'ready', owner = NULL, lease_until = NULL,
-                      attempts = MAX(attempts - 1, 0), due_at = :now, updated_at = :now,
-                      transition = 'released', actor = :worker, note = NULL
-               WHERE number = :number AND token = :token AND status = 'claimed'
-               RETURNING *""",
-            {},
-        )
-
-    def _fenced(self, claim: Claim, verb: str, now: float, sql: str, params: dict,
-                detail: str | None = None) -> Issue:
-        row = self._write(sql, {**params, "now": now, "number": claim.number, "token": claim.token,
-                                "worker": claim.worker, "detail": detail})
-        if row is None:
-            raise self._refuse(now, claim, verb)
-        return self._issue(row)
-
-    def _refuse(self, now: float, claim: Claim, verb: str) -> LeaseLost:
-        """Record a refused fenced call (the issue is unchanged); the LeaseLost to raise."""
-        with self.transaction() as conn:
-            current = conn.execute("SELECT status, owner, token FROM issues WHERE number = ?",
-                                   (claim.number,)).fetchone()
-            detail = (f"stale token {claim.token}; issue is {current['status']}, token {current['token']}"
-                      f" held by {current['owner']}" if current else "issue does not exist")
-            self._event(conn, now, claim.number, f"refused-{verb}", claim.worker, claim.token, detail)
-        return self._lost(claim, verb)
-
-    def _lost(self, claim: Claim, verb: str) -> LeaseLost:
-        return LeaseLost(
-            f"lease lost on issue #{claim.number} (token {claim.token}, {claim.worker}): "
-            f"{verb} refused; the issue belongs to a newer claim or was changed"
-        )
-
-    # -- operator verbs -----------------------------------------------------
-
-    def retry(self, number: int, now: float | None = None) -> Issue:
-        """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
-        return self._operator(number, "retry", now, ("failed", "dead", "blocked", "done", "ready", "empty",
-                                                     "rejected"),
-                              "status = 'ready', attempts = 0, due_at = :now, error = NULL")
-
-    def block(self, number: int, now: float | None = None) -> Issue:
-        """Take a ready or failed issue out of the queue until retried."""
-        return self._operator(number, "block", now, ("ready", "failed", "blocked"), "status = 'blocked'")
-
-    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str) -> Issue:
-        now = self._now(now)
-        with self.transaction() as conn:
-            row = conn.execute("SELECT status, owner FROM issues WHERE number = ?", (number,)).fetchone()
-            if row is None:
-                raise IssueNotFound(f"no issue #{number}: see `issues.list`")
-            if row["status"] not in allowed:
-                raise Conflict(
-                    f"issue #{number} is {row['status']}"
-                    + (f" by {row['owner']}" if row["status"] == "claimed" else "")
-                    + f": cannot {verb} it now (stop its agent first, or wait)"
-                )
-            conn.execute(f"""UPDATE issues SET {assignment}, updated_at = :now,
-                                    transition = :verb, actor = 'operator', note = NULL
-                             WHERE number = :number""",
-                         {"now": now, "number": number, "verb": verb})
-        return self.get(number)
-
-    # -- the agents registry ------------------------------------------------
-    # Who works where: one row per agent, keyed by (host, id) - agent ids repeat on every
-    # host of a shared queue. Its own section, not its own module: freeing a silent
-    # agent's claims is one transaction over this table AND the issues, on this store's
-    # connection.
-
-
-    def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
-                        token: int | None = None, incarnation: str | None = None,
-                        pid: int | None = None, now: float | None = None,
-                        waiting_until: float | None = None) -> None:
-        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
-        now = self._now(now)
-        with self.transaction() as conn:
-            conn.execute(
-                """INSERT INTO agents (host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid,
-                                      waiting_until)
-                   VALUES (:host, :id, :state, :issue, :token, :now, :now, :inc, :pid, :waiting)
-                   ON CONFLICT (host, id) DO UPDATE SET state = :state, issue = :issue, token = :token,
-                          waiting_until = :waiting, heartbeat_at = :now, pid = COALESCE(:pid, pid),
-                          started_at = CASE WHEN incarnation IS :inc THEN started_at ELSE :now END,
-                          incarnation = :inc""",
-                {"host": self.host, "id": agent_id, "state": state, "issue": issue, "token": token, "now": now,
-                 "inc": incarnation, "pid": pid, "waiting": waiting_until},
-            )
-
-    def agents(self, host: str | None = None) -> list[AgentRow]:
-        """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""
-        if host is None:
-            rows = self._read("SELECT * FROM agents ORDER BY id, host")
-        else:
-            rows = self._read("SELECT * FROM agents WHERE host = ? ORDER BY id", (host,))
-        return [AgentRow(**dict(r)) for r in rows]
-
-    def release_agent(self, agent_id: str, now: float | None = None, reason: str = "agent gone") -> list[int]:
-        """Free at once every claim held by this host's ``agent_id`` (crash recovery).
-
-        Only claims made on ``store.host``: another host's agent of the same id
-        is another agent. Unlike :meth:`release`, the interrupted attempt
-        counts: an issue that keeps killing its agent ends dead instead of
-        looping forever.
-        """
-        now = self._now(now)
-        with self.transaction() as conn:
-            return self._release_agent(conn, now, self.host, agent_id, reason)
-
-    def _release_agent(self, conn, now: float, host: str, agent_id: str, reason: str) -> list[int]:
-        rows = conn.execute(
-            """UPDATE issues SET
-                      status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
-                      error = CASE WHEN attempts >= max_attempts THEN :reason ELSE error END,
-                      owner = CASE WHEN attempts >= max_attempts THEN owner END,
-                      lease_until = NULL, due_at = :now, updated_at = :now,
-                      transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'released-agent' END,
-                      actor = :agent, note = :note
-               WHERE status = 'claimed' AND owner = :agent AND host = :host
-               RETURNING number, token, status""",
-            {"agent": agent_id, "host": host, "now": now, "reason": f"{reason} on the last attempt", "note": reason},
-        ).fetchall()
-        return sorted(row["number"] for row in rows)
-
-    def release_stale_agents(self, stale_after: float, now: float | None = None) -> dict[str, list[int]]:
-        """Free the claims of agents whose heartbeat is older than ``stale_after`` seconds.
-
-        Any live agent calls this while idle, so a container that died without
-        a word (``docker kill``, a lost host) gives its issue back within
-        seconds, long before its lease expires. A falsely presumed-dead agent
-        loses nothing but time: its next renew raises LeaseLost.
-        Claims of workers with no agent row (plain host processes) are left alone.
-        Every host's agents count (a dead host's claims come back); the keys name
-        the agent: ``"agent-001"`` for this store's host, ``"agent-001@ws2"`` for another's.
-        """
-        now = self._now(now)
-        freed = {}
-        # staleness is read in the same write transaction as the release: an agent
-        # that heartbeats meanwhile keeps its claim
-        with self.transaction() as conn:
-            owners = [(r["host"], r["id"]) for r in conn.execute(
-                """SELECT DISTINCT a.host, a.id FROM agents a JOIN issues i ON i.owner = a.id AND i.host = a.host
-                   WHERE i.status = 'claimed' AND a.heartbeat_at < ? ORDER BY a.host, a.id""",
-                (now - stale_after,))]
-            for host, owner in owners:
-                numbers = self._release_agent(conn, now, host, owner, "agent heartbeat stale")
-                if numbers:
-                    freed[agent_key(owner, host, self.host)] = numbers
-        return freed
-
-    # -- reading ------------------------------------------------------------
-
-    _issue = staticmethod(issue_from_row)
-
-    def get(self, number: int) -> Issue:
-        """The issue with that number; IssueNotFound if there is none."""
-        rows = self._read("SELECT * FROM issues WHERE number = ?", (int(number),))
-        if not rows:
-            raise IssueNotFound(f"no issue #{number}: see `issues.list`")
-        return self._issue(rows[0])
-
-    def list(self, status: str | Iterable[str] | None = None) -> list[Issue]:
-        """Issues by number, optionally only those with the given status(es)."""
-        if status is None:
-            return [self._issue(r) for r in self._read("SELECT * FROM issues ORDER BY number")]
-        wanted = [status] if isinstance(status, str) else list(status)
-        bad = [s for s in wanted if s not in STATUSES]
-        if bad:
-            raise InvalidInput(f"unknown status {bad[0]!r}: use one of {', '.join(STATUSES)}")
-        marks = ",".join("?" * len(wanted))
-        return [self._issue(r) for r in self._read(
-            f"SELECT * FROM issues WHERE status IN ({marks}) ORDER BY rank, created_at, number", wanted)]
-
-    def counts(self) -> dict[str, int]:
-        """Number of issues in each status (every status present, zeros included)."""
-        counts = dict.fromkeys(STATUSES, 0)
-        for row in self._read("SELECT status, COUNT(*) AS n FROM issues GROUP BY status"):
-            counts[row["status"]] = row["n"]
-        return counts
-
-    def events(self, number: int | None = None, limit: int | None = None) -> list[Event]:
-        """The audit trail, oldest first; of one issue when ``number`` is given."""
-        sql, params = "SELECT * FROM events", []
-        if number is not None:
-            sql, params = sql + " WHERE issue = ?", [number]
-        sql += " ORDER BY id"
-        if limit is not None:
-            sql = f"SELECT * FROM ({sql[:-len(' ORDER BY id')]} ORDER BY id DESC LIMIT {int(limit)}) ORDER BY id"
-        return [Event(**dict(r)) for r in self._read(sql, params)]
+    # -- the file ---------------------------------------------------------------
 
     def backup(self, target: str | os.PathLike) -> None:
         """Copy the database safely while it is in use (SQLite's backup API).

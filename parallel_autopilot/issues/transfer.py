@@ -3,11 +3,14 @@
 - :func:`sqlite_to_pg` (``issues.migrate --to postgresql://...``): a SQLite backlog
   (issues with every column, events, agents) into an EMPTY PostgreSQL queue, in one
   transaction (all or nothing), issue numbers, tokens and event ids kept;
-- :func:`pg_to_sqlite` (``PgIssueStore.backup``): a consistent snapshot of a
-  PostgreSQL queue into a new SQLite database that ``IssueStore`` opens.
+- :func:`pg_to_sqlite` (``PgIssueStore.backup``, which :func:`~parallel_autopilot.issues.open_store`
+  hands this): a consistent snapshot of a PostgreSQL queue into a new SQLite
+  database that ``IssueStore`` opens.
 
-Rows go in chunks (``COPY`` into PostgreSQL); ``progress(table, done, total)`` is
-called after each chunk, so a large backlog shows that it moves.
+It knows both backends, so it sits above both: neither store imports it (nor the
+other store). Rows go in chunks of ``chunk`` rows (``COPY`` into PostgreSQL);
+``progress(table, done, total)`` is called after each chunk, so a large backlog
+shows that it moves.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..errors import Conflict
 from .sqlite import IssueStore
 
 TABLES = ("issues", "events", "agents")
+#: Rows per chunk (and per progress call).
 CHUNK = 5000
 
 Progress = Callable[[str, int, int], None]
@@ -40,13 +44,12 @@ def _copy_text(value: Any) -> str:
     return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r"))
 
 
-def _chunks(rows: list) -> Iterator[list]:
-    size = CHUNK
+def _chunks(rows: list, size: int) -> Iterator[list]:
     for start in range(0, len(rows), size):
         yield rows[start:start + size]
 
 
-def sqlite_to_pg(source: IssueStore, target, progress: Progress = _quiet) -> dict[str, int]:
+def sqlite_to_pg(source: IssueStore, target, progress: Progress = _quiet, chunk: int = CHUNK) -> dict[str, int]:
     """Copy every row of ``source`` into the empty PostgreSQL ``target``; rows copied per table."""
     with source._lock:  # one consistent read of the source (a WAL snapshot)
         conn = source._connect()
@@ -76,10 +79,10 @@ def sqlite_to_pg(source: IssueStore, target, progress: Progress = _quiet) -> dic
                     raise Conflict(f"{target.url} has no column(s) {', '.join(missing)} in {table}: "
                                    "upgrade parallel-autopilot where the PostgreSQL schema is made")
                 done = 0
-                for chunk in _chunks(rows):
-                    text = "".join("\t".join(_copy_text(v) for v in row) + "\n" for row in chunk)
+                for part in _chunks(rows, chunk):
+                    text = "".join("\t".join(_copy_text(v) for v in row) + "\n" for row in part)
                     pg.run(f"COPY {table} ({', '.join(columns)}) FROM STDIN", stream=io.StringIO(text))
-                    done += len(chunk)
+                    done += len(part)
                     progress(table, done, len(rows))
                 copied[table] = len(rows)
             # new events continue after the copied ids
@@ -92,7 +95,8 @@ def sqlite_to_pg(source: IssueStore, target, progress: Progress = _quiet) -> dic
     return copied
 
 
-def pg_to_sqlite(source, path: str | os.PathLike, progress: Progress = _quiet) -> dict[str, int]:
+def pg_to_sqlite(source, path: str | os.PathLike, progress: Progress = _quiet, chunk: int = CHUNK
+                 ) -> dict[str, int]:
     """Write a consistent snapshot of the PostgreSQL ``source`` into a NEW SQLite database."""
     path = Path(path)
     if path.exists():
@@ -119,10 +123,10 @@ def pg_to_sqlite(source, path: str | os.PathLike, progress: Progress = _quiet) -
             names = ", ".join(columns[i] for i in keep)
             marks = ", ".join("?" * len(keep))
             done = 0
-            for chunk in _chunks(rows):
+            for part in _chunks(rows, chunk):
                 conn.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})",
-                                 [[row[i] for i in keep] for row in chunk])
-                done += len(chunk)
+                                 [[row[i] for i in keep] for row in part])
+                done += len(part)
                 progress(table, done, len(rows))
             copied[table] = len(rows)
     return copied

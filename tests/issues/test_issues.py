@@ -275,7 +275,7 @@ def _verbs(store, claim):
 def _row(store, number):
     """The raw row, every column (the store's bookkeeping too)."""
     if not isinstance(store, IssueStore):
-        return store._read("SELECT * FROM issues WHERE number = CAST(:n AS bigint)", n=number)
+        return store._read("SELECT * FROM issues WHERE number = CAST(:n AS bigint)", {"n": number})
     with sqlite3.connect(store.path) as con:
         return con.execute("SELECT * FROM issues WHERE number = ?", (number,)).fetchone()
 
@@ -450,21 +450,20 @@ def test_schema_is_versioned_and_wal_is_set(tmp_path):
 
 
 @sqlite_only
-def test_a_new_migration_applies_once_and_a_failing_one_applies_nothing(tmp_path, monkeypatch):
+def test_a_new_migration_applies_once_and_a_failing_one_applies_nothing(tmp_path):
     path = tmp_path / "autopilot.db"
     with IssueStore(path) as store:
         store.add("old row")
     broken = "CREATE TABLE extra (x); CREATE TABLE issues (y)"  # second statement fails
-    monkeypatch.setattr(sqlitestore, "MIGRATIONS", MIGRATIONS + [broken])
     with pytest.raises(sqlite3.OperationalError):
-        IssueStore(path)
+        IssueStore(path, migrations=MIGRATIONS + [broken])
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
 
-    monkeypatch.setattr(sqlitestore, "MIGRATIONS", MIGRATIONS + ["ALTER TABLE issues ADD COLUMN labels TEXT"])
-    IssueStore(path).close()
-    IssueStore(path).close()  # already applied: not applied twice (it would fail)
+    newer = MIGRATIONS + ["ALTER TABLE issues ADD COLUMN labels TEXT"]
+    IssueStore(path, migrations=newer).close()
+    IssueStore(path, migrations=newer).close()  # already applied: not applied twice (it would fail)
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
         assert con.execute("SELECT title, labels FROM issues").fetchall() == [("old row", None)]
@@ -634,16 +633,14 @@ def test_add_many_is_all_or_nothing(store):
 
 
 @sqlite_only
-def test_a_version_1_database_upgrades_and_keeps_its_audit_trail(tmp_path, monkeypatch):
+def test_a_version_1_database_upgrades_and_keeps_its_audit_trail(tmp_path):
     from support.clock import T0
 
     path = tmp_path / "autopilot.db"
-    monkeypatch.setattr(sqlitestore, "MIGRATIONS", MIGRATIONS[:1])
-    with IssueStore(path) as old, old.transaction() as conn:  # as version 1 wrote it
+    with IssueStore(path, migrations=MIGRATIONS[:1]) as old, old.transaction() as conn:  # as version 1 wrote it
         number = conn.execute("""INSERT INTO issues (title, priority, rank, due_at, created_at, updated_at)
                                  VALUES ('from before', 'medium', 2, ?, ?, ?)""", (T0, T0, T0)).lastrowid
         conn.execute("INSERT INTO events (at, issue, kind) VALUES (?, ?, 'added')", (T0, number))
-    monkeypatch.setattr(sqlitestore, "MIGRATIONS", MIGRATIONS)
     with IssueStore(path) as store:
         claim = store.claim("agent-001", now=T0 + 1)
         store.complete(claim, {"branch": "b"}, now=T0 + 2)

@@ -15,7 +15,6 @@ import pytest
 from support.clock import T0
 from parallel_autopilot import issues
 from parallel_autopilot.issues import postgres as pgstore
-from parallel_autopilot.issues import sqlite as sqlitestore
 from parallel_autopilot.issues import IssueStore, open_store
 
 
@@ -145,10 +144,9 @@ def _assert_migrated(target, store, done, held, never, events_before):
 
 
 @pytest.mark.sqlite_only
-def test_a_version_4_sqlite_queue_migrates_with_its_rows_on_the_stores_host(tmp_path, monkeypatch):
+def test_a_version_4_sqlite_queue_migrates_with_its_rows_on_the_stores_host(tmp_path):
     path = tmp_path / "autopilot.db"
-    monkeypatch.setattr(sqlitestore, "MIGRATIONS", issues.MIGRATIONS[:4])
-    with IssueStore(path) as old, old.transaction() as conn:  # as version 4 wrote it
+    with IssueStore(path, migrations=issues.MIGRATIONS[:4]) as old, old.transaction() as conn:  # as version 4 wrote it
         for title, owner, claimed_at in (("done before", "agent-001", T0), ("held before", "agent-002", T0),
                                          ("never claimed", None, None)):
             conn.execute("""INSERT INTO issues (title, priority, rank, due_at, created_at, updated_at, owner,
@@ -159,15 +157,13 @@ def test_a_version_4_sqlite_queue_migrates_with_its_rows_on_the_stores_host(tmp_
         conn.execute("""INSERT INTO agents (id, state, heartbeat_at, started_at, host)
                         VALUES ('agent-001', 'idle', ?, ?, 'container-hostname')""", (T0, T0))
         events_before = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-    monkeypatch.undo()
     with IssueStore(path, host="ws7") as store:
         assert store._connect().execute("PRAGMA user_version").fetchone()[0] == len(issues.MIGRATIONS) >= 5
         _assert_migrated(path, store, 1, 2, 3, events_before)
 
 
-def test_a_postgresql_queue_of_the_previous_version_migrates_with_its_rows_on_the_stores_host(pg_url, monkeypatch):
-    monkeypatch.setattr(pgstore, "MIGRATIONS", pgstore.MIGRATIONS[:2])
-    with pgstore.PgIssueStore(pg_url) as old:
+def test_a_postgresql_queue_of_the_previous_version_migrates_with_its_rows_on_the_stores_host(pg_url):
+    with pgstore.PgIssueStore(pg_url, migrations=pgstore.MIGRATIONS[:2]) as old:
         old._retrying(lambda conn: conn.run(
             """INSERT INTO issues (number, title, priority, rank, due_at, created_at, updated_at, owner,
                                    claimed_at, status, transition)
@@ -177,7 +173,6 @@ def test_a_postgresql_queue_of_the_previous_version_migrates_with_its_rows_on_th
         old._retrying(lambda conn: conn.run("""INSERT INTO agents (id, state, heartbeat_at, started_at, host)
                                                VALUES ('agent-001', 'idle', 0, 0, NULL)"""))
         events_before = len(old.events())
-    monkeypatch.undo()
     with pgstore.PgIssueStore(pg_url, host="ws7") as store:
         assert store._read("SELECT version FROM autopilot_schema")[0]["version"] == len(pgstore.MIGRATIONS) >= 3
         _assert_migrated(pg_url, store, 1, 2, 3, events_before)

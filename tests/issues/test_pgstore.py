@@ -150,31 +150,30 @@ def test_schema_is_versioned_and_covers_every_sqlite_column(tmp_path, pg_url):
         assert [i.title for i in store.list()] == ["kept"]
 
 
-def test_a_failing_migration_applies_nothing_and_a_new_one_applies_once(pg_url, monkeypatch):
+def test_a_failing_migration_applies_nothing_and_a_new_one_applies_once(pg_url):
     with PgIssueStore(pg_url) as store:
         store.add("old row")
     good = pgstore.MIGRATIONS
-    monkeypatch.setattr(pgstore, "MIGRATIONS", good + [["CREATE TABLE extra (x int)", "CREATE TABLE issues (y int)"]])
     with pytest.raises(pg8000.DatabaseError, match="already exists"):
-        PgIssueStore(pg_url)
+        PgIssueStore(pg_url, migrations=good + [["CREATE TABLE extra (x int)", "CREATE TABLE issues (y int)"]])
     # transactional DDL: the first statement of the failed migration is gone too
     assert _sql(pg_url, "SELECT version, to_regclass('extra') IS NULL FROM autopilot_schema") == [[len(good), True]]
 
-    monkeypatch.setattr(pgstore, "MIGRATIONS", good + [["ALTER TABLE issues ADD COLUMN labels text"]])
-    PgIssueStore(pg_url).close()
-    PgIssueStore(pg_url).close()  # already applied: not applied twice (it would fail)
+    newer = good + [["ALTER TABLE issues ADD COLUMN labels text"]]
+    PgIssueStore(pg_url, migrations=newer).close()
+    PgIssueStore(pg_url, migrations=newer).close()  # already applied: not applied twice (it would fail)
     assert _sql(pg_url, "SELECT title, labels FROM issues") == [["old row", None]]
     assert _sql(pg_url, "SELECT version FROM autopilot_schema") == [[len(good) + 1]]
 
 
-def test_a_store_already_open_keeps_working_when_another_host_adds_a_column(pg_url, monkeypatch):
+def test_a_store_already_open_keeps_working_when_another_host_adds_a_column(pg_url):
     """Hosts upgrade one at a time: a running agent's prepared statements outlive a migration."""
     old = PgIssueStore(pg_url)
     old.add("before")
     claim = old.claim("agent-001")  # its SELECT * / RETURNING * statements are prepared now
     old.get(claim.number)
-    monkeypatch.setattr(pgstore, "MIGRATIONS", pgstore.MIGRATIONS + [["ALTER TABLE issues ADD COLUMN labels text"]])
-    PgIssueStore(pg_url).close()  # the upgraded host migrates
+    upgraded = pgstore.MIGRATIONS + [["ALTER TABLE issues ADD COLUMN labels text"]]
+    PgIssueStore(pg_url, migrations=upgraded).close()  # the upgraded host migrates
     assert old.get(claim.number).status == "claimed"  # a statement prepared before the migration
     done = old.complete(claim, {"branch": "b"})
     assert (done.status, old.get(claim.number).status) == ("done", "done")
@@ -273,21 +272,23 @@ def test_a_server_that_stays_away_ends_in_one_line_after_the_window(own_cluster)
     assert store.counts()["ready"] == 0  # and it comes back by itself
 
 
-class ReplyLost:
+class ReplyLost(PgIssueStore):
     """Stand-in BESIDE the real restart tests: the server runs the statement, then the
-    connection dies before the reply arrives (the one case a restart rarely hits)."""
+    connection dies before the reply arrives (the one case a restart rarely hits).
+    ``_exec`` is where every statement meets the server; armed, this store cuts its own
+    session right after the first statement holding ``marker`` ran."""
 
-    def __init__(self, store, cluster, marker):
-        self.store, self.cluster, self.marker = store, cluster, marker
-        self.armed = True
-        self.original = PgIssueStore._exec
+    def __init__(self, url, cluster, marker, **options):
+        self.cluster, self.marker = cluster, marker
+        self.armed = False
+        super().__init__(url, **options)
 
-    def __call__(self, conn, sql, **params):
-        result = self.original(conn, sql, **params)
+    def _exec(self, conn, sql, **params):
+        result = super()._exec(conn, sql, **params)
         if self.armed and self.marker in sql:
             self.armed = False
             # the statement committed (autocommit); now the session is cut under the store
-            _sql(self.cluster.url(conn_db(self.store)),
+            _sql(self.cluster.url(conn_db(self)),
                  "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                  "WHERE application_name = 'parallel-autopilot' AND pid <> pg_backend_pid()")
             raise pg8000.InterfaceError("network error")
@@ -299,16 +300,16 @@ def conn_db(store):
 
 
 @pytest.mark.parametrize("verb", ["claim", "complete", "fail", "release"])
-def test_a_fenced_write_whose_reply_was_lost_is_not_done_twice(own_cluster, monkeypatch, verb):
+def test_a_fenced_write_whose_reply_was_lost_is_not_done_twice(own_cluster, verb):
     url = own_cluster.create_database()
-    store = PgIssueStore(url, on_reconnect=lambda line: None)
-    store.add("once only")
     markers = {"claim": "claim_nonce = :nonce", "complete": "status = 'done'", "fail": "THEN 'dead' ELSE 'failed'",
                "release": "transition = 'released'"}
+    store = ReplyLost(url, own_cluster, markers[verb], on_reconnect=lambda line: None)
+    store.add("once only")
     claim = None if verb == "claim" else store.claim("agent-001")
-    monkeypatch.setattr(PgIssueStore, "_exec", staticmethod(ReplyLost(store, own_cluster, markers[verb])))
+    store.armed = True
 
-    reply_lost = PgIssueStore._exec
+    reply_lost = store
     if verb == "claim":
         claim = store.claim("agent-001")
         assert claim is not None and claim.token == 1

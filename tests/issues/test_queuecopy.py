@@ -78,8 +78,7 @@ def test_migrate_refuses_a_non_empty_target_and_changes_nothing(tmp_path, pg_url
     assert (pg.list(), pg.events()) == before
 
 
-def test_migrate_of_a_large_backlog_reports_progress_and_is_all_or_nothing(tmp_path, pg_url, monkeypatch):
-    monkeypatch.setattr(queuecopy, "CHUNK", 100)
+def test_migrate_of_a_large_backlog_reports_progress_and_is_all_or_nothing(tmp_path, pg_url):
     sqlite = IssueStore(tmp_path / "autopilot.db")
     sqlite.add_many([{"title": f"issue {i}"} for i in range(450)])
     pg = open_store(pg_url)
@@ -89,11 +88,11 @@ def test_migrate_of_a_large_backlog_reports_progress_and_is_all_or_nothing(tmp_p
             raise KeyboardInterrupt  # the operator's Ctrl-C in the middle of the copy
 
     with pytest.raises(KeyboardInterrupt):
-        queuecopy.sqlite_to_pg(sqlite, pg, interrupted)
+        queuecopy.sqlite_to_pg(sqlite, pg, interrupted, chunk=100)
     assert pg.counts() == open_store(tmp_path / "empty").counts() and pg.events() == []  # nothing half-done
 
     seen = []
-    queuecopy.sqlite_to_pg(sqlite, pg, lambda table, done, total: seen.append((table, done, total)))
+    queuecopy.sqlite_to_pg(sqlite, pg, lambda table, done, total: seen.append((table, done, total)), chunk=100)
     assert [s for s in seen if s[0] == "issues"] == [("issues", n, 450) for n in (100, 200, 300, 400, 450)]
     assert len(pg.list()) == 450
 
