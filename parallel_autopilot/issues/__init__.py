@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IssueNotFound, LeaseLost  # noqa: F401 - named here too (callers)
-from ..platform import UNSAFE_FILESYSTEMS, check_filesystem, filesystem_type  # noqa: F401
+from .filesystems import UNSAFE_FILESYSTEMS, check_filesystem, filesystem_type  # noqa: F401
 from .fields import PRIORITIES, RESULT_FIELDS, validate_fields, validate_result  # noqa: F401
 from .records import (
     DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES, AgentRow, Claim, Event,

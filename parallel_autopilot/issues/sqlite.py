@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import DatabaseDamaged
-from ..platform import check_filesystem  # the network-filesystem refusal lives with the host facts
+from .filesystems import check_filesystem
 from . import forksafe
 from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS
 from .schema import (

@@ -36,16 +36,15 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("edges", {"tasks", "gui", "bench", "program"}),
 ]
 #: the top-level modules and their band
-TOP_LEVEL = {"errors": "ground", "ids": "ground", "defaults": "ground", "platform": "ground", "config": "config",
+TOP_LEVEL = {"errors": "ground", "ids": "ground", "defaults": "ground", "platform": "config", "config": "config",
              "fleet": "api", "demo": "api", "remote": "api", "program": "program", "__main__": "program"}
 #: edges that call each other on purpose: the program is the task collection; the tasks serve
 #: the GUI and run the bench
 SAME_LAYER_CALLS = {("program", "tasks"), ("tasks", "gui"), ("tasks", "bench")}
 #: what the in-container code may import beside the standard library, and where: pg8000 where a
-#: PostgreSQL queue is opened; psutil where platform.detect() reads the HOST (the containers use
-#: only platform.check_filesystem, which is standard library)
+#: PostgreSQL queue is opened
 CONTAINER_BANDS = {"ground", "git", "queue", "inside"}
-CONTAINER_THIRD_PARTY = {"pg8000": {"issues.postgres"}, "psutil": {"platform"}}
+CONTAINER_THIRD_PARTY = {"pg8000": {"issues.postgres"}}
 
 
 def _module_name(path: Path) -> str:
