@@ -273,6 +273,11 @@ class Fleet:
 
     # -- counting ----------------------------------------------------------------
 
+    @property
+    def _mounted(self) -> bool:
+        """``queue_access: mount``: the agents open the queue themselves (no gateway)."""
+        return str(self.settings.queue_access) == "mount"
+
     def max_agents(self, *, containers: bool = True) -> int:
         """How many agents this machine may run (platform default, memory, override).
 
@@ -318,8 +323,8 @@ class Fleet:
         provision.hand_over(settings, [settings.state_path, settings.logs_path, settings.worktrees_path,
                                         git_dir / "worktrees", git_dir / "refs" / "heads" / "agent",
                                         git_dir / "logs" / "refs" / "heads" / "agent"], git_dir=git_dir)
-        progress(f"starting {count} agent(s)")
-        self.compose(["up", "-d", "--no-build", *ids])
+        progress(f"starting {count} agent(s)" + ("" if self._mounted else " and the queue gateway"))
+        self.compose(["up", "-d", "--no-build", *([] if self._mounted else [compose.GATEWAY]), *ids])
         if wait:
             self.wait_healthy(ids, progress=progress)
         return [a for a in self.list() if a.id in ids]
@@ -332,7 +337,7 @@ class Fleet:
         built from these settings, and their ``agent_cli`` counts.
         """
         settings = self.settings
-        if settings.queue:  # a PostgreSQL queue the agents' network cannot reach (loopback TCP...)
+        if settings.queue and self._mounted:  # a PostgreSQL queue the agents' network cannot reach
             queueaccess.check_network(settings, settings.queue)
         if str(settings.agent_kind) not in agentcli.MODEL_KINDS:
             return []
@@ -421,8 +426,12 @@ class Fleet:
             if freed:
                 progress(f"{target}: released #{', #'.join(map(str, freed))}")
             store.agent_heartbeat(target, "stopped")  # a runtime killed at the end of its grace could not say so
-        if settings.queue and set(targets) == set(running):  # no container left to read the queue's URL
-            queueaccess.forget(settings, self.project, provision.repo_owner(settings, git_dir=self.git_dir)[0])
+        if set(targets) == set(running):  # the last agent: the gateway goes too, and the queue's URL
+            if not self._mounted:
+                self.compose(["stop", "-t", "10", compose.GATEWAY])
+                self.compose(["rm", "-f", compose.GATEWAY])
+            if settings.queue:
+                queueaccess.forget(settings, self.project, provision.repo_owner(settings, git_dir=self.git_dir)[0])
         from .merge import queue as mergequeue
 
         try:  # what the agents finished comes home (autopilot/issue-N in the repository)

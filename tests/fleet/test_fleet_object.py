@@ -47,7 +47,7 @@ def test_start_makes_clones_and_containers_and_returns_them_ready(settings, fake
         ("agent-001", "running", True, "idle"), ("agent-002", "running", True, "idle")]
     assert sorted(docker.agents("pa-fleet-object")) == ["agent-001", "agent-002"]
     assert all((settings.worktrees_path / a / ".git").is_dir() for a in ("agent-001", "agent-002"))
-    assert runner.calls == [["up", "-d", "--no-build", "agent-001", "agent-002"]]
+    assert runner.calls == [["up", "-d", "--no-build", "gateway", "agent-001", "agent-002"]]
     env = runner.envs[0]
     missing = compose_variables() - set(env)
     assert not missing, f"the compose file reads variables the Fleet did not give: {missing}"

@@ -42,6 +42,11 @@ def _clone(origin: Path, path: Path) -> Path:
     return path
 
 
+def pg_socket_dir(settings) -> str:
+    """The PostgreSQL server's socket directory, as the compose variables name it."""
+    return containers.compose_env(settings, strict=False)["AUTOPILOT_QUEUE_SOCKET_DIR"]
+
+
 def _done(store) -> list[int]:
     return sorted(e.issue for e in store.events() if e.kind == "done")
 
@@ -119,10 +124,20 @@ def test_two_hosts_drain_one_backlog_once_and_survive_a_server_restart(two_hosts
             inspected = subprocess.run(["docker", "inspect", agent.container], check=True, capture_output=True,
                                        text=True).stdout
             assert PASSWORD not in inspected
-            assert f"AUTOPILOT_HOST={host}" in inspected and "AUTOPILOT_QUEUE_FILE=/run/secrets/autopilot-queue" \
-                in inspected
+            assert f"AUTOPILOT_HOST={host}" in inspected
+            # no agent holds the URL, its file or the server's socket: only the gateway does
+            assert "AUTOPILOT_QUEUE_FILE" not in inspected and "/run/secrets/autopilot-queue" not in inspected
+            assert str(secret) not in inspected and pg_socket_dir(s) not in inspected
+            in_agent = subprocess.run(["docker", "exec", agent.container, "sh", "-c",
+                                       "grep -rlsD skip -- \"$0\" / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev 2>/dev/null; "
+                                       "env | grep -c postgresql; true", PASSWORD],
+                                      capture_output=True, text=True, timeout=120).stdout.split()
+            assert in_agent == ["0"], in_agent  # no file it can read holds the password; no URL in its env
             output = subprocess.run(["docker", "logs", agent.container], capture_output=True, text=True)
             assert PASSWORD not in output.stdout + output.stderr
+        gateway = subprocess.run(["docker", "inspect", f"{compose.project_name(s)}-gateway"], check=True,
+                                 capture_output=True, text=True).stdout
+        assert PASSWORD not in gateway and "AUTOPILOT_QUEUE_FILE=/run/secrets/autopilot-queue" in gateway
         for path in s.logs_path.rglob("*"):
             if path.is_file():
                 assert PASSWORD not in path.read_text(errors="replace"), path
