@@ -39,6 +39,7 @@ from .issues import IssueNotFound, IssueStore, snapshots
 Progress = Callable[[str], None]
 LABEL_PROJECT = "parallel-autopilot.project"
 LABEL_AGENT = "parallel-autopilot.agent"
+LABEL_ROLE = "parallel-autopilot.role"  # the gateway's: "gateway"
 
 
 @dataclass(frozen=True)
@@ -414,6 +415,8 @@ class Fleet:
                                     f"{', '.join(sorted(running)) or 'none'} (see `agents.status`)")
         if not targets:
             progress("no agents running")
+            if ids is None:
+                self._stop_gateway()  # left alone by agents that all died
             return []
         progress(f"stopping {', '.join(targets)} (grace {settings.stop_grace_seconds}s)")
         present = [t for t in targets if running[t].container]  # a missing one has nothing to stop
@@ -427,9 +430,7 @@ class Fleet:
                 progress(f"{target}: released #{', #'.join(map(str, freed))}")
             store.agent_heartbeat(target, "stopped")  # a runtime killed at the end of its grace could not say so
         if set(targets) == set(running):  # the last agent: the gateway goes too, and the queue's URL
-            if not self._mounted:
-                self.compose(["stop", "-t", "10", compose.GATEWAY])
-                self.compose(["rm", "-f", compose.GATEWAY])
+            self._stop_gateway()
             if settings.queue:
                 queueaccess.forget(settings, self.project, provision.repo_owner(settings, git_dir=self.git_dir)[0])
         from .merge import queue as mergequeue
@@ -439,6 +440,14 @@ class Fleet:
         except GitError as err:
             progress(f"could not fetch finished work from the agents' repositories: {err}")
         return targets
+
+    def _stop_gateway(self) -> None:
+        """Stop and remove the queue gateway's container, if there is one (it outlives no agent)."""
+        found = self.docker().containers.list(all=True, filters={"label": [f"{LABEL_PROJECT}={self.project}",
+                                                                           f"{LABEL_ROLE}=gateway"]})
+        if found:
+            self.compose(["stop", "-t", "10", compose.GATEWAY])
+            self.compose(["rm", "-f", compose.GATEWAY])
 
     def restart(self, agent: str, *, progress: Progress = print) -> AgentStatus:
         """Restart one agent's container (it releases its old claim when it boots)."""
