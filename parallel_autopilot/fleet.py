@@ -488,6 +488,8 @@ class Fleet:
                     if done.usage and done.owner and issues.on_this_host(store, done):
                         spent.setdefault(done.owner, []).append(done.usage)
         cli = _cli_label(containers, docker)
+        gateway = next((c for c in containers if c.labels.get(LABEL_ROLE) == "gateway"), None)
+        gateway_down = None if gateway is None or self._mounted else gateway_problem(gateway.attrs.get("State", {}))
         result = []
         for container in containers:
             attrs = container.attrs
@@ -518,7 +520,7 @@ class Fleet:
                 uptime=round(now - started, 1) if started else None,
                 heartbeat_age=round(now - row.heartbeat_at, 1) if row else None,
                 restarts=restarts,
-                problem=problem(state, restarts),
+                problem=problem(state, restarts) or (gateway_down if running else None),
                 cli=cli.get(attrs.get("Image")),
                 waiting_until=getattr(row, "waiting_until", None) if row and row.state == "quota" else None,
                 tokens=_tokens(spent.get(ident)),
@@ -599,6 +601,15 @@ def problem(state: dict, restarts: int) -> str | None:
     if restarts >= CRASH_LOOP_RESTARTS:
         return f"restarted {restarts} times"
     return None
+
+
+def gateway_problem(state: dict) -> str | None:
+    """What the running agents cannot do when their queue gateway is not up (None: it is)."""
+    status = state.get("Status")
+    if status == "running" and (state.get("Health") or {}).get("Status") != "unhealthy":
+        return None
+    what = "unhealthy" if status == "running" else status or "unknown"
+    return f"queue gateway {what}: its agents cannot claim (see `docker logs` of the gateway, or agents.start)"
 
 
 def _parse_time(value: str | None) -> float | None:

@@ -204,3 +204,30 @@ def test_on_a_postgresql_queue_the_url_is_a_secret_file_that_the_last_stop_remov
     assert os.path.exists(secret), "agent-002 still runs and reads it"
     the_fleet.stop(progress=quiet)
     assert not os.path.exists(secret) and not os.path.exists(os.path.dirname(secret))
+
+
+def test_the_gateway_starts_with_the_agents_its_trouble_shows_on_them_and_it_goes_with_the_last(fake):
+    the_fleet, docker, runner = fake
+    the_fleet.start(2, progress=quiet)
+    gateway = docker.services("pa-fleet-object")["gateway"]
+    assert fleet.LABEL_AGENT not in gateway.labels and [a.id for a in the_fleet.list()] == ["agent-001", "agent-002"]
+    assert {a.problem for a in the_fleet.list()} == {None}
+    gateway.attrs["State"].update(Status="restarting")  # the gateway crashed: Docker restarts it
+    assert {a.doing for a in the_fleet.list()} == {
+        "queue gateway restarting: its agents cannot claim (see `docker logs` of the gateway, or agents.start)"}
+    gateway.attrs["State"].update(Status="running")
+    the_fleet.stop(["agent-001"], progress=quiet)
+    assert "gateway" in docker.services("pa-fleet-object")  # agent-002 still needs it
+    the_fleet.stop(progress=quiet)
+    assert runner.calls[-2:] == [["stop", "-t", "10", "gateway"], ["rm", "-f", "gateway"]]
+    assert docker.services("pa-fleet-object") == {}
+
+
+def test_with_queue_access_mount_no_gateway_runs(fake, settings, clock):
+    the_fleet, docker, runner = fake_fleet(settings.replace(queue_access="mount"), clock=clock)
+    the_fleet.start(1, progress=quiet)
+    assert runner.calls == [["up", "-d", "--no-build", "agent-001"]]
+    override = settings.state_path / "container" / "queue-mount.yml"  # passed with -f: every agent mounts /state
+    assert "AUTOPILOT_DB: /state/autopilot.db" in override.read_text()
+    assert the_fleet.stop(progress=quiet) == ["agent-001"]
+    assert not [call for call in runner.calls if "gateway" in call]
