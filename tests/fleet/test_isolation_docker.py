@@ -18,7 +18,7 @@ from parallel_autopilot import fleet
 from parallel_autopilot.issues import snapshots
 from parallel_autopilot.merge import queue as mergequeue
 from support.waiting import wait_for
-from test_fleet_docker import drained, git, sample  # noqa: F401 - sample is a fixture
+from test_fleet_docker import drained, git, make_repo, make_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -89,9 +89,11 @@ open("attack.json", "w").write(json.dumps(report, indent=1))
 '''
 
 
-def test_a_hostile_agent_reaches_only_its_own_claim_clone_and_log(sample):
-    repo, make = sample
-    settings = make()
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """One night with an attacker: three agents, default settings; what the attack got, and the queue."""
+    repo = make_repo(tmp_path_factory.mktemp("isolation") / "repo")
+    settings = make_settings(repo)
     store = fleet.store_for(settings)
     attack = ATTACK.replace("NUMBERS", str(HONEST))
     store.add("attack", priority="urgent",
@@ -99,54 +101,88 @@ def test_a_hostile_agent_reaches_only_its_own_claim_clone_and_log(sample):
     store.add_many([{"title": f"honest {i}", "script": f"sleep 3; echo {i} > honest-{i}.txt"}
                     for i in range(1, HONEST + 1)])
     snapshot = snapshots.take(store)  # the way back: it must be there, unchanged, afterwards
-    snapshot_bytes = snapshot.read_bytes()
-    main_before = git(repo, "rev-parse", "main")
-
+    run = {"settings": settings, "store": store, "repo": repo, "snapshot": snapshot,
+           "snapshot_bytes": snapshot.read_bytes(), "main": git(repo, "rev-parse", "main")}
     the_fleet = fleet.Fleet.open(settings)
-    the_fleet.start(3, progress=lambda _: None)
-    wait_for(lambda: drained(store), 240, what="the queue to drain")
-    attacker = store.get(1).owner
-    assert store.get(1).status == "done", store.get(1)
-    mergequeue.bring_home(settings, store)
-    report = json.loads(git(repo, "show", "autopilot/issue-1:attack.json"))
-    assert report["me"] == attacker
+    try:
+        the_fleet.start(3, progress=lambda _: None)
+        wait_for(lambda: drained(store), 240, what="the queue to drain")
+        mergequeue.bring_home(settings, store)
+        run["main_after"] = git(repo, "rev-parse", "main")  # before any merge: what the agents left
+        run["attacker"] = store.get(1).owner
+        run["report"] = json.loads(git(repo, "show", "autopilot/issue-1:attack.json"))
+        yield run
+    finally:
+        the_fleet.stop(progress=lambda _: None)
 
-    # the queue: no file, no URL, no state directory in its container
+
+def test_the_attacker_ran_as_itself(hostile):
+    assert hostile["store"].get(1).status == "done"
+    assert hostile["report"]["me"] == hostile["attacker"] == hostile["report"]["hello"]["agent"]
+
+
+def test_the_queue_is_no_file_url_or_directory_it_can_see(hostile):
+    report = hostile["report"]
     assert report["queue_files"] == [] and report["queue_env"] == [] and report["state_dir"] is False
-    store.quick_check()
-    # the snapshots: out of sight, and the host's are unchanged
-    assert report["snapshots"] == []
-    assert snapshot.read_bytes() == snapshot_bytes
-    # other agents' logs and clones: not there; nothing forged reached the host's logs
-    assert report["log_dirs"] == [attacker]
-    assert report["worktrees"] == []
-    for path in settings.logs_path.rglob("*"):
+    hostile["store"].quick_check()
+
+
+def test_the_snapshots_are_out_of_sight_and_unchanged(hostile):
+    assert hostile["report"]["snapshots"] == []
+    assert hostile["snapshot"].read_bytes() == hostile["snapshot_bytes"]
+
+
+def test_other_agents_logs_and_clones_are_not_there_and_nothing_forged_reached_the_host(hostile):
+    report, attacker = hostile["report"], hostile["attacker"]
+    assert report["log_dirs"] == [attacker] and report["worktrees"] == []
+    for path in hostile["settings"].logs_path.rglob("*"):
         if path.is_file() and attacker not in path.parts:
             assert FORGED not in path.read_text(errors="replace"), path
-    # the user's refs: read-only
-    assert report["ref_write"] is False and git(repo, "rev-parse", "main") == main_before
-    # the socket: it is itself, it can act on no other claim, in no other name, with no other verb
-    assert report["hello"]["agent"] == attacker
-    assert report["stolen"] == []
-    assert report["claim_as_other"]["ok"]["issue"]["number"] == 1  # its own claim, as itself
-    assert set(report["verbs"].values()) == {"InvalidInput"}
-    assert report["heartbeat_as_other"] == {"ok": None}
-    assert {a.id for a in store.agents()} == {"agent-001", "agent-002", "agent-003"}
-    refused = [e for e in store.events() if e.kind.startswith("refused-")]
-    assert refused and {e.worker for e in refused} == {attacker}  # each refusal recorded, as the attacker
 
-    # every honest issue done exactly once, by whoever claimed it, then merged
+
+def test_the_users_refs_are_read_only(hostile):
+    assert hostile["report"]["ref_write"] is False
+    assert hostile["main_after"] == hostile["main"]
+
+
+def test_no_other_claim_can_be_renewed_completed_failed_emptied_or_released(hostile):
+    store, attacker = hostile["store"], hostile["attacker"]
+    assert hostile["report"]["stolen"] == []
+    refused = [e for e in store.events() if e.kind.startswith("refused-")]
+    assert {e.kind for e in refused} == {f"refused-{v}" for v in ("complete", "fail", "release", "empty", "renew")}
+    assert {e.worker for e in refused} == {attacker}  # each refusal recorded, as the attacker
+
+
+def test_no_claim_in_another_agents_name(hostile):
+    report = hostile["report"]
+    assert report["claim_as_other"]["ok"]["issue"]["number"] == 1  # its own claim, as itself
+    assert report["heartbeat_as_other"] == {"ok": None}  # its own row
+    assert {a.id for a in hostile["store"].agents()} == {"agent-001", "agent-002", "agent-003"}
+
+
+def test_no_verb_but_its_own(hostile):
+    assert set(hostile["report"]["verbs"].values()) == {"InvalidInput"}
+    assert len(hostile["store"].list()) == HONEST + 1  # nothing added
+
+
+def test_every_honest_issue_is_done_exactly_once_and_merged(hostile):
+    store, settings, repo = hostile["store"], hostile["settings"], hostile["repo"]
     events = store.events()
     for number in range(2, HONEST + 2):
         done = [e for e in events if e.issue == number and e.kind == "done"]
         claims = [e for e in events if e.issue == number and e.kind == "claimed"]
         assert len(done) == 1 and done[0].worker == claims[-1].worker, (number, done, claims)
-    report_merge = mergequeue.MergeQueue(settings, store, progress=lambda _: None).run()
-    assert {i.status for i in store.list()} == {"merged"}, report_merge.summary()
+    report = mergequeue.MergeQueue(settings, store, progress=lambda _: None).run()
+    assert {i.status for i in store.list()} == {"merged"}, report.summary()
     for i in range(1, HONEST + 1):
         assert git(repo, "show", f"main:honest-{i}.txt") == str(i)
 
+
+def test_the_gateway_goes_with_the_last_agent(hostile):
+    the_fleet = fleet.Fleet.open(hostile["settings"])
+    assert subprocess.run(["docker", "ps", "-q", "--filter", f"name={the_fleet.project}-gateway"],
+                          capture_output=True, text=True, check=True).stdout.split()
     the_fleet.stop(progress=lambda _: None)
-    running = subprocess.run(["docker", "ps", "-q", "--filter", f"label=parallel-autopilot.project={the_fleet.project}"],
+    running = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=parallel-autopilot.project={the_fleet.project}"],
                              capture_output=True, text=True, check=True).stdout.split()
-    assert running == []  # the gateway stopped with the last agent
+    assert running == []

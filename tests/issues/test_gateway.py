@@ -114,12 +114,14 @@ def test_a_request_too_long_is_refused_and_the_connection_closed(served):
 
 
 def test_a_claim_sent_again_returns_the_claim_it_holds(served):
-    store, clients, _ = served
+    store, clients, directory = served
     store.add("one")
     store.add("two")
     first = clients["agent-001"].claim("agent-001", 30)
-    again = clients["agent-001"].claim("agent-001", 30)  # its reply was lost: not a second issue
-    assert (again.number, again.token) == (first.number, first.token)
+    # its reply was lost: the client sends it again, marked so; not a second issue
+    again = raw(directory / "agent-001" / "queue.sock",
+                b'{"verb": "claim", "args": {"lease_seconds": 30}, "retry": true}\n')["ok"]
+    assert (again["issue"]["number"], again["token"]) == (first.number, first.token)
     assert store.counts()["claimed"] == 1
 
 
