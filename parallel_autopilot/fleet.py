@@ -324,7 +324,7 @@ class Fleet:
         provision.hand_over(settings, [settings.state_path, settings.logs_path, settings.worktrees_path,
                                         git_dir / "worktrees", git_dir / "refs" / "heads" / "agent",
                                         git_dir / "logs" / "refs" / "heads" / "agent"], git_dir=git_dir)
-        progress(f"starting {count} agent(s)" + ("" if self._mounted else " and the queue gateway"))
+        progress(f"starting {count} agent(s)")  # and, unless queue_access is mount, their queue gateway
         self.compose(["up", "-d", "--no-build", *([] if self._mounted else [compose.GATEWAY]), *ids])
         if wait:
             self.wait_healthy(ids, progress=progress)
