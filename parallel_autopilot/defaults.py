@@ -52,7 +52,7 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "merge_batch": (1, "int", AT_LEAST_1),
     "merge_requeue": (False, "bool", None),
     "merge_poll_seconds": (5, "float", POSITIVE),
-    "merge_check_runner": ("host", "str", ("host", "container")),
+    "merge_check_runner": ("container", "str", ("container", "host")),
     "poll_seconds": (0.5, "float", POSITIVE),
     "watchdog_seconds": (120, "float", POSITIVE),
     "image": ("parallel-autopilot:latest", "str", None),

@@ -53,7 +53,9 @@ def make_site(root: Path, issues: int = ISSUES, bad: int = BAD, check_seconds: f
                                        "    def test_add(self):\n        self.assertEqual(calc.add(2, 3), 5)\n")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "calc and its test")
-    settings = config.load({}, repo=str(repo), base_branch="main", check=f"sleep {check_seconds:g}; {TEST}")
+    # the scenario measures batching: its checks run on the host (merge_check_runner's opt-in), no Docker
+    settings = config.load({}, repo=str(repo), base_branch="main", check=f"sleep {check_seconds:g}; {TEST}",
+                           merge_check_runner="host")
     clones.exclude_tool_dirs(settings)  # the store below is never committed with `add -A`
     store = IssueStore(settings.db_path)
     for i in range(issues):

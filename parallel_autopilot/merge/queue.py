@@ -242,14 +242,28 @@ class MergeQueue:
         os.replace(tmp, path)
 
     def _prepare_worktree(self) -> None:
-        """The queue's own worktree, detached at the base, clean (repaired if a crash left it half-done)."""
+        """The queue's own worktree, detached at the base, clean (repaired if a crash left it half-done).
+
+        Its git is reached through its directory in the user's ``.git`` (:meth:`Git.linked`),
+        never through the worktree's ``.git`` file: a check writes the worktree, and could
+        point that file at a git directory of its own, with hooks and config of its own.
+        The file is written again here, so a check also finds the real one.
+        """
         tip = self.git.rev_parse(self.ref)
-        if not (self.worktree / ".git").is_file():
+        try:
+            self._wt = self.git.linked(self.worktree, config={"commit.gpgsign": "false"})
+        except GitError:  # never made, or a crash left it half-done
             if self.worktree.exists():
                 shutil.rmtree(self.worktree)
             self.git.worktree_prune()
             self.git.worktree_add_detached(self.worktree, tip)
-        self._wt = Git(self.worktree, config={"commit.gpgsign": "false"})
+            self._wt = self.git.linked(self.worktree, config={"commit.gpgsign": "false"})
+        dot_git = self.worktree / ".git"
+        if dot_git.is_dir() and not dot_git.is_symlink():
+            shutil.rmtree(dot_git)
+        else:
+            dot_git.unlink(missing_ok=True)
+        dot_git.write_text(f"gitdir: {self._wt.explicit_git_dir}\n")
         self._wt.checkout_detached(tip)
 
     # -- step 1: the issue's commit in the user's repository -------------------
@@ -417,7 +431,9 @@ def _clone_of(settings: Settings, issue: Issue) -> Path | None:
         path = settings.worktrees_path / agent_id(issue.owner)
     except InvalidInput:
         return None
-    return path if (path / ".git").is_dir() else None  # an agent's own repository
+    dot_git = path / ".git"
+    # an agent's own repository; a symlinked .git would make another repository pass for it
+    return path if dot_git.is_dir() and not dot_git.is_symlink() else None
 
 
 def fetch_issue(settings: Settings, git: Git, issue: Issue, *, write_refs: bool = True,

@@ -1,6 +1,8 @@
 """The merge queue on the host (issue 10), fast: a real repository with a real unittest suite,
 real git, real check processes; issues made done the way an agent makes them (claim, branch,
-commit, complete). The end-to-end path with agents in containers is in test_verified_docker.py."""
+commit, complete). The check runs on the host (``merge_check_runner: host``, set explicitly: the
+default is a container); the container runner has its own tests below and in test_check_isolation.py.
+The end-to-end path with agents in containers is in test_verified_docker.py."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from parallel_autopilot.issues import IssueStore
 from support.clock import T0, FakeClock
 
 CHECK = "python3 -m unittest -q"
+#: These tests are about the queue, not where its check runs: on the host, fast, without Docker.
+ON_THE_HOST = {"INVOKE_AUTOPILOT_MERGE_CHECK_RUNNER": "host"}
 
 
 def git(repo: Path, *args: str, env: dict | None = None) -> str:
@@ -50,7 +54,8 @@ class Repo:
         self.store = IssueStore(self.path / ".autopilot" / "autopilot.db", backoff_seconds=0)
 
     def settings(self, **extra) -> config.Settings:
-        return config.load({}, **{"repo": str(self.path), "check": CHECK, "base_branch": "main", **extra})
+        return config.load({}, **{"repo": str(self.path), "check": CHECK, "base_branch": "main",
+                                   "merge_check_runner": "host", **extra})
 
     def done(self, title: str, files: dict[str, str], priority: str = "medium", **fields) -> int:
         """An issue claimed, worked on its branch from main, committed and completed."""
@@ -215,7 +220,8 @@ def test_a_sigkilled_merge_queue_leaves_a_green_base_and_resumes(repo, tmp_path)
     # the check of the second candidate (the one holding square) hangs: the queue is killed there
     check = (f"if grep -q square shapes.py && [ ! -e {started}.done ]; then touch {started}; sleep 60; fi; {CHECK}")
     code = ("import sys; from parallel_autopilot import config; from parallel_autopilot.merge import queue as mergequeue; "
-            "from parallel_autopilot.issues import IssueStore; s = config.load({}, repo=sys.argv[1], check=sys.argv[2]); "
+            "from parallel_autopilot.issues import IssueStore; "
+            "s = config.load({}, repo=sys.argv[1], check=sys.argv[2], merge_check_runner='host'); "
             "mergequeue.merge(s, IssueStore(s.db_path))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(repo.path), check], start_new_session=True,
                             env={**os.environ, "PYTHONPATH": str(Path(mergequeue.__file__).parents[2])})
@@ -270,7 +276,7 @@ def test_dry_run_says_would_merge_runs_the_checks_and_moves_no_ref(repo):
     refs = git(repo.path, "for-each-ref")
     out = subprocess.run([sys.executable, "-m", "parallel_autopilot", "issues.merge", "--dry-run"],
                          cwd=repo.path, capture_output=True, text=True,
-                         env={**os.environ, "INVOKE_AUTOPILOT_CHECK": CHECK})
+                         env={**os.environ, **ON_THE_HOST, "INVOKE_AUTOPILOT_CHECK": CHECK})
     assert out.returncode == 0, out.stderr
     assert f"would merge into main: #{number}" in out.stdout and "check runs: 1" in out.stdout
     as_json = subprocess.run([sys.executable, "-m", "parallel_autopilot", "issues.merge", "--dry-run", "--json"],
@@ -283,7 +289,7 @@ def test_dry_run_says_would_merge_runs_the_checks_and_moves_no_ref(repo):
 def test_exit_codes_nothing_to_do_and_rejected(repo):
     run = lambda: subprocess.run([sys.executable, "-m", "parallel_autopilot", "issues.merge"],  # noqa: E731
                                  cwd=repo.path, capture_output=True, text=True,
-                                 env={**os.environ, "INVOKE_AUTOPILOT_CHECK": CHECK})
+                                 env={**os.environ, **ON_THE_HOST, "INVOKE_AUTOPILOT_CHECK": CHECK})
     assert run().returncode == mergequeue.EXIT_NOTHING
     repo.done("break add", BROKEN)
     out = run()
