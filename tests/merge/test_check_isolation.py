@@ -240,16 +240,16 @@ def test_by_default_a_committed_check_script_cannot_write_to_the_host_and_its_re
     # the agent's check script tries the host: a file beside the repository and one in the user's home
     script = (f"#!/bin/sh\ntouch {outside / 'written-by-the-check'} {home}\n"
               "test -e /.dockerenv && echo 'inside a container'\n"
-              "grep -q two calc.txt || { echo 'RED: calc.txt lost its second line'; exit 1; }\n")
+              "test ! -e broken.txt || { echo 'RED: broken.txt says it is broken'; exit 1; }\n")
     good = site.done("two", {"calc.txt": "one\ntwo\n", "check.sh": script}, executable=("check.sh",))
-    bad = site.done("three", {"calc.txt": "three\n", "check.sh": script}, executable=("check.sh",))
+    bad = site.done("three", {"broken.txt": "broken\n", "check.sh": script}, executable=("check.sh",))
     settings = site.settings(check="./check.sh", image=IMAGE, profile="light", memory="256m", cpus=0.5,
                              check_timeout=120)
     try:
         report = mergequeue.MergeQueue(settings, site.store).run()
         assert not (outside / "written-by-the-check").exists() and not home.exists()
         assert report.merged == [good] and list(report.rejected) == [bad]
-        assert "RED: calc.txt lost its second line" in site.store.get(bad).error
+        assert "RED: broken.txt says it is broken" in site.store.get(bad).error
         logs = sorted((mergequeue.merge_dir(Git(site.repo)) / "logs").glob("check-*.log"))
         assert "inside a container" in logs[0].read_text()
     finally:

@@ -298,7 +298,8 @@ def test_exit_codes_nothing_to_do_and_rejected(repo):
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_the_merge_check_can_run_in_a_container(repo):
+def test_the_merge_check_can_run_in_a_container(repo, built_test_image):
+    built_test_image("parallel-autopilot:wt10-verified")  # built by the queue, removed afterwards
     good = repo.done("mul", GOOD_MUL)
     bad = repo.done("break add", BROKEN)
     # /.dockerenv exists only inside a container: the check proves where it ran
