@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import issues, platform
 from .config import Settings
 from .containers import agentcli, compose, daemon, image, provision, queueaccess
-from .errors import AgentNotFound, AgentsUnhealthy, Conflict, GitError
+from .errors import AgentNotFound, AgentsUnhealthy, Conflict, DockerUnavailable, GitError
 from .git import Git, clones
 from .ids import agent_count, agent_id, agent_ids
 from .issues import IssueNotFound, IssueStore, snapshots
@@ -346,12 +346,14 @@ class Fleet:
         return agentcli.preflight(settings, image.image_labels(settings) if current else None, count)
 
     def merge_loop(self, *, stop: threading.Event | None = None, progress: Progress = print,
-                   rounds: int | None = None, sleep: Callable[[float], None] | None = None) -> list:
+                   rounds: int | None = None, sleep: Callable[[float], None] | None = None,
+                   check_runner: Callable[..., Any] | None = None) -> list:
         """Run the merge queue every ``merge_poll_seconds`` until ``stop`` is set (or ``rounds`` ran).
 
         What ``agents.start --merge`` runs in the foreground: done issues are
         checked on the tip and merged (or rejected) while the agents keep working.
-        Returns the reports of the rounds that did something.
+        Returns the reports of the rounds that did something. ``check_runner``: where the
+        checks run (default: ``autopilot.merge_check_runner``'s).
         """
         from .merge import queue as mergequeue
 
@@ -363,8 +365,9 @@ class Fleet:
         while not stop.is_set() and (rounds is None or done < rounds):
             done += 1
             try:
-                report = mergequeue.MergeQueue(settings, store, progress=progress).run()
-            except Conflict as err:  # another queue runs (issues.merge by hand): next round
+                report = mergequeue.MergeQueue(settings, store, progress=progress, runner=check_runner).run()
+            except (Conflict, DockerUnavailable) as err:  # another queue runs (issues.merge by hand), or
+                # the daemon its checks run in is away for a moment: next round, the agents keep working
                 progress(f"merge queue: {err}")
                 wait(float(settings.merge_poll_seconds or 5))
                 continue

@@ -231,3 +231,35 @@ def test_with_queue_access_mount_no_gateway_runs(fake, settings, clock):
     assert "AUTOPILOT_DB: /state/autopilot.db" in override.read_text()
     assert the_fleet.stop(progress=quiet) == ["agent-001"]
     assert not [call for call in runner.calls if "gateway" in call]
+
+
+def test_the_merge_loop_waits_out_a_docker_daemon_that_is_away(settings, clock, git_repo):
+    import subprocess
+
+    from parallel_autopilot.errors import DockerUnavailable
+    from parallel_autopilot.merge.checks import CheckResult
+
+    the_fleet, _, _ = fake_fleet(settings.replace(check="true"), clock=clock)
+    run = lambda *a: subprocess.run(["git", "-C", str(git_repo), *a], check=True, capture_output=True,  # noqa: E731
+                                    text=True).stdout.strip()
+    run("checkout", "-q", "-b", "autopilot/issue-1")
+    (git_repo / "one.txt").write_text("one\n")
+    run("add", "one.txt")
+    run("commit", "-q", "-m", "one")
+    sha = run("rev-parse", "HEAD")
+    run("checkout", "-q", "main")
+    store = the_fleet.store
+    store.add("one")
+    store.complete(store.claim("agent-001"), {"branch": "autopilot/issue-1", "commit": sha})
+    calls = []
+
+    def check(command, cwd, timeout, log):  # the container runner, its daemon away for the first round
+        calls.append(command)
+        if len(calls) == 1:
+            raise DockerUnavailable("Docker is not running: start it (or set merge_check_runner: host)")
+        return CheckResult(True, 0.1, "ok", "passed")
+
+    said = []
+    reports = the_fleet.merge_loop(rounds=2, sleep=lambda _: None, progress=said.append, check_runner=check)
+    assert "merge queue: Docker is not running: start it (or set merge_check_runner: host)" in said
+    assert len(reports) == 1 and store.get(1).status == "merged" and len(calls) == 2
