@@ -44,7 +44,8 @@ report["queue_env"] = sorted(k for k, v in os.environ.items()
                              if k in ("AUTOPILOT_DB", "AUTOPILOT_QUEUE_FILE") or "postgres" in v)
 report["state_dir"] = os.path.exists("/state")
 # 2. the snapshots
-report["snapshots"] = [p for p in seen if "/snapshots" in p or os.path.basename(p).startswith("autopilot-")]
+report["snapshots"] = [p for p in seen if "/snapshots/" in p + "/"
+                       or (os.path.basename(p).startswith("autopilot-") and p.endswith(".db"))]
 # 3. other agents' logs and clones
 report["log_dirs"] = sorted(os.listdir("/logs/agents"))
 report["log_writes"] = []
