@@ -131,12 +131,19 @@ def _numbers(numbers: Iterable[int]) -> str:
 
 
 def merge_dir(git: Git) -> Path:
-    """``<.git>/autopilot-merge``: the queue's worktree, lock, logs and state.
+    """``<.git>/autopilot-merge``: the queue's worktree, lock and state (the logs: :func:`check_log_dir`).
 
     Inside the user's git directory, which agent containers see read-only (or
     not at all): no agent can touch a candidate while it is tested.
     """
     return git.common_dir() / "autopilot-merge"
+
+
+def check_log_dir(settings: Settings) -> Path:
+    """``<state>/merge-logs``: what each check printed. In the state directory, which no agent and
+    no check container mounts: a check's output is one issue's, never another agent's to read
+    (the user's ``.git``, where the queue's worktree lives, is read-only in every container)."""
+    return settings.state_path / "merge-logs"
 
 
 def status(settings: Settings, store: IssueStore) -> dict:
@@ -191,6 +198,7 @@ class MergeQueue:
         self.check_timeout = float(check_timeout or settings.check_timeout or 600)
         self.dir = merge_dir(self.git)
         self.worktree = self.dir / "worktree"
+        self.log_dir = check_log_dir(settings)
         self._wt: Git | None = None
         self._report: MergeReport | None = None
         self._runs = 0
@@ -372,7 +380,7 @@ class MergeQueue:
             return CheckResult(True, 0.0, "", "none")
         self._runs += 1
         self._report.check_runs += 1
-        log = self.dir / "logs" / f"check-{int(self.clock() * 1000)}-{self._runs}.log"
+        log = self.log_dir / f"check-{int(self.clock() * 1000)}-{self._runs}.log"
         result = self.runner(command, self.worktree, self.check_timeout, log)
         self._wt.checkout_detached("HEAD")  # what the check wrote must not reach the next candidate
         return result

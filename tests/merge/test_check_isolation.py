@@ -250,7 +250,7 @@ def test_by_default_a_committed_check_script_cannot_write_to_the_host_and_its_re
         assert not (outside / "written-by-the-check").exists() and not home.exists()
         assert report.merged == [good] and list(report.rejected) == [bad]
         assert "RED: broken.txt says it is broken" in site.store.get(bad).error
-        logs = sorted((mergequeue.merge_dir(Git(site.repo)) / "logs").glob("check-*.log"))
+        logs = sorted(mergequeue.check_log_dir(settings).glob("check-*.log"))
         assert "inside a container" in logs[0].read_text()
     finally:
         home.unlink(missing_ok=True)

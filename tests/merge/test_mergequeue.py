@@ -160,7 +160,9 @@ def test_the_queue_stamps_and_times_with_the_clocks_it_is_given(repo, clock):
     queue = mergequeue.MergeQueue(repo.settings(), repo.store, runner=runner, clock=clock, monotonic=timer)
     report = queue.run()
     assert report.merged == [number] and report.seconds == 2.5
-    assert logs == [queue.dir / "logs" / f"check-{int(T0 * 1000)}-1.log"]
+    assert logs == [queue.log_dir / f"check-{int(T0 * 1000)}-1.log"]
+    # outside the user's .git, which every agent and check container mounts read-only
+    assert queue.log_dir == repo.settings().state_path / "merge-logs" and not queue.log_dir.is_relative_to(queue.dir)
     assert json.loads((queue.dir / "state.json").read_text())["at"] == T0
 
 
