@@ -8,7 +8,7 @@ socket's directory and nothing else of the state. Identity is the socket a
 request arrives on, never what the request says: through ``agent-003``'s socket
 a request acts as ``agent-003`` of this gateway's host, whatever it names.
 
-What an agent can do through it (:data:`VERBS`): claim (for itself), renew,
+What an agent can do through it (:data:`VERBS`): claim (for itself, one issue at a time), renew,
 complete, fail, empty or release its OWN fenced claim, release its own claims at
 boot, report its state (its own row of the agents table). Nothing else: no
 other rows, no add, retry or list, no SQL. The fence is the store's: a fenced
@@ -99,9 +99,10 @@ class Gateway:
         return {"agent": agent, "host": self.store.host}
 
     def _claim(self, agent: str, args: dict, retry: bool) -> dict | None:
-        # an agent works one issue at a time, so a claim sent again (its reply lost, or the
-        # gateway restarted) gets the claim it already holds, not a second one
-        claim = (self.store.held(agent) if retry else None) or self.store.claim(
+        # one live claim per agent: a claim sent again (its reply lost, the gateway restarted)
+        # gets the claim it holds, not a second one, and a hostile agent cannot hoard the
+        # backlog (each claim costs an issue an attempt) while its heartbeat keeps it "alive"
+        claim = self.store.held(agent) or self.store.claim(
             agent, _seconds(args, "lease_seconds"), stale_after=_seconds(args, "stale_after", optional=True))
         return None if claim is None else self._remember(agent, claim)
 

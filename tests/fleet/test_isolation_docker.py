@@ -156,7 +156,7 @@ def test_no_other_claim_can_be_renewed_completed_failed_emptied_or_released(host
 
 def test_no_claim_in_another_agents_name(hostile):
     report = hostile["report"]
-    assert report["claim_as_other"]["ok"]["issue"]["number"] == 1  # its own claim, as itself
+    assert report["claim_as_other"]["ok"]["issue"]["number"] == 1  # its own claim again, as itself: one at a time
     assert report["heartbeat_as_other"] == {"ok": None}  # its own row
     assert {a.id for a in hostile["store"].agents()} == {"agent-001", "agent-002", "agent-003"}
 

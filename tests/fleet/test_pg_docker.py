@@ -42,6 +42,11 @@ def _clone(origin: Path, path: Path) -> Path:
     return path
 
 
+def git_dir(settings) -> str:
+    """The user's .git, mounted read-only at its own path into every agent."""
+    return containers.compose_env(settings, strict=False)["AUTOPILOT_GIT_DIR"]
+
+
 def pg_socket_dir(settings) -> str:
     """The PostgreSQL server's socket directory, as the compose variables name it."""
     return containers.compose_env(settings, strict=False)["AUTOPILOT_QUEUE_SOCKET_DIR"]
@@ -128,9 +133,10 @@ def test_two_hosts_drain_one_backlog_once_and_survive_a_server_restart(two_hosts
             # no agent holds the URL, its file or the server's socket: only the gateway does
             assert "AUTOPILOT_QUEUE_FILE" not in inspected and "/run/secrets/autopilot-queue" not in inspected
             assert str(secret) not in inspected and pg_socket_dir(s) not in inspected
+            # every directory the host gives it (the image has no secret: it is built without one)
             in_agent = subprocess.run(["docker", "exec", agent.container, "sh", "-c",
-                                       "grep -rlsD skip -- \"$0\" / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev 2>/dev/null; "
-                                       "env | grep -c postgresql; true", PASSWORD],
+                                       "grep -rlsD skip -- \"$0\" /workspace /logs /run /home /etc /tmp \"$1\" "
+                                       "2>/dev/null; env | grep -c postgresql; true", PASSWORD, str(git_dir(s))],
                                       capture_output=True, text=True, timeout=120).stdout.split()
             assert in_agent == ["0"], in_agent  # no file it can read holds the password; no URL in its env
             output = subprocess.run(["docker", "logs", agent.container], capture_output=True, text=True)

@@ -125,6 +125,18 @@ def test_a_claim_sent_again_returns_the_claim_it_holds(served):
     assert store.counts()["claimed"] == 1
 
 
+def test_an_agent_holds_one_claim_at_a_time(served):
+    store, clients, _ = served
+    for i in range(3):
+        store.add(f"issue {i}")
+    first = clients["agent-001"].claim("agent-001", 30)
+    for _ in range(3):  # a hostile agent asking again and again gets the same issue, not the backlog
+        assert clients["agent-001"].claim("agent-001", 30).number == first.number
+    assert store.counts()["claimed"] == 1 and store.get(first.number).attempts == 1
+    clients["agent-001"].complete(first, {"branch": "b", "commit": "a" * 40})
+    assert clients["agent-001"].claim("agent-001", 30).number != first.number  # then the next one
+
+
 def test_a_fenced_verb_sent_again_is_looked_up_not_repeated(served):
     store, clients, directory = served
     store.add("one")
