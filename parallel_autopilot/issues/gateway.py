@@ -286,6 +286,7 @@ class GatewayClient:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._file: Any = None
+        self._outage = False  # said "unreachable", not yet "reachable again"
 
     # the store's verbs, as the runtime calls them
 
@@ -346,15 +347,23 @@ class GatewayClient:
                     failed = True
                     if self._monotonic() + delay > deadline:
                         raise QueueUnavailable(f"the queue gateway at {self.path} is unreachable: {err}; "
-                                               "see `inv logs.tail --id gateway`") from None
-                    if self.on_retry is not None:
-                        self.on_retry(f"queue gateway unreachable ({err}); retrying {verb}")
+                                               "see `docker logs` of the project's gateway container") from None
+                    self._say_once(f"queue gateway unreachable ({err}): retrying with backoff")
                     self._sleep(delay)
                     delay = min(delay * 2, 1.0)
+            if self._outage:  # one line per outage, not one per retry
+                self._outage = False
+                if self.on_retry is not None:
+                    self.on_retry("queue gateway reachable again")
         if "error" in reply:
             error = reply["error"] or {}
             raise _KINDS.get(error.get("kind"), QueueUnavailable)(error.get("message") or "gateway error")
         return reply.get("ok")
+
+    def _say_once(self, text: str) -> None:
+        if not self._outage and self.on_retry is not None:
+            self.on_retry(text)
+        self._outage = True
 
     def _exchange(self, line: bytes) -> dict:
         if self._sock is None:
