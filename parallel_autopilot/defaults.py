@@ -52,7 +52,7 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "merge_batch": (1, "int", AT_LEAST_1),
     "merge_requeue": (False, "bool", None),
     "merge_poll_seconds": (5, "float", POSITIVE),
-    "merge_check_runner": ("host", "str", ("host", "container")),
+    "merge_check_runner": ("container", "str", ("container", "host")),
     "poll_seconds": (0.5, "float", POSITIVE),
     "watchdog_seconds": (120, "float", POSITIVE),
     "image": ("parallel-autopilot:latest", "str", None),
@@ -73,6 +73,9 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "health_interval_seconds": (2, "float", POSITIVE),
     "start_timeout_seconds": (120, "float", POSITIVE),
     "network": ("bridge", "str", None),
+    # gateway: agents reach the queue only through their own socket of the fleet's gateway;
+    # mount: every agent mounts the state directory (or the queue's URL): trusts every agent
+    "queue_access": ("gateway", "str", ("gateway", "mount")),
     "project": (None, "str", "project"),
     "codex_home": ("~/.codex", "path", None),
     "ssh_dir": ("~/.ssh", "path", None),

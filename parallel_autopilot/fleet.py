@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import issues, platform
 from .config import Settings
 from .containers import agentcli, compose, daemon, image, provision, queueaccess
-from .errors import AgentNotFound, AgentsUnhealthy, Conflict, GitError
+from .errors import AgentNotFound, AgentsUnhealthy, Conflict, DockerUnavailable, GitError
 from .git import Git, clones
 from .ids import agent_count, agent_id, agent_ids
 from .issues import IssueNotFound, IssueStore, snapshots
@@ -39,6 +39,7 @@ from .issues import IssueNotFound, IssueStore, snapshots
 Progress = Callable[[str], None]
 LABEL_PROJECT = "parallel-autopilot.project"
 LABEL_AGENT = "parallel-autopilot.agent"
+LABEL_ROLE = "parallel-autopilot.role"  # the gateway's: "gateway"
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,11 @@ class Fleet:
 
     # -- counting ----------------------------------------------------------------
 
+    @property
+    def _mounted(self) -> bool:
+        """``queue_access: mount``: the agents open the queue themselves (no gateway)."""
+        return str(self.settings.queue_access) == "mount"
+
     def max_agents(self, *, containers: bool = True) -> int:
         """How many agents this machine may run (platform default, memory, override).
 
@@ -318,8 +324,8 @@ class Fleet:
         provision.hand_over(settings, [settings.state_path, settings.logs_path, settings.worktrees_path,
                                         git_dir / "worktrees", git_dir / "refs" / "heads" / "agent",
                                         git_dir / "logs" / "refs" / "heads" / "agent"], git_dir=git_dir)
-        progress(f"starting {count} agent(s)")
-        self.compose(["up", "-d", "--no-build", *ids])
+        progress(f"starting {count} agent(s)")  # and, unless queue_access is mount, their queue gateway
+        self.compose(["up", "-d", "--no-build", *([] if self._mounted else [compose.GATEWAY]), *ids])
         if wait:
             self.wait_healthy(ids, progress=progress)
         return [a for a in self.list() if a.id in ids]
@@ -332,7 +338,7 @@ class Fleet:
         built from these settings, and their ``agent_cli`` counts.
         """
         settings = self.settings
-        if settings.queue:  # a PostgreSQL queue the agents' network cannot reach (loopback TCP...)
+        if settings.queue and self._mounted:  # a PostgreSQL queue the agents' network cannot reach
             queueaccess.check_network(settings, settings.queue)
         if str(settings.agent_kind) not in agentcli.MODEL_KINDS:
             return []
@@ -340,12 +346,14 @@ class Fleet:
         return agentcli.preflight(settings, image.image_labels(settings) if current else None, count)
 
     def merge_loop(self, *, stop: threading.Event | None = None, progress: Progress = print,
-                   rounds: int | None = None, sleep: Callable[[float], None] | None = None) -> list:
+                   rounds: int | None = None, sleep: Callable[[float], None] | None = None,
+                   check_runner: Callable[..., Any] | None = None) -> list:
         """Run the merge queue every ``merge_poll_seconds`` until ``stop`` is set (or ``rounds`` ran).
 
         What ``agents.start --merge`` runs in the foreground: done issues are
         checked on the tip and merged (or rejected) while the agents keep working.
-        Returns the reports of the rounds that did something.
+        Returns the reports of the rounds that did something. ``check_runner``: where the
+        checks run (default: ``autopilot.merge_check_runner``'s).
         """
         from .merge import queue as mergequeue
 
@@ -357,8 +365,9 @@ class Fleet:
         while not stop.is_set() and (rounds is None or done < rounds):
             done += 1
             try:
-                report = mergequeue.MergeQueue(settings, store, progress=progress).run()
-            except Conflict as err:  # another queue runs (issues.merge by hand): next round
+                report = mergequeue.MergeQueue(settings, store, progress=progress, runner=check_runner).run()
+            except (Conflict, DockerUnavailable) as err:  # another queue runs (issues.merge by hand), or
+                # the daemon its checks run in is away for a moment: next round, the agents keep working
                 progress(f"merge queue: {err}")
                 wait(float(settings.merge_poll_seconds or 5))
                 continue
@@ -409,6 +418,8 @@ class Fleet:
                                     f"{', '.join(sorted(running)) or 'none'} (see `agents.status`)")
         if not targets:
             progress("no agents running")
+            if ids is None:
+                self._stop_gateway()  # left alone by agents that all died
             return []
         progress(f"stopping {', '.join(targets)} (grace {settings.stop_grace_seconds}s)")
         present = [t for t in targets if running[t].container]  # a missing one has nothing to stop
@@ -421,8 +432,10 @@ class Fleet:
             if freed:
                 progress(f"{target}: released #{', #'.join(map(str, freed))}")
             store.agent_heartbeat(target, "stopped")  # a runtime killed at the end of its grace could not say so
-        if settings.queue and set(targets) == set(running):  # no container left to read the queue's URL
-            queueaccess.forget(settings, self.project, provision.repo_owner(settings, git_dir=self.git_dir)[0])
+        if set(targets) == set(running):  # the last agent: the gateway goes too, and the queue's URL
+            self._stop_gateway()
+            if settings.queue:
+                queueaccess.forget(settings, self.project, provision.repo_owner(settings, git_dir=self.git_dir)[0])
         from .merge import queue as mergequeue
 
         try:  # what the agents finished comes home (autopilot/issue-N in the repository)
@@ -430,6 +443,14 @@ class Fleet:
         except GitError as err:
             progress(f"could not fetch finished work from the agents' repositories: {err}")
         return targets
+
+    def _stop_gateway(self) -> None:
+        """Stop and remove the queue gateway's container, if there is one (it outlives no agent)."""
+        found = self.docker().containers.list(all=True, filters={"label": [f"{LABEL_PROJECT}={self.project}",
+                                                                           f"{LABEL_ROLE}=gateway"]})
+        if found:
+            self.compose(["stop", "-t", "10", compose.GATEWAY])
+            self.compose(["rm", "-f", compose.GATEWAY])
 
     def restart(self, agent: str, *, progress: Progress = print) -> AgentStatus:
         """Restart one agent's container (it releases its old claim when it boots)."""
@@ -470,6 +491,8 @@ class Fleet:
                     if done.usage and done.owner and issues.on_this_host(store, done):
                         spent.setdefault(done.owner, []).append(done.usage)
         cli = _cli_label(containers, docker)
+        gateway = next((c for c in containers if c.labels.get(LABEL_ROLE) == "gateway"), None)
+        gateway_down = None if gateway is None or self._mounted else gateway_problem(gateway.attrs.get("State", {}))
         result = []
         for container in containers:
             attrs = container.attrs
@@ -500,7 +523,7 @@ class Fleet:
                 uptime=round(now - started, 1) if started else None,
                 heartbeat_age=round(now - row.heartbeat_at, 1) if row else None,
                 restarts=restarts,
-                problem=problem(state, restarts),
+                problem=problem(state, restarts) or (gateway_down if running else None),
                 cli=cli.get(attrs.get("Image")),
                 waiting_until=getattr(row, "waiting_until", None) if row and row.state == "quota" else None,
                 tokens=_tokens(spent.get(ident)),
@@ -581,6 +604,15 @@ def problem(state: dict, restarts: int) -> str | None:
     if restarts >= CRASH_LOOP_RESTARTS:
         return f"restarted {restarts} times"
     return None
+
+
+def gateway_problem(state: dict) -> str | None:
+    """What the running agents cannot do when their queue gateway is not up (None: it is)."""
+    status = state.get("Status")
+    if status == "running" and (state.get("Health") or {}).get("Status") != "unhealthy":
+        return None
+    what = "unhealthy" if status == "running" else status or "unknown"
+    return f"queue gateway {what}: its agents cannot claim (see `docker logs` of the gateway, or agents.start)"
 
 
 def _parse_time(value: str | None) -> float | None:

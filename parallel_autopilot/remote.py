@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence, TextIO
 from .config import Settings
 from .errors import Conflict, DockerUnavailable, RemoteError
 from .git import Git
+from .printable import printable
 
 Progress = Callable[[str], None]
 
@@ -217,7 +218,9 @@ def check_exit(result: HostResult, settings: Settings, directory: str | None = N
 class PrefixWriter(io.TextIOBase):
     """A text stream that writes whole lines to ``target``, each prefixed ``host | ``.
 
-    Several hosts stream at once; a shared lock keeps their lines whole.
+    Several hosts stream at once; a shared lock keeps their lines whole. The lines are
+    :func:`~parallel_autopilot.printable.printable`: the host's program shows agent-written
+    text escaped, and a host on an older checkout must not reach this terminal either.
     """
 
     _lock = threading.Lock()
@@ -229,7 +232,7 @@ class PrefixWriter(io.TextIOBase):
         *lines, self._partial = (self._partial + text).split("\n")
         if lines:
             with self._lock:
-                self.target.write("".join(f"{self.prefix}{line}\n" for line in lines))
+                self.target.write(printable("".join(f"{self.prefix}{line}\n" for line in lines)))
                 self.target.flush()
         return len(text)
 

@@ -7,7 +7,9 @@ merges them one at a time (K = 1, the baseline) and in batches of K = 4 and 8
 (bisecting the red batch), each on a fresh copy of the same repository, in the
 same round. Measured: seconds until every good issue is merged, check runs,
 and red commits on the base afterwards (every first-parent commit the queue
-added is checked again, without the sleep). Runs on the host: no Docker.
+added is checked again, without the sleep); the batching runs its checks on the host. Then
+the cost of one check in a container (the default runner, with the run's image) against the
+same check on the host.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def make_site(root: Path, issues: int = ISSUES, bad: int = BAD, check_seconds: f
                                        "    def test_add(self):\n        self.assertEqual(calc.add(2, 3), 5)\n")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "calc and its test")
-    settings = config.load({}, repo=str(repo), base_branch="main", check=f"sleep {check_seconds:g}; {TEST}")
+    # the scenario measures batching: its checks run on the host (merge_check_runner's opt-in), no Docker
+    settings = config.load({}, repo=str(repo), base_branch="main", check=f"sleep {check_seconds:g}; {TEST}",
+                           merge_check_runner="host")
     clones.exclude_tool_dirs(settings)  # the store below is never committed with `add -A`
     store = IssueStore(settings.db_path)
     for i in range(issues):
@@ -115,6 +119,28 @@ def one(ctx, size: int, label: str, params: Mapping[str, Any]) -> dict[str, Any]
     return {"seconds": seconds, "check_runs": report.check_runs, "red": red}
 
 
+def check_cost(ctx, runs: int) -> dict[str, list[float]]:
+    """Seconds per check of the repository's suite (no sleep) in a linked worktree: on the host
+    and in a container (``merge_check_runner: container``, the default), alternated, ``runs`` each."""
+    from ..merge import checks
+
+    root = ctx.workdir / "merge" / f"cost-{time.time_ns()}"
+    settings, store = make_site(root, 1, 99, 0)
+    store.close()
+    worktree = root / "check-worktree"
+    _git(settings.repo, "worktree", "add", "-q", "--detach", str(worktree), "main")
+    container = checks.ContainerCheck(settings, tag=ctx.image)
+    seconds: dict[str, list[float]] = {"host": [], "container": []}
+    for i in range(runs):
+        for where, runner in (("host", checks.run_on_host), ("container", container)):
+            t0 = ctx.clock()
+            result = runner(TEST, worktree, 120, root / f"{where}-{i}.log")
+            if not result.passed:
+                raise RuntimeError(f"the check failed {where}: {result.output}")
+            seconds[where].append(ctx.clock() - t0)
+    return seconds
+
+
 def run(ctx, quick: Mapping[str, Any] = QUICK) -> dict[str, Any]:
     """Each round: K = 1, then every K in SIZES, on fresh copies; a quick run is ``quick``'s size."""
     params = plan(ctx, quick)
@@ -141,6 +167,19 @@ def run(ctx, quick: Mapping[str, Any] = QUICK) -> dict[str, Any]:
                               [x["check_runs"] for x in results[size]],
                               baseline=[x["check_runs"] for x in results[1]],
                               baseline_label="one at a time (K = 1)", x=size))
+    case = f"the repository's suite ({TEST}), one check"
+    if ctx.image is None:
+        rows.append(stats.row(case, "seconds per check, in a container", "s", None,
+                              baseline_label="on the host", skipped=f"skipped: {ctx.image_problem}"))
+    else:
+        cost = {"host": [], "container": []}
+        for _ in range(rounds):
+            per_round = check_cost(ctx, 1 if ctx.quick else 5)
+            for where, values in per_round.items():
+                cost[where].append(stats.summary(values)["median"])
+        ctx.progress(f"check cost: host {cost['host']}, container {cost['container']}")
+        rows.append(stats.row(case, "seconds per check, in a container", "s", cost["container"],
+                              baseline=cost["host"], baseline_label="on the host (merge_check_runner: host)"))
     red = {size: sum(x["red"] for x in res) for size, res in results.items()}
     notes = [f"check: sleep {params['check_seconds']:g}; {TEST} (the suite of the repository); bad issue at "
              f"position {params['bad'] + 1}{' (quick run)' if ctx.quick else ''}",

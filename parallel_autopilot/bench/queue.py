@@ -11,7 +11,10 @@ each with its own connection) claim and complete until the queue is empty:
   SQLite's WAL with ``synchronous=NORMAL``, a crash may lose the last commits, never
   corrupt), one fresh database per round;
 - **pgbare**: the minimal ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED
-  LIMIT 1) RETURNING`` loop on one table of the same server, prepared statements.
+  LIMIT 1) RETURNING`` loop on one table of the same server, prepared statements;
+- **gateway**: the same verbs as the agents send them, each worker through its own socket
+  of one queue gateway process (``issues/gateway.py``) holding the SQLite store; its
+  baseline is **ours** (the store opened directly, as ``queue_access: mount`` agents do).
 
 Throughput is W divided by the time from the first worker's start to the last
 one's end; claim latency is measured around every claim call (p50 and p99 of
@@ -102,6 +105,11 @@ def _verbs(mode: str, db: str, name: str) -> tuple[Callable[[], Any], Callable[[
 
         store = open_store(db) if mode == "pg" else IssueStore(db)
         return (lambda: store.claim(name)), (lambda claim: store.complete(claim))
+    if mode == "gateway":
+        from ..issues.gateway import GatewayClient
+
+        client = GatewayClient(gateway_socket(Path(db).parent, name))
+        return (lambda: client.claim(name, 900)), (lambda claim: client.complete(claim))
     if mode == "pgbare":
         conn = _pg_connect(db)
         claim_sql, complete_sql = conn.prepare(PG_BARE_CLAIM), conn.prepare(PG_BARE_COMPLETE)
@@ -126,7 +134,33 @@ def _verbs(mode: str, db: str, name: str) -> tuple[Callable[[], Any], Callable[[
                 raise RuntimeError(f"bare complete of job {row[0]} changed nothing")
 
         return claim, complete
-    raise ValueError(f"unknown mode {mode!r}: ours, bare, pg or pgbare")
+    raise ValueError(f"unknown mode {mode!r}: ours, bare, pg, pgbare or gateway")
+
+
+def gateway_socket(directory: Path, name: str) -> Path:
+    """Where worker ``name`` (an agent id) finds its socket of the round's gateway."""
+    return directory / "gateway" / name / "queue.sock"
+
+
+def start_gateway(directory: Path, db: Path, names: Sequence[str]):
+    """A queue gateway process for the round, as its service runs it; it serves ``names``."""
+    import subprocess
+
+    for name in names:
+        gateway_socket(directory, name).parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "AUTOPILOT_DB": str(db), "AUTOPILOT_GATEWAY_DIR": str(directory / "gateway"),
+           "AUTOPILOT_SNAPSHOT_SECONDS": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                      os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "parallel_autopilot.issues.gateway"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + BARRIER_TIMEOUT
+    while not all(gateway_socket(directory, n).exists() for n in names):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the queue gateway did not start (exit {proc.poll()})")
+        time.sleep(0.01)
+    return proc
 
 
 def work(mode: str, db: str, name: str, directory: str, timeout: float = BARRIER_TIMEOUT) -> None:
@@ -193,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def prepare(mode: str, db: Path | str, issues: int) -> None:
     """A fresh database holding ``issues`` ready items (``db``: a file, or a PostgreSQL URL)."""
-    if mode in ("ours", "pg"):
+    if mode in ("ours", "pg", "gateway"):
         from ..issues import open_store
 
         store = open_store(db) if mode == "pg" else IssueStore(db)
@@ -218,7 +252,7 @@ def prepare(mode: str, db: Path | str, issues: int) -> None:
 
 def verify(mode: str, db: Path | str, issues: int) -> None:
     """Every item done, exactly once (the figures of a broken queue mean nothing)."""
-    if mode in ("ours", "pg"):
+    if mode in ("ours", "pg", "gateway"):
         from ..issues import open_store
 
         store = open_store(db) if mode == "pg" else IssueStore(db)
@@ -249,7 +283,8 @@ class Round:
         self.url = url  # the round's PostgreSQL database (modes pg, pgbare)
         self.containers, self.image = containers, image
         self.dir = ctx.workdir / f"queue-{label}"
-        self.names = [f"w{i:02d}" for i in range(procs)]
+        # the gateway serves agents by their ids
+        self.names = [f"agent-{i + 1:03d}" if mode == "gateway" else f"w{i:02d}" for i in range(procs)]
         self.container_names: list[str] = []
 
     def run(self) -> dict[str, float]:
@@ -257,6 +292,7 @@ class Round:
         self.dir.mkdir(parents=True)
         db = self.url or self.dir / "queue.db"
         prepare(self.mode, db, self.issues)
+        gateway = start_gateway(self.dir, db, self.names) if self.mode == "gateway" else None
         try:
             waiters = self._start(db)
             self._barrier(waiters)
@@ -264,6 +300,9 @@ class Round:
             self._join(waiters)
         finally:
             self._remove_containers()
+            if gateway is not None:
+                gateway.terminate()
+                gateway.wait(30)
         outs = [json.loads((self.dir / f"out-{n}.json").read_text()) for n in self.names]
         errors = [f"{o['name']}: {o['error']}" for o in outs if "error" in o]
         if errors:
@@ -400,13 +439,19 @@ def run(ctx) -> dict[str, Any]:
         rows.append(stats.row(case, "throughput", "ops/s", None, baseline_label=BARE_LABEL, skipped=skip))
     for procs in counts:
         rows += _pg_rows(f"{procs} process{'es' if procs > 1 else ''}, PostgreSQL", results, procs, pg_skip)
+    for procs in counts:
+        rows += _gateway_rows(f"{procs} agent{'s' if procs > 1 else ''} through the gateway", results, procs,
+                              targets=procs == top)
     notes = ["ours = IssueStore.claim + complete (fenced lease, audit events); "
              f"baseline = {BARE_LABEL} loop, same pragmas, same process count, same round",
              "container rows: workers inside agent-image containers, state directory bind-mounted; "
              "baseline = bare loop with the same number of processes on the host",
              "PostgreSQL rows: PgIssueStore.claim + complete on a throwaway server of this run "
              f"(Unix socket, {' '.join(PG_OPTIONS)}); baseline = {PG_LABEL} loop on the same server, "
-             "same round; 'vs SQLite store' divides by ours on SQLite measured in the same round"]
+             "same round; 'vs SQLite store' divides by ours on SQLite measured in the same round",
+             "gateway rows: each process an agent of its own socket of ONE gateway process holding the "
+             "SQLite store (issues/gateway.py, what agents in containers use by default); baseline = ours, "
+             "the store opened directly by the same number of processes, same round"]
     return stats.scenario("queue", TITLE, rows, params=params, notes=notes,
                           details={"rounds": {f"{m}-{p}-{c}": v for (m, p, c), v in results.items()}})
 
@@ -430,7 +475,7 @@ def _pg_cluster():
 
 
 def _measure(ctx, results, counts, bare_counts, issues, split, image, skip, cluster) -> None:
-    modes = ("bare", "ours", "pgbare", "pg")
+    modes = ("bare", "ours", "pgbare", "pg", "gateway")
     for r in range(ctx.repeats):
         for procs in bare_counts:
             # neighbours share the machine's noise: rotate who goes first
@@ -467,6 +512,25 @@ def _pg_rows(case: str, results: dict, procs: int, skip: str | None) -> list[dic
                   baseline=col(lite, "throughput"), baseline_label="ours on SQLite"),
         stats.row(case, "claim latency p50", "ms", col(pg, "p50"), baseline=col(bare, "p50"), baseline_label=PG_LABEL),
         stats.row(case, "claim latency p99", "ms", col(pg, "p99"), baseline=col(bare, "p99"), baseline_label=PG_LABEL),
+    ]
+
+
+def _gateway_rows(case: str, results: dict, procs: int, targets: bool) -> list[dict]:
+    gateway, ours = results[("gateway", procs, 0)], results[("ours", procs, 0)]
+
+    def col(runs, key):
+        return [run[key] for run in runs]
+
+    throughput, p99 = col(gateway, "throughput"), col(gateway, "p99")
+    return [
+        stats.row(case, "throughput", "ops/s", throughput, baseline=col(ours, "throughput"),
+                  baseline_label="ours: the store opened directly", target=">= 1000 ops/s" if targets else None,
+                  met=stats.summary(throughput)["median"] >= 1000 if targets else None),
+        stats.row(case, "claim latency p50", "ms", col(gateway, "p50"), baseline=col(ours, "p50"),
+                  baseline_label="ours: the store opened directly"),
+        stats.row(case, "claim latency p99", "ms", p99, baseline=col(ours, "p99"),
+                  baseline_label="ours: the store opened directly", target="< 20 ms" if targets else None,
+                  met=stats.summary(p99)["median"] < 20 if targets else None),
     ]
 
 

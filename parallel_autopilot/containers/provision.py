@@ -17,7 +17,10 @@ from .. import platform as platform_mod
 from ..errors import GitError, InvalidInput
 from ..git import Git, clones
 from . import queueaccess
-from .compose import GENERATED, project_name
+from .compose import GENERATED, project_name, services
+
+#: Under the state directory: one directory per agent holding its socket of the queue gateway.
+GATEWAY_DIR = "gateway"
 
 if TYPE_CHECKING:  # for annotations only: this module needs nothing of config at run time
     from ..config import Settings
@@ -103,6 +106,9 @@ def compose_env(settings: Settings, limits: platform_mod.Limits | None = None, *
     }
     # a queue on PostgreSQL: its URL as a secret file, its socket directory (containers/queueaccess.py)
     env.update(queueaccess.compose_entries(settings, env, generated, uid, gid, strict=strict))
+    for agent in services(settings):  # what each agent mounts of its own: its log and gateway directories
+        for directory in (logs / "agents" / agent, state / GATEWAY_DIR / agent):
+            _make_dir(directory, uid, gid)
     return env
 
 

@@ -1,4 +1,5 @@
-"""How agent containers reach a queue on PostgreSQL: the secret file, the socket mount, the network.
+"""How the queue's URL reaches the gateway (or, with ``queue_access: mount``, every agent container):
+the secret file, the socket mount, the network.
 
 The URL of a shared queue (``autopilot.queue``) may carry a password, so it never
 travels in the compose file, the compose environment or ``docker inspect``: the
@@ -57,6 +58,7 @@ def compose_entries(settings: Settings, env: Mapping[str, str], generated: Path,
     ``strict`` (commands that create containers) also refuses a network the URL cannot work with.
     """
     url = settings.queue
+    mounted = str(settings.queue_access) == "mount"  # else only the gateway reaches the queue
     if not url:
         placeholder_dir = generated / "empty-queue-socket"
         if not placeholder_dir.is_dir():
@@ -68,10 +70,10 @@ def compose_entries(settings: Settings, env: Mapping[str, str], generated: Path,
             _chown(placeholder, uid, gid)
         return {"AUTOPILOT_QUEUE_FILE": "", "AUTOPILOT_QUEUE_SECRET": str(placeholder),
                 "AUTOPILOT_QUEUE_SOCKET_DIR": str(placeholder_dir),
-                "AUTOPILOT_QUEUE_SOCKET_TARGET": SOCKET_PLACEHOLDER_TARGET}
+                "AUTOPILOT_QUEUE_SOCKET_TARGET": SOCKET_PLACEHOLDER_TARGET, "AUTOPILOT_GATEWAY_NETWORK": "none"}
 
     socket_dir, tcp_host = _where(url)
-    if strict:
+    if strict and mounted:  # the gateway reaches a TCP server on the host's network
         check_network(settings, url, tcp_host)
     if socket_dir is None:
         socket_dir, socket_target = generated / "empty-queue-socket", SOCKET_PLACEHOLDER_TARGET
@@ -83,7 +85,8 @@ def compose_entries(settings: Settings, env: Mapping[str, str], generated: Path,
                                "PostgreSQL server, or fix ?host= in autopilot.queue")
     secret = write_secret(secret_dir(settings, env["AUTOPILOT_PROJECT"], uid), url, uid, gid, env)
     return {"AUTOPILOT_QUEUE_FILE": SECRET_TARGET, "AUTOPILOT_QUEUE_SECRET": str(secret),
-            "AUTOPILOT_QUEUE_SOCKET_DIR": str(socket_dir), "AUTOPILOT_QUEUE_SOCKET_TARGET": socket_target}
+            "AUTOPILOT_QUEUE_SOCKET_DIR": str(socket_dir), "AUTOPILOT_QUEUE_SOCKET_TARGET": socket_target,
+            "AUTOPILOT_GATEWAY_NETWORK": "none" if tcp_host is None else "host"}
 
 
 def _where(url: str) -> tuple[Path | None, str | None]:

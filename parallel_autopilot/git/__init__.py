@@ -4,6 +4,6 @@ Callers import the runner's names from here (``from parallel_autopilot.git impor
 The runner is standard library only: the agent containers use it.
 """
 
-from .runner import DEFAULT_TIMEOUT, Git, WorktreeEntry, toplevel_of
+from .runner import DEFAULT_TIMEOUT, NO_PROGRAMS, Git, WorktreeEntry, toplevel_of
 
-__all__ = ["DEFAULT_TIMEOUT", "Git", "WorktreeEntry", "toplevel_of"]
+__all__ = ["DEFAULT_TIMEOUT", "NO_PROGRAMS", "Git", "WorktreeEntry", "toplevel_of"]

@@ -12,10 +12,14 @@ only the clone's own objects). The host side - the merge queue - fetches
 ``autopilot/issue-N`` from the clone into the user's repository.
 
 The host reads a clone only in ways an untrusted repository cannot turn
-against it: ``git ls-remote``/``git fetch`` (``upload-pack``, which git keeps
-safe for untrusted repositories) and a ``git status`` run only when the
-clone's config holds nothing but plain settings (no filters, includes or
-programs; ``core.fsmonitor`` and hooks are switched off on the command line).
+against it, even while its agent rewrites it: the clone is never the
+repository of a host git. Its refs and HEAD are read as a remote's
+(``git ls-remote``/``git fetch``: ``upload-pack``, which git keeps safe for
+untrusted repositories); its files are compared by a git directory of the
+host's own with a copy of the clone's index (:func:`clone_state`), so the
+clone's configuration (filters, fsmonitor, includes, hooks) is never read. A
+clone whose configuration names a program anyway is evidence of an attack: it
+is listed ``suspect`` and kept for the user to look at.
 
 :func:`create` is idempotent (a healthy clone is reused untouched; an empty or
 missing directory is cloned; an agent worktree of the OLD layout - a linked
@@ -31,8 +35,11 @@ Every git command goes through :mod:`parallel_autopilot.git`.
 from __future__ import annotations
 
 import builtins
+import os
 import re
 import shutil
+import stat
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol
@@ -72,9 +79,9 @@ class Worktree:
     ``state`` is ``ok`` (the agent's own clone), ``legacy`` (a linked worktree
     of the old layout), ``missing`` (registered, directory gone), ``broken``
     (registered, but its ``.git`` file is gone), ``unregistered`` (a directory
-    that is neither) or ``suspect`` (a clone whose config could run programs on
-    the host: not inspected). ``unmerged`` lists a clone's refs whose commits no
-    branch of the user's repository has.
+    that is neither) or ``suspect`` (a clone whose config names programs, or
+    whose index git cannot read alone: not inspected). ``unmerged`` lists a
+    clone's refs whose commits no branch of the user's repository has.
     """
 
     id: str
@@ -152,7 +159,7 @@ def create(settings: Settings, n: int, *, git: Git | None = None, base: str | No
             if entry.locked:
                 raise GitError(f"{path} is a locked worktree of the old layout: run `git worktree unlock {path}`, "
                                "then retry (it is migrated to the agent's own clone)")
-            if _healthy(path) and Git(path, timeout=git.timeout).is_dirty():
+            if _healthy(path) and git.linked(path).is_dirty(submodules=False):
                 raise WorktreeDirty(f"{path} is a worktree of the old layout (sharing {git.common_dir()}) with "
                                     "uncommitted changes: commit or stash them there, then retry (it is migrated "
                                     "to the agent's own clone; its agent branch is kept)")
@@ -167,7 +174,8 @@ def create(settings: Settings, n: int, *, git: Git | None = None, base: str | No
         entry = registered.get(_key(path))
         if entry is not None:  # the old layout: clean (checked above), so nothing is lost
             if _healthy(path):
-                git.worktree_remove(path, force=False)
+                # forced: git's own cleanliness check would look into submodules, with their config
+                git.worktree_remove(path, force=True)
             else:
                 if path.exists():
                     shutil.rmtree(path)
@@ -246,7 +254,7 @@ def remove(settings: Settings, ids: Iterable[Any] | None = None, force: bool = F
     for w in targets:
         if w.id in report.kept:
             continue
-        _remove_one(git, w, force)
+        _remove_one(git, w)
         report.removed.append(w.id)
         if git.branch_exists(w.agent_branch) and (force or git.is_merged(w.agent_branch, base)):
             git.delete_branch(w.agent_branch, force=True)
@@ -340,21 +348,23 @@ def _exclude_from_repo(git: Git, repo: Path, root: Path, why: str = "agents' wor
                            + f"# {why} (parallel-autopilot)\n" + line)
 
 
-#: Config sections a clone may have for the host to run ``git status`` in it: plain
-#: settings only. Anything else (filters, includes, diff/merge drivers, credential
-#: helpers...) may name a program the host would run as its user.
+#: Config sections of a clone that name no program. Anything else (filters, includes,
+#: diff/merge drivers, credential helpers...) names one: no host git reads a clone's
+#: config (see :func:`clone_state`), but a clone that has one is evidence of an attack
+#: and is kept for the user to look at ("suspect").
 _SAFE_SECTIONS = ("core.", "remote.", "branch.", "extensions.", "gc.", "pack.", "user.", "init.", "advice.",
                   "color.", "status.", "maintenance.", "fetch.", "index.", "feature.", "safe.", "commit.")
-#: ...and within ``core``, none of the keys that name a program.
-_UNSAFE_CORE = ("core.fsmonitor", "core.sshcommand", "core.pager", "core.editor", "core.askpass",
-                "core.hookspath", "core.gitproxy", "core.worktree", "core.alternaterefscommand")
+#: ...and within those, none of the keys that name a program or another file of config.
+_UNSAFE_KEYS = re.compile(r"^(core\.(fsmonitor|sshcommand|pager|editor|askpass|hookspath|gitproxy|worktree"
+                          r"|alternaterefscommand)|remote\..*\.(uploadpack|receivepack|vcs|proxy)"
+                          r"|extensions\.(worktreeconfig|partialclone))$")
 
 
 def _is_clone(path: Path, git: Git) -> bool:
     """True when ``path`` is an agent's own clone: a real ``.git`` directory sharing the user's objects."""
     dot_git = path / ".git"
-    if not dot_git.is_dir() or (dot_git / "commondir").exists():
-        return False
+    if dot_git.is_symlink() or not dot_git.is_dir() or (dot_git / "commondir").exists():
+        return False  # a symlinked .git would make another repository pass for the agent's
     try:
         alternates = (dot_git / "objects" / "info" / "alternates").read_text().split()
     except OSError:
@@ -370,12 +380,48 @@ def _safe_config(path: Path, git: Git) -> bool:
     except GitError:
         return False
     keys = [item.split("\n", 1)[0].lower() for item in out.split("\0") if item]
-    return all(k.startswith(_SAFE_SECTIONS) and not k.startswith(_UNSAFE_CORE) for k in keys)
+    return all(k.startswith(_SAFE_SECTIONS) and not _UNSAFE_KEYS.match(k) for k in keys)
 
 
-def _clone_git(path: Path, git: Git) -> Git:
-    """git in a clone, with the programs a repository's config could name switched off."""
-    return Git(path, timeout=git.timeout, config={"core.fsmonitor": "false", "core.hooksPath": "/dev/null"})
+def clone_state(git: Git, path: Path) -> tuple[str | None, str | None, bool]:
+    """(branch, HEAD commit, dirty) of the agent's clone at ``path``, without being its git.
+
+    The clone's configuration is the agent's (filters, fsmonitor, includes, hooks) and
+    the agent may rewrite it while the host looks, so no host git takes the clone as
+    its repository: HEAD is read as a remote's (:meth:`Git.remote_head`), and the files
+    are compared by a git directory of the host's own, made in a private temporary
+    directory, with the clone's objects as alternates and a COPY of its index and
+    ``info/exclude``. Submodules are not looked into (each has its own config).
+    GitError when git cannot read that index alone (a split index).
+    """
+    branch, head = git.remote_head(path)
+    scratch = Path(tempfile.mkdtemp(prefix="autopilot-look-"))
+    try:
+        scratch.chmod(0o711)  # root looking at another user's clone runs git as that user (runner.py)
+        own = scratch / "git"
+        git.makedirs(own)
+        Git(own, timeout=git.timeout).run("init", "--quiet", "--bare")
+        (own / "objects" / "info" / "alternates").write_text(
+            f"{path / '.git' / 'objects'}\n{git.common_dir() / 'objects'}\n")
+        _copy_regular(path / ".git" / "index", own / "index")
+        _copy_regular(path / ".git" / "info" / "exclude", own / "info" / "exclude")
+        if head:
+            (own / "HEAD").write_text(f"{head}\n")
+        dirty = Git(path, timeout=git.timeout, git_dir=own).is_dirty(submodules=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return branch, head, dirty
+
+
+def _copy_regular(source: Path, target: Path) -> None:
+    """Copy ``source`` if it is a regular file; a symlink is not followed (an agent's may point anywhere)."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return  # missing, or a symlink: git sees no index (every file then counts as a change)
+    with os.fdopen(fd, "rb") as src:
+        if stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            target.write_bytes(src.read())
 
 
 def _unmerged_refs(git: Git, path: Path) -> list[str]:
@@ -396,10 +442,11 @@ def _inspect_clone(git: Git, agent: str, path: Path, base: str) -> Worktree:
     unmerged = tuple(_unmerged_refs(git, path))
     if not _safe_config(path, git):
         return Worktree(agent, path, branch, base, "suspect", unmerged=unmerged)
-    clone = _clone_git(path, git)
-    head = clone.ref_sha("HEAD")
-    return Worktree(agent, path, branch, base, "ok", branch=clone.current_branch(), head=head,
-                    dirty=clone.is_dirty(), unmerged=unmerged)
+    try:
+        current, head, dirty = clone_state(git, path)
+    except GitError:
+        return Worktree(agent, path, branch, base, "suspect", unmerged=unmerged)
+    return Worktree(agent, path, branch, base, "ok", branch=current, head=head, dirty=dirty, unmerged=unmerged)
 
 
 def _inspect(git: Git, agent: str, path: Path, entry: WorktreeEntry | None, base: str) -> Worktree:
@@ -410,8 +457,9 @@ def _inspect(git: Git, agent: str, path: Path, entry: WorktreeEntry | None, base
     if not path.exists() or not _healthy(path):
         return Worktree(agent, path, branch, base, "missing" if not path.exists() else "broken",
                         branch=entry.branch, head=entry.head, ahead=ahead, locked=entry.locked)
+    # through the worktree's directory in the user's .git, never its own .git file (the agent's to write)
     return Worktree(agent, path, branch, base, "legacy", branch=entry.branch, head=entry.head,
-                    dirty=Git(path, timeout=git.timeout).is_dirty(), ahead=ahead, locked=entry.locked)
+                    dirty=git.linked(path).is_dirty(submodules=False), ahead=ahead, locked=entry.locked)
 
 
 def _problem(git: Git, w: Worktree, base: str) -> tuple[type, str] | None:
@@ -419,8 +467,8 @@ def _problem(git: Git, w: Worktree, base: str) -> tuple[type, str] | None:
     if w.state in ("unregistered", "broken") and _non_empty(w.path):
         return WorktreeDirty, f"({w.path}) holds files but is not a working git worktree"
     if w.state == "suspect":
-        return WorktreeDirty, (f"({w.path}) has a git config that could run programs: not inspected; "
-                               "look at it yourself")
+        return WorktreeDirty, (f"({w.path}) has a git config that could run programs, or an index git cannot "
+                               "read alone: not inspected; look at it yourself")
     if w.unmerged:
         return UnmergedWork, f"holds work no branch of the repository has ({', '.join(w.unmerged)})"
     if w.locked:
@@ -434,7 +482,7 @@ def _problem(git: Git, w: Worktree, base: str) -> tuple[type, str] | None:
     return None
 
 
-def _remove_one(git: Git, w: Worktree, force: bool) -> None:
+def _remove_one(git: Git, w: Worktree) -> None:
     if w.state in ("ok", "suspect"):  # an agent's own clone: nothing of it lives in the user's .git
         shutil.rmtree(w.path)
     elif w.state in ("unregistered", "broken", "missing"):
@@ -444,8 +492,9 @@ def _remove_one(git: Git, w: Worktree, force: bool) -> None:
             git.worktree_unlock(w.path)
         git.worktree_prune()
     else:
-        git.worktree_remove(w.path, force=force)
+        # forced: the check was ours (_problem), git's own would look into submodules with their config
+        git.worktree_remove(w.path, force=True)
 
 
 __all__ = ["Worktree", "RemoveReport", "base_branch", "create", "list", "remove", "exclude_tool_dirs",
-           "drop_merged_issue_branches"]
+           "drop_merged_issue_branches", "clone_state"]

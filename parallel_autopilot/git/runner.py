@@ -4,11 +4,23 @@
 timeout and returns its stdout. A failing command raises :class:`GitError`
 whose one line is the git command and git's last error line on stderr. Helpers cover
 what the worktree manager (host) and the runtime (container) need.
+
+The host's git acts on what agents wrote: their branches, the merge worktree, the
+user's checkout after a merge. So a ``Git`` runs no hook and no fsmonitor program
+and recurses into no submodule (:data:`NO_PROGRAMS`, on the command line, where it
+beats every configuration file) unless it is made with ``hooks=True``: only the
+runtime does that, inside the agent's own container, where the hooks are the agent's.
+A repository whose configuration an agent writes (its clone) is never the
+repository of a host git: the host reads it as a remote (``git fetch``,
+``git ls-remote``: ``upload-pack``, which git keeps safe for untrusted
+repositories) and looks at its files through a git directory of its own
+(``git/clones.py``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -19,6 +31,12 @@ from ..errors import GitError
 
 #: Seconds a git command may run before it is killed and reported.
 DEFAULT_TIMEOUT = 60.0
+
+#: What every host git is told on its command line (``-c``, which wins over every file's
+#: settings): run no hook, no fsmonitor program, recurse into no submodule. A relative
+#: ``core.hooksPath`` (husky's ``.husky``) would run hooks from the checked-out tree, which
+#: on the host is the agents' code; a submodule's own config is whatever its committer wrote.
+NO_PROGRAMS = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "submodule.recurse": "false"}
 
 # Variables that point git at another repository or index. Inherited from a git
 # hook (or a test run from one) they would make ``git -C path`` act elsewhere.
@@ -78,7 +96,10 @@ class Git:
 
     ``timeout`` is in seconds (None: no limit); ``config`` adds ``-c key=value``
     to every command (e.g. ``safe.directory`` inside a container); ``popen`` is
-    ``subprocess.Popen`` or a stand-in.
+    ``subprocess.Popen`` or a stand-in. Without ``hooks`` every command carries
+    :data:`NO_PROGRAMS`; ``hooks=True`` is for the runtime in the agent's container.
+    ``git_dir`` names the git directory explicitly (``--git-dir``, with ``path`` as
+    the work tree): a ``.git`` file in ``path`` is then never read (see :meth:`linked`).
     """
 
     def __init__(
@@ -87,10 +108,14 @@ class Git:
         timeout: float | None = DEFAULT_TIMEOUT,
         config: Mapping[str, str] | None = None,
         popen: Callable[..., subprocess.Popen] = subprocess.Popen,
+        *,
+        hooks: bool = False,
+        git_dir: str | os.PathLike | None = None,
     ) -> None:
         self.path = Path(path).absolute()
         self.timeout = timeout
-        self.config = dict(config or {})
+        self.config = {**({} if hooks else NO_PROGRAMS), **(config or {})}
+        self.explicit_git_dir = Path(git_dir).absolute() if git_dir is not None else None
         self._popen = popen
         self._as_owner = _owner_credentials(self.path)
         self._common_dir: Path | None = None
@@ -120,6 +145,8 @@ class Git:
 
     def _run(self, args: Sequence[str], timeout: float | None, env: Mapping[str, str] | None):
         argv = ["git", "-C", str(self.path)]
+        if self.explicit_git_dir is not None:
+            argv += [f"--git-dir={self.explicit_git_dir}", f"--work-tree={self.path}"]
         for key, value in self.config.items():
             argv += ["-c", f"{key}={value}"]
         argv += [str(a) for a in args]
@@ -189,6 +216,27 @@ class Git:
             self._common_dir = self._absolute(self.run("rev-parse", "--git-common-dir").strip())
         return self._common_dir
 
+    def linked(self, path: str | os.PathLike, config: Mapping[str, str] | None = None) -> Git:
+        """git in ``path``, a linked worktree of this repository, through its administrative directory.
+
+        The directory is found in THIS repository's ``worktrees/`` (its ``gitdir``
+        file names ``path``), never through the ``.git`` file inside ``path``:
+        whoever writes the worktree (a merge check, an agent of the old layout)
+        could point that file at a git directory of its own, with its own hooks
+        and configuration. GitError when ``path`` is no worktree of this repository.
+        """
+        target = _real(Path(path).absolute()) / ".git"  # the .git entry itself is not followed
+        admin = self.common_dir() / "worktrees"
+        for candidate in sorted(admin.iterdir()) if admin.is_dir() else []:
+            try:
+                named = Path((candidate / "gitdir").read_text().strip())
+            except OSError:
+                continue
+            if named.is_absolute() and _real(named.parent) / named.name == target:
+                return Git(path, timeout=self.timeout, config=config, popen=self._popen, git_dir=candidate)
+        raise GitError(f"{path} is not a worktree of {self.path}: "
+                       "run `git worktree prune` there and let the tool make it again")
+
     def _absolute(self, out: str) -> Path:
         path = Path(out)
         return (path if path.is_absolute() else self.path / path).resolve()
@@ -208,14 +256,19 @@ class Git:
 
     # -- state of the tree -------------------------------------------------
 
-    def status(self) -> list[str]:
-        """``git status --porcelain`` lines, untracked files included (ignored ones not)."""
-        out = self.run("status", "--porcelain=v1", "--untracked-files=all", "--ignore-submodules=none")
+    def status(self, submodules: bool = True) -> list[str]:
+        """``git status --porcelain`` lines, untracked files included (ignored ones not).
+
+        ``submodules=False`` does not look inside submodules: git would run in each with
+        that submodule's own configuration, which in an agent's tree is the agent's.
+        """
+        out = self.run("status", "--porcelain=v1", "--untracked-files=all",
+                       f"--ignore-submodules={'none' if submodules else 'all'}")
         return [line for line in out.splitlines() if line]
 
-    def is_dirty(self) -> bool:
-        """True when anything is modified, staged, deleted or untracked."""
-        return bool(self.status())
+    def is_dirty(self, submodules: bool = True) -> bool:
+        """True when anything is modified, staged, deleted or untracked (see :meth:`status`)."""
+        return bool(self.status(submodules))
 
     # -- branches ----------------------------------------------------------
 
@@ -291,6 +344,24 @@ class Git:
             return False
         _, proc = self._run(["cat-file", "-e", f"{sha}^{{commit}}"], None, None)
         return proc.returncode == 0  # 128 when the object is missing
+
+    def remote_head(self, source: str | os.PathLike) -> tuple[str | None, str | None]:
+        """(branch, commit) of HEAD in the repository ``source``, read as a remote.
+
+        ``git ls-remote --symref`` runs ``upload-pack`` there, which git keeps safe for
+        untrusted repositories. The branch is None when HEAD is detached; both are None
+        when HEAD has no commit.
+        """
+        branch = sha = None
+        for line in self.run("ls-remote", "--symref", str(source), "HEAD").splitlines():
+            value, _, name = line.partition("\t")
+            if name != "HEAD":
+                continue
+            if value.startswith("ref: refs/heads/"):
+                branch = value[len("ref: refs/heads/"):]
+            elif _SHA.match(value):
+                sha = value
+        return (branch if sha else None), sha
 
     def fetch_ref(self, source: str | os.PathLike, ref: str, into: str | None = None) -> bool:
         """``git fetch source +ref:into`` (no tags, no FETCH_HEAD; only the objects when ``into`` is None);
@@ -405,6 +476,14 @@ class Git:
         return self.ok("check-ignore", "--quiet", "--no-index", "--", str(path))
 
 
+_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+
+
+def _real(path: Path) -> Path:
+    # git stores real paths; compare through symlinks (/tmp -> /private/tmp on macOS)
+    return path.resolve()
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -445,4 +524,4 @@ def _last_line(stderr: str, code: int) -> str:
     return (errors or lines or [f"exit code {code}, no message"])[-1]
 
 
-__all__ = ["Git", "WorktreeEntry", "DEFAULT_TIMEOUT"]
+__all__ = ["Git", "WorktreeEntry", "DEFAULT_TIMEOUT", "NO_PROGRAMS"]

@@ -138,6 +138,10 @@ class Store:
     #: The schema's history this store upgrades a database to (the backend's MIGRATIONS,
     #: or what its constructor was given: an older copy of parallel-autopilot has fewer).
     migrations: Sequence[str | Sequence[str]]
+    #: The events a fenced verb leaves when it takes effect: each token leaves 'claimed'
+    #: once, so one of them with the token says the verb happened (a lost reply, a retry).
+    SETTLES: Mapping[str, tuple[str, ...]] = {
+        "complete": ("done",), "fail": ("failed", "dead"), "empty": ("empty",), "release": ("released",)}
 
     def __init__(self, *, host: str | None, clock: Callable[[], float] | None, max_attempts: int,
                  backoff_seconds: float, where: str):
@@ -289,6 +293,7 @@ class Store:
             UPDATE issues SET lease_until = {self.NOW} + CAST(:lease AS float8), heartbeat_at = {self.NOW},
                    updated_at = {self.NOW}, transition = NULL
             WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
+              AND owner = :worker AND host = :host
               AND lease_until > {self.NOW}
             RETURNING *""", {"lease": float(lease_seconds)}, kinds=())
         issue = self._issue(row)
@@ -305,11 +310,12 @@ class Store:
                    check_duration = CAST(:check_duration AS float8), check_output = :check_output,
                    usage = :usage, feedback = NULL, transition = 'done', actor = :worker, note = :detail
             WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
+              AND owner = :worker AND host = :host
             RETURNING *""",
             {"branch": result.get("branch"), "commit": result.get("commit"),
              "duration": result.get("duration"), "check_status": result.get("check_status"),
              "check_duration": result.get("check_duration"), "check_output": result.get("check_output"),
-             "usage": _usage(result), "detail": json.dumps(result) if result else None}, kinds=("done",)))
+             "usage": _usage(result), "detail": json.dumps(result) if result else None}, kinds=self.SETTLES["complete"]))
 
     def fail(self, claim: Claim, error: str, now: float | None = None, feedback: str | None = None,
              check: Mapping[str, Any] | None = None) -> Issue:
@@ -332,13 +338,14 @@ class Store:
                    transition = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
                    actor = :worker, note = :detail
             WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
+              AND owner = :worker AND host = :host
             RETURNING *""",
             {"backoff": float(backoff), "error": str(error)[:TEXT_LIMIT],
              "detail": str(error)[:FAILURE_NOTE_LIMIT],
              "feedback": str(feedback)[:TEXT_LIMIT] if feedback else None,
              "check_status": check.get("check_status"), "check_duration": check.get("check_duration"),
              "check_output": check.get("check_output")},
-            kinds=("failed", "dead")))
+            kinds=self.SETTLES["fail"]))
 
     def empty(self, claim: Claim, result: Mapping[str, Any] | None = None, now: float | None = None) -> Issue:
         """The attempt succeeded but changed nothing: status ``empty`` (not done, not retried).
@@ -355,11 +362,12 @@ class Store:
                    check_duration = CAST(:check_duration AS float8), check_output = :check_output,
                    usage = :usage, transition = 'empty', actor = :worker, note = 'no change'
             WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
+              AND owner = :worker AND host = :host
             RETURNING *""",
             {"branch": result.get("branch"), "duration": result.get("duration"),
              "check_status": result.get("check_status"), "check_duration": result.get("check_duration"),
              "check_output": result.get("check_output"), "usage": _usage(result)},
-            kinds=("empty",)))
+            kinds=self.SETTLES["empty"]))
 
     def release(self, claim: Claim, now: float | None = None) -> Issue:
         """Give the issue back at once (graceful shutdown); the attempt is refunded."""
@@ -369,7 +377,8 @@ class Store:
                    due_at = {self.NOW}, updated_at = {self.NOW},
                    transition = 'released', actor = :worker, note = NULL
             WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
-            RETURNING *""", {}, kinds=("released",)))
+              AND owner = :worker AND host = :host
+            RETURNING *""", {}, kinds=self.SETTLES["release"]))
 
     def _fenced(self, claim: Claim, verb: str, now: float | None, sql: str, params: dict,
                 kinds: tuple[str, ...]) -> Row:
@@ -381,15 +390,9 @@ class Store:
         harmless to repeat).
         """
         now = self._now(now)
-        params = {**params, "now": now, "number": claim.number, "token": claim.token, "worker": claim.worker}
-
-        def took_effect(run: Run) -> Row | None:
-            found = run(f"SELECT 1 FROM events WHERE issue = CAST(:n AS bigint) AND token = CAST(:t AS bigint)"
-                        f" AND kind IN {one_of(kinds)}", {"n": claim.number, "t": claim.token})
-            return run("SELECT * FROM issues WHERE number = CAST(:n AS bigint)", {"n": claim.number})[0] \
-                if found else None
-
-        row = self._write(sql, params, took_effect if kinds else None)
+        params = {**params, "now": now, "number": claim.number, "token": claim.token, "worker": claim.worker,
+                  "host": self.host}
+        row = self._write(sql, params, (lambda run: self._took_effect(run, claim, kinds)) if kinds else None)
         if row is None:
             self._refuse(claim, verb, now)
             raise LeaseLost(
@@ -397,6 +400,36 @@ class Store:
                 f"{verb} refused; the issue belongs to a newer claim or was changed"
             )
         return row
+
+    def _took_effect(self, run: Run, claim: Claim, kinds: tuple[str, ...]) -> Row | None:
+        """The issue's row if ``claim``'s holder already did one of ``kinds`` with its token, else None."""
+        found = run(f"SELECT 1 FROM events WHERE issue = CAST(:n AS bigint) AND token = CAST(:t AS bigint)"
+                    f" AND worker = :w AND kind IN {one_of(kinds)}",
+                    {"n": claim.number, "t": claim.token, "w": claim.worker})
+        if not found:
+            return None
+        rows = run("SELECT * FROM issues WHERE number = CAST(:n AS bigint) AND host = :h",
+                   {"n": claim.number, "h": self.host})
+        return rows[0] if rows else None
+
+    def settled(self, claim: Claim, verb: str) -> Issue | None:
+        """The issue if ``verb`` (complete, fail, empty, release) already took effect for ``claim``.
+
+        A caller whose reply was lost (the gateway's agents) asks this before sending
+        the verb again, so a fenced write is never repeated blindly.
+        """
+        row = self._atomic(lambda run: self._took_effect(run, claim, self.SETTLES[verb]))
+        return None if row is None else self._issue(row)
+
+    def held(self, worker: str, now: float | None = None) -> Claim | None:
+        """The live claim this host's ``worker`` holds, if any (its lowest number)."""
+        rows = self._read(f"SELECT * FROM issues WHERE status = 'claimed' AND owner = :w AND host = :h"
+                          f" AND lease_until > {self.NOW} ORDER BY number LIMIT 1",
+                          {"w": worker, "h": self.host, "now": self._now(now)})
+        if not rows:
+            return None
+        issue = self._issue(rows[0])
+        return Claim(issue=issue, token=issue.token, worker=worker, lease_until=issue.lease_until)
 
     def _refuse(self, claim: Claim, verb: str, now: float | None) -> None:
         """Record a refused fenced call (the issue is unchanged), with what holds the issue now."""

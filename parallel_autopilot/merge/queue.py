@@ -131,12 +131,19 @@ def _numbers(numbers: Iterable[int]) -> str:
 
 
 def merge_dir(git: Git) -> Path:
-    """``<.git>/autopilot-merge``: the queue's worktree, lock, logs and state.
+    """``<.git>/autopilot-merge``: the queue's worktree, lock and state (the logs: :func:`check_log_dir`).
 
     Inside the user's git directory, which agent containers see read-only (or
     not at all): no agent can touch a candidate while it is tested.
     """
     return git.common_dir() / "autopilot-merge"
+
+
+def check_log_dir(settings: Settings) -> Path:
+    """``<state>/merge-logs``: what each check printed. In the state directory, which no agent and
+    no check container mounts: a check's output is one issue's, never another agent's to read
+    (the user's ``.git``, where the queue's worktree lives, is read-only in every container)."""
+    return settings.state_path / "merge-logs"
 
 
 def status(settings: Settings, store: IssueStore) -> dict:
@@ -191,6 +198,7 @@ class MergeQueue:
         self.check_timeout = float(check_timeout or settings.check_timeout or 600)
         self.dir = merge_dir(self.git)
         self.worktree = self.dir / "worktree"
+        self.log_dir = check_log_dir(settings)
         self._wt: Git | None = None
         self._report: MergeReport | None = None
         self._runs = 0
@@ -242,14 +250,28 @@ class MergeQueue:
         os.replace(tmp, path)
 
     def _prepare_worktree(self) -> None:
-        """The queue's own worktree, detached at the base, clean (repaired if a crash left it half-done)."""
+        """The queue's own worktree, detached at the base, clean (repaired if a crash left it half-done).
+
+        Its git is reached through its directory in the user's ``.git`` (:meth:`Git.linked`),
+        never through the worktree's ``.git`` file: a check writes the worktree, and could
+        point that file at a git directory of its own, with hooks and config of its own.
+        The file is written again here, so a check also finds the real one.
+        """
         tip = self.git.rev_parse(self.ref)
-        if not (self.worktree / ".git").is_file():
+        try:
+            self._wt = self.git.linked(self.worktree, config={"commit.gpgsign": "false"})
+        except GitError:  # never made, or a crash left it half-done
             if self.worktree.exists():
                 shutil.rmtree(self.worktree)
             self.git.worktree_prune()
             self.git.worktree_add_detached(self.worktree, tip)
-        self._wt = Git(self.worktree, config={"commit.gpgsign": "false"})
+            self._wt = self.git.linked(self.worktree, config={"commit.gpgsign": "false"})
+        dot_git = self.worktree / ".git"
+        if dot_git.is_dir() and not dot_git.is_symlink():
+            shutil.rmtree(dot_git)
+        else:
+            dot_git.unlink(missing_ok=True)
+        dot_git.write_text(f"gitdir: {self._wt.explicit_git_dir}\n")
         self._wt.checkout_detached(tip)
 
     # -- step 1: the issue's commit in the user's repository -------------------
@@ -358,7 +380,7 @@ class MergeQueue:
             return CheckResult(True, 0.0, "", "none")
         self._runs += 1
         self._report.check_runs += 1
-        log = self.dir / "logs" / f"check-{int(self.clock() * 1000)}-{self._runs}.log"
+        log = self.log_dir / f"check-{int(self.clock() * 1000)}-{self._runs}.log"
         result = self.runner(command, self.worktree, self.check_timeout, log)
         self._wt.checkout_detached("HEAD")  # what the check wrote must not reach the next candidate
         return result
@@ -417,7 +439,9 @@ def _clone_of(settings: Settings, issue: Issue) -> Path | None:
         path = settings.worktrees_path / agent_id(issue.owner)
     except InvalidInput:
         return None
-    return path if (path / ".git").is_dir() else None  # an agent's own repository
+    dot_git = path / ".git"
+    # an agent's own repository; a symlinked .git would make another repository pass for it
+    return path if dot_git.is_dir() and not dot_git.is_symlink() else None
 
 
 def fetch_issue(settings: Settings, git: Git, issue: Issue, *, write_refs: bool = True,

@@ -54,6 +54,7 @@ from typing import Any, Callable
 
 from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
 from ..issues import Claim, IssueStore, is_url, open_store, snapshots
+from ..issues.gateway import GatewayClient
 from . import health, kinds, process, usage
 from .logs import AgentLog, last_line, read_end, tail
 from .settings import RuntimeSettings
@@ -178,12 +179,7 @@ class Agent:
         written = kinds.prepare_home(s.kind, self.environ.get("HOME"), self.model)
         if written:
             self.log.event("cli-config", f"model endpoint configured in {', '.join(written)}", files=written)
-        target = s.queue_target()
-        # PostgreSQL: the lease clock is the DATABASE's (hosts' clocks differ) and an outage is one
-        # line in agent.log; SQLite: this process's clock (tests move it)
-        options = {"on_reconnect": self.log.line} if is_url(target) else {"clock": self.clock}
-        self.store = open_store(target, host=s.host, max_attempts=s.max_attempts,
-                                backoff_seconds=s.backoff_seconds, **options)
+        self.store = self._open_queue()
         self.mark()
         released = self.store.release_agent(s.agent_id, reason="previous incarnation")
         if released:
@@ -201,6 +197,19 @@ class Agent:
         health.touch(s.heartbeat_file)
         self._booted = True
         self.mark()
+
+    def _open_queue(self) -> Any:
+        """The queue: this agent's socket of the gateway (the default), or the store itself
+        (``queue_access: mount``: the database or URL is in this container)."""
+        s = self.s
+        if s.queue_socket is not None:
+            return GatewayClient(s.queue_socket, on_retry=self.log.line)
+        target = s.queue_target()
+        # PostgreSQL: the lease clock is the DATABASE's (hosts' clocks differ) and an outage is one
+        # line in agent.log; SQLite: this process's clock (tests move it)
+        options = {"on_reconnect": self.log.line} if is_url(target) else {"clock": self.clock}
+        return open_store(target, host=s.host, max_attempts=s.max_attempts,
+                          backoff_seconds=s.backoff_seconds, **options)
 
     def _report(self, state: str | None = None) -> bool:
         """Tell the agents table what we do (``state``, or the current one: the heartbeat's call).

@@ -26,7 +26,7 @@ class RuntimeSettings:
     """Everything the runtime needs; build it with :meth:`from_env`."""
 
     agent_id: str
-    db: Path
+    db: Path | None  # the SQLite queue, when mounted (queue_access: mount); None: through the gateway
     workspace: Path
     logs: Path
     base_branch: str = "main"
@@ -58,6 +58,9 @@ class RuntimeSettings:
     # the workstation these agents run on (AUTOPILOT_HOST): on a shared queue an agent is
     # (host, id); None (a runtime started by hand) is the store's default, this machine's name
     host: str | None = None
+    # the agent's own socket of the queue gateway (queue_access: gateway, the default): the
+    # agent reaches the queue only through it (parallel_autopilot/issues/gateway.py)
+    queue_socket: Path | None = None
 
     @property
     def renew_seconds(self) -> float:
@@ -101,13 +104,15 @@ class RuntimeSettings:
         kind = env.get("AUTOPILOT_AGENT_KIND", "").strip() or "script"
         if kind not in KINDS:
             raise InvalidInput(f"AUTOPILOT_AGENT_KIND={kind!r} is unknown: use one of {', '.join(KINDS)}")
+        socket_path = Path(env["AUTOPILOT_QUEUE_SOCKET"].strip()) \
+            if env.get("AUTOPILOT_QUEUE_SOCKET", "").strip() else None
         command = env.get("AUTOPILOT_AGENT_COMMAND", "").strip() or None
         if kind == "command" and not command:
             raise InvalidInput("AUTOPILOT_AGENT_KIND=command needs AUTOPILOT_AGENT_COMMAND "
                                "(e.g. 'my-agent --issue {number} {title}')")
         return cls(
             agent_id=agent_id(required("AUTOPILOT_AGENT_ID")),
-            db=Path(required("AUTOPILOT_DB")),
+            db=None if socket_path else Path(required("AUTOPILOT_DB")),
             workspace=Path(required("AUTOPILOT_WORKSPACE")),
             logs=Path(required("AUTOPILOT_LOGS")),
             base_branch=env.get("AUTOPILOT_BASE_BRANCH", "").strip() or "main",
@@ -136,12 +141,16 @@ class RuntimeSettings:
             queue_file=Path(env["AUTOPILOT_QUEUE_FILE"].strip())
             if env.get("AUTOPILOT_QUEUE_FILE", "").strip() else None,
             host=env.get("AUTOPILOT_HOST", "").strip() or None,
+            queue_socket=socket_path,
         )
 
     def queue_target(self) -> str | Path:
-        """The queue the agent claims from: the URL in ``queue_file`` if one is named
-        (PostgreSQL), else the SQLite database ``db``."""
+        """The queue the agent claims from when it opens one itself (``queue_access: mount``):
+        the URL in ``queue_file`` if one is named (PostgreSQL), else the SQLite database ``db``."""
         if self.queue_file is None:
+            if self.db is None:
+                raise InvalidInput("neither AUTOPILOT_QUEUE_SOCKET nor AUTOPILOT_DB is set: "
+                                   "start agents with `inv agents.start`")
             return self.db
         try:
             url = self.queue_file.read_text(encoding="utf-8").strip()

@@ -44,7 +44,8 @@ class Workspace:
         # No git timeout below the watchdog's: a hung hook must end in a restart,
         # which clears the lock it holds; a killed git would leave index.lock behind.
         # A user's commit.gpgsign (copied ~/.gitconfig) would need a key the container lacks.
-        self.git = Git(self.path, timeout=timeout, config={"commit.gpgsign": "false"})
+        # hooks: inside the agent's own container its repository's hooks are its own business.
+        self.git = Git(self.path, timeout=timeout, config={"commit.gpgsign": "false"}, hooks=True)
 
     def _start_point(self) -> str:
         """What issue branches start from: the user's base, fetched fresh into an own clone."""

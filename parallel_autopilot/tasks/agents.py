@@ -7,7 +7,16 @@ import time
 
 from .. import fleet
 from ..errors import InvalidInput
-from .edge import Namespace, emit_json, fleet_of, print_table, rich_table, table, task
+from .edge import (
+    Namespace,
+    echo,
+    emit_json,
+    fleet_of,
+    print_table,
+    rich_table,
+    table,
+    task,
+)
 
 HEADERS = ["agent", "host", "state", "doing", "uptime", "restarts", "cli", "tokens in/out"]
 
@@ -28,7 +37,7 @@ def status_table(agents: list[fleet.AgentStatus]) -> str:
 
 def show(agents: list[fleet.AgentStatus]) -> None:
     """Print the agents: a ``rich`` table on a terminal, :func:`status_table` elsewhere."""
-    print_table(_rows(agents), HEADERS) if agents else print(NO_AGENTS)
+    print_table(_rows(agents), HEADERS) if agents else echo(NO_AGENTS)
 
 
 def _tokens(tokens: dict | None) -> str:
@@ -44,12 +53,12 @@ def _tokens(tokens: dict | None) -> str:
 def start(c, n=None, no_wait=False, merge=False, json=False):
     """Start N agents (worktrees, image if missing, containers) and wait until healthy."""
     the_fleet = fleet_of(c)
-    agents = the_fleet.start(n, progress=print if not json else lambda _: None, wait=not no_wait)
+    agents = the_fleet.start(n, progress=echo if not json else lambda _: None, wait=not no_wait)
     emit_json([a.to_dict() for a in agents]) if json else show(agents)
     if merge:
         # flushed: it runs until Ctrl-C, and a pipe (a log, a supervisor) would hold every line till then
         def say(line: str) -> None:
-            print(line, flush=True)
+            echo(line, flush=True)
 
         say("merge queue running (Ctrl-C stops it; the agents keep running)")
         the_fleet.merge_loop(progress=say)
@@ -58,8 +67,8 @@ def start(c, n=None, no_wait=False, merge=False, json=False):
 @task(help={"id": "stop only this agent (1, 01, 001 or agent-001); default: all", "json": "print stopped ids as JSON"})
 def stop(c, id=None, json=False):
     """Stop agents gracefully (they release their issues) and remove their containers."""
-    stopped = fleet_of(c).stop([id] if id else None, progress=print if not json else lambda _: None)
-    emit_json(stopped) if json else print(f"stopped {len(stopped)} agent(s)")
+    stopped = fleet_of(c).stop([id] if id else None, progress=echo if not json else lambda _: None)
+    emit_json(stopped) if json else echo(f"stopped {len(stopped)} agent(s)")
 
 
 @task(help={"id": "the agent to restart (1, 01, 001 or agent-001)",
@@ -67,7 +76,7 @@ def stop(c, id=None, json=False):
 def restart(c, id, no_wait=False, json=False):
     """Restart one agent's container and wait until its new incarnation is ready."""
     the_fleet = fleet_of(c)
-    progress = print if not json else lambda _: None
+    progress = echo if not json else lambda _: None
     agent = the_fleet.restart(id, progress=progress)
     if not no_wait:  # else the table shows the old incarnation's last word ("stopped")
         agent = the_fleet.wait_healthy([agent.id], progress=progress)[0]
@@ -94,7 +103,7 @@ def status(c, json=False, watch=None):
             if not every:
                 return
             time.sleep(every)
-            print(flush=True)
+            echo(flush=True)
     except KeyboardInterrupt:
         return  # Ctrl-C ends a watch: that is how it is stopped, not a failure
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..bench import SCENARIOS, report, runner
 from ..errors import BenchmarkFailed
-from .edge import Namespace, emit_json, require_extra, settings, task
+from .edge import Namespace, echo, emit_json, require_extra, settings, task
 
 _HELP = {
     "quick": "a small version of every scenario (seconds each, small N)",
@@ -24,8 +24,8 @@ def _run(c, scenarios, quick, json, repeat, out) -> None:
     if json:
         emit_json(data)
     else:
-        print(report.markdown(data))
-        print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+        echo(report.markdown(data))
+        echo("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
     failed = runner.failures(data)
     if failed:
         raise BenchmarkFailed(f"{len(failed)} scenario(s) failed ({'; '.join(failed)})"[:400]

@@ -3,6 +3,11 @@
 A task body raises domain errors (``AutopilotError``); :func:`task` turns them
 into ``invoke.Exit(message, code)``, so the user sees one line and a non-zero
 exit code, never a traceback, for every expected failure.
+
+Output: a task prints through :func:`echo`, :func:`table`, :func:`print_table` or
+:func:`emit_json`, never ``print``. Titles, errors, check output, logs and file names
+are written by agents, which are hostile: the first three show every terminal control
+character visibly (:func:`parallel_autopilot.printable.printable`), JSON escapes them itself.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from invoke.parser.parser import ParseMachine
 from .. import config
 from ..errors import EXIT_INTERRUPTED, AutopilotError, GitError, MissingDependency
 from ..fleet import Fleet
+from ..printable import printable
 
 
 def task(*args: Any, **kwargs: Any) -> Callable:
@@ -32,7 +38,7 @@ def task(*args: Any, **kwargs: Any) -> Callable:
             try:
                 return body(c, *a, **kw)
             except AutopilotError as err:
-                raise invoke.Exit(f"error: {err}", code=err.exit_code) from None
+                raise invoke.Exit(error_line(err), code=err.exit_code) from None
             except KeyboardInterrupt:
                 raise invoke.Exit("interrupted", code=EXIT_INTERRUPTED) from None
 
@@ -42,6 +48,20 @@ def task(*args: Any, **kwargs: Any) -> Callable:
         body, args = args[0], ()
         return decorate(body)
     return decorate
+
+
+def error_line(err: AutopilotError) -> str:
+    """``error: <the error's line>``, what invoke prints on stderr for an expected failure (printable)."""
+    return f"error: {printable(err)}"
+
+
+def echo(text: object = "", *, file=None, flush: bool = False) -> None:
+    """``print(text)`` with every terminal control character shown visibly: how a task prints.
+
+    What a task prints may hold agent-written text (a title, an error, a check's output, a log
+    line); ordinary text is printed unchanged.
+    """
+    print(printable(text), file=file, flush=flush)
 
 
 @contextlib.contextmanager
@@ -92,21 +112,30 @@ def fleet_of(c, **overrides) -> Fleet:
     return Fleet.open(settings(c, **overrides))
 
 
+def _cells(row: Sequence[Any]) -> list[str]:
+    return ["" if v is None else printable(v) for v in row]
+
+
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
-    """A plain aligned text table."""
-    body = [["" if v is None else str(v) for v in row] for row in rows]
+    """A plain aligned text table; its cells :func:`printable` (they may be agent-written)."""
+    body = [_cells(row) for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, body)])
 
 
 def rich_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], title: str | None = None):
-    """The same table as a ``rich`` Table, for a terminal (bold headers, no box)."""
+    """The same table as a ``rich`` Table, for a terminal (bold headers, no box).
+
+    The cells are :func:`printable` ``Text``, never console markup: a title ``[link=...]`` or
+    ``[blink]`` is shown as written.
+    """
     from rich.table import Table
+    from rich.text import Text
 
     grid = Table(*headers, box=None, header_style="bold", pad_edge=False, title=title, title_justify="left")
     for row in rows:
-        grid.add_row(*("" if v is None else str(v) for v in row))
+        grid.add_row(*(Text(cell) for cell in _cells(row)))
     return grid
 
 
@@ -118,7 +147,7 @@ def print_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
 
         Console().print(rich_table(rows, headers))
     else:
-        print(table(rows, headers))
+        echo(table(rows, headers))
 
 
 def emit_json(data: Any) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .edge import Namespace, fleet_of, require_extra, task
+from .edge import Namespace, echo, fleet_of, require_extra, task
 
 
 @task(default=True, auto_shortflags=False, help={
@@ -24,9 +24,9 @@ def serve(c, port=None, host=None, open_=False, token=None, public=False):
     try:
         app.serve(s, host=host or s.gui_host, port=int(port if port is not None else s.gui_port),
                   token=token, public=public, open_browser=open_, fleet=the_fleet,
-                  echo=lambda line: print(line, flush=True))  # the URL shows at once, even through a pipe
+                  echo=lambda line: echo(line, flush=True))  # the URL shows at once, even through a pipe
     except KeyboardInterrupt:
-        print("stopped", flush=True)  # Ctrl-C is how it is stopped: exit 0, not "interrupted"
+        echo("stopped", flush=True)  # Ctrl-C is how it is stopped: exit 0, not "interrupted"
 
 
 ns = Namespace("gui")

@@ -10,7 +10,7 @@ from .. import fleet, issues
 from ..config import Settings, redact_url
 from ..errors import Conflict, DockerUnavailable, InvalidInput
 from ..issues import IssueStore, issuefile, snapshots
-from .edge import Namespace, emit_json, fleet_of, print_table, settings, task
+from .edge import Namespace, echo, emit_json, fleet_of, print_table, settings, task
 
 INTERACTIVE_RECONNECT_SECONDS = 15.0
 
@@ -43,7 +43,7 @@ def add(c, title, body="", priority="medium", script=None, max_attempts=None, ch
     if json:
         emit_json(issue.to_dict())
     else:
-        print(f"added #{issue.number} [{issue.priority}] {issue.title}")
+        echo(f"added #{issue.number} [{issue.priority}] {issue.title}")
 
 
 @task(name="import", help={"file": "a YAML or JSON list of issues (title, body, priority, script, check, max_attempts, number)",
@@ -55,8 +55,8 @@ def import_(c, file, json=False):
     if json:
         emit_json([i.to_dict() for i in added])
     else:
-        print(f"imported {len(added)} issue(s): #{added[0].number}..#{added[-1].number}" if added
-              else "imported 0 issues (the file holds an empty list)")
+        echo(f"imported {len(added)} issue(s): #{added[0].number}..#{added[-1].number}" if added
+             else "imported 0 issues (the file holds an empty list)")
 
 
 @task(name="list", help={"status": "only this status: ready, claimed, done (checked, waiting for the merge "
@@ -76,7 +76,7 @@ def list_(c, status=None, json=False):
          "title"],
     )
     counts = store.counts()
-    print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no issues")
+    echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no issues")
 
 
 def tokens(usage: dict | None, long: bool = False) -> str:
@@ -104,10 +104,10 @@ def show(c, number, json=False):
         if key == "usage" and value:
             value = tokens(value, long=True)
         if value not in (None, ""):
-            print(f"{key:>14}: {_shown(key, value, now)}")
-    print("        events:")
+            echo(f"{key:>14}: {_shown(key, value, now)}")
+    echo("        events:")
     for e in events:
-        print(f"   {local_time(e.at)} {e.kind:<16} {e.worker or '':<10} token={e.token} {e.detail or ''}".rstrip())
+        echo(f"   {local_time(e.at)} {e.kind:<16} {e.worker or '':<10} token={e.token} {e.detail or ''}".rstrip())
 
 
 #: Issue fields that are epoch seconds, and those that are durations (--json keeps the numbers).
@@ -143,14 +143,14 @@ def _shown(key: str, value, now: float) -> str:
 def retry(c, number):
     """Put a failed, dead, blocked, done, empty or rejected issue back in the queue with fresh attempts."""
     issue = store_of(c).retry(_number(number))
-    print(f"#{issue.number} is {issue.status} again")
+    echo(f"#{issue.number} is {issue.status} again")
 
 
 @task(help={"number": "the issue number"})
 def block(c, number):
     """Keep an issue out of the queue until `issues.retry`."""
     issue = store_of(c).block(_number(number))
-    print(f"#{issue.number} is {issue.status}")
+    echo(f"#{issue.number} is {issue.status}")
 
 
 def _number(value, what: str = "issue number") -> int:
@@ -182,8 +182,8 @@ def merge(c, number=None, dry_run=False, batch=None, json=False):
 
     size = _number(batch, "batch") if batch is not None else None
     report = mergequeue.merge(settings(c), store_of(c), [_number(number)] if number else None,
-                              dry_run=dry_run, batch=size, progress=(lambda _: None) if json else print)
-    emit_json(report.to_dict()) if json else print(report.summary())
+                              dry_run=dry_run, batch=size, progress=(lambda _: None) if json else echo)
+    emit_json(report.to_dict()) if json else echo(report.summary())
     if report.exit_code:
         from invoke import Exit
 
@@ -201,7 +201,7 @@ def backup(c, keep=None, json=False):
     if json:
         emit_json({"snapshot": str(path), **counts})
     else:
-        print(f"snapshot {path} ({counts['issues']} issues, {counts['events']} events)")
+        echo(f"snapshot {path} ({counts['issues']} issues, {counts['events']} events)")
 
 
 @task(help={"snapshot": "file name in <state_dir>/snapshots or a path (default: the latest)",
@@ -224,7 +224,7 @@ def restore(c, snapshot=None, json=False):
         emit_json(result)
         return
     aside = f"; the previous file is kept as {result['kept_aside'][0]}" if result["kept_aside"] else ""
-    print(f"restored {s.db_path} from {path.name} ({result['issues']} issues, {result['events']} events){aside}")
+    echo(f"restored {s.db_path} from {path.name} ({result['issues']} issues, {result['events']} events){aside}")
 
 
 @task(help={"to": "the PostgreSQL queue to fill: postgresql://user@host/db (must be empty)",
@@ -246,7 +246,7 @@ def migrate(c, to, json=False):
         # large backlogs: a line per chunk, on stderr so --json stays parseable
         if total > transfer.CHUNK and shown.get(table_name) != done:
             shown[table_name] = done
-            print(f"{table_name}: {done}/{total}", file=sys.stderr, flush=True)
+            echo(f"{table_name}: {done}/{total}", file=sys.stderr, flush=True)
 
     try:
         copied = transfer.sqlite_to_pg(source, target, progress)
@@ -257,8 +257,8 @@ def migrate(c, to, json=False):
     if json:
         emit_json(report)
     else:
-        print(f"copied {copied['issues']} issue(s), {copied['events']} event(s), {copied['agents']} agent(s) "
-              f"from {s.db_path} to {target.url}; set autopilot.queue to it to use it")
+        echo(f"copied {copied['issues']} issue(s), {copied['events']} event(s), {copied['agents']} agent(s) "
+             f"from {s.db_path} to {target.url}; set autopilot.queue to it to use it")
 
 
 ns = Namespace("issues")

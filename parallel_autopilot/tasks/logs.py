@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .edge import Namespace, fleet_of, task
+from .edge import Namespace, echo, fleet_of, task
 
 
 @task(help={"id": "only this agent (1, 01, 001 or agent-001); default: all, prefixed",
@@ -10,7 +10,7 @@ from .edge import Namespace, fleet_of, task
 def tail(c, id=None, follow=False, lines=50):
     """Print an agent's log (docs/logs/agents/<id>/agent.log); --follow streams it."""
     for line in fleet_of(c).logs(id, tail=int(lines), follow=follow):
-        print(line, flush=True)
+        echo(line, flush=True)
 
 
 ns = Namespace("logs")

@@ -29,7 +29,7 @@ import invoke
 
 from .. import config, remote
 from ..errors import EXIT_INTERRUPTED, AutopilotError, RemoteError
-from .edge import Namespace, emit_json, settings, table, task
+from .edge import Namespace, echo, emit_json, error_line, settings, table, task
 
 #: Tasks that run with a PTY when the named flag is set (None: always), so the
 #: remote side sees a terminal and Ctrl-C on the laptop stops it there.
@@ -143,7 +143,7 @@ def _mirror_task(name: str, original: invoke.Task) -> invoke.Task:
                 kwargs[arg.attr_name or arg.name] = value
             return _run_remote(c, name, cli_args(original, kwargs), kwargs)
         except AutopilotError as err:
-            raise invoke.Exit(f"error: {err}", code=err.exit_code) from None
+            raise invoke.Exit(error_line(err), code=err.exit_code) from None
         except KeyboardInterrupt:
             raise invoke.Exit("interrupted", code=EXIT_INTERRUPTED) from None
 
@@ -185,7 +185,7 @@ def _stream_many(conns: list, s: config.Settings, name: str, argv: list[str], pt
     for result in results:
         line = _host_error(result, s)
         if line:
-            print(f"{result.host} | error: {line}", file=sys.stderr)
+            echo(f"{result.host} | error: {line}", file=sys.stderr)
     return remote.first_failure(results)
 
 
@@ -227,13 +227,13 @@ def _agents_status(conns: list, s: config.Settings, kwargs: dict[str, Any]) -> i
             emit_json(records)
         else:
             if rows:
-                print(table(rows, ["host", "agent", "container", "health", "doing", "uptime", "restarts"]))
+                echo(table(rows, ["host", "agent", "container", "health", "doing", "uptime", "restarts"]))
             for problem in problems:
-                print(f"error: {problem}")
+                echo(f"error: {problem}")
         if not kwargs.get("watch"):
             return remote.first_failure(results)
         time.sleep(float(kwargs["watch"]))
-        print()
+        echo()
 
 
 #: Tasks whose output from several hosts is merged into one table.
@@ -316,7 +316,7 @@ def _each_host(conns: list, job: Callable[[Any], None]) -> None:
             job(conns[index])
         except AutopilotError as err:
             failures[index] = err
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            echo(error_line(err), file=sys.stderr, flush=True)
 
     with ThreadPoolExecutor(max_workers=min(8, len(conns))) as pool:
         list(pool.map(one, range(len(conns))))
@@ -397,7 +397,7 @@ _print_lock = threading.Lock()
 
 def _say(line: str) -> None:
     with _print_lock:
-        print(line, flush=True)
+        echo(line, flush=True)
 
 
 ns = Namespace("remote")

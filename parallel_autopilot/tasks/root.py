@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import demo as demo_lib
 from ..containers import agentcli, image
 from ..git import clones
-from .edge import emit_json, fleet_of, settings, table, task
+from .edge import echo, emit_json, fleet_of, settings, table, task
 
 
 @task(help={"rebuild": "build even if the image is up to date",
@@ -21,14 +21,14 @@ def build(c, rebuild=False, base_image=None, cli=None, agent_cli=None, json=Fals
     s = settings(c)
     s = s.replace(**{k: v for k, v in {"base_image": base_image, "agent_cli": cli or agent_cli}.items() if v})
     agentcli.clis(s.agent_cli)  # an unknown value: one line before anything is fetched
-    quiet = (lambda _: None) if json else print
+    quiet = (lambda _: None) if json else echo
     tag = image.ensure_image(s, progress=quiet, rebuild=rebuild)
     info = image.describe(s)
     if json:
         emit_json(info)
         return
     versions = ", ".join(f"{k} {v}" for k, v in info["clis"].items()) or "no agent CLI"
-    print(f"image ready: {tag} ({versions}; {info['size'] / 1e6:.0f} MB)")
+    echo(f"image ready: {tag} ({versions}; {info['size'] / 1e6:.0f} MB)")
 
 
 @task(help={"force": "also remove dirty worktrees and delete agent branches with unmerged commits",
@@ -42,7 +42,7 @@ def cleanup(c, force=False, json=False):
     """
     the_fleet = fleet_of(c)
     s = the_fleet.settings
-    stopped = the_fleet.stop(progress=print if not json else lambda _: None)
+    stopped = the_fleet.stop(progress=echo if not json else lambda _: None)
     if s.queue or s.db_path.exists():  # results never live only in a clone that is about to go
         from ..merge import queue as mergequeue
 
@@ -52,8 +52,8 @@ def cleanup(c, force=False, json=False):
     if json:
         emit_json({"stopped": stopped, **report.to_dict(), "deleted_issue_branches": dropped})
         return
-    print(report.summary())
-    print(f"deleted merged issue branches: {', '.join(dropped) or 'none'}")
+    echo(report.summary())
+    echo(f"deleted merged issue branches: {', '.join(dropped) or 'none'}")
 
 
 @task(help={"dir": "where to create the sample repository (default: a new temporary directory)",
@@ -63,7 +63,7 @@ def demo(c, dir=None, n=3, keep=False, json=False):
     """Run the demo: a sample repository, 12 issues with scripts, 3 agents in containers."""
     directory = demo_lib.new_directory(Path(dir) if dir else None)
     result = demo_lib.run_demo(settings(c, repo=str(directory)), directory, agents=int(n), keep_running=keep,
-                               progress=print if not json else lambda _: None)
+                               progress=echo if not json else lambda _: None)
     rows = [(f"#{i.number}", i.status, i.owner or "", i.branch or "", (i.commit or "")[:10],
              f"{i.duration:.1f}s" if i.duration else "", i.title) for i in result.issues]
     if json:
@@ -71,10 +71,10 @@ def demo(c, dir=None, n=3, keep=False, json=False):
                    "issues": [i.to_dict() for i in result.issues],
                    "next": demo_lib.next_steps(result, keep_running=keep)})
     else:
-        print(table(rows, ["issue", "status", "agent", "branch", "commit", "duration", "title"]))
-        print(f"{sum(i.status == 'done' for i in result.issues)}/{len(result.issues)} issues done "
-              f"in {result.seconds:.1f}s by {n} agents; repository: {result.repo}")
-        print("\n".join(demo_lib.next_steps(result, keep_running=keep)))
+        echo(table(rows, ["issue", "status", "agent", "branch", "commit", "duration", "title"]))
+        echo(f"{sum(i.status == 'done' for i in result.issues)}/{len(result.issues)} issues done "
+             f"in {result.seconds:.1f}s by {n} agents; repository: {result.repo}")
+        echo("\n".join(demo_lib.next_steps(result, keep_running=keep)))
     if not result.ok:
         from invoke import Exit
         raise Exit("error: some demo issues did not finish: see `inv issues.list` in the demo repository", code=1)

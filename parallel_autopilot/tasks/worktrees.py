@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from ..git import clones
-from .edge import Namespace, emit_json, fleet_of, settings, table, task
+from .edge import Namespace, echo, emit_json, fleet_of, settings, table, task
 
 
 def _print(ws: list[clones.Worktree]) -> None:
     if not ws:
-        print("no agent worktrees (make some with: worktrees.create --n 3)")
+        echo("no agent worktrees (make some with: worktrees.create --n 3)")
         return
-    print(table(
+    echo(table(
         [(w.id, w.state, w.branch or ("(detached)" if w.exists else ""),
           "" if w.dirty is None else ("dirty" if w.dirty else "clean"),
           ", ".join(w.unmerged) if w.unmerged else ("" if w.ahead is None else f"{w.ahead} ahead of {w.base}"),
@@ -53,7 +53,7 @@ def remove(c, id=None, force=False, json=False):  # noqa: A002 - the flag reads 
     if json:
         emit_json(report.to_dict())
         return
-    print(report.summary())
+    echo(report.summary())
 
 ns = Namespace("worktrees")
 for t in (create, list_, remove):

@@ -37,6 +37,9 @@ def test_quick_bench_runs_every_scenario_against_real_docker(git_repo, tmp_path)
     # no sub-part skipped: the queue ran inside containers too
     assert all(r["status"] == "ok" for s in data["scenarios"] for r in s["rows"])
     assert any("containers" in r["case"] for r in by_name["queue"]["rows"])
+    # the merge check in a container (the default runner) was measured against the host
+    assert [r["status"] for r in by_name["merge"]["rows"] if r["metric"] == "seconds per check, in a container"] \
+        == ["ok"]
     # both chart panels have their series
     assert [r["x"] for r in by_name["throughput"]["rows"] if r["metric"] == "speedup over N=1"] == [1, 2]
     assert [r["x"] for r in by_name["startup"]["rows"]] == [1, 2]

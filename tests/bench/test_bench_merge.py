@@ -20,3 +20,6 @@ def test_the_merge_scenario_counts_check_runs_and_finds_no_red_commit(tmp_path, 
     assert all(x["red"] == 0 for v in result["details"]["results"].values() for x in v)
     rows = {r["metric"]: r for r in result["rows"]}
     assert rows["time to merge, K = 4"]["baseline_label"] == "one at a time (K = 1)"
+    # no agent image in this run: the container's cost per check is a skipped row, with the reason
+    cost = rows["seconds per check, in a container"]
+    assert cost["status"] == "skipped" and "not prepared" in cost["reason"]

@@ -114,6 +114,9 @@ def test_quick_queue_run_writes_a_sane_report_without_docker(settings, tmp_path)
     rows = data["scenarios"][0]["rows"]
     cases = {(r["case"], r["metric"]) for r in rows if r["status"] == "ok"}
     assert {("1 process", "throughput"), ("4 processes", "claim latency p99")} <= cases
+    # the agents' way to the queue: through the gateway, against the store opened directly
+    assert {("1 agent through the gateway", "throughput"), ("4 agents through the gateway", "claim latency p99")} \
+        <= cases
     # PostgreSQL beside SQLite, on a server the scenario started and stopped itself
     if pgcluster.unavailable() is None:
         assert {("1 process, PostgreSQL", "throughput"), ("4 processes, PostgreSQL", "claim latency p99"),

@@ -18,17 +18,19 @@ from parallel_autopilot.containers import provision as containers
 from parallel_autopilot.errors import ComposeError
 
 RUNTIME_VARIABLES = {
-    "AUTOPILOT_DB", "AUTOPILOT_WORKSPACE", "AUTOPILOT_LOGS", "AUTOPILOT_BASE_BRANCH", "AUTOPILOT_AGENT_KIND",
-    "AUTOPILOT_AGENT_COMMAND", "AUTOPILOT_LEASE_SECONDS", "AUTOPILOT_MAX_ATTEMPTS", "AUTOPILOT_BACKOFF_SECONDS",
-    "AUTOPILOT_ISSUE_TIMEOUT", "AUTOPILOT_POLL_SECONDS", "AUTOPILOT_WATCHDOG_SECONDS", "AUTOPILOT_GRACE_SECONDS",
-    "AUTOPILOT_HEARTBEAT_FILE", "AUTOPILOT_AGENT_ID", "HOME", "AUTOPILOT_CHECK", "AUTOPILOT_CHECK_TIMEOUT",
-    "AUTOPILOT_QUEUE_FILE", "AUTOPILOT_HOST",
+    "AUTOPILOT_QUEUE_SOCKET", "AUTOPILOT_WORKSPACE", "AUTOPILOT_LOGS", "AUTOPILOT_BASE_BRANCH",
+    "AUTOPILOT_AGENT_KIND", "AUTOPILOT_AGENT_COMMAND", "AUTOPILOT_LEASE_SECONDS", "AUTOPILOT_MAX_ATTEMPTS",
+    "AUTOPILOT_BACKOFF_SECONDS", "AUTOPILOT_ISSUE_TIMEOUT", "AUTOPILOT_POLL_SECONDS", "AUTOPILOT_WATCHDOG_SECONDS",
+    "AUTOPILOT_GRACE_SECONDS", "AUTOPILOT_HEARTBEAT_FILE", "AUTOPILOT_AGENT_ID", "HOME", "AUTOPILOT_CHECK",
+    "AUTOPILOT_CHECK_TIMEOUT", "AUTOPILOT_HOST",
 }
 # a same-host PostgreSQL socket directory, at its own path (containers/queueaccess.py)
 SOCKET_TARGET = "${AUTOPILOT_QUEUE_SOCKET_TARGET:?set by parallel_autopilot.containers.compose}"
-SHARED_TARGETS = {"/state", "/logs", "/run/credentials/codex", "/run/credentials/ssh",
-                  "/run/credentials/gitconfig", "/etc/passwd", "/etc/group", "/workspace",
-                  "/run/secrets/autopilot-queue", SOCKET_TARGET}
+# what an agent mounts: credentials read-only, its own clone, log and gateway socket; nothing shared
+AGENT_TARGETS = {"/run/credentials/codex", "/run/credentials/ssh", "/run/credentials/gitconfig", "/etc/passwd",
+                 "/etc/group", "/workspace", "/run/autopilot-queue", "${AUTOPILOT_GIT_DIR}"}
+#: what no agent may mount: the queue, its snapshots, every agent's logs, the queue's URL and server
+SHARED = {"/state", "/logs", "/run/secrets/autopilot-queue", SOCKET_TARGET}
 READ_ONLY = {"/run/credentials/codex", "/run/credentials/ssh", "/run/credentials/gitconfig",
              "/etc/passwd", "/etc/group", "/run/secrets/autopilot-queue", SOCKET_TARGET,
              "${AUTOPILOT_GIT_DIR}"}  # the user's .git: read-only, each agent writes only its own clone
@@ -45,9 +47,9 @@ def services(text) -> dict:
     return yaml.safe_load(text)["services"]
 
 
-def test_defines_agent_001_to_010(services):
-    assert sorted(services) == AGENTS
-    assert compose.services() == AGENTS
+def test_defines_agent_001_to_010_and_the_gateway(services):
+    assert sorted(services) == [*AGENTS, "gateway"]
+    assert compose.services() == AGENTS  # the agents; the gateway is compose.GATEWAY
 
 
 def test_no_version_key_and_anchors_present(text):
@@ -61,20 +63,36 @@ def test_every_service_has_the_full_environment(services, agent):
     env = services[agent]["environment"]
     assert RUNTIME_VARIABLES <= set(env), RUNTIME_VARIABLES - set(env)
     assert env["AUTOPILOT_AGENT_ID"] == agent
-    assert env["AUTOPILOT_DB"] == "/state/autopilot.db"
+    assert env["AUTOPILOT_QUEUE_SOCKET"] == "/run/autopilot-queue/queue.sock"
+    assert not {"AUTOPILOT_DB", "AUTOPILOT_QUEUE_FILE"} & set(env)  # no queue of its own to open
     assert env["AUTOPILOT_HEARTBEAT_FILE"].startswith("/run/autopilot/")
 
 
 @pytest.mark.parametrize("agent", AGENTS)
-def test_every_service_has_every_mount_and_its_own_worktree(services, agent):
+def test_every_agent_mounts_its_own_clone_log_and_socket_and_nothing_shared(services, agent):
     mounts = {m["target"]: m for m in services[agent]["volumes"]}
-    assert SHARED_TARGETS <= set(mounts)
-    assert "${AUTOPILOT_GIT_DIR}" in mounts  # .git at the SAME absolute path
+    own_log = f"/logs/agents/{agent}"
+    assert set(mounts) == AGENT_TARGETS | {own_log}
+    assert not SHARED & set(mounts)
     assert mounts["/workspace"]["source"] == f"${{AUTOPILOT_WORKTREES}}/{agent}"
-    assert mounts["/state"]["source"].startswith("${AUTOPILOT_STATE")  # the directory, not the db file
+    assert mounts[own_log]["source"] == f"${{AUTOPILOT_LOGS_DIR}}/agents/{agent}"
+    assert mounts["/run/autopilot-queue"]["source"] == f"${{AUTOPILOT_STATE}}/gateway/{agent}"
     for target, mount in mounts.items():
         assert mount["type"] == "bind"
         assert bool(mount.get("read_only")) == (target in READ_ONLY), target
+
+
+def test_the_gateway_holds_the_state_and_the_queue_url_and_is_supervised(services):
+    gateway = services["gateway"]
+    mounts = {m["target"]: m for m in gateway["volumes"]}
+    assert {"/state", "/run/secrets/autopilot-queue", SOCKET_TARGET} <= set(mounts)
+    assert not mounts["/state"].get("read_only")
+    assert gateway["command"] == ["python3", "-m", "parallel_autopilot.issues.gateway"]
+    assert gateway["restart"] == "unless-stopped"  # Docker restarts it; the CLI may exit
+    assert gateway["healthcheck"]["test"][-1] == "--health"
+    assert gateway["labels"]["parallel-autopilot.role"] == "gateway"
+    assert "parallel-autopilot.agent" not in gateway["labels"]  # not listed as an agent
+    assert gateway["cap_drop"] == ["ALL"] and "no-new-privileges:true" in gateway["security_opt"]
 
 
 @pytest.mark.parametrize("agent", AGENTS)

@@ -85,7 +85,9 @@ def test_a_missing_socket_directory_is_one_line(git_repo, runtime_dir, tmp_path)
 @pytest.mark.parametrize("network", ["none", "bridge"])
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_a_loopback_tcp_url_needs_network_host(git_repo, runtime_dir, network, host):
-    settings = config.load(repo=git_repo, queue=f"postgresql://u:{PASSWORD}@{host}:5432/db", network=network)
+    # with queue_access: mount every agent connects itself: its network must reach the server
+    settings = config.load(repo=git_repo, queue=f"postgresql://u:{PASSWORD}@{host}:5432/db", network=network,
+                           queue_access="mount")
     with pytest.raises(InvalidInput) as caught:
         containers.compose_env(settings)
     message = str(caught.value)
@@ -95,10 +97,13 @@ def test_a_loopback_tcp_url_needs_network_host(git_repo, runtime_dir, network, h
     assert env["AUTOPILOT_QUEUE_FILE"] == queueaccess.SECRET_TARGET
     # stop/ps/logs create nothing: they must still work with the bad setting
     containers.compose_env(settings, strict=False)
+    # through the gateway (the default) the agents' network does not matter: the gateway is on the host's
+    assert containers.compose_env(settings.replace(queue_access="gateway"))["AUTOPILOT_GATEWAY_NETWORK"] == "host"
 
 
 def test_a_remote_tcp_server_is_refused_on_network_none_only(git_repo, runtime_dir):
-    settings = config.load(repo=git_repo, queue="postgresql://u@db.example.internal/q", network="none")
+    settings = config.load(repo=git_repo, queue="postgresql://u@db.example.internal/q", network="none",
+                           queue_access="mount")
     with pytest.raises(InvalidInput, match="network none cannot reach"):
         containers.compose_env(settings)
     containers.compose_env(settings.replace(network="bridge"))
@@ -119,8 +124,22 @@ def test_docker_compose_config_shows_the_file_not_the_password(git_repo, runtime
     env = containers.compose_env(settings)
     proc = compose.run(settings, ["config"], env=env, compose=["docker-compose"])
     assert PASSWORD not in proc.stdout
+    rendered = yaml.safe_load(proc.stdout)["services"]
+    # the gateway (the default) holds the URL's file and the server's socket; no agent does
+    gateway = rendered["gateway"]
+    assert gateway["environment"]["AUTOPILOT_QUEUE_FILE"] == "/run/secrets/autopilot-queue"
+    mounts = {m["target"]: m for m in gateway["volumes"]}
+    assert mounts["/run/secrets/autopilot-queue"]["source"] == env["AUTOPILOT_QUEUE_SECRET"]
+    assert mounts[str(socket_dir)]["read_only"] is True
+    agent = rendered["agent-002"]
+    assert "AUTOPILOT_QUEUE_FILE" not in agent["environment"]
+    assert not {"/run/secrets/autopilot-queue", str(socket_dir), "/state"} & {m["target"] for m in agent["volumes"]}
+    # queue_access: mount gives every agent the file and the socket again (and the state directory)
+    settings = settings.replace(queue_access="mount")
+    proc = compose.run(settings, ["config"], env=containers.compose_env(settings), compose=["docker-compose"])
+    assert PASSWORD not in proc.stdout
     agent = yaml.safe_load(proc.stdout)["services"]["agent-002"]
     assert agent["environment"]["AUTOPILOT_QUEUE_FILE"] == "/run/secrets/autopilot-queue"
     mounts = {m["target"]: m for m in agent["volumes"]}
     assert mounts["/run/secrets/autopilot-queue"]["source"] == env["AUTOPILOT_QUEUE_SECRET"]
-    assert mounts[str(socket_dir)]["read_only"] is True
+    assert mounts[str(socket_dir)]["read_only"] is True and "/state" in mounts

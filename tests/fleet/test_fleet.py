@@ -210,8 +210,9 @@ def test_on_a_shared_queue_each_host_lists_and_frees_only_its_own_agents(git_rep
 
 
 def test_start_refuses_a_loopback_tcp_queue_on_network_none_before_creating_anything(git_repo):
+    # agents that open the queue themselves (queue_access: mount; the gateway is on the host's network)
     settings = config.load({}, repo=str(git_repo), queue="postgresql://ap:pw@127.0.0.1:5432/backlog",
-                           network="none")
+                           network="none", queue_access="mount")
     with pytest.raises(InvalidInput, match="autopilot.network: host") as caught:
         StoreLess.open(settings, docker=FakeDocker()).start(1, progress=lambda _: None)
     assert "\n" not in str(caught.value) and "pw" not in str(caught.value)

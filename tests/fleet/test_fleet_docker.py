@@ -85,9 +85,10 @@ def container_of(settings, agent="agent-001") -> str:
     return next(a.container for a in fleet.Fleet.open(settings).list() if a.id == agent)
 
 
-def test_three_agents_resolve_twelve_issues_each_exactly_once(sample):
+@pytest.mark.parametrize("access", ["gateway", "mount"])
+def test_three_agents_resolve_twelve_issues_each_exactly_once(sample, access):
     repo, make = sample
-    settings = make()
+    settings = make(queue_access=access)
     base = git(repo, "rev-parse", "main")
     store = fleet.store_for(settings)
     store.add_many([{"title": f"write file {i}", "script": f"sleep 1; echo {i} > file-{i}.txt"}
@@ -125,6 +126,13 @@ def test_three_agents_resolve_twelve_issues_each_exactly_once(sample):
     mine = {i.number for i in issues if i.owner == "agent-002"}
     attempt_logs = {p.name for p in (settings.logs_path / "agents" / "agent-002").glob("issue-*-attempt-*.log")}
     assert attempt_logs == {f"issue-{n}-attempt-1.log" for n in mine}
+
+    # the gateway (default) holds the queue; with queue_access: mount every agent mounts it
+    mounts = {m["Destination"] for m in docker_inspect(container_of(settings, "agent-002"))["Mounts"]}
+    assert ("/state" in mounts) == (access == "mount") and "/run/autopilot-queue" in mounts
+    gateway = subprocess.run(["docker", "ps", "-q", "--filter", f"name={fleet.Fleet.open(settings).project}-gateway"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert len(gateway) == (1 if access == "gateway" else 0)
 
     stopped = fleet.Fleet.open(settings).stop(progress=lambda _: None)
     assert stopped == ["agent-001", "agent-002", "agent-003"]

@@ -47,7 +47,7 @@ def test_start_makes_clones_and_containers_and_returns_them_ready(settings, fake
         ("agent-001", "running", True, "idle"), ("agent-002", "running", True, "idle")]
     assert sorted(docker.agents("pa-fleet-object")) == ["agent-001", "agent-002"]
     assert all((settings.worktrees_path / a / ".git").is_dir() for a in ("agent-001", "agent-002"))
-    assert runner.calls == [["up", "-d", "--no-build", "agent-001", "agent-002"]]
+    assert runner.calls == [["up", "-d", "--no-build", "gateway", "agent-001", "agent-002"]]
     env = runner.envs[0]
     missing = compose_variables() - set(env)
     assert not missing, f"the compose file reads variables the Fleet did not give: {missing}"
@@ -204,3 +204,62 @@ def test_on_a_postgresql_queue_the_url_is_a_secret_file_that_the_last_stop_remov
     assert os.path.exists(secret), "agent-002 still runs and reads it"
     the_fleet.stop(progress=quiet)
     assert not os.path.exists(secret) and not os.path.exists(os.path.dirname(secret))
+
+
+def test_the_gateway_starts_with_the_agents_its_trouble_shows_on_them_and_it_goes_with_the_last(fake):
+    the_fleet, docker, runner = fake
+    the_fleet.start(2, progress=quiet)
+    gateway = docker.services("pa-fleet-object")["gateway"]
+    assert fleet.LABEL_AGENT not in gateway.labels and [a.id for a in the_fleet.list()] == ["agent-001", "agent-002"]
+    assert {a.problem for a in the_fleet.list()} == {None}
+    gateway.attrs["State"].update(Status="restarting")  # the gateway crashed: Docker restarts it
+    assert {a.doing for a in the_fleet.list()} == {
+        "queue gateway restarting: its agents cannot claim (see `docker logs` of the gateway, or agents.start)"}
+    gateway.attrs["State"].update(Status="running")
+    the_fleet.stop(["agent-001"], progress=quiet)
+    assert "gateway" in docker.services("pa-fleet-object")  # agent-002 still needs it
+    the_fleet.stop(progress=quiet)
+    assert runner.calls[-2:] == [["stop", "-t", "10", "gateway"], ["rm", "-f", "gateway"]]
+    assert docker.services("pa-fleet-object") == {}
+
+
+def test_with_queue_access_mount_no_gateway_runs(fake, settings, clock):
+    the_fleet, docker, runner = fake_fleet(settings.replace(queue_access="mount"), clock=clock)
+    the_fleet.start(1, progress=quiet)
+    assert runner.calls == [["up", "-d", "--no-build", "agent-001"]]
+    override = settings.state_path / "container" / "queue-mount.yml"  # passed with -f: every agent mounts /state
+    assert "AUTOPILOT_DB: /state/autopilot.db" in override.read_text()
+    assert the_fleet.stop(progress=quiet) == ["agent-001"]
+    assert not [call for call in runner.calls if "gateway" in call]
+
+
+def test_the_merge_loop_waits_out_a_docker_daemon_that_is_away(settings, clock, git_repo):
+    import subprocess
+
+    from parallel_autopilot.errors import DockerUnavailable
+    from parallel_autopilot.merge.checks import CheckResult
+
+    the_fleet, _, _ = fake_fleet(settings.replace(check="true"), clock=clock)
+    run = lambda *a: subprocess.run(["git", "-C", str(git_repo), *a], check=True, capture_output=True,  # noqa: E731
+                                    text=True).stdout.strip()
+    run("checkout", "-q", "-b", "autopilot/issue-1")
+    (git_repo / "one.txt").write_text("one\n")
+    run("add", "one.txt")
+    run("commit", "-q", "-m", "one")
+    sha = run("rev-parse", "HEAD")
+    run("checkout", "-q", "main")
+    store = the_fleet.store
+    store.add("one")
+    store.complete(store.claim("agent-001"), {"branch": "autopilot/issue-1", "commit": sha})
+    calls = []
+
+    def check(command, cwd, timeout, log):  # the container runner, its daemon away for the first round
+        calls.append(command)
+        if len(calls) == 1:
+            raise DockerUnavailable("Docker is not running: start it (or set merge_check_runner: host)")
+        return CheckResult(True, 0.1, "ok", "passed")
+
+    said = []
+    reports = the_fleet.merge_loop(rounds=2, sleep=lambda _: None, progress=said.append, check_runner=check)
+    assert "merge queue: Docker is not running: start it (or set merge_check_runner: host)" in said
+    assert len(reports) == 1 and store.get(1).status == "merged" and len(calls) == 2

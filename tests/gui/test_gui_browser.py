@@ -190,6 +190,36 @@ def test_ten_agents_and_two_hundred_issues(pane):
     screenshot(page, "gui-fake-6-ten-agents-200-issues")
 
 
+def test_agent_written_text_is_text_in_every_part_of_the_pane(tmp_path):
+    # titles, a rejection's report, what an agent does and its log: all agent-written, all text
+    check = expect()
+    settings = make_settings(tmp_path)
+    store = IssueStore(settings.db_path)
+    for name, priority in (("done", "urgent"), ("rejected", "high"), ("working", "medium"), ("ready", "low")):
+        store.add(f"{XSS} {name}", priority=priority)
+    for number in (1, 2):
+        store.complete(store.claim("agent-009"), {"branch": f"autopilot/issue-{number}", "commit": f"{number:040d}"})
+    store.reject(2, f"{2:040d}", f"red: {XSS}")
+    fleet = FakeFleet(store)
+    fleet.start(1, progress=lambda _: None)
+    fleet.claim("agent-001")  # #3: the agent works on a hostile title
+    fleet.log("agent-001", f"log: {XSS}")
+    with LiveServer(create_app(settings, fleet=fleet, interval=0.25)) as server, chromium_page() as page:
+        view = Pane(page, server, fleet, store)
+        view.open()
+        check(page.locator("#issues li .title")).to_have_text([f"{XSS} working", f"{XSS} ready"], timeout=SEEN)
+        check(page.locator("#done li .title")).to_have_text([f"{XSS} done"])
+        check(page.locator('#merge-queue li[data-phase="queued"] .title')).to_have_text(f"{XSS} done")
+        check(page.locator('#merge-queue li[data-phase="rejected"] .title')).to_have_text(f"{XSS} rejected")
+        check(page.locator('#merge-queue li[data-phase="rejected"] .detail')).to_have_text(f"red: {XSS}")
+        check(view.row("agent-001").locator(".activity")).to_have_text(f"Working on #3 {(XSS + ' working')[:40]}")
+        view.row("agent-001").locator(".view-logs").click()
+        check(page.locator("#logs")).to_contain_text(f"log: {XSS}", timeout=SEEN)
+        assert page.locator("main img").count() == 0
+        assert page.evaluate("window.__pwned") is None and view.js_errors == []
+    store.close()
+
+
 def test_the_page_never_polls(pane):
     page, fleet, check = pane.page, pane.fleet, expect()
     fleet.start(2, progress=lambda _: None)

@@ -13,7 +13,7 @@ import pytest
 
 from support.clock import T0
 from parallel_autopilot.issues import transfer as queuecopy
-from parallel_autopilot.errors import Conflict
+from parallel_autopilot.errors import Conflict, LeaseLost
 from parallel_autopilot.issues import IssueStore, open_store
 
 
@@ -57,8 +57,12 @@ def test_migrate_copies_every_column_event_and_agent_and_the_queue_goes_on(tmp_p
     # the claims and agents stay the host's that made them, not the copying store's
     assert {i.host for i in pg.list()} == {"ws1", None} and {a.host for a in pg.agents()} == {"ws1"}
     assert {i.status for i in pg.list()} == {"done", "failed", "dead", "blocked", "claimed"}
-    # the copied lease is the same lease: its holder finishes it on PostgreSQL, a stale token cannot
-    done = pg.complete(held.__class__(**{**held.__dict__}), {"branch": "b"}, now=T0 + 20)
+    # the copied lease is the same lease: its holder (on ws1) finishes it on PostgreSQL; the
+    # copying host ws9 cannot, even with the token (a claim is its own host's)
+    with pytest.raises(LeaseLost):
+        pg.complete(held.__class__(**{**held.__dict__}), {"branch": "b"}, now=T0 + 20)
+    with open_store(pg_url, host="ws1") as ws1:
+        done = ws1.complete(held.__class__(**{**held.__dict__}), {"branch": "b"}, now=T0 + 20)
     assert (done.status, done.token) == ("done", held.token)
     # numbers and event ids go on after the copied ones
     assert pg.add("after the move").number == 6

@@ -1,6 +1,8 @@
 """The merge queue on the host (issue 10), fast: a real repository with a real unittest suite,
 real git, real check processes; issues made done the way an agent makes them (claim, branch,
-commit, complete). The end-to-end path with agents in containers is in test_verified_docker.py."""
+commit, complete). The check runs on the host (``merge_check_runner: host``, set explicitly: the
+default is a container); the container runner has its own tests below and in test_check_isolation.py.
+The end-to-end path with agents in containers is in test_verified_docker.py."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from parallel_autopilot.issues import IssueStore
 from support.clock import T0, FakeClock
 
 CHECK = "python3 -m unittest -q"
+#: These tests are about the queue, not where its check runs: on the host, fast, without Docker.
+ON_THE_HOST = {"INVOKE_AUTOPILOT_MERGE_CHECK_RUNNER": "host"}
 
 
 def git(repo: Path, *args: str, env: dict | None = None) -> str:
@@ -50,7 +54,8 @@ class Repo:
         self.store = IssueStore(self.path / ".autopilot" / "autopilot.db", backoff_seconds=0)
 
     def settings(self, **extra) -> config.Settings:
-        return config.load({}, **{"repo": str(self.path), "check": CHECK, "base_branch": "main", **extra})
+        return config.load({}, **{"repo": str(self.path), "check": CHECK, "base_branch": "main",
+                                   "merge_check_runner": "host", **extra})
 
     def done(self, title: str, files: dict[str, str], priority: str = "medium", **fields) -> int:
         """An issue claimed, worked on its branch from main, committed and completed."""
@@ -155,7 +160,9 @@ def test_the_queue_stamps_and_times_with_the_clocks_it_is_given(repo, clock):
     queue = mergequeue.MergeQueue(repo.settings(), repo.store, runner=runner, clock=clock, monotonic=timer)
     report = queue.run()
     assert report.merged == [number] and report.seconds == 2.5
-    assert logs == [queue.dir / "logs" / f"check-{int(T0 * 1000)}-1.log"]
+    assert logs == [queue.log_dir / f"check-{int(T0 * 1000)}-1.log"]
+    # outside the user's .git, which every agent and check container mounts read-only
+    assert queue.log_dir == repo.settings().state_path / "merge-logs" and not queue.log_dir.is_relative_to(queue.dir)
     assert json.loads((queue.dir / "state.json").read_text())["at"] == T0
 
 
@@ -215,7 +222,8 @@ def test_a_sigkilled_merge_queue_leaves_a_green_base_and_resumes(repo, tmp_path)
     # the check of the second candidate (the one holding square) hangs: the queue is killed there
     check = (f"if grep -q square shapes.py && [ ! -e {started}.done ]; then touch {started}; sleep 60; fi; {CHECK}")
     code = ("import sys; from parallel_autopilot import config; from parallel_autopilot.merge import queue as mergequeue; "
-            "from parallel_autopilot.issues import IssueStore; s = config.load({}, repo=sys.argv[1], check=sys.argv[2]); "
+            "from parallel_autopilot.issues import IssueStore; "
+            "s = config.load({}, repo=sys.argv[1], check=sys.argv[2], merge_check_runner='host'); "
             "mergequeue.merge(s, IssueStore(s.db_path))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(repo.path), check], start_new_session=True,
                             env={**os.environ, "PYTHONPATH": str(Path(mergequeue.__file__).parents[2])})
@@ -270,7 +278,7 @@ def test_dry_run_says_would_merge_runs_the_checks_and_moves_no_ref(repo):
     refs = git(repo.path, "for-each-ref")
     out = subprocess.run([sys.executable, "-m", "parallel_autopilot", "issues.merge", "--dry-run"],
                          cwd=repo.path, capture_output=True, text=True,
-                         env={**os.environ, "INVOKE_AUTOPILOT_CHECK": CHECK})
+                         env={**os.environ, **ON_THE_HOST, "INVOKE_AUTOPILOT_CHECK": CHECK})
     assert out.returncode == 0, out.stderr
     assert f"would merge into main: #{number}" in out.stdout and "check runs: 1" in out.stdout
     as_json = subprocess.run([sys.executable, "-m", "parallel_autopilot", "issues.merge", "--dry-run", "--json"],
@@ -283,7 +291,7 @@ def test_dry_run_says_would_merge_runs_the_checks_and_moves_no_ref(repo):
 def test_exit_codes_nothing_to_do_and_rejected(repo):
     run = lambda: subprocess.run([sys.executable, "-m", "parallel_autopilot", "issues.merge"],  # noqa: E731
                                  cwd=repo.path, capture_output=True, text=True,
-                                 env={**os.environ, "INVOKE_AUTOPILOT_CHECK": CHECK})
+                                 env={**os.environ, **ON_THE_HOST, "INVOKE_AUTOPILOT_CHECK": CHECK})
     assert run().returncode == mergequeue.EXIT_NOTHING
     repo.done("break add", BROKEN)
     out = run()
@@ -292,7 +300,8 @@ def test_exit_codes_nothing_to_do_and_rejected(repo):
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_the_merge_check_can_run_in_a_container(repo):
+def test_the_merge_check_can_run_in_a_container(repo, built_test_image):
+    built_test_image("parallel-autopilot:wt10-verified")  # built by the queue, removed afterwards
     good = repo.done("mul", GOOD_MUL)
     bad = repo.done("break add", BROKEN)
     # /.dockerenv exists only inside a container: the check proves where it ran

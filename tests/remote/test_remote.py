@@ -307,3 +307,32 @@ def test_agents_status_on_several_hosts_is_one_table_with_a_line_per_down_host(t
     records = json.loads(capsys.readouterr().out)
     assert [(r["host"], r.get("id"), "error" in r) for r in records] == [
         ("alpha", "agent-001", False), ("alpha", "agent-002", False), ("beta", None, True), ("delta", None, True)]
+
+
+# -- what a host printed, shown here -------------------------------------------------------------
+
+HOSTILE = "Fix \x1b]0;pwned\x07\x1b[2J\rOK \x9b31m\u202eevil"
+HOSTILE_SHOWN = "Fix \\x1b]0;pwned\\x07\\x1b[2J\\x0dOK \\x9b31m\\u202eevil"
+
+
+def test_agents_status_on_several_hosts_shows_agent_text_escaped(tmp_path, capsys):
+    # a host's JSON carries the agent-written title as it is (JSON escapes it); the table here escapes
+    agent = AgentStatus(id="agent-001", container="c", state="running", health="healthy", activity="working",
+                        issue=7, issue_title=HOSTILE, since=0.0, uptime=5.0, heartbeat_age=1.0, restarts=0)
+    answers = {"alpha": SimpleNamespace(exited=0, stdout=json.dumps([agent.to_dict()]), stderr=""),
+               "beta": SimpleNamespace(exited=4, stdout="", stderr="error: refused: \x1b]0;pwned\x07 \u202eevil\n")}
+    conns = [FakeConnection(host, lambda command, kwargs, host=host: answers[host]) for host in answers]
+    remote_tasks._agents_status(conns, settings_for(tmp_path), {"json": False, "watch": 0})
+    out = capsys.readouterr().out
+    assert f"working on #7 {HOSTILE_SHOWN}" in out and "error: beta: refused: \\x1b]0;pwned\\x07 \\u202eevil" in out
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e]", out)
+
+
+def test_lines_streamed_from_several_hosts_are_escaped_and_their_crlf_kept():
+    def hostile(command, kwargs):  # a host on an older checkout prints agent text raw; a pty ends lines CRLF
+        kwargs["out_stream"].write(f"log {HOSTILE}\r\nnext\r\n")
+        return SimpleNamespace(exited=0, stdout="", stderr="")
+
+    out = io.StringIO()
+    remote.run_many([FakeConnection("h1", hostile)], "x", prefix_to=out, err_to=io.StringIO())
+    assert out.getvalue() == f"h1 | log {HOSTILE_SHOWN}\r\nh1 | next\r\n"

@@ -607,3 +607,65 @@ def test_a_rate_limited_cli_releases_the_issue_unpaid_waits_and_records_usage(si
     assert issue.attempts == 1 and issue.usage["input_tokens"] == 100 and issue.usage["output_tokens"] == 7
     (quota,) = site.events("agent-001", "quota")
     assert "429" in quota["message"] and quota["issue"] == 1
+
+
+# -- through the queue gateway (queue_access: gateway, the default in containers) --------
+
+GATEWAY_BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "runpy.run_module('parallel_autopilot.issues.gateway', run_name='__main__', alter_sys=True)")
+
+
+def start_gateway(site: Site, agents: list[str]) -> subprocess.Popen:
+    """The gateway as its service runs it (standard library only), serving ``agents``' sockets."""
+    for agent in agents:
+        (site.tmp / "gateway" / agent).mkdir(parents=True, exist_ok=True)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AUTOPILOT_DB": str(site.db),
+           "AUTOPILOT_GATEWAY_DIR": str(site.tmp / "gateway"), "AUTOPILOT_BACKOFF_SECONDS": "0",
+           "AUTOPILOT_SNAPSHOT_SECONDS": "0"}
+    out = open(site.tmp / "gateway.out", "ab")
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", GATEWAY_BOOT, str(ROOT)], env=env,
+                            stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    site.procs.append(proc)
+    site.wait(lambda: all((site.tmp / "gateway" / a / "queue.sock").exists() for a in agents), "the gateway")
+    return proc
+
+
+def through_gateway(site: Site, agent: str) -> dict[str, str]:
+    """What the compose file sets for an agent: its own socket, no database."""
+    return {"AUTOPILOT_QUEUE_SOCKET": str(site.tmp / "gateway" / agent / "queue.sock"), "AUTOPILOT_DB": ""}
+
+
+def test_three_agents_through_the_gateway_do_each_issue_once(site):
+    agents = ["agent-001", "agent-002", "agent-003"]
+    start_gateway(site, agents)
+    issues = site.store.add_many({"title": f"Write file {i}", "script": 'echo "$ISSUE_NUMBER" > "issue-$ISSUE_NUMBER.txt"'}
+                                 for i in range(12))
+    procs = [site.start(a, **through_gateway(site, a)) for a in agents]
+    site.wait(lambda: site.store.counts()["done"] == 12, "12 issues done")
+    assert [site.stop(p) for p in procs] == [0, 0, 0]
+    claims = claimed_events(site.store)
+    assert all(len(claims[i.number]) == 1 for i in issues)
+    for issue in site.store.list():
+        assert issue.commit == git(site.repo, "rev-parse", f"autopilot/issue-{issue.number}").strip()
+        assert (site.agent_dir(issue.owner) / f"issue-{issue.number}-attempt-1.log").exists()
+    assert {row.id: row.state for row in site.store.agents()} == dict.fromkeys(agents, "stopped")
+    assert not [e for e in site.store.events() if e.kind.startswith("refused")]
+
+
+def test_a_gateway_killed_mid_issue_comes_back_and_the_agent_finishes_it_once(site):
+    gateway = start_gateway(site, ["agent-001"])
+    site.store.add("Slow", script=f"sleep 2; echo done > done.txt; echo ran >> {site.tmp}/ledger.txt")
+    agent = site.start("agent-001", **through_gateway(site, "agent-001"))
+    site.wait(lambda: site.store.get(1).status == "claimed", "the claim")
+    gateway.kill()  # SIGKILL while the agent works: its renewals and its complete must wait, not fail
+    gateway.wait()
+    time.sleep(1)
+    start_gateway(site, ["agent-001"])
+    site.wait(lambda: site.store.get(1).status == "done", "#1 done after the restart")
+    assert site.stop(agent) == 0
+    assert (site.tmp / "ledger.txt").read_text() == "ran\n"  # ran once, completed once
+    kinds_of = [e.kind for e in site.store.events(1)]
+    assert kinds_of.count("claimed") == 1 and kinds_of.count("done") == 1
+    assert not [k for k in kinds_of if k.startswith("refused")]
+    assert "queue gateway unreachable" in (site.agent_dir("agent-001") / "agent.log").read_text()

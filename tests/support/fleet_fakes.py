@@ -38,7 +38,9 @@ def _stamp(seconds: float) -> str:
 class FakeContainer:
     def __init__(self, project: str, agent: str, image: str, started: float):
         self.name = f"{project}_{agent}_1"
-        self.labels = {fleet.LABEL_PROJECT: project, fleet.LABEL_AGENT: agent,
+        # the gateway service has a role, not an agent id
+        role = {fleet.LABEL_ROLE: agent} if agent == compose.GATEWAY else {fleet.LABEL_AGENT: agent}
+        self.labels = {fleet.LABEL_PROJECT: project, **role,
                        "com.docker.compose.project": project, "com.docker.compose.service": agent}
         self.attrs = {"Image": image, "RestartCount": 0,
                       "State": {"Status": "running", "ExitCode": 0, "OOMKilled": False,
@@ -126,9 +128,13 @@ class FakeDocker:
         return str(settings.image)
 
     def agents(self, project: str | None = None) -> dict[str, FakeContainer]:
-        """agent id -> container (of ``project``, or all)."""
+        """agent id -> container (of ``project``, or all); not the gateway."""
+        return {name: c for name, c in self.services(project).items() if fleet.LABEL_AGENT in c.labels}
+
+    def services(self, project: str | None = None) -> dict[str, FakeContainer]:
+        """compose service (agent id or ``gateway``) -> container (of ``project``, or all)."""
         with self.lock:
-            return {c.labels[fleet.LABEL_AGENT]: c for c in self.containers_by_name.values()
+            return {c.labels["com.docker.compose.service"]: c for c in self.containers_by_name.values()
                     if project is None or c.labels[fleet.LABEL_PROJECT] == project}
 
 
@@ -152,14 +158,14 @@ class FakeCompose:
         project, args = _parse(line)
         self.calls.append(args)
         self.envs.append(dict(env or {}))
-        verb, rest = args[0], [a for a in args[1:] if re.match(r"^agent-\d{3}$", a)]
+        verb, rest = args[0], [a for a in args[1:] if re.match(r"^agent-\d{3}$", a) or a == compose.GATEWAY]
         if self.docker.down:
             return subprocess.CompletedProcess(line, 1, "", "Cannot connect to the Docker daemon\n")
         if verb == "up" and self.gate is not None:
             self.gate.wait(30)
         booted = []
         with self.docker.lock:
-            by_agent = self.docker.agents(project)
+            by_agent = self.docker.services(project)
             for agent in rest:
                 container = by_agent.get(agent)
                 if verb == "up" and (container is None or container.status != "running"):
@@ -178,7 +184,7 @@ class FakeCompose:
                                                     Health={"Status": "healthy"})
                     booted.append(agent)
         for agent in booted:
-            if self.boot is not None:
+            if self.boot is not None and agent != compose.GATEWAY:
                 self.boot(agent)
         return subprocess.CompletedProcess(line, 0, "", "")
 
