@@ -93,16 +93,30 @@ open("attack.json", "w").write(json.dumps(report, indent=1))
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """One night with an attacker: three agents, default settings; what the attack got, and the queue."""
-    repo = make_repo(tmp_path_factory.mktemp("isolation") / "repo")
-    settings = make_settings(repo)
+    root = tmp_path_factory.mktemp("isolation")
+    repo = make_repo(root / "repo")
+    # the repository's check runs its committed check.sh: the attacker rewrites it to reach the host
+    (repo / "check.sh").write_text("exit 0\n")
+    git(repo, "add", "check.sh")
+    git(repo, "commit", "-q", "-m", "the check")
+    git(repo, "config", "core.hooksPath", ".husky")  # a husky user: git would run the committed hooks
+    settings = make_settings(repo, check="sh check.sh")
     store = fleet.store_for(settings)
     attack = ATTACK.replace("NUMBERS", str(HONEST))
-    store.add("attack", priority="urgent",
-              script=f"sleep 4; AUTOPILOT_GIT_DIR_SEEN={settings.repo}/.git python3 - <<'EOF'\n{attack}\nEOF\n")
+    marker = root / "written-on-the-host-by-the-check"
+    hooked = root / "run-by-a-host-git-hook"
+    evil_check = f"mkdir -p {root} && echo pwned > {marker}; exit 0"
+    store.add("attack", priority="urgent", script=(
+        f"sleep 4; AUTOPILOT_GIT_DIR_SEEN={settings.repo}/.git python3 - <<'EOF'\n{attack}\nEOF\n"
+        f"printf '%s\\n' '{evil_check}' > check.sh\n"
+        # and a hook for any host git that would run the repository's hooks (husky style)
+        "mkdir -p .husky && for hook in post-merge post-checkout pre-commit; do "
+        f"printf '#!/bin/sh\\necho pwned > {hooked}\\n' > .husky/$hook; chmod +x .husky/$hook; done\n"))
     store.add_many([{"title": f"honest {i}", "script": f"sleep 3; echo {i} > honest-{i}.txt"}
                     for i in range(1, HONEST + 1)])
     snapshot = snapshots.take(store)  # the way back: it must be there, unchanged, afterwards
-    run = {"settings": settings, "store": store, "repo": repo, "snapshot": snapshot,
+    run = {"settings": settings, "store": store, "repo": repo, "snapshot": snapshot, "marker": marker,
+           "hooked": hooked,
            "snapshot_bytes": snapshot.read_bytes(), "main": git(repo, "rev-parse", "main")}
     the_fleet = fleet.Fleet.open(settings)
     try:
@@ -177,6 +191,16 @@ def test_every_honest_issue_is_done_exactly_once_and_merged(hostile):
     assert {i.status for i in store.list()} == {"merged"}, report.summary()
     for i in range(1, HONEST + 1):
         assert git(repo, "show", f"main:honest-{i}.txt") == str(i)
+
+
+def test_the_merge_check_and_host_git_run_no_agent_code_on_the_host(hostile):
+    # (the merge queue ran in the test before; once more does nothing, or runs it if alone)
+    mergequeue.MergeQueue(hostile["settings"], hostile["store"], progress=lambda _: None).run()
+    # the attacker's check.sh and hooks are on the base now (its issue merged: its check exited 0)
+    assert hostile["store"].get(1).status == "merged"
+    assert "pwned" in git(hostile["repo"], "show", "main:check.sh")
+    assert not hostile["marker"].exists()  # the check ran in its container, not here
+    assert not hostile["hooked"].exists()  # no host git ran the committed hook
 
 
 def test_the_gateway_goes_with_the_last_agent(hostile):
