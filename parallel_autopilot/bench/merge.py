@@ -7,9 +7,9 @@ merges them one at a time (K = 1, the baseline) and in batches of K = 4 and 8
 (bisecting the red batch), each on a fresh copy of the same repository, in the
 same round. Measured: seconds until every good issue is merged, check runs,
 and red commits on the base afterwards (every first-parent commit the queue
-added is checked again, without the sleep); the batching runs its checks on the host. Then
-the cost of one check in a container (the default runner, with the run's image) against the
-same check on the host.
+added is checked again, without the sleep). The checks run in containers, as by default
+(``merge_check_runner: container``, with the run's image), or on the host in a run without an
+image. Then the cost of one check in a container against the same check on the host.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def make_site(root: Path, issues: int = ISSUES, bad: int = BAD, check_seconds: f
                                        "    def test_add(self):\n        self.assertEqual(calc.add(2, 3), 5)\n")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "calc and its test")
-    # the scenario measures batching: its checks run on the host (merge_check_runner's opt-in), no Docker
+    # the queue is handed its runner (bench.merge._runner): in containers when the run has an image
     settings = config.load({}, repo=str(repo), base_branch="main", check=f"sleep {check_seconds:g}; {TEST}",
                            merge_check_runner="host")
     clones.exclude_tool_dirs(settings)  # the store below is never committed with `add -A`
@@ -107,7 +107,7 @@ def one(ctx, size: int, label: str, params: Mapping[str, Any]) -> dict[str, Any]
     settings, store = make_site(root, params["issues"], params["bad"], params["check_seconds"])
     start = _git(settings.repo, "rev-parse", "main")
     t0 = ctx.clock()
-    report = MergeQueue(settings, store, batch=size).run()
+    report = MergeQueue(settings, store, batch=size, runner=_runner(ctx, settings)).run()
     seconds = ctx.clock() - t0
     good = params["issues"] - 1
     if len(report.merged) != good or len(report.rejected) != 1:
@@ -117,6 +117,14 @@ def one(ctx, size: int, label: str, params: Mapping[str, Any]) -> dict[str, Any]
     store.close()
     ctx.progress(f"{label}: K={size}: {seconds:.1f}s, {report.check_runs} check runs, {red} red commits")
     return {"seconds": seconds, "check_runs": report.check_runs, "red": red}
+
+
+def _runner(ctx, settings):
+    """Where the batches' checks run: in containers (the default runner, with the run's image) when
+    the run has an image, else on the host (a run without Docker still measures batching)."""
+    from ..merge import checks
+
+    return checks.ContainerCheck(settings, tag=ctx.image) if ctx.image else checks.run_on_host
 
 
 def check_cost(ctx, runs: int) -> dict[str, list[float]]:
@@ -183,6 +191,8 @@ def run(ctx, quick: Mapping[str, Any] = QUICK) -> dict[str, Any]:
     red = {size: sum(x["red"] for x in res) for size, res in results.items()}
     notes = [f"check: sleep {params['check_seconds']:g}; {TEST} (the suite of the repository); bad issue at "
              f"position {params['bad'] + 1}{' (quick run)' if ctx.quick else ''}",
-             "red commits on the base afterwards: " + ", ".join(f"K={k}: {n}" for k, n in red.items())]
+             "red commits on the base afterwards: " + ", ".join(f"K={k}: {n}" for k, n in red.items()),
+             "checks run " + (f"in containers of {ctx.image} (merge_check_runner: container, the default)"
+                              if ctx.image else "on the host (no image in this run)")]
     return stats.scenario("merge", TITLE, rows, params={**params, "sizes": [1, *SIZES]},
                           notes=notes, details={"results": {str(k): v for k, v in results.items()}})
