@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import AutopilotError, InvalidInput, LeaseLost, QueueUnavailable, one_line
-from .records import Claim, Issue
+from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS, Claim, Issue
+from .urls import read_url_file
 
 #: The socket's name in each agent's directory (the container sees ``/run/autopilot-queue/queue.sock``).
 SOCKET_NAME = "queue.sock"
@@ -298,18 +299,18 @@ class GatewayClient:
         return _claim(self._call("renew", {**_fence(claim), "lease_seconds": lease_seconds}), claim.worker)
 
     def complete(self, claim: Claim, result: Mapping[str, Any] | None = None) -> Issue:
-        return _issue(self._call("complete", {**_fence(claim), "result": dict(result or {})}, fenced=True))
+        return _issue(self._call("complete", {**_fence(claim), "result": dict(result or {})}))
 
     def empty(self, claim: Claim, result: Mapping[str, Any] | None = None) -> Issue:
-        return _issue(self._call("empty", {**_fence(claim), "result": dict(result or {})}, fenced=True))
+        return _issue(self._call("empty", {**_fence(claim), "result": dict(result or {})}))
 
     def fail(self, claim: Claim, error: str, feedback: str | None = None,
              check: Mapping[str, Any] | None = None) -> Issue:
         return _issue(self._call("fail", {**_fence(claim), "error": error, "feedback": feedback,
-                                          "check": dict(check) if check else None}, fenced=True))
+                                          "check": dict(check) if check else None}))
 
     def release(self, claim: Claim) -> Issue:
-        return _issue(self._call("release", _fence(claim), fenced=True))
+        return _issue(self._call("release", _fence(claim)))
 
     def release_agent(self, agent_id: str, reason: str = "agent gone") -> list[int]:
         return list(self._call("release_mine", {"reason": reason}))
@@ -330,15 +331,14 @@ class GatewayClient:
 
     # the wire
 
-    def _call(self, verb: str, args: dict, fenced: bool = False) -> Any:
-        fenced = fenced or verb == "claim"  # sent again, both are looked up first, never repeated blindly
+    def _call(self, verb: str, args: dict) -> Any:
         line = json.dumps({"verb": verb, "args": args}).encode() + b"\n"
         deadline = self._monotonic() + self.retry_seconds
         delay, failed = 0.05, False
         with self._lock:
             while True:
                 try:
-                    if failed and fenced:  # it may have taken effect: the gateway looks before it writes
+                    if failed:  # it may have taken effect: a fenced verb is looked up before it is written
                         line = json.dumps({"verb": verb, "args": args, "retry": True}).encode() + b"\n"
                     reply = self._exchange(line)
                     break
@@ -423,8 +423,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         target = _target(env)
         options: dict[str, Any] = {"on_reconnect": log} if is_url(target) else {"clock": time.time}
         store = open_store(target, host=env.get("AUTOPILOT_HOST") or None,
-                           max_attempts=int(env.get("AUTOPILOT_MAX_ATTEMPTS") or 3),
-                           backoff_seconds=float(env.get("AUTOPILOT_BACKOFF_SECONDS") or 30), **options)
+                           max_attempts=int(env.get("AUTOPILOT_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS),
+                           backoff_seconds=float(env.get("AUTOPILOT_BACKOFF_SECONDS") or DEFAULT_BACKOFF_SECONDS),
+                           **options)
     except (AutopilotError, ValueError) as err:
         print(f"parallel-autopilot gateway: {one_line(str(err))}", file=sys.stderr, flush=True)
         return getattr(err, "exit_code", 2)
@@ -452,12 +453,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
 
 def _target(env: Mapping[str, str]) -> str | Path:
     queue_file = env.get("AUTOPILOT_QUEUE_FILE", "").strip()
-    if queue_file:
-        url = Path(queue_file).read_text(encoding="utf-8").strip()
-        if not url:
-            raise InvalidInput(f"AUTOPILOT_QUEUE_FILE={queue_file} is empty: write the postgresql:// URL into it")
-        return url
-    return Path(env.get("AUTOPILOT_DB") or "/state/autopilot.db")
+    return read_url_file(queue_file) if queue_file else Path(env.get("AUTOPILOT_DB") or "/state/autopilot.db")
 
 
 def health(directory: Path) -> int:

@@ -17,6 +17,7 @@ from .. import defaults
 from ..errors import InvalidInput
 from ..ids import agent_id
 from ..issues import DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
+from ..issues.urls import read_url_file
 
 KINDS = defaults.AGENT_KINDS
 
@@ -152,14 +153,7 @@ class RuntimeSettings:
                 raise InvalidInput("neither AUTOPILOT_QUEUE_SOCKET nor AUTOPILOT_DB is set: "
                                    "start agents with `inv agents.start`")
             return self.db
-        try:
-            url = self.queue_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise InvalidInput(f"AUTOPILOT_QUEUE_FILE={self.queue_file}: cannot read it ({exc.strerror}): "
-                               "mount the queue secret file read-only there") from None
-        if not url:
-            raise InvalidInput(f"AUTOPILOT_QUEUE_FILE={self.queue_file} is empty: write the postgresql:// URL into it")
-        return url
+        return read_url_file(self.queue_file)
 
 
 def _url(env: Mapping[str, str], name: str) -> str | None:
