@@ -42,7 +42,7 @@ CHOICES = ("none", "codex", "claude", "all")
 MODEL_KINDS = ("codex", "claude")
 LABEL_PREFIX = "parallel-autopilot.cli."
 #: the build-context directory the Dockerfile COPYs (a placeholder is committed there)
-CONTEXT_DIR = "docker/autopilot/agent-cli"
+CONTEXT_DIR = "agent-cli"
 DEFAULT_CACHE = "~/.cache/parallel-autopilot/cli"
 
 Runner = Callable[..., subprocess.CompletedProcess]

@@ -2,7 +2,7 @@
 
 Every compose call goes through :func:`run`, which builds the command line
 (project name, compose file, ``--ansi never``) and the environment that fills
-every ``${VARIABLE}`` of ``docker/autopilot/docker-compose.yml`` comes from
+every ``${VARIABLE}`` of ``containers/files/docker-compose.yml`` (package data) comes from
 the caller (``containers.compose_env``). The file refuses to start with a
 variable missing, so a limit computed there is a limit Docker enforces.
 """
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # for annotations only: this module needs nothing of config a
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
-COMPOSE_FILE = "docker/autopilot/docker-compose.yml"
+COMPOSE_FILE = "docker-compose.yml"
 #: subdirectory of the state directory holding generated files and placeholders
 GENERATED = "container"
 #: commands that create containers: they need exact values (base branch...)
@@ -42,8 +42,8 @@ V1 = ("docker-compose",)
 
 
 def compose_file() -> Path:
-    """``docker/autopilot/docker-compose.yml`` of this checkout."""
-    return Path(__file__).resolve().parents[2] / COMPOSE_FILE
+    """The installed package's compose file (``containers/files/docker-compose.yml``)."""
+    return Path(__file__).resolve().parent / "files" / COMPOSE_FILE
 
 
 # -- which compose ------------------------------------------------------------
@@ -91,7 +91,7 @@ def _services(path: str, mtime: float) -> tuple[str, ...]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ComposeError(f"cannot read {path} ({err.__class__.__name__}): restore it from git") from None
+        raise ComposeError(f"cannot read {path} ({err.__class__.__name__}): reinstall parallel-autopilot (pip install --force-reinstall parallel-autopilot)") from None
     return tuple(sorted(name for name in (data.get("services") or {}) if _AGENT.match(name)))
 
 
@@ -101,7 +101,7 @@ def services(settings: Settings | None = None) -> list[str]:
     try:
         mtime = path.stat().st_mtime
     except OSError:
-        raise ComposeError(f"{path} is missing: restore it from git") from None
+        raise ComposeError(f"{path} is missing: reinstall parallel-autopilot (pip install --force-reinstall parallel-autopilot)") from None
     return list(_services(str(path), mtime))
 
 
