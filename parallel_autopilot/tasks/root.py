@@ -17,8 +17,11 @@ from .edge import echo, emit_json, fleet_of, settings, table, task
             "agent_cli": "the same as --cli (older name)",
             "json": "print the image, its CLI versions and size as JSON"})
 def build(c, rebuild=False, base_image=None, cli=None, agent_cli=None, json=False):
-    """Build the agent image (the package's containers/files/Dockerfile), with the agent CLIs asked for."""
-    s = settings(c)
+    """Build the agent image (the package's containers/files/Dockerfile), with the agent CLIs asked for.
+
+    Works anywhere: the image belongs to the machine, not to a repository.
+    """
+    s = settings(c, anywhere=True)
     s = s.replace(**{k: v for k, v in {"base_image": base_image, "agent_cli": cli or agent_cli}.items() if v})
     agentcli.clis(s.agent_cli)  # an unknown value: one line before anything is fetched
     quiet = (lambda _: None) if json else echo
