@@ -184,7 +184,7 @@ def _link_tree(source: Path, target: Path) -> None:
 
 # -- preflight ----------------------------------------------------------------
 
-_KEYS = {
+CREDENTIAL_KEYS = _KEYS = {
     "codex": ("OPENAI_API_KEY", "CODEX_API_KEY"),
     "claude": ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"),
 }
