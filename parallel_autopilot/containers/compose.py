@@ -66,6 +66,20 @@ def detect(runner: Runner = subprocess.run, which: Callable[[str], str | None] =
     raise ComposeError(f"neither `docker compose` nor `docker-compose` is installed: {INSTALL_HINT}")
 
 
+def installed(runner: Runner = subprocess.run, which: Callable[[str], str | None] = shutil.which) -> list[str]:
+    """The compose programs this machine has, as ``autopilot.compose`` names them: ``v2``, ``v1``."""
+    found = []
+    if which("docker"):
+        try:
+            if runner([*V2, "version"], capture_output=True, text=True, timeout=20).returncode == 0:
+                found.append("v2")
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    if which(V1[0]):
+        found.append("v1")
+    return found
+
+
 def version(runner: Runner = subprocess.run) -> str | None:
     """``docker compose 2.x`` or ``docker-compose 1.29.2`` of this host; None without compose."""
     try:
@@ -249,5 +263,5 @@ def last_error(stderr: str | None) -> str:
     return one_line(lines[-1]) if lines else ""
 
 
-__all__ = ["GATEWAY", "queue_mount_override", "compose_file", "detect", "command", "services", "check_services", "project_name",
+__all__ = ["GATEWAY", "queue_mount_override", "compose_file", "detect", "installed", "command", "services", "check_services", "project_name",
            "command_line", "creates", "run", "last_error"]
