@@ -198,38 +198,37 @@ def _state(settings: Settings, mountinfo: str) -> Check:
 
 
 def _queue(settings: Settings) -> Check:
-    if settings.queue:
-        from .issues import open_store
-
-        shown = redact(settings.queue)
-        try:
-            store = open_store(settings.queue, host=settings.host, reconnect_seconds=3)
-            try:
-                total = sum(store.counts().values())
-            finally:
-                store.close()
-        except AutopilotError as err:
-            return Check("queue", FAIL, f"{shown} cannot be reached", str(err))
-        except Exception as err:  # noqa: BLE001 - the driver's own errors: unreachable all the same
-            return Check("queue", FAIL, f"{shown} cannot be reached: {one_line(err)}",
-                         "start the PostgreSQL server, or fix autopilot.queue")
-        return Check("queue", OK, f"{shown} (PostgreSQL) answers: {total} issues")
-    db = settings.db_path
-    if not db.exists():
-        return Check("queue", OK, f"{db} (SQLite) does not exist yet: issues.add or issues.import creates it")
-    kept = snapshots.list_snapshots(db)
-    latest = f", latest {Path(kept[-1]).name}" if kept else ""
+    shown = redact(settings.queue) if settings.queue else f"{settings.db_path} (SQLite)"
+    if not settings.queue and not settings.db_path.exists():
+        return Check("queue", OK, f"{shown} does not exist yet: issues.add or issues.import creates it")
     try:
-        from .issues import open_store
-
-        store = open_store(db, host=settings.host)
-        try:
-            total = sum(store.counts().values())
-        finally:
-            store.close()
+        total = _issue_count(settings)
     except AutopilotError as err:
-        return Check("queue", FAIL, f"{db} (SQLite) cannot be opened", str(err))
-    return Check("queue", OK, f"{db} (SQLite): {total} issues, {len(kept)} snapshots{latest}")
+        return Check("queue", FAIL, f"{shown} cannot be opened", str(err))
+    except Exception as err:  # noqa: BLE001 - the driver's own errors: unreachable all the same
+        return Check("queue", FAIL, f"{shown} cannot be reached: {one_line(err)}",
+                     "start the PostgreSQL server, or fix autopilot.queue")
+    if settings.queue:
+        return Check("queue", OK, f"{shown} (PostgreSQL) answers: {_issues(total)}")
+    kept = snapshots.list_snapshots(settings.db_path)
+    latest = f", latest {Path(kept[-1]).name}" if kept else ""
+    return Check("queue", OK, f"{shown}: {_issues(total)}, {len(kept)} snapshots{latest}")
+
+
+def _issues(count: int) -> str:
+    return f"{count} issue" + ("" if count == 1 else "s")
+
+
+def _issue_count(settings: Settings) -> int:
+    """The issues in the queue, read with a store of its own (closed again; a server gets 3 s)."""
+    from .issues import open_store
+
+    options = {"reconnect_seconds": 3} if settings.queue else {}
+    store = open_store(settings.queue_target, host=settings.host, **options)
+    try:
+        return sum(store.counts().values())
+    finally:
+        store.close()
 
 
 def _gui() -> Check:
