@@ -85,6 +85,7 @@ class Settings:
     health_interval_seconds: float = _DEFAULTS["health_interval_seconds"]
     start_timeout_seconds: float = _DEFAULTS["start_timeout_seconds"]
     network: str = _DEFAULTS["network"]
+    compose: str = _DEFAULTS["compose"]
     queue_access: str = _DEFAULTS["queue_access"]
     host: str | None = _DEFAULTS["host"]  # config.load makes it the hostname when unset
     project: str | None = _DEFAULTS["project"]

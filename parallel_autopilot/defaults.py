@@ -73,6 +73,9 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "health_interval_seconds": (2, "float", POSITIVE),
     "start_timeout_seconds": (120, "float", POSITIVE),
     "network": ("bridge", "str", None),
+    # which Docker Compose runs the agents: auto (v2, `docker compose`, when it answers; else
+    # v1, `docker-compose`), or v2 / v1 to insist
+    "compose": ("auto", "str", ("auto", "v2", "v1")),
     # gateway: agents reach the queue only through their own socket of the fleet's gateway;
     # mount: every agent mounts the state directory (or the queue's URL): trusts every agent
     "queue_access": ("gateway", "str", ("gateway", "mount")),
