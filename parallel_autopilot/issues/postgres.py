@@ -47,8 +47,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import InvalidInput, QueueUnavailable
 from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS, Issue
-from .schema import AGENTS, EVENTS, FIRST_AGENTS, ISSUES, Column, add_column, columns, create_table
-from .store import Row, Run, Store
+from .schema import DEPENDENCY_MIGRATION, AGENTS, EVENTS, FIRST_AGENTS, ISSUES, Column, add_column, columns, create_table
+from .store import Row, Run, Store, claim_order, startable
 from .urls import redact
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ DEFAULT_SOCKET_TIMEOUT = 30.0
 ANALYZE_AFTER = 200  # issues added at once
 #: pg_advisory_xact_lock keys: schema migration, issue numbering
 _MIGRATE_LOCK, _NUMBER_LOCK = 0x5041_0001, 0x5041_0002
+_PATHS_LOCK = 0x5041_0003  # issue 21: claims take turns while paths keep issues apart
 
 #: The one clock expression: an explicit ``now`` wins, else the server's (constant in a transaction).
 NOW = "COALESCE(CAST(:now AS float8), CAST(EXTRACT(EPOCH FROM now()) AS float8))"
@@ -167,6 +168,8 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 4: a queue migrated to 3 by a first cut of it (bd9efff) got a host-aware stored claim: gone too
     ["DROP FUNCTION IF EXISTS autopilot_claim(float8, float8, text, float8, text, text)"],
+    # 5 (issue 21, SQLite's 6): dependencies and the paths an issue touches
+    DEPENDENCY_MIGRATION(TYPES),
 ]
 
 
@@ -268,6 +271,7 @@ class PgIssueStore(Store):
         sleep: Callable[[float], None] = time.sleep,
         host: str | None = None,
         migrations: Sequence[Sequence[str]] | None = None,
+        aging_seconds: float | None = None,
         backup_into: Callable[[PgIssueStore, str | os.PathLike], Any] | None = None,
     ):
         self.url = redact(url)
@@ -280,7 +284,7 @@ class PgIssueStore(Store):
         self._outage = False
         # clock None: the database's clock
         super().__init__(host=host, clock=clock, max_attempts=max_attempts, backoff_seconds=backoff_seconds,
-                         where=self.url)
+                         where=self.url, aging_seconds=aging_seconds)
         self._retrying(lambda conn: None)  # connect and migrate now: a bad URL fails here
 
     def __repr__(self) -> str:
@@ -525,7 +529,8 @@ class PgIssueStore(Store):
                             OR EXISTS (SELECT 1 FROM agents a WHERE a.host = p.host AND a.id = p.owner
                                                                AND a.heartbeat_at < clock.stale_before)
                        ELSE p.due_at <= clock.now END
-            ORDER BY p.rank, p.created_at, p.number
+              AND {startable("p")}
+            ORDER BY {claim_order("p")}
             LIMIT 1
             FOR UPDATE OF p SKIP LOCKED)
         UPDATE issues i SET status = 'claimed', owner = :worker, host = :host, token = i.token + 1,
@@ -547,9 +552,22 @@ class PgIssueStore(Store):
             rows = run("SELECT * FROM issues WHERE claim_nonce = :nonce AND status = 'claimed'", {"nonce": nonce})
             return rows[0] if rows else None
 
-        return self._write(self._CLAIM, {"now": now, "stale_after": stale_after, "worker": worker,
-                                         "lease": lease_seconds, "nonce": nonce, "host": self.host},
-                           claimed_already)
+        params = {"now": now, "stale_after": stale_after, "worker": worker, "lease": lease_seconds,
+                  "nonce": nonce, "host": self.host, "aging": self.aging_seconds}
+
+        def claim(conn) -> Row | None:
+            # Issue 21: two claimers must not each take one of two overlapping issues, each
+            # not yet seeing the other's claim (READ COMMITTED, SKIP LOCKED). While any issue
+            # names paths, claims take turns: the lock first, then the claim statement, whose
+            # snapshot (taken after the lock) sees every claim made before it.
+            with self._transaction(conn):
+                self._rows(conn, self._PATHS_TURN)
+                return next(iter(self._rows(conn, self._CLAIM, **params)), None)
+
+        return self._retrying(claim, lambda conn: claimed_already(self._run(conn)))
+
+    #: Claims take turns while any issue names paths (an issue-21 backlog); else no wait at all.
+    _PATHS_TURN = f"SELECT pg_advisory_xact_lock({_PATHS_LOCK}) FROM (SELECT 1 WHERE EXISTS (SELECT 1 FROM paths)) t"
 
     # -- the database -----------------------------------------------------------
 
