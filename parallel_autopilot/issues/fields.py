@@ -131,8 +131,16 @@ def check_order(items: list[Mapping[str, Any]]) -> list[list[tuple[str, int]]]:
 
     Returns, for each item, its predecessors as ``("batch", index)`` (an issue of the
     batch, by key or by its explicit number) or ``("number", n)`` (an existing issue:
-    the store checks it exists). The error names the item and its ``depends_on`` field.
+    the store checks it exists). The error names the item (``index``, from 0) and its field.
     """
+    try:
+        return _resolve(items)
+    except InvalidInput as err:
+        err.index = int(str(err).split(":", 1)[0].split()[-1]) - 1  # "issue N: ..."
+        raise
+
+
+def _resolve(items: list[Mapping[str, Any]]) -> list[list[tuple[str, int]]]:
     keys: dict[str, int] = {}
     numbers = {item["number"]: i for i, item in enumerate(items) if item.get("number") is not None}
     for i, item in enumerate(items):
@@ -148,14 +156,14 @@ def check_order(items: list[Mapping[str, Any]]) -> list[list[tuple[str, int]]]:
             if isinstance(ref, str):
                 if ref not in keys:
                     raise _invalid(f"issue {i + 1}", "depends_on",
-                                   f"depends on {ref!r}, which no issue of this batch has as its key; nothing added")
+                                   f"depends on {ref!r}, which no issue of this batch has as its key")
                 mine.append(("batch", keys[ref]))
             elif ref in numbers:
                 mine.append(("batch", numbers[ref]))
             else:
                 mine.append(("number", ref))
         if ("batch", i) in mine:
-            raise _invalid(f"issue {i + 1}", "depends_on", "depends on itself; nothing added")
+            raise _invalid(f"issue {i + 1}", "depends_on", "depends on itself")
         edges.append(mine)
     # a cycle: depth-first, the path kept to name it
     state = [0] * len(items)  # 0 new, 1 on the path, 2 done
@@ -172,7 +180,7 @@ def check_order(items: list[Mapping[str, Any]]) -> list[list[tuple[str, int]]]:
             if state[j] == 1:
                 cycle = path[path.index(j):] + [i, j] if j in path else [i, j]
                 raise _invalid(f"issue {j + 1}", "depends_on", "dependencies form a cycle ("
-                               + " -> ".join(name(k) for k in cycle) + "); nothing added")
+                               + " -> ".join(name(k) for k in cycle) + ")")
             if state[j] == 0:
                 visit(j, path + [i])
         state[i] = 2

@@ -283,7 +283,10 @@ class Store:
         """
         now = self._now(now)
         checked = [validate_fields(item, f"issue {i + 1}") for i, item in enumerate(items)]
-        order = check_order(checked)
+        try:
+            order = check_order(checked)
+        except InvalidInput as err:
+            raise InvalidInput(f"{err}; nothing added") from None
 
         def add(run: Run) -> list[Issue]:
             if self.NUMBERING_LOCK:
