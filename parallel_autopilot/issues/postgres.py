@@ -540,6 +540,7 @@ class PgIssueStore(Store):
                note = 'attempt ' || (i.attempts + 1) || ' of ' || i.max_attempts, claim_nonce = :nonce
         FROM pick, clock
         WHERE i.number = pick.number
+          AND (CAST(:turn AS boolean) OR NOT EXISTS (SELECT 1 FROM paths t WHERE t.issue = pick.number))
         RETURNING i.*"""
 
     def _claim(self, worker: str, lease_seconds: float, now: float | None,
@@ -554,20 +555,21 @@ class PgIssueStore(Store):
 
         params = {"now": now, "stale_after": stale_after, "worker": worker, "lease": lease_seconds,
                   "nonce": nonce, "host": self.host, "aging": self.aging_seconds}
+        # Issue 21: two claimers must not each take one of two overlapping issues, neither
+        # seeing the other's claim yet (READ COMMITTED, SKIP LOCKED). An issue without paths
+        # overlaps nothing: the one statement takes it (no turn). When the best issue names
+        # paths, claims take turns: the lock first, then the statement, whose snapshot (taken
+        # after the lock) sees every claim made before it.
+        row = self._write(self._CLAIM, {**params, "turn": False}, claimed_already)
+        if row is not None or not self._read("SELECT 1 FROM paths LIMIT 1"):
+            return row
 
-        def claim(conn) -> Row | None:
-            # Issue 21: two claimers must not each take one of two overlapping issues, each
-            # not yet seeing the other's claim (READ COMMITTED, SKIP LOCKED). While any issue
-            # names paths, claims take turns: the lock first, then the claim statement, whose
-            # snapshot (taken after the lock) sees every claim made before it.
+        def in_turn(conn) -> Row | None:
             with self._transaction(conn):
-                self._rows(conn, self._PATHS_TURN)
-                return next(iter(self._rows(conn, self._CLAIM, **params)), None)
+                self._rows(conn, f"SELECT pg_advisory_xact_lock({_PATHS_LOCK})")
+                return next(iter(self._rows(conn, self._CLAIM, **params, turn=True)), None)
 
-        return self._retrying(claim, lambda conn: claimed_already(self._run(conn)))
-
-    #: Claims take turns while any issue names paths (an issue-21 backlog); else no wait at all.
-    _PATHS_TURN = f"SELECT pg_advisory_xact_lock({_PATHS_LOCK}) FROM (SELECT 1 WHERE EXISTS (SELECT 1 FROM paths)) t"
+        return self._retrying(in_turn, lambda conn: claimed_already(self._run(conn)))
 
     # -- the database -----------------------------------------------------------
 
