@@ -20,9 +20,18 @@ The verbs, each next to its SQL::
     store.reject(n, commit, report, requeue)  # the merge queue: done -> rejected (or ready)
     store.release(claim)                      # graceful: not an attempt
     store.release_agent("agent-001")          # crash recovery: counts as one (this host's agent-001)
+    store.add("Endpoint", depends_on=[3], paths=["src/api/*.py"])  # waits for #3's merge; kept apart
+    store.add_paths(n, ["src/core.py"])       # the merge queue: the files a rejected issue conflicted in
+    store.waits()                             # {number: why it cannot start now}
 
 Defaults: a lease of 900 s (the design's 15 minutes), 3 attempts, a backoff of
-30 s doubling per attempt.
+30 s doubling per attempt, aging of 3600 s per priority step (:data:`AGING`).
+
+The backlog's order (issue 21), one rule each, in SQL written once here
+(:func:`startable`, :func:`claim_order`) that both backends' claims embed: an
+issue starts only when every predecessor has landed (:data:`LANDED`) and no
+other issue in flight touches an overlapping path (:data:`PATHS_OVERLAP`); the
+best is the lowest ``rank * aging_seconds + created_at``.
 
 Fencing. ``claim`` increments the issue's never-decreasing ``token``. ``renew``
 acts only while ``token`` matches and the lease has not expired; ``complete``,
