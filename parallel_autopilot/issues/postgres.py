@@ -499,7 +499,11 @@ class PgIssueStore(Store):
     #: attempts below the limit, priority then age, FOR UPDATE SKIP LOCKED: concurrent
     #: claimers on many hosts neither wait for each other nor take the same row. One
     #: condition the partial index issues_pick serves in claim order (an OR of arms
-    #: would sort every open issue). The two sets are disjoint (attempts >= / < max).
+    #: would sort every open issue), walked once per rank (issue 21: within a rank the
+    #: index's order is the aging order; the best of the four heads by
+    #: :func:`~.store.claim_order` wins, so no claim sorts the backlog); the heads not
+    #: taken stay locked only while the statement runs. The two sets are disjoint
+    #: (attempts >= / < max).
     _CLAIM = f"""
         WITH clock AS (SELECT t.now, t.now - CAST(:stale_after AS float8) AS stale_before
                        FROM (SELECT {NOW} AS now) t),
@@ -522,17 +526,22 @@ class PgIssueStore(Store):
             INSERT INTO events (at, issue, kind, worker, token, detail)
             SELECT updated_at, number, 'dead', actor, token, note FROM bury ORDER BY number),
         pick AS (
-            SELECT number FROM issues p, clock
-            WHERE p.status IN ('ready', 'failed', 'claimed') AND p.attempts < p.max_attempts
-              AND CASE WHEN p.status = 'claimed'
-                       THEN p.lease_until <= clock.now
-                            OR EXISTS (SELECT 1 FROM agents a WHERE a.host = p.host AND a.id = p.owner
-                                                               AND a.heartbeat_at < clock.stale_before)
-                       ELSE p.due_at <= clock.now END
-              AND {startable("p")}
-            ORDER BY {claim_order("p")}
-            LIMIT 1
-            FOR UPDATE OF p SKIP LOCKED)
+            SELECT c.number FROM clock, (VALUES (0), (1), (2), (3)) AS r(rank)
+            CROSS JOIN LATERAL (
+                SELECT p.number, p.rank, p.created_at FROM issues p
+                WHERE p.rank = r.rank AND p.status IN ('ready', 'failed', 'claimed')
+                  AND p.attempts < p.max_attempts
+                  AND CASE WHEN p.status = 'claimed'
+                           THEN p.lease_until <= clock.now
+                                OR EXISTS (SELECT 1 FROM agents a WHERE a.host = p.host AND a.id = p.owner
+                                                                   AND a.heartbeat_at < clock.stale_before)
+                           ELSE p.due_at <= clock.now END
+                  AND {startable("p")}
+                ORDER BY p.created_at, p.number
+                LIMIT 1
+                FOR UPDATE OF p SKIP LOCKED) c
+            ORDER BY {claim_order("c")}
+            LIMIT 1)
         UPDATE issues i SET status = 'claimed', owner = :worker, host = :host, token = i.token + 1,
                attempts = i.attempts + 1, lease_until = clock.now + CAST(:lease AS float8),
                heartbeat_at = clock.now, claimed_at = clock.now, updated_at = clock.now,

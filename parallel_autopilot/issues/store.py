@@ -131,13 +131,16 @@ AGING = "rank * aging_seconds + created_at"
 def startable(i: str) -> str:
     """SQL, written once for both claims: issue ``i`` may start now - every predecessor
     has landed (:data:`LANDED`), and no OTHER issue in flight (:data:`IN_FLIGHT`)
-    touches a path that overlaps one of ``i``'s (:data:`PATHS_OVERLAP`)."""
+    touches a path that overlaps one of ``i``'s (:data:`PATHS_OVERLAP`). The first test of
+    the paths (has ``i`` any?) keeps PostgreSQL's planner from scanning the issues in flight
+    for every claim of an issue without paths."""
     return f"""NOT EXISTS (SELECT 1 FROM depends dep JOIN issues pre ON pre.number = dep.predecessor
                            WHERE dep.issue = {i}.number AND pre.status NOT IN {one_of(LANDED)})
-           AND NOT EXISTS (SELECT 1 FROM paths mine
-                           JOIN paths theirs ON theirs.issue <> mine.issue AND {PATHS_OVERLAP}
-                           JOIN issues busy ON busy.number = theirs.issue AND busy.status IN {one_of(IN_FLIGHT)}
-                           WHERE mine.issue = {i}.number)"""
+           AND (NOT EXISTS (SELECT 1 FROM paths own WHERE own.issue = {i}.number)
+                OR NOT EXISTS (SELECT 1 FROM paths mine
+                               JOIN paths theirs ON theirs.issue <> mine.issue AND {PATHS_OVERLAP}
+                               JOIN issues busy ON busy.number = theirs.issue AND busy.status IN {one_of(IN_FLIGHT)}
+                               WHERE mine.issue = {i}.number))"""
 
 
 def claim_order(i: str) -> str:
