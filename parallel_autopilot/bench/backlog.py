@@ -134,12 +134,12 @@ def one(ctx, hints: bool, label: str, work: float, round_: int = 1) -> dict[str,
 
 
 def run(ctx) -> dict[str, Any]:
-    """Each round: hints off, then on, each on a fresh sandbox."""
+    """Each round: hints off and on (which first alternates by round), each on a fresh sandbox."""
     rounds = 1 if ctx.quick else ctx.repeats
     work = 1 if ctx.quick else WORK_SECONDS
     results: dict[str, list[dict]] = {"off": [], "on": []}
     for r in range(rounds):
-        for hints in (False, True):
+        for hints in ((False, True) if r % 2 == 0 else (True, False)):  # which goes first alternates
             results["on" if hints else "off"].append(one(ctx, hints, f"round {r + 1}/{rounds}", work, r + 1))
     off, on = results["off"], results["on"]
     case = f"24 issues (chain of 4, diamond, {PAIRS} same-line pairs), {AGENTS} agents, merge queue running"
