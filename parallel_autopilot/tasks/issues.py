@@ -38,8 +38,8 @@ def store_of(c) -> IssueStore:
              "while an issue on overlapping paths is in flight",
     "json": "print the new issue as JSON",
 })
-def add(c, title, body="", priority="medium", script=None, max_attempts=None, check=None, after=None,
-        paths=None, json=False):
+def add(c, title, body="", priority="medium", script=None, max_attempts=None, check=None, paths=None,
+        after=None, json=False):  # paths before after: invoke's short flags -a and -f (not -h, help's)
     """Add one issue to the queue."""
     attempts = _number(max_attempts, "max-attempts") if max_attempts is not None else None
     before = [_number(n.strip(), "after") for n in str(after).split(",") if n.strip()] if after else []
