@@ -297,3 +297,21 @@ def test_the_claim_order_is_rank_times_aging_plus_age(queue_target, clock):
 def test_aging_must_be_positive(tmp_path):
     with pytest.raises(InvalidInput, match="aging_seconds"):
         open_store(tmp_path / "s", aging_seconds=0)
+
+
+def test_the_aging_setting_reaches_the_stores_that_claim(git_repo):
+    """autopilot.aging_seconds: the host's store, and the environment of the containers (the gateway's claim)."""
+    from pathlib import Path
+
+    import yaml
+
+    import parallel_autopilot
+    from parallel_autopilot import config, fleet
+    from parallel_autopilot.containers import provision
+
+    settings = config.load({}, repo=str(git_repo), aging_seconds=120)
+    assert fleet.store_for(settings).aging_seconds == 120.0
+    assert provision.compose_env(settings, strict=False)["AUTOPILOT_AGING_SECONDS"] == "120"
+    compose = Path(parallel_autopilot.__file__).parent.parent / "docker" / "autopilot" / "docker-compose.yml"
+    gateway = yaml.safe_load(compose.read_text())["services"]["gateway"]
+    assert "AUTOPILOT_AGING_SECONDS" in gateway["environment"]
