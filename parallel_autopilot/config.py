@@ -56,6 +56,7 @@ class Settings:
     lease_seconds: float = _DEFAULTS["lease_seconds"]
     max_attempts: int = _DEFAULTS["max_attempts"]
     backoff_seconds: float = _DEFAULTS["backoff_seconds"]
+    aging_seconds: float = _DEFAULTS["aging_seconds"]  # issue 21: the claim's aging (issues.store.AGING)
     agent_kind: str = _DEFAULTS["agent_kind"]
     agent_command: str | None = _DEFAULTS["agent_command"]
     issue_timeout: float = _DEFAULTS["issue_timeout"]

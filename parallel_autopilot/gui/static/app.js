@@ -256,6 +256,8 @@ function renderIssues(snap) {
     el("span", { class: "num" }, `#${issue.number}`),
     el("span", { class: `prio ${issue.priority}` }, issue.priority),
     el("span", { class: "title", title: issue.title }, issue.title),
+    // issue 21: what it waits for, in the store's words (text, never markup)
+    el("span", { class: "waiting", title: issue.waiting || "" }, issue.waiting || ""),
     el("span", { class: "owner" }, issue.status === "claimed" ? `${issue.owner || ""}` : "")));
   $("issues").replaceChildren(...items);
   $("open-total").textContent = snap.open_total;
