@@ -39,7 +39,7 @@ def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, 
     """
     if not isinstance(item, Mapping):
         raise _invalid(where, None, f"expected a mapping with at least a title, got {type(item).__name__}")
-    allowed = {"number", "title", "body", "priority", "script", "check", "max_attempts"}
+    allowed = {"number", "title", "body", "priority", "script", "check", "max_attempts", "budget_tokens", "budget_usd"}
     unknown = sorted(set(item) - allowed, key=str)
     if unknown:
         raise _invalid(where, unknown[0], f"unknown field(s) {', '.join(map(str, unknown))}; "
@@ -65,7 +65,17 @@ def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, 
     max_attempts = item.get("max_attempts")
     if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1):
         raise _invalid(where, "max_attempts", "'max_attempts' must be a positive integer")
+    budget_tokens = item.get("budget_tokens")
+    if budget_tokens is not None and (isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int)
+                                      or budget_tokens < 1):
+        raise _invalid(where, "budget_tokens", "'budget_tokens' must be a positive integer (tokens)")
+    budget_usd = item.get("budget_usd")
+    if budget_usd is not None and (isinstance(budget_usd, bool) or not isinstance(budget_usd, (int, float))
+                                   or not 0 < budget_usd < 1e9):
+        raise _invalid(where, "budget_usd", "'budget_usd' must be a positive number (US dollars)")
     return {
+        "budget_tokens": budget_tokens,
+        "budget_usd": None if budget_usd is None else float(budget_usd),
         "number": number,
         "title": title.strip(),
         "body": body,
