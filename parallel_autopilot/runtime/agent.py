@@ -534,7 +534,7 @@ class Agent:
             if watch is not None:
                 over = watch.read()
                 if watch.limit is None:
-                    watch.limit = usage.limit(s.kind, "\n".join(watch.new), self.clock())
+                    watch.limit = usage.limit(s.kind, "\n".join(watch.new), self.clock(), events_only=True)
                     if watch.limit is not None:  # the first 429: park the login NOW, not when the CLI gives up
                         self._park_login(attempt, watch.limit)
             if self.stopping.is_set():

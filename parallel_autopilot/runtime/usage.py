@@ -208,14 +208,20 @@ def _int(mapping: dict, key: str) -> int:
         return 0
 
 
-def limit(kind: str, text: str, now: float | None = None) -> Limit | None:
-    """A rate limit / quota the CLI gave up on, or None (an ordinary failure)."""
+def limit(kind: str, text: str, now: float | None = None, events_only: bool = False) -> Limit | None:
+    """A rate limit / quota the CLI gave up on, or None (an ordinary failure).
+
+    ``events_only``: only the CLI's own JSON error events count, not its stderr (while
+    it runs: a warning that names a path with "quota" in it must not park a login).
+    """
     if kind not in ("codex", "claude"):
         return None
     now = time.time() if now is None else now
     found = None
     for event, line in _events(text):
         if event is None:
+            if events_only:
+                continue
             if line.startswith("### "):
                 continue  # the runtime's own header ("issue #429 ... token 429"), not the CLI's
             candidate = line  # stderr, or a line that is not the CLI's JSON

@@ -131,3 +131,10 @@ def test_over_names_the_budget_passed():
     assert usage.over(spent, 5000, None) == "spent 6060 tokens of a budget of 5000"
     assert usage.over(spent, 7000, 0.25) == "spent $0.3000 of a budget of $0.2500"
     assert usage.over(spent, 7000, None) is None and usage.over(None, 1, 1.0) is None
+
+
+def test_while_the_cli_runs_only_its_own_error_events_say_rate_limit():
+    warning = 'WARNING: could not create PATH aliases under "/home/me/quota-work/.codex"'
+    assert usage.limit("codex", warning) is not None  # at exit, stderr counts (as before)
+    assert usage.limit("codex", warning, events_only=True) is None
+    assert usage.limit("codex", CODEX_429, events_only=True) is not None
