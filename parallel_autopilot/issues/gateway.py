@@ -72,12 +72,14 @@ _LOGIN = re.compile(r"^[0-9a-f]{8,64}$")
 class Gateway:
     """The store behind one socket per agent; :meth:`handle` is the whole policy."""
 
-    def __init__(self, store: Any, *, log: Callable[[str], None] = print, logins: Mapping[str, str] | None = None):
+    def __init__(self, store: Any, *, log: Callable[[str], None] = print, logins: Mapping[str, str] | None = None,
+                 login: str | None = None):
         self.store = store
         self.log = log
         # agent -> the fingerprint of its model login, as the host provisioned it: where the
         # gateway knows it, an agent parks (and is parked by) that login, whatever it says
         self.logins = dict(logins or {})
+        self.login = login  # every agent's, where ``logins`` names none (one credential per fleet)
         self._held: dict[tuple[str, int], Claim] = {}  # (agent, number) -> the claim it was given
         self._servers: list[socketserver.BaseServer] = []
 
@@ -153,7 +155,7 @@ class Gateway:
         self.store.spend(tokens, _seconds(args, "usd", optional=True))
 
     def _login(self, agent: str, args: dict) -> str | None:
-        known = self.logins.get(agent)
+        known = self.logins.get(agent) or self.login
         if known:
             return known
         login = _text(args, "login", optional=True)
@@ -481,7 +483,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     except (AutopilotError, ValueError) as err:
         print(f"parallel-autopilot gateway: {one_line(str(err))}", file=sys.stderr, flush=True)
         return getattr(err, "exit_code", 2)
-    gateway = Gateway(store, log=log, logins=parse_logins(env.get("AUTOPILOT_LOGINS", "")))
+    login = env.get("AUTOPILOT_LOGIN", "").strip().lower()
+    gateway = Gateway(store, log=log, logins=parse_logins(env.get("AUTOPILOT_LOGINS", "")),
+                      login=login if _LOGIN.match(login) else None)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -112,7 +112,7 @@ STORES: "weakref.WeakSet[Store]" = weakref.WeakSet()
 forksafe.reset_in_children(STORES)
 
 
-def _spent_words(budget: Mapping[str, Any]) -> str:
+def spent_words(budget: Mapping[str, Any]) -> str:
     """``12000 of 10000 tokens, $0.50 of $2.00``: what a budget's run spent, of what."""
     parts = []
     if budget.get("budget_tokens") is not None:
@@ -314,7 +314,7 @@ class Store:
         """BudgetSpent or LoginParked when an agent (of ``login``) must not claim now."""
         budget = self.fleet_budget()
         if budget is not None and budget["spent"]:
-            raise BudgetSpent(f"the fleet budget is spent: {_spent_words(budget)}; no issue is claimed "
+            raise BudgetSpent(f"the fleet budget is spent: {spent_words(budget)}; no issue is claimed "
                               "until a new budget (agents.start --budget-tokens/--budget-usd) or none")
         if login:
             until = self.login_parked(login, now)
