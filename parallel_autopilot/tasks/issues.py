@@ -33,13 +33,21 @@ def store_of(c) -> IssueStore:
     "script": "shell script an agent of kind 'script' runs in its worktree",
     "max_attempts": "attempts before the issue is dead (default: autopilot.max_attempts)",
     "check": "this issue's check command (default: autopilot.check), e.g. 'python -m pytest -q tests/test_x.py'",
+    "budget_tokens": "stop an attempt past this many tokens: status over_budget (default: autopilot.budget_tokens)",
+    "budget_usd": "stop an attempt past this cost in US dollars, where the CLI reports one (default: autopilot.budget_usd)",
     "json": "print the new issue as JSON",
 })
-def add(c, title, body="", priority="medium", script=None, max_attempts=None, check=None, json=False):
+def add(c, title, body="", priority="medium", script=None, max_attempts=None, check=None, budget_tokens=None,
+        budget_usd=None, json=False):
     """Add one issue to the queue."""
     attempts = _number(max_attempts, "max-attempts") if max_attempts is not None else None
+    tokens = _number(budget_tokens, "budget-tokens") if budget_tokens is not None else None
+    try:
+        usd = float(budget_usd) if budget_usd is not None else None
+    except ValueError:
+        raise InvalidInput(f"budget-usd {budget_usd!r} is not a number: give e.g. 2.50") from None
     issue = store_of(c).add(title, body=body, priority=priority, script=script, max_attempts=attempts,
-                            check=check)
+                            check=check, budget_tokens=tokens, budget_usd=usd)
     if json:
         emit_json(issue.to_dict())
     else:
