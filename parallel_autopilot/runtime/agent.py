@@ -556,6 +556,8 @@ class Agent:
                 if kind == "exit" and not code:
                     code = 1  # stopped on its rate limit
                 break
+        if kind is None and attempt.parked_until is not None:
+            kind = "parked"  # the heartbeat stopped it (its login is parked) and it exited at once
         # children it left in the background must not write into the next step
         process.signal_group(proc.pid, signal.SIGKILL)
         self.child.clear()

@@ -137,3 +137,44 @@ def test_one_login_parks_every_agent_of_it_at_its_first_429_until_the_reset_and_
     # no attempt counted for the 429: every issue was done at its first counted attempt
     assert [i.attempts for i in site.store.list()] == [1] * 7
     assert [e.kind for e in site.store.events(1)].count("released") == 1
+
+
+def test_an_agent_at_work_on_a_parked_login_stops_its_cli_at_its_next_heartbeat(site):
+    reset = 10.0
+    key = site.store.login_key()
+    login = fingerprint(key, "sk-shared-login")
+    sleeps = []
+
+    def command_for(prompt: str) -> str:
+        if "issue #1" in prompt and not sleeps:  # the first attempt at #1 runs a long command
+            sleeps.append(time.time())
+            return "sleep 60; echo 'slept' > slept-1.txt"
+        return "echo 'resolved by the scripted model' > resolved.txt"
+
+    site.store.add("A long command")
+    with ResponsesServer(command_for=command_for, refuse_login="sk-shared-login") as server:
+        def env(agent):
+            return codex_env(site, agent, server, "sk-shared-login", AUTOPILOT_LOGIN=login,
+                             AUTOPILOT_QUOTA_BACKOFF_SECONDS=str(reset))
+
+        procs = [site.start("agent-002", **env("agent-002"))]
+        attempt_log = site.agent_dir("agent-002") / "issue-1-attempt-1.log"
+        site.wait(lambda: attempt_log.exists() and "sleep 60" in attempt_log.read_text(),
+                  "agent-002's CLI to run its long command")
+        server.refuse_until = time.time() + reset  # the login's quota runs out now
+        site.store.add("Meets the 429")
+        procs.append(site.start("agent-001", **env("agent-001")))
+        site.wait(lambda: site.store.parks(), "agent-001's 429 to park the login")
+        first_429 = min(s.at for s in server.model_requests() if s.status == 429)
+        # agent-002 learns it at its next heartbeat: its CLI is stopped, the issue given back
+        site.wait(lambda: "released" in [e.kind for e in site.store.events(1)], "agent-002 to give #1 back",
+                  timeout=10)
+        assert time.time() - first_429 < 5 and not (site.workspace("agent-002") / "slept-1.txt").exists()
+        site.wait(lambda: all(i.status == "done" for i in site.store.list()), "both done after the reset",
+                  timeout=120)
+        for proc in procs:
+            assert site.stop(proc) == 0
+    during = [s for s in server.model_requests() if first_429 < s.at < first_429 + reset]
+    assert during == [], [(round(s.at - first_429, 2), s.status) for s in during]
+    assert [i.attempts for i in site.store.list()] == [1, 1]  # neither the stopped nor the refused attempt counted
+    assert site.events("agent-002", "quota")[0]["login"] == login
