@@ -152,7 +152,8 @@ class Gateway:
         tokens = _integer(args, "tokens") or 0
         if tokens < 0:
             raise InvalidInput("tokens must not be negative")
-        self.store.spend(tokens, _seconds(args, "usd", optional=True))
+        claim = self._claim_of(agent, args) if args.get("number") is not None else None
+        self.store.spend(tokens, _seconds(args, "usd", optional=True), claim=claim)
 
     def _login(self, agent: str, args: dict) -> str | None:
         known = self.logins.get(agent) or self.login
@@ -360,8 +361,8 @@ class GatewayClient:
                    message: str | None = None) -> float | None:
         return self._call("park", {"login": login, "until": until, "message": message})
 
-    def spend(self, tokens: int, usd: float | None = None) -> None:
-        self._call("spend", {"tokens": int(tokens or 0), "usd": usd})
+    def spend(self, tokens: int, usd: float | None = None, claim: Claim | None = None) -> None:
+        self._call("spend", {"tokens": int(tokens or 0), "usd": usd, **(_fence(claim) if claim else {})})
 
     def release_agent(self, agent_id: str, reason: str = "agent gone") -> list[int]:
         return list(self._call("release_mine", {"reason": reason}))

@@ -176,6 +176,8 @@ MIGRATIONS: list[list[str]] = [
         f"ALTER TABLE issues ADD CONSTRAINT issues_status_check CHECK (status IN {one_of(STATUSES)})",
         add_column("issues", "budget_tokens", TYPES),
         add_column("issues", "budget_usd", TYPES),
+        add_column("issues", "spent_tokens", TYPES),
+        add_column("issues", "spent_usd", TYPES),
         add_column("agents", "login", TYPES),
         create_table("parks", PARKS, TYPES),
         create_table("budgets", BUDGETS, TYPES),

@@ -57,6 +57,8 @@ class Issue:
     # budgets (issue 21): an attempt that passes either is stopped (status over_budget); None: no limit
     budget_tokens: int | None = None
     budget_usd: float | None = None
+    spent_tokens: int = 0  # what all its attempts spent (the budget is the issue's, not one attempt's)
+    spent_usd: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,7 +123,7 @@ _ISSUE_FIELDS = frozenset(Issue.__dataclass_fields__)
 #: The issue's REAL columns: SQLite's RETURNING hands back a whole-number REAL as an
 #: integer (3.40), a SELECT as a float; an Issue holds the float either way.
 _FLOAT_FIELDS = ("due_at", "lease_until", "heartbeat_at", "claimed_at", "duration", "created_at", "updated_at",
-                 "check_duration", "completed_at", "merged_at", "budget_usd")
+                 "check_duration", "completed_at", "merged_at", "budget_usd", "spent_usd")
 
 
 def issue_from_row(row: Mapping[str, Any]) -> Issue:

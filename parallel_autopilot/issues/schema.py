@@ -80,6 +80,8 @@ ISSUES: tuple[Column, ...] = (
     # -- budgets (issue 21) --
     ("budget_tokens", "bigint", ""),  # stop an attempt past this many tokens (None: no limit)
     ("budget_usd", "float", ""),  # ... or past this cost, when the CLI reports one
+    ("spent_tokens", "bigint", "NOT NULL DEFAULT 0"),  # what its attempts spent, all of them
+    ("spent_usd", "float", "NOT NULL DEFAULT 0"),
 )
 
 EVENTS: tuple[Column, ...] = (

@@ -138,7 +138,7 @@ MIGRATIONS: list[str | list[str]] = [
     # the login an agent uses; the parked logins, the fleet's budget, the queue's secrets
     [
         "DROP TRIGGER issues_transition",
-        create_table("issues_v6", columns(ISSUES, until="budget_usd"), TYPES),
+        create_table("issues_v6", columns(ISSUES, until="spent_usd"), TYPES),
         f"INSERT INTO issues_v6 ({_V5_COLUMNS}) SELECT {_V5_COLUMNS} FROM issues",
         "DROP TABLE issues",
         "ALTER TABLE issues_v6 RENAME TO issues",

@@ -672,15 +672,28 @@ class Store:
                    budget_usd = excluded.budget_usd, spent_tokens = 0, spent_usd = 0, since = excluded.since""",
             {"tokens": tokens, "usd": usd, "now": self._now(now)})
 
-    def spend(self, tokens: int, usd: float | None = None) -> None:
-        """Add what one attempt spent to the fleet run's budget (nothing when there is none)."""
+    def spend(self, tokens: int, usd: float | None = None, claim: Claim | None = None) -> None:
+        """Add what one attempt spent to the fleet run's budget (if there is one) and, with the
+        ``claim`` it was spent on, to that issue's ``spent_tokens``/``spent_usd`` (its holder only)."""
         tokens = int(tokens or 0)
         usd = float(usd or 0.0)
         if tokens < 0 or usd < 0:
             raise InvalidInput("spent tokens and cost cannot be negative")
-        self._write("""UPDATE budgets SET spent_tokens = spent_tokens + CAST(:tokens AS bigint),
-                              spent_usd = spent_usd + CAST(:usd AS float8)
-                       WHERE name = 'fleet'""", {"tokens": tokens, "usd": usd})
+        params = {"tokens": tokens, "usd": usd}
+
+        def add(run: Run) -> None:
+            run("""UPDATE budgets SET spent_tokens = spent_tokens + CAST(:tokens AS bigint),
+                          spent_usd = spent_usd + CAST(:usd AS float8)
+                   WHERE name = 'fleet'""", params)
+            if claim is not None:  # no transition: spending is no event of the issue's
+                run("""UPDATE issues SET spent_tokens = spent_tokens + CAST(:tokens AS bigint),
+                              spent_usd = spent_usd + CAST(:usd AS float8), transition = NULL
+                       WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint)
+                         AND owner = :worker AND host = :host""",
+                    {**params, "number": claim.number, "token": claim.token, "worker": claim.worker,
+                     "host": self.host})
+
+        self._atomic(add, once=True)  # a lost COMMIT is not repeated: spending counted twice overstates
 
     def fleet_budget(self) -> dict | None:
         """The fleet run's budget and spending (``spent``: True once either limit is reached), or None."""

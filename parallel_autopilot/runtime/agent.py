@@ -759,11 +759,11 @@ class Agent:
         return parked
 
     def _spend(self, attempt: Attempt, spent: dict | None) -> None:
-        """What the attempt spent counts against the fleet run's budget (a lost report is logged)."""
+        """What the attempt spent counts against the issue's and the fleet run's budgets (a lost report is logged)."""
         if not spent:
             return
         try:
-            self.store.spend(usage.tokens(spent), spent.get("cost_usd"))
+            self.store.spend(usage.tokens(spent), spent.get("cost_usd"), claim=attempt.claim)
         except Exception as err:
             self.log.line(f"the spending of #{attempt.number} was not recorded: {err}")
 
@@ -833,7 +833,9 @@ class _Watch:
                 follow = self._followed.setdefault(path, Follow(path))
                 for line in follow.lines():
                     self.meter.feed(line)
-        return usage.over(self.meter.spent(), self.attempt.budget_tokens, self.attempt.budget_usd)
+        issue = self.attempt.claim.issue
+        return usage.over(self.meter.spent(), self.attempt.budget_tokens, self.attempt.budget_usd,
+                          issue.spent_tokens, issue.spent_usd)
 
     def close(self) -> None:
         self._clear_sessions()  # a session log is the meter's; nothing piles up in the tmpfs HOME

@@ -191,13 +191,18 @@ def tokens(usage: dict | None) -> int:
     return int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
 
 
-def over(usage: dict | None, budget_tokens: int | None, budget_usd: float | None) -> str | None:
-    """``"spent 6060 tokens of a budget of 5000"`` when ``usage`` passed a budget, else None."""
-    if budget_tokens is not None and tokens(usage) > budget_tokens:
-        return f"spent {tokens(usage)} tokens of a budget of {budget_tokens}"
+def over(usage: dict | None, budget_tokens: int | None, budget_usd: float | None,
+         before_tokens: int = 0, before_usd: float = 0.0) -> str | None:
+    """``"spent 6060 tokens of a budget of 5000"`` when ``usage`` (plus what the issue's earlier
+    attempts spent, ``before_*``: the budget is the issue's) passed a budget, else None."""
+    spent = tokens(usage) + int(before_tokens or 0)
+    if budget_tokens is not None and spent > budget_tokens:
+        earlier = f" ({before_tokens} by earlier attempts)" if before_tokens else ""
+        return f"spent {spent} tokens of a budget of {budget_tokens}{earlier}"
     cost = (usage or {}).get("cost_usd")
-    if budget_usd is not None and cost is not None and float(cost) > budget_usd:
-        return f"spent ${float(cost):.4f} of a budget of ${budget_usd:.4f}"
+    if budget_usd is not None and cost is not None and float(cost) + float(before_usd or 0.0) > budget_usd:
+        earlier = f" (${before_usd:.4f} by earlier attempts)" if before_usd else ""
+        return f"spent ${float(cost) + float(before_usd or 0.0):.4f} of a budget of ${budget_usd:.4f}{earlier}"
     return None
 
 

@@ -67,6 +67,21 @@ def test_the_fleet_budget_stops_claiming_once_spent_and_a_new_one_starts_afresh(
         store.spend(-5)
 
 
+def test_the_budget_is_the_issues_what_every_attempt_spent_adds_up_by_its_holder_only(store):
+    store.add("retried", budget_tokens=10_000)
+    first = store.claim("agent-001", 60)
+    store.spend(3000, 0.01, claim=first)
+    store.fail(first, "red")
+    assert (store.get(1).spent_tokens, store.get(1).spent_usd) == (3000, 0.01)
+    store.retry(1)
+    second = store.claim("agent-002", 60)
+    assert second.issue.spent_tokens == 3000  # the next attempt knows what is left of the budget
+    store.spend(500, claim=first)  # a stale claim's spending counts for the fleet, not for the issue
+    store.spend(2500, claim=second)
+    assert store.get(1).spent_tokens == 5500
+    assert [e.kind for e in store.events(1)].count("claimed") == 2 and "spend" not in str(store.events(1))
+
+
 def test_a_parked_login_stops_its_agents_claims_until_the_reset_and_no_other_login(store, clock):
     for n in range(3):
         store.add(f"issue {n}")
@@ -124,6 +139,9 @@ def test_the_gateway_parks_the_login_it_knows_for_the_socket_not_the_one_asked(t
             two.claim("agent-002", 60)
         store.set_fleet_budget()
         claim = two.claim("agent-002", 60)
+        two.spend(10, claim=claim)
+        one.spend(7, claim=claim)  # through another agent's socket: not its claim
+        assert store.get(claim.number).spent_tokens == 10
         assert two.over_budget(claim, {"branch": "b", "usage": {"input_tokens": 9}}, "over").status == "over_budget"
         with pytest.raises(InvalidInput):
             two.park_login("not hex!", until)

@@ -78,7 +78,7 @@ def test_a_runaway_agent_is_stopped_at_its_budget_and_the_spent_fleet_budget_sto
     assert [e.kind for e in site.store.events(1)][-1] == "over_budget"
     # the fleet: what the attempt spent is counted once, and nothing else is claimed
     fleet = site.store.fleet_budget()
-    assert fleet["spent"] and fleet["spent_tokens"] == spent
+    assert fleet["spent"] and fleet["spent_tokens"] == spent and issue.spent_tokens == spent
     assert site.store.get(2).status == "ready" and site.store.get(2).attempts == 0
     notes = [e["error"] for e in site.events("agent-001", "budget")]
     assert notes and "the fleet budget is spent" in notes[0] and f"{spent} of {budget} tokens" in notes[0]

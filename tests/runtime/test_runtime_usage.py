@@ -131,6 +131,9 @@ def test_over_names_the_budget_passed():
     assert usage.over(spent, 5000, None) == "spent 6060 tokens of a budget of 5000"
     assert usage.over(spent, 7000, 0.25) == "spent $0.3000 of a budget of $0.2500"
     assert usage.over(spent, 7000, None) is None and usage.over(None, 1, 1.0) is None
+    # the budget is the issue's: what its earlier attempts spent counts
+    assert usage.over(spent, 7000, None, before_tokens=1000) == \
+        "spent 7060 tokens of a budget of 7000 (1000 by earlier attempts)"
 
 
 def test_while_the_cli_runs_only_its_own_error_events_say_rate_limit():
