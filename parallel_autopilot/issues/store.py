@@ -98,6 +98,9 @@ FAILURE_NOTE_LIMIT = 500
 #: Longest merge report in a rejection's audit note.
 REPORT_NOTE_LIMIT = 400
 
+#: The longest a login is parked for one rate limit / quota (a week: weekly plan limits).
+MAX_PARK_SECONDS = 7 * 86400
+
 #: What ``retry`` and ``block`` may act on: an issue an agent holds is never taken from under it.
 RETRYABLE = ("failed", "dead", "blocked", "done", "ready", "empty", "rejected", "over_budget")
 BLOCKABLE = ("ready", "failed", "blocked")
@@ -619,12 +622,18 @@ class Store:
 
     def park_login(self, login: str, until: float, agent: str | None = None, message: str | None = None,
                    now: float | None = None) -> float:
-        """Park ``login`` until ``until`` (a later park of it wins); until when it is parked now."""
+        """Park ``login`` until ``until`` (a later park of it wins); until when it is parked now.
+
+        At most :data:`MAX_PARK_SECONDS` ahead: an agent (hostile, or misreading a message)
+        cannot park its login for ever.
+        """
         if not login or not isinstance(login, str):
             raise InvalidInput("a login fingerprint is required to park it")
         row = self._write(f"""
             INSERT INTO parks AS p (login, until_at, parked_at, host, agent, message)
-            VALUES (:login, CAST(:until AS float8), {self.NOW}, :host, :agent, :message)
+            VALUES (:login, CASE WHEN CAST(:until AS float8) > {self.NOW} + {MAX_PARK_SECONDS}
+                                 THEN {self.NOW} + {MAX_PARK_SECONDS} ELSE CAST(:until AS float8) END,
+                    {self.NOW}, :host, :agent, :message)
             ON CONFLICT (login) DO UPDATE SET
                    until_at = CASE WHEN p.until_at > excluded.until_at THEN p.until_at ELSE excluded.until_at END,
                    parked_at = excluded.parked_at, host = excluded.host, agent = excluded.agent,

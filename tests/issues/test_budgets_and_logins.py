@@ -93,10 +93,12 @@ def test_a_parked_login_stops_its_agents_claims_until_the_reset_and_no_other_log
         store.claim("agent-002", 60, login=first)
     assert (refused.value.until, refused.value.login) == (clock() + 120, first)
     assert "parked until" in str(refused.value) and "sk-first" not in str(refused.value)
-    assert store.claim("agent-004", 60, login=second) is not None  # another login goes on
+    assert store.claim("agent-004", 60, login=second) is not None  # another login goes on (not parked yet)
     assert store.agent_heartbeat("agent-003", "working", login=first) == clock() + 120  # told at its heartbeat
     assert {a.id: a.login for a in store.agents()} == {"agent-003": first}
     assert store.parks() == {first: clock() + 120}
+    assert store.park_login(second, clock() + 1e9) == clock() + 7 * 86400  # never for ever
+    assert store.park_login(second, clock() + 10) == clock() + 7 * 86400
     clock.advance(121)
     assert store.login_parked(first) is None
     assert store.claim("agent-002", 60, login=first) is not None
