@@ -66,6 +66,12 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "agent_model": (None, "str", None),
     "model_retries": (None, "int", NON_NEGATIVE),
     "quota_backoff_seconds": (60, "float", POSITIVE),
+    # budgets (issue 21): an issue's default budget (its own budget_tokens/budget_usd win) and the
+    # fleet run's (agents.start starts it); None: no limit
+    "budget_tokens": (None, "int", AT_LEAST_1),
+    "budget_usd": (None, "float", POSITIVE),
+    "fleet_budget_tokens": (None, "int", AT_LEAST_1),
+    "fleet_budget_usd": (None, "float", POSITIVE),
     "profile": ("auto", "str", ("auto", "light", "full")),
     "memory": (None, "str", "memory"),
     "cpus": (None, "float", POSITIVE),

@@ -73,6 +73,22 @@ class LeaseLost(Conflict):
     """
 
 
+class BudgetSpent(Conflict):
+    """The fleet run's token or cost budget is spent: no agent claims another issue (issue 21)."""
+
+
+class LoginParked(Conflict):
+    """The agent's model login is parked until its rate limit / quota resets (issue 21).
+
+    ``until`` is when (epoch seconds), ``login`` the keyed fingerprint, never the credential.
+    """
+
+    def __init__(self, message: str, until: float | None = None, login: str | None = None):
+        super().__init__(message)
+        self.until = until
+        self.login = login
+
+
 class WorktreeDirty(Conflict):
     """A worktree with uncommitted changes would be removed."""
 
@@ -181,7 +197,8 @@ EXIT_CODES: dict[int, ExitCode] = {
                 (InvalidInput, InvalidAgentCount, InvalidAgentId, MalformedIssueFile)),
     3: ExitCode("not found (no such issue or agent)", (NotFound, IssueNotFound, AgentNotFound)),
     4: ExitCode("refused: the current state forbids it (a lost lease, a dirty worktree, unmerged "
-                "work; issues.merge: another merge queue runs)", (Conflict, LeaseLost, WorktreeDirty, UnmergedWork)),
+                "work; issues.merge: another merge queue runs; the fleet budget spent; a parked login)",
+                (Conflict, LeaseLost, WorktreeDirty, UnmergedWork, BudgetSpent, LoginParked)),
     5: ExitCode("the state directory is on a filesystem where SQLite is unsafe", (UnsafeFilesystem,)),
     6: ExitCode("a git command failed", (GitError,)),
     7: ExitCode("the Docker daemon cannot be reached", (DockerUnavailable,)),

@@ -34,7 +34,7 @@ from .containers import agentcli, compose, daemon, image, provision, queueaccess
 from .errors import AgentNotFound, AgentsUnhealthy, Conflict, DockerUnavailable, GitError
 from .git import Git, clones
 from .ids import agent_count, agent_id, agent_ids
-from .issues import IssueNotFound, IssueStore, snapshots
+from .issues import IssueNotFound, IssueStore, logins, snapshots
 
 Progress = Callable[[str], None]
 LABEL_PROJECT = "parallel-autopilot.project"
@@ -60,6 +60,8 @@ class AgentStatus:
     problem: str | None = None  # why it is not working: killed, out of memory, crash-looping, gone
     cli: str | None = None  # the model CLI and its version in the agent's image, e.g. "codex 0.171.0"
     waiting_until: float | None = None  # waiting for a model rate limit / quota to reset
+    login: str | None = None  # the keyed fingerprint of its model login (parked together with its peers)
+    budget: str | None = None  # state "budget": the fleet budget, spent, in words
     tokens: dict | None = None  # model usage summed over the issues this agent completed
     host: str | None = None  # the workstation it runs on (agents are (host, id) on a shared queue)
 
@@ -106,7 +108,12 @@ class AgentStatus:
         if self.problem:
             return self.problem
         if self.activity == "quota" and self.waiting_until:
-            return f"waiting for quota until {time.strftime('%H:%M', time.localtime(self.waiting_until))}"
+            until = time.strftime('%H:%M', time.localtime(self.waiting_until))
+            return f"parked: quota (login {self.login}) until {until}" if self.login else \
+                f"waiting for quota until {until}"
+        if self.activity == "budget":
+            return f"not claiming: the fleet budget is spent ({self.budget})" if self.budget else \
+                "not claiming: the fleet budget is spent"
         if self.issue:
             return f"working on #{self.issue} {(self.issue_title or '')[:40]}".rstrip()
         reported_since_start = (self.heartbeat_age is not None and self.uptime is not None
@@ -261,9 +268,16 @@ class Fleet:
         strict = compose.creates(args)
         git_dir, base = (self.git_dir, self.base_branch) if strict else self._tolerant()
         env = provision.compose_env(self.settings, self.limits, strict=strict, git_dir=git_dir, base_branch=base)
+        env["AUTOPILOT_LOGIN"] = self.login() if strict else ""
         # a given runner stands in for the compose program: nothing to detect on this machine
         return compose.run(self.settings, args, limits=self.limits, env=env,
                            **({"runner": self._runner, "compose": list(compose.V2)} if self._runner else {}))
+
+    def login(self) -> str:
+        """The keyed fingerprint of the agents' model login ("" for a script kind or no credential):
+        every agent using it parks together when it meets its quota (issue 21)."""
+        secret = agentcli.login_secret(self.settings, str(self.settings.agent_kind))
+        return logins.fingerprint(self.store.login_key(), secret) if secret else ""
 
     def _tolerant(self) -> tuple[Path | None, str | None]:
         # stop, rm: a repository whose base branch went away must still stop its agents
@@ -316,6 +330,12 @@ class Fleet:
         store = self.store
         if not store.shared:  # PostgreSQL checks its own pages; a snapshot of it is issues.migrate's
             snapshots.at_start(store, progress)
+        # a fleet run starts its own budget (issue 21); on a shared queue, the latest start's holds
+        store.set_fleet_budget(settings.fleet_budget_tokens, settings.fleet_budget_usd)
+        limits = ([f"{settings.fleet_budget_tokens} tokens"] if settings.fleet_budget_tokens is not None else []) + \
+            ([f"${settings.fleet_budget_usd:.2f}"] if settings.fleet_budget_usd is not None else [])
+        if limits:
+            progress(f"fleet budget: {', '.join(limits)}")
         self.release_gone(store)
         self._ensure_image(settings, progress=progress)
         ids = agent_ids(count)
@@ -484,9 +504,12 @@ class Fleet:
         rows = {}
         titles = {}
         spent: dict[str, list] = {}
+        fleet_budget = None
         if settings.queue or settings.db_path.exists():
             store = self.store
             rows = {r.id: r for r in store.agents(host=store.host)}  # never another host's agent-001
+            if any(r.state == "budget" for r in rows.values()):
+                fleet_budget = issues.spent_words(store.fleet_budget() or {})
             if containers:
                 for done in store.list():
                     if done.usage and done.owner and issues.on_this_host(store, done):
@@ -527,6 +550,8 @@ class Fleet:
                 problem=problem(state, restarts) or (gateway_down if running else None),
                 cli=cli.get(attrs.get("Image")),
                 waiting_until=getattr(row, "waiting_until", None) if row and row.state == "quota" else None,
+                login=getattr(row, "login", None) if row else None,
+                budget=fleet_budget if row and row.state == "budget" else None,
                 tokens=_tokens(spent.get(ident)),
                 host=settings.host,
             ))

@@ -10,6 +10,12 @@ gets its own edit); once a tool result is there, it ends with a final message.
 and a ``retry-after`` header: a rate limit, or with ``quota=True`` the body of an
 exhausted usage quota.
 
+Budgets and quotas (issue 21): ``loop=True`` never ends a conversation (every turn
+asks for one more command: a runaway agent); ``refuse_login`` answers 429 to every
+request made with that credential (its API key) until ``refuse_until`` (epoch
+seconds), with the reset time in the body and in ``retry-after``, and serves every
+other credential. Each record names the credential it came with (``login``).
+
 Standard library only; the shapes are the ones the CLIs were seen to use
 (as seen with Codex CLI 0.171.0 and Claude Code 2.1.197). Used by the real-CLI tests
 and by ``inv bench --scenarios agents``.
@@ -42,6 +48,7 @@ class Seen:
     body: dict | None
     status: int
     at: float
+    login: str = ""  # the credential the request came with (its API key)
 
 
 @dataclass
@@ -54,6 +61,9 @@ class ScriptedServer:
     fail_status: int = 429
     retry_after: float = 1
     quota: bool = False
+    loop: bool = False
+    refuse_login: str | None = None
+    refuse_until: float = 0.0
     seen: list = field(default_factory=list)
     port: int = 0
 
@@ -121,9 +131,11 @@ class ScriptedServer:
                 pass
 
             def _record(self, body, status):
+                auth = self.headers.get("authorization") or self.headers.get("x-api-key") or ""
+                login = auth.split(" ", 1)[-1].strip()
                 with server._lock:
                     server.seen.append(Seen(self.client_address[0], self.command, self.path, body, status,
-                                            time.time()))
+                                            time.time(), login))
 
             def _send(self, status, payload: bytes, ctype="application/json", headers=None):
                 self.send_response(status)
@@ -154,6 +166,16 @@ class ScriptedServer:
                 if not server.is_model_request(self.path):
                     self._record(body, 404)
                     self._send(404, b'{"error": "not scripted"}')
+                    return
+                auth = self.headers.get("authorization") or self.headers.get("x-api-key") or ""
+                wait = server.refuse_until - time.time()
+                if server.refuse_login and auth.split(" ", 1)[-1].strip() == server.refuse_login and wait > 0:
+                    self._record(body, 429)
+                    message = (f"Rate limit reached for this login. Please try again in {wait:.0f}s "
+                               f"(resets at {time.strftime('%H:%M:%S', time.gmtime(server.refuse_until))} UTC).")
+                    self._send(429, json.dumps({"error": {"type": "rate_limit_exceeded", "code": "rate_limit_exceeded",
+                                                          "message": message}}).encode(),
+                               headers={"retry-after": f"{max(wait, 1):.0f}"})
                     return
                 if server._take_failure():
                     self._record(body, server.fail_status)
@@ -189,7 +211,7 @@ class ResponsesServer(ScriptedServer):
 
     def answer(self, body: dict):
         items = body.get("input") or []
-        done = any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in items)
+        done = not self.loop and any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in items)
         n = len(self.model_requests())
         if done:
             item = {"type": "message", "role": "assistant", "id": f"msg_{n}",
@@ -225,8 +247,8 @@ class MessagesServer(ScriptedServer):
 
     def answer(self, body: dict):
         messages = body.get("messages") or []
-        done = any(isinstance(block, dict) and block.get("type") == "tool_result"
-                   for m in messages if isinstance(m.get("content"), list) for block in m["content"])
+        done = not self.loop and any(isinstance(block, dict) and block.get("type") == "tool_result"
+                                     for m in messages if isinstance(m.get("content"), list) for block in m["content"])
         n = len(self.model_requests())
         model = body.get("model", "claude-scripted")
         usage = {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT,

@@ -19,6 +19,8 @@ that :func:`preflight` reads before ``agents.start`` creates anything.
 
 from __future__ import annotations
 
+import json
+
 import os
 import platform as host_platform
 import shutil
@@ -227,6 +229,29 @@ def credentials(settings: Settings, kind: str) -> str | None:
         auth = settings.path("codex_home") / "auth.json"
         if auth.is_file() and auth.stat().st_size > 0:
             return str(auth)
+    return None
+
+
+def login_secret(settings: Settings, kind: str) -> bytes | None:
+    """The credential a model kind's agents log in with (its bytes), or None: only ever fingerprinted
+    (issues/logins.py), never stored, printed or handed on."""
+    if kind not in _KEYS:
+        return None
+    keys = env_file_keys(settings.path("env_file") if settings.env_file else None)
+    for key in _KEYS[kind]:
+        if keys.get(key):
+            return keys[key].strip().strip("'\"").encode()
+    if kind == "codex" and settings.codex_home:
+        auth = settings.path("codex_home") / "auth.json"
+        try:
+            data = json.loads(auth.read_text())
+        except (OSError, ValueError):
+            return None
+        # the account, not the token: a refreshed token is the same login
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        who = (data.get("OPENAI_API_KEY") if isinstance(data, dict) else None) or \
+            (tokens.get("account_id") if isinstance(tokens, dict) else None)
+        return str(who).encode() if who else None
     return None
 
 

@@ -102,6 +102,9 @@ def compose_env(settings: Settings, limits: platform_mod.Limits | None = None, *
         "AUTOPILOT_MODEL": _optional(settings, "agent_model"),
         "AUTOPILOT_MODEL_RETRIES": _optional(settings, "model_retries"),
         "AUTOPILOT_QUOTA_BACKOFF_SECONDS": _number(settings.quota_backoff_seconds),
+        "AUTOPILOT_BUDGET_TOKENS": _optional(settings, "budget_tokens"),  # an issue's default budget
+        "AUTOPILOT_BUDGET_USD": _optional(settings, "budget_usd"),
+        "AUTOPILOT_LOGIN": "",  # the login's keyed fingerprint: the Fleet's (it holds the queue's key)
         "AUTOPILOT_CHECK": str(settings.check or ""),
         "AUTOPILOT_CHECK_TIMEOUT": _number(settings.check_timeout),
     }

@@ -26,6 +26,7 @@ from .records import (
     DEFAULT_BACKOFF_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES, AgentRow, Claim, Event,
     Issue, agent_key, issue_from_row,
 )
+from .store import spent_words  # noqa: F401 - the fleet's budget in words (agents.status)
 from .sqlite import (
     DEFAULT_BUSY_TIMEOUT, MIGRATIONS, SNAPSHOT_DIR, IssueStore, damaged, inspect_file, snapshot_dir,
 )

@@ -40,7 +40,8 @@ def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, 
     if not isinstance(item, Mapping):
         raise _invalid(where, None, f"expected a mapping with at least a title, got {type(item).__name__}")
     allowed = {"number", "title", "body", "priority", "script", "check", "max_attempts",
-               "key", "depends_on", "paths"}  # issue 21: the backlog's order
+               "key", "depends_on", "paths",  # issue 21: the backlog's order
+               "budget_tokens", "budget_usd"}  # issue 21: budgets
     unknown = sorted(set(item) - allowed, key=str)
     if unknown:
         raise _invalid(where, unknown[0], f"unknown field(s) {', '.join(map(str, unknown))}; "
@@ -77,7 +78,17 @@ def validate_fields(item: Mapping[str, Any], where: str = "issue") -> dict[str, 
     paths = item.get("paths") or []
     if not isinstance(paths, list) or any(not isinstance(p, str) or not p.strip() for p in paths):
         raise _invalid(where, "paths", "'paths' must be a list of file globs (e.g. [\"src/parser/*.py\"])")
+    budget_tokens = item.get("budget_tokens")
+    if budget_tokens is not None and (isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int)
+                                      or budget_tokens < 1):
+        raise _invalid(where, "budget_tokens", "'budget_tokens' must be a positive integer (tokens)")
+    budget_usd = item.get("budget_usd")
+    if budget_usd is not None and (isinstance(budget_usd, bool) or not isinstance(budget_usd, (int, float))
+                                   or not 0 < budget_usd < 1e9):
+        raise _invalid(where, "budget_usd", "'budget_usd' must be a positive number (US dollars)")
     return {
+        "budget_tokens": budget_tokens,
+        "budget_usd": None if budget_usd is None else float(budget_usd),
         "number": number,
         "title": title.strip(),
         "body": body,

@@ -9,8 +9,9 @@ request arrives on, never what the request says: through ``agent-003``'s socket
 a request acts as ``agent-003`` of this gateway's host, whatever it names.
 
 What an agent can do through it (:data:`VERBS`): claim (for itself, one issue at a time), renew,
-complete, fail, empty or release its OWN fenced claim, release its own claims at
-boot, report its state (its own row of the agents table). Nothing else: no
+complete, fail, empty, over_budget or release its OWN fenced claim, release its own claims at
+boot, report its state (its own row of the agents table), park its own login until a
+quota resets and add what an attempt spent to the fleet's budget (issue 21). Nothing else: no
 other rows, no add, retry or list, no SQL. The fence is the store's: a fenced
 verb names the issue, the token AND the holder (this socket's agent on this
 host), so a guessed token of another agent's claim is refused, and the refusal
@@ -43,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..errors import AutopilotError, InvalidInput, LeaseLost, QueueUnavailable, one_line
+from ..errors import AutopilotError, BudgetSpent, InvalidInput, LeaseLost, LoginParked, QueueUnavailable, one_line
 from .records import DEFAULT_AGING_SECONDS, DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS, Claim, Issue
 from .urls import read_url_file
 
@@ -54,12 +55,15 @@ AGENT_SOCKET = "/run/autopilot-queue/" + SOCKET_NAME
 #: The largest request line accepted (a result with its check output is a few KB).
 MAX_LINE = 1 << 20
 #: What an agent may ask, and nothing else.
-VERBS = ("hello", "claim", "renew", "complete", "fail", "empty", "release", "release_mine", "heartbeat")
+VERBS = ("hello", "claim", "renew", "complete", "fail", "empty", "release", "release_mine", "heartbeat",
+         "over_budget", "park", "spend")
 #: Errors whose kind crosses the socket as itself; any other is QueueUnavailable at the agent.
 _KINDS: dict[str, type[AutopilotError]] = {"LeaseLost": LeaseLost, "InvalidInput": InvalidInput,
-                                           "QueueUnavailable": QueueUnavailable}
+                                           "QueueUnavailable": QueueUnavailable, "BudgetSpent": BudgetSpent,
+                                           "LoginParked": LoginParked}
 _AGENT_DIR = re.compile(r"^agent-\d{3}$")
 _STATE = re.compile(r"^[a-z][a-z-]{0,31}$")
+_LOGIN = re.compile(r"^[0-9a-f]{8,64}$")
 
 
 # -- the server side ------------------------------------------------------------
@@ -68,9 +72,14 @@ _STATE = re.compile(r"^[a-z][a-z-]{0,31}$")
 class Gateway:
     """The store behind one socket per agent; :meth:`handle` is the whole policy."""
 
-    def __init__(self, store: Any, *, log: Callable[[str], None] = print):
+    def __init__(self, store: Any, *, log: Callable[[str], None] = print, logins: Mapping[str, str] | None = None,
+                 login: str | None = None):
         self.store = store
         self.log = log
+        # agent -> the fingerprint of its model login, as the host provisioned it: where the
+        # gateway knows it, an agent parks (and is parked by) that login, whatever it says
+        self.logins = dict(logins or {})
+        self.login = login  # every agent's, where ``logins`` names none (one credential per fleet)
         self._held: dict[tuple[str, int], Claim] = {}  # (agent, number) -> the claim it was given
         self._servers: list[socketserver.BaseServer] = []
 
@@ -91,7 +100,10 @@ class Gateway:
             kind = next((k for k, cls in _KINDS.items() if isinstance(err, cls)), "QueueUnavailable")
             if kind == "InvalidInput":
                 self.log(f"refused {agent}: {one_line(str(err))}")
-            return {"error": {"kind": kind, "message": one_line(str(err))}}
+            error = {"kind": kind, "message": one_line(str(err))}
+            if isinstance(err, LoginParked):
+                error.update(until=err.until, login=err.login)
+            return {"error": error}
         except Exception as err:  # the store's own trouble (disk full...): the agent retries later
             self.log(f"error serving {agent}: {err!r}")
             return {"error": {"kind": "QueueUnavailable", "message": one_line(f"gateway: {err!r}")}}
@@ -104,7 +116,8 @@ class Gateway:
         # gets the claim it holds, not a second one, and a hostile agent cannot hoard the
         # backlog (each claim costs an issue an attempt) while its heartbeat keeps it "alive"
         claim = self.store.held(agent) or self.store.claim(
-            agent, _seconds(args, "lease_seconds"), stale_after=_seconds(args, "stale_after", optional=True))
+            agent, _seconds(args, "lease_seconds"), stale_after=_seconds(args, "stale_after", optional=True),
+            login=self._login(agent, args))
         return None if claim is None else self._remember(agent, claim)
 
     def _renew(self, agent: str, args: dict, retry: bool) -> dict:
@@ -124,20 +137,48 @@ class Gateway:
             claim, _text(args, "error"), feedback=_text(args, "feedback", optional=True),
             check=_mapping(args, "check")))
 
+    def _over_budget(self, agent: str, args: dict, retry: bool) -> dict:
+        return self._settle(agent, args, retry, "over_budget", lambda claim: self.store.over_budget(
+            claim, _mapping(args, "result"), _text(args, "error", optional=True)))
+
+    def _park(self, agent: str, args: dict, retry: bool) -> float | None:
+        login = self._login(agent, args)
+        if not login:
+            return None
+        return self.store.park_login(login, _seconds(args, "until"), agent=agent,
+                                     message=_text(args, "message", optional=True))
+
+    def _spend(self, agent: str, args: dict, retry: bool) -> None:
+        tokens = _integer(args, "tokens") or 0
+        if tokens < 0:
+            raise InvalidInput("tokens must not be negative")
+        claim = self._claim_of(agent, args) if args.get("number") is not None else None
+        self.store.spend(tokens, _seconds(args, "usd", optional=True), claim=claim)
+
+    def _login(self, agent: str, args: dict) -> str | None:
+        known = self.logins.get(agent) or self.login
+        if known:
+            return known
+        login = _text(args, "login", optional=True)
+        if login and not _LOGIN.match(login):
+            raise InvalidInput("login must be a fingerprint (hex)")
+        return login or None
+
     def _release(self, agent: str, args: dict, retry: bool) -> dict:
         return self._settle(agent, args, retry, "release", self.store.release)
 
     def _release_mine(self, agent: str, args: dict, retry: bool) -> list[int]:
         return self.store.release_agent(agent, reason=_text(args, "reason", optional=True) or "agent gone")
 
-    def _heartbeat(self, agent: str, args: dict, retry: bool) -> None:
+    def _heartbeat(self, agent: str, args: dict, retry: bool) -> float | None:
         state = _text(args, "state")
         if not _STATE.match(state):
             raise InvalidInput(f"state {state[:40]!r} is not a state name")
-        self.store.agent_heartbeat(agent, state, issue=_integer(args, "issue"), token=_integer(args, "token"),
-                                   incarnation=(_text(args, "incarnation", optional=True) or None),
-                                   pid=_integer(args, "pid"),
-                                   waiting_until=_seconds(args, "waiting_until", optional=True))
+        return self.store.agent_heartbeat(agent, state, issue=_integer(args, "issue"), token=_integer(args, "token"),
+                                          incarnation=(_text(args, "incarnation", optional=True) or None),
+                                          pid=_integer(args, "pid"),
+                                          waiting_until=_seconds(args, "waiting_until", optional=True),
+                                          login=self._login(agent, args))
 
     def _settle(self, agent: str, args: dict, retry: bool, verb: str, call: Callable[[Claim], Issue]) -> dict:
         claim = self._claim_of(agent, args)
@@ -291,8 +332,9 @@ class GatewayClient:
 
     # the store's verbs, as the runtime calls them
 
-    def claim(self, worker: str, lease_seconds: float, stale_after: float | None = None) -> Claim | None:
-        reply = self._call("claim", {"lease_seconds": lease_seconds, "stale_after": stale_after})
+    def claim(self, worker: str, lease_seconds: float, stale_after: float | None = None,
+              login: str | None = None) -> Claim | None:
+        reply = self._call("claim", {"lease_seconds": lease_seconds, "stale_after": stale_after, "login": login})
         return None if reply is None else _claim(reply, worker)
 
     def renew(self, claim: Claim, lease_seconds: float) -> Claim:
@@ -312,14 +354,24 @@ class GatewayClient:
     def release(self, claim: Claim) -> Issue:
         return _issue(self._call("release", _fence(claim)))
 
+    def over_budget(self, claim: Claim, result: Mapping[str, Any] | None = None, error: str | None = None) -> Issue:
+        return _issue(self._call("over_budget", {**_fence(claim), "result": dict(result or {}), "error": error}))
+
+    def park_login(self, login: str | None, until: float, agent: str | None = None,
+                   message: str | None = None) -> float | None:
+        return self._call("park", {"login": login, "until": until, "message": message})
+
+    def spend(self, tokens: int, usd: float | None = None, claim: Claim | None = None) -> None:
+        self._call("spend", {"tokens": int(tokens or 0), "usd": usd, **(_fence(claim) if claim else {})})
+
     def release_agent(self, agent_id: str, reason: str = "agent gone") -> list[int]:
         return list(self._call("release_mine", {"reason": reason}))
 
     def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None, token: int | None = None,
                         incarnation: str | None = None, pid: int | None = None,
-                        waiting_until: float | None = None) -> None:
-        self._call("heartbeat", {"state": state, "issue": issue, "token": token, "incarnation": incarnation,
-                                 "pid": pid, "waiting_until": waiting_until})
+                        waiting_until: float | None = None, login: str | None = None) -> float | None:
+        return self._call("heartbeat", {"state": state, "issue": issue, "token": token, "incarnation": incarnation,
+                                        "pid": pid, "waiting_until": waiting_until, "login": login})
 
     def hello(self) -> dict:
         """Who the gateway says this socket is (``{"agent": ..., "host": ...}``)."""
@@ -357,6 +409,9 @@ class GatewayClient:
                     self.on_retry("queue gateway reachable again")
         if "error" in reply:
             error = reply["error"] or {}
+            if error.get("kind") == "LoginParked":
+                raise LoginParked(error.get("message") or "login parked", until=error.get("until"),
+                                  login=error.get("login"))
             raise _KINDS.get(error.get("kind"), QueueUnavailable)(error.get("message") or "gateway error")
         return reply.get("ok")
 
@@ -430,7 +485,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     except (AutopilotError, ValueError) as err:
         print(f"parallel-autopilot gateway: {one_line(str(err))}", file=sys.stderr, flush=True)
         return getattr(err, "exit_code", 2)
-    gateway = Gateway(store, log=log)
+    login = env.get("AUTOPILOT_LOGIN", "").strip().lower()
+    gateway = Gateway(store, log=log, logins=parse_logins(env.get("AUTOPILOT_LOGINS", "")),
+                      login=login if _LOGIN.match(login) else None)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -450,6 +507,16 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     store.close()
     log("stopped")
     return 0
+
+
+def parse_logins(text: str) -> dict[str, str]:
+    """``agent-001=<fingerprint>,agent-002=<fingerprint>`` (AUTOPILOT_LOGINS) as a dict."""
+    logins = {}
+    for part in text.split(","):
+        agent, _, login = part.strip().partition("=")
+        if agent and _LOGIN.match(login.strip()):
+            logins[agent.strip()] = login.strip()
+    return logins
 
 
 def _target(env: Mapping[str, str]) -> str | Path:

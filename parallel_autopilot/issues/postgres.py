@@ -46,8 +46,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import InvalidInput, QueueUnavailable
-from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS, Issue
-from .schema import DEPENDENCY_MIGRATION, AGENTS, EVENTS, FIRST_AGENTS, ISSUES, Column, add_column, columns, create_table
+from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS, STATUSES, Issue
+from .schema import (DEPENDENCY_MIGRATION, AGENTS, BUDGETS, EVENTS, FIRST_AGENTS, ISSUES, MERGE_STATUSES, PARKS,
+                     SECRETS, Column, add_column, columns, create_table, one_of, status_check)
 from .store import Row, Run, Store, claim_order, startable
 from .urls import redact
 
@@ -79,7 +80,8 @@ CLAIM_NONCE: Column = ("claim_nonce", "text", "")
 MIGRATIONS: list[list[str]] = [
     # 1: the schema of the SQLite store's version 3, plus claim_nonce
     [
-        create_table("issues", columns(ISSUES, until="usage") + [CLAIM_NONCE], TYPES),
+        create_table("issues", columns(ISSUES, until="usage") + [CLAIM_NONCE], TYPES,
+                     status=status_check(MERGE_STATUSES)),
         # the pick walks only the open issues, in claim order
         """CREATE INDEX issues_pick ON issues (rank, created_at, number)
            WHERE status IN ('ready', 'failed', 'claimed')""",
@@ -170,6 +172,20 @@ MIGRATIONS: list[list[str]] = [
     ["DROP FUNCTION IF EXISTS autopilot_claim(float8, float8, text, float8, text, text)"],
     # 5 (issue 21, SQLite's 6): dependencies and the paths an issue touches
     DEPENDENCY_MIGRATION(TYPES),
+    # 6 (SQLite's 7; issue 21, budgets and one quota per login): status over_budget and each
+    # issue's budget; the login an agent uses; the parked logins, the fleet's budget, the secrets
+    [
+        "ALTER TABLE issues DROP CONSTRAINT issues_status_check",
+        f"ALTER TABLE issues ADD CONSTRAINT issues_status_check CHECK (status IN {one_of(STATUSES)})",
+        add_column("issues", "budget_tokens", TYPES),
+        add_column("issues", "budget_usd", TYPES),
+        add_column("issues", "spent_tokens", TYPES),
+        add_column("issues", "spent_usd", TYPES),
+        add_column("agents", "login", TYPES),
+        create_table("parks", PARKS, TYPES),
+        create_table("budgets", BUDGETS, TYPES),
+        create_table("secrets", SECRETS, TYPES),
+    ],
 ]
 
 

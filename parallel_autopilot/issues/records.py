@@ -12,7 +12,9 @@ from typing import Any, Mapping
 
 from .. import defaults as _defaults
 
-STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked", "empty", "merged", "rejected")
+STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked", "empty", "merged", "rejected",
+            # budgets (issue 21): an attempt stopped at its token/cost budget; its work stays on its branch
+            "over_budget")
 DEFAULT_LEASE_SECONDS = _defaults.LEASE_SECONDS
 DEFAULT_MAX_ATTEMPTS = _defaults.MAX_ATTEMPTS
 DEFAULT_BACKOFF_SECONDS = float(_defaults.BACKOFF_SECONDS)
@@ -56,6 +58,11 @@ class Issue:
     # issue 21: the backlog's order
     depends_on: list = field(default_factory=list)  # numbers it waits for (each merged first)
     paths: list = field(default_factory=list)  # globs it touches (kept apart from overlapping in-flight issues)
+    # budgets (issue 21): an attempt that passes either is stopped (status over_budget); None: no limit
+    budget_tokens: int | None = None
+    budget_usd: float | None = None
+    spent_tokens: int = 0  # what all its attempts spent (the budget is the issue's, not one attempt's)
+    spent_usd: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +112,7 @@ class AgentRow:
     host: str | None
     pid: int | None
     waiting_until: float | None = None  # state "quota": waiting for a model limit to reset
+    login: str | None = None  # the keyed fingerprint of the agent's model credential (issues/logins.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,7 +127,7 @@ _ISSUE_FIELDS = frozenset(Issue.__dataclass_fields__)
 #: The issue's REAL columns: SQLite's RETURNING hands back a whole-number REAL as an
 #: integer (3.40), a SELECT as a float; an Issue holds the float either way.
 _FLOAT_FIELDS = ("due_at", "lease_until", "heartbeat_at", "claimed_at", "duration", "created_at", "updated_at",
-                 "check_duration", "completed_at", "merged_at")
+                 "check_duration", "completed_at", "merged_at", "budget_usd", "spent_usd")
 
 
 def issue_from_row(row: Mapping[str, Any]) -> Issue:

@@ -39,6 +39,8 @@ def status_check(statuses: Iterable[str]) -> str:
 
 #: The first schema's statuses (verified work and the merge queue added the rest).
 FIRST_STATUSES = STATUSES[:6]
+#: The statuses up to the merge queue (budgets added over_budget).
+MERGE_STATUSES = STATUSES[:9]
 
 ISSUES: tuple[Column, ...] = (
     ("number", "bigint", "PRIMARY KEY"),
@@ -81,6 +83,11 @@ ISSUES: tuple[Column, ...] = (
     ("depends_on", "text", ""),  # JSON list of predecessor numbers
     ("paths", "text", ""),  # JSON list of the globs it touches
     # -- end of issue 21's columns
+    # -- budgets (issue 21) --
+    ("budget_tokens", "bigint", ""),  # stop an attempt past this many tokens (None: no limit)
+    ("budget_usd", "float", ""),  # ... or past this cost, when the CLI reports one
+    ("spent_tokens", "bigint", "NOT NULL DEFAULT 0"),  # what its attempts spent, all of them
+    ("spent_usd", "float", "NOT NULL DEFAULT 0"),
 )
 
 EVENTS: tuple[Column, ...] = (
@@ -105,6 +112,7 @@ AGENTS: tuple[Column, ...] = (
     ("incarnation", "text", ""),
     ("pid", "integer", ""),
     ("waiting_until", "float", ""),
+    ("login", "text", ""),  # keyed fingerprint of its model credential (issue 21: one quota per login)
 )
 AGENTS_KEY = ("host", "id")
 
@@ -123,6 +131,32 @@ PATHS: tuple[Column, ...] = (
     ("prefix", "text", "NOT NULL"),
 )
 PATHS_KEY = ("issue", "path")
+#: One quota per login (issue 21): a login parked until its rate limit / quota resets. Keyed by the
+#: login's keyed fingerprint (issues/logins.py), never the credential.
+PARKS: tuple[Column, ...] = (
+    ("login", "text", "PRIMARY KEY"),
+    ("until_at", "float", "NOT NULL"),
+    ("parked_at", "float", "NOT NULL"),
+    ("host", "text", ""),
+    ("agent", "text", ""),
+    ("message", "text", ""),
+)
+
+#: Budgets (issue 21): the fleet run's budget and what the run has spent so far (one row, 'fleet').
+BUDGETS: tuple[Column, ...] = (
+    ("name", "text", "PRIMARY KEY"),
+    ("budget_tokens", "bigint", ""),
+    ("budget_usd", "float", ""),
+    ("spent_tokens", "bigint", "NOT NULL DEFAULT 0"),
+    ("spent_usd", "float", "NOT NULL DEFAULT 0"),
+    ("since", "float", "NOT NULL"),
+)
+
+#: Secrets of this queue, never handed to an agent: 'login-key', the key of the logins' fingerprints.
+SECRETS: tuple[Column, ...] = (
+    ("name", "text", "PRIMARY KEY"),
+    ("value", "text", "NOT NULL"),
+)
 
 #: The first agents table (both backends): keyed by id alone, host a plain column.
 FIRST_AGENTS = "id state issue token heartbeat_at started_at incarnation host pid"
@@ -158,7 +192,8 @@ def create_table(name: str, cols: Iterable[Column], types: Mapping[str, str], *,
 
 def add_column(table: str, column: str, types: Mapping[str, str]) -> str:
     """``ALTER TABLE table ADD COLUMN ...`` of one declared column, in a dialect."""
-    declared = {"issues": ISSUES, "events": EVENTS, "agents": AGENTS, "depends": DEPENDS, "paths": PATHS}[table]
+    declared = {"issues": ISSUES, "events": EVENTS, "agents": AGENTS, "depends": DEPENDS, "paths": PATHS,
+                "parks": PARKS, "budgets": BUDGETS, "secrets": SECRETS}[table]
     (_, kind, constraint), = (c for c in declared if c[0] == column)
     return " ".join(part for part in (f"ALTER TABLE {table} ADD COLUMN {column}", types[kind], constraint) if part)
 

@@ -49,7 +49,8 @@ from . import forksafe
 from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS
 from .schema import (
     DEPENDENCY_MIGRATION,
-    AGENTS, AGENTS_KEY, EVENTS, FIRST_AGENTS, FIRST_STATUSES, ISSUES, add_column, columns, create_table, status_check,
+    AGENTS, AGENTS_KEY, BUDGETS, EVENTS, FIRST_AGENTS, FIRST_STATUSES, ISSUES, MERGE_STATUSES, PARKS, SECRETS, add_column,
+    columns, create_table, status_check,
 )
 from .store import STORES, Row, Run, Store, claim_order, startable
 
@@ -87,6 +88,9 @@ _TRANSITION_TRIGGER = """CREATE TRIGGER issues_transition AFTER UPDATE ON issues
 #: The claim's index: each arm of ``_CLAIM`` walks it in claim order.
 _PICK_INDEX = "CREATE INDEX issues_pick ON issues (status, rank, created_at, number)"
 
+#: The issues' columns up to schema version 6 (what migration 7 copies: 6 added depends_on, paths).
+_V6_COLUMNS = ", ".join(c[0] for c in columns(ISSUES, until="paths"))
+
 #: The schema's history (``PRAGMA user_version`` counts what was applied). A string is
 #: a script of statements split on ";", a list its statements; ``:host`` is the
 #: migrating store's host.
@@ -113,7 +117,7 @@ MIGRATIONS: list[str | list[str]] = [
     # cannot alter a CHECK constraint: the table is rebuilt, trigger and index with it.
     [
         "DROP TRIGGER issues_transition",
-        create_table("issues_v3", columns(ISSUES, until="usage"), TYPES),
+        create_table("issues_v3", columns(ISSUES, until="usage"), TYPES, status=status_check(MERGE_STATUSES)),
         """INSERT INTO issues_v3 (number, title, body, priority, rank, script, status, attempts,
                                  max_attempts, due_at, owner, token, lease_until, heartbeat_at,
                                  claimed_at, branch, commit_sha, duration, error, created_at,
@@ -137,7 +141,7 @@ MIGRATIONS: list[str | list[str]] = [
     [
         add_column("issues", "host", TYPES),
         "UPDATE issues SET host = :host, transition = NULL WHERE claimed_at IS NOT NULL",
-        create_table("agents_v5", AGENTS, TYPES, key=AGENTS_KEY),
+        create_table("agents_v5", columns(AGENTS, until="waiting_until"), TYPES, key=AGENTS_KEY),
         """INSERT INTO agents_v5 (host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid,
                                  waiting_until)
            SELECT :host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid, waiting_until
@@ -148,6 +152,22 @@ MIGRATIONS: list[str | list[str]] = [
     # 6 (issue 21): dependencies and the paths an issue touches (the claim reads the tables;
     # the issue's JSON columns say the same for showing)
     DEPENDENCY_MIGRATION(TYPES),
+    # 7 (issue 21, budgets and one quota per login): status over_budget and each issue's budget
+    # (SQLite cannot alter a CHECK constraint: the table is rebuilt, trigger and index with it);
+    # the login an agent uses; the parked logins, the fleet's budget, the queue's secrets
+    [
+        "DROP TRIGGER issues_transition",
+        create_table("issues_v7", columns(ISSUES, until="spent_usd"), TYPES),
+        f"INSERT INTO issues_v7 ({_V6_COLUMNS}) SELECT {_V6_COLUMNS} FROM issues",
+        "DROP TABLE issues",
+        "ALTER TABLE issues_v7 RENAME TO issues",
+        _PICK_INDEX,
+        _TRANSITION_TRIGGER,
+        add_column("agents", "login", TYPES),
+        create_table("parks", PARKS, TYPES),
+        create_table("budgets", BUDGETS, TYPES),
+        create_table("secrets", SECRETS, TYPES),
+    ],
 ]
 
 

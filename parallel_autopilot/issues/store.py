@@ -86,10 +86,11 @@ import json
 import os
 import socket
 import threading
+import time
 import weakref
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..errors import Conflict, InvalidInput, IssueNotFound, LeaseLost
+from ..errors import BudgetSpent, Conflict, InvalidInput, IssueNotFound, LeaseLost, LoginParked
 from . import forksafe
 from .fields import PRIORITIES, check_order, literal_prefix, normalise_paths, validate_fields, validate_result
 from .records import DEFAULT_AGING_SECONDS, DEFAULT_LEASE_SECONDS, STATUSES, AgentRow, Claim, Event, Issue, agent_key, issue_from_row
@@ -105,6 +106,9 @@ TEXT_LIMIT = 4000
 FAILURE_NOTE_LIMIT = 500
 #: Longest merge report in a rejection's audit note.
 REPORT_NOTE_LIMIT = 400
+
+#: The longest a login is parked for one rate limit / quota (a week: weekly plan limits).
+MAX_PARK_SECONDS = 7 * 86400
 
 #: What ``retry`` and ``block`` may act on: an issue an agent holds is never taken from under it.
 #: Issue 21. A predecessor has landed (its dependents may start) when merged, or empty
@@ -148,7 +152,7 @@ def claim_order(i: str) -> str:
     return f"{i}.rank * CAST(:aging AS float8) + {i}.created_at, {i}.number"
 
 
-RETRYABLE = ("failed", "dead", "blocked", "done", "ready", "empty", "rejected")
+RETRYABLE = ("failed", "dead", "blocked", "done", "ready", "empty", "rejected", "over_budget")
 BLOCKABLE = ("ready", "failed", "blocked")
 
 #: Every open store of this process, of both backends: after fork() each sets the
@@ -159,6 +163,20 @@ BLOCKABLE = ("ready", "failed", "blocked")
 #: PARENT's session).
 STORES: "weakref.WeakSet[Store]" = weakref.WeakSet()
 forksafe.reset_in_children(STORES)
+
+
+def spent_words(budget: Mapping[str, Any]) -> str:
+    """``12000 of 10000 tokens, $0.50 of $2.00``: what a budget's run spent, of what."""
+    parts = []
+    if budget.get("budget_tokens") is not None:
+        parts.append(f"{budget['spent_tokens']} of {budget['budget_tokens']} tokens")
+    if budget.get("budget_usd") is not None:
+        parts.append(f"${budget['spent_usd']:.2f} of ${budget['budget_usd']:.2f}")
+    return ", ".join(parts)
+
+
+def _utc_words(ts: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(ts))
 
 
 def _usage(result: Mapping[str, Any]) -> str | None:
@@ -191,7 +209,8 @@ class Store:
     #: The events a fenced verb leaves when it takes effect: each token leaves 'claimed'
     #: once, so one of them with the token says the verb happened (a lost reply, a retry).
     SETTLES: Mapping[str, tuple[str, ...]] = {
-        "complete": ("done",), "fail": ("failed", "dead"), "empty": ("empty",), "release": ("released",)}
+        "complete": ("done",), "fail": ("failed", "dead"), "empty": ("empty",), "release": ("released",),
+        "over_budget": ("over_budget",)}
 
     def __init__(self, *, host: str | None, clock: Callable[[], float] | None, max_attempts: int,
                  backoff_seconds: float, where: str, aging_seconds: float | None = None):
@@ -279,11 +298,15 @@ class Store:
 
     def add(self, title: str, body: str = "", priority: str = "medium", script: str | None = None,
             max_attempts: int | None = None, number: int | None = None, now: float | None = None,
-            check: str | None = None, depends_on: Sequence[int] = (), paths: Sequence[str] = ()) -> Issue:
-        """Add one ready issue and return it (``depends_on``: numbers it waits for; ``paths``: globs it touches)."""
+            check: str | None = None, depends_on: Sequence[int] = (), paths: Sequence[str] = (),
+            budget_tokens: int | None = None, budget_usd: float | None = None) -> Issue:
+        """Add one ready issue and return it (``depends_on``: numbers it waits for; ``paths``: globs it
+        touches; ``budget_tokens``/``budget_usd``: where an attempt is stopped)."""
         fields = {"title": title, "body": body, "priority": priority, "script": script,
                   "max_attempts": max_attempts, "number": number, "check": check,
                   "depends_on": list(depends_on), "paths": list(paths)}
+        fields.update({k: v for k, v in (("budget_tokens", budget_tokens), ("budget_usd", budget_usd))
+                       if v is not None})
         return self.add_many([fields], now=now)[0]
 
     def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None) -> list[Issue]:
@@ -311,16 +334,19 @@ class Store:
                 # a new issue's number: one above the highest, as SQLite's rowid gives it
                 row = run(f"""
                     INSERT INTO issues (number, title, body, priority, rank, script, check_cmd,
-                                        max_attempts, due_at, created_at, updated_at, paths)
+                                        max_attempts, due_at, created_at, updated_at, paths,
+                                        budget_tokens, budget_usd)
                     VALUES (COALESCE(CAST(:number AS bigint), (SELECT COALESCE(MAX(number), 0) + 1 FROM issues)),
                             :title, :body, :priority, CAST(:rank AS integer), :script, :check_cmd,
-                            CAST(:max_attempts AS integer), {self.NOW}, {self.NOW}, {self.NOW}, :paths)
+                            CAST(:max_attempts AS integer), {self.NOW}, {self.NOW}, {self.NOW}, :paths,
+                            CAST(:budget_tokens AS bigint), CAST(:budget_usd AS float8))
                     RETURNING *""",
                     {"number": fields["number"], "title": fields["title"], "body": fields["body"],
                      "priority": fields["priority"], "rank": PRIORITIES.index(fields["priority"]),
                      "script": fields["script"], "check_cmd": fields["check"],
                      "max_attempts": fields["max_attempts"] or self.max_attempts, "now": now,
-                     "paths": json.dumps(fields["paths"]) if fields["paths"] else None})[0]
+                     "paths": json.dumps(fields["paths"]) if fields["paths"] else None,
+                     "budget_tokens": fields["budget_tokens"], "budget_usd": fields["budget_usd"]})[0]
                 run("INSERT INTO events (at, issue, kind) VALUES (CAST(:at AS float8), CAST(:issue AS bigint), 'added')",
                     {"at": row["created_at"], "issue": row["number"]})
                 self._insert_paths(run, row["number"], fields["paths"])
@@ -412,7 +438,7 @@ class Store:
     # -- the lease verbs ----------------------------------------------------
 
     def claim(self, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-              now: float | None = None, stale_after: float | None = None) -> Claim | None:
+              now: float | None = None, stale_after: float | None = None, login: str | None = None) -> Claim | None:
         """Lease the best eligible issue to ``worker``, or return None.
 
         Eligible: ready (or failed) and due, or abandoned - claimed with an
@@ -425,12 +451,28 @@ class Store:
         abandoned issue whose attempts are used up is marked dead in the same
         call. The previous holder is fenced out by the new token. (The statement
         is each backend's own: ``_claim``.)
+
+        Nothing is claimed while the fleet run's budget is spent (BudgetSpent) or
+        while ``login``, the worker's model login, is parked (LoginParked, with until when).
         """
+        self._check_claimable(login, now)
         row = self._claim(worker, float(lease_seconds), self._now(now), stale_after)
         if row is None:
             return None
         issue = self._issue(row)
         return Claim(issue=issue, token=issue.token, worker=worker, lease_until=issue.lease_until)
+
+    def _check_claimable(self, login: str | None, now: float | None) -> None:
+        """BudgetSpent or LoginParked when an agent (of ``login``) must not claim now."""
+        budget = self.fleet_budget()
+        if budget is not None and budget["spent"]:
+            raise BudgetSpent(f"the fleet budget is spent: {spent_words(budget)}; no issue is claimed "
+                              "until a new budget (agents.start --budget-tokens/--budget-usd) or none")
+        if login:
+            until = self.login_parked(login, now)
+            if until is not None:
+                raise LoginParked(f"login {login} is parked until its quota resets at {_utc_words(until)}",
+                                  until=until, login=login)
 
     def renew(self, claim: Claim, lease_seconds: float = DEFAULT_LEASE_SECONDS,
               now: float | None = None) -> Claim:
@@ -515,6 +557,27 @@ class Store:
              "check_status": result.get("check_status"), "check_duration": result.get("check_duration"),
              "check_output": result.get("check_output"), "usage": _usage(result)},
             kinds=self.SETTLES["empty"]))
+
+    def over_budget(self, claim: Claim, result: Mapping[str, Any] | None = None, error: str | None = None,
+                    now: float | None = None) -> Issue:
+        """The attempt passed its budget and was stopped: status ``over_budget`` (not retried).
+
+        Its work is committed on its branch like a finished attempt's (``result``:
+        branch, commit, duration, usage: what it spent); ``issues.retry`` puts it back.
+        """
+        result = validate_result(result)
+        error = str(error or "over budget")[:TEXT_LIMIT]
+        return self._issue(self._fenced(claim, "over_budget", now, f"""
+            UPDATE issues SET status = 'over_budget', lease_until = NULL, branch = :branch, commit_sha = :commit,
+                   duration = CAST(:duration AS float8), error = :error, updated_at = {self.NOW},
+                   completed_at = {self.NOW}, usage = :usage, transition = 'over_budget', actor = :worker,
+                   note = :note
+            WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint) AND status = 'claimed'
+              AND owner = :worker AND host = :host
+            RETURNING *""",
+            {"branch": result.get("branch"), "commit": result.get("commit"), "duration": result.get("duration"),
+             "usage": _usage(result), "error": error, "note": error[:FAILURE_NOTE_LIMIT]},
+            kinds=self.SETTLES["over_budget"]))
 
     def release(self, claim: Claim, now: float | None = None) -> Issue:
         """Give the issue back at once (graceful shutdown); the attempt is refunded."""
@@ -676,23 +739,131 @@ class Store:
     def agent_heartbeat(self, agent_id: str, state: str, issue: int | None = None,
                         token: int | None = None, incarnation: str | None = None,
                         pid: int | None = None, now: float | None = None,
-                        waiting_until: float | None = None) -> None:
-        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row)."""
+                        waiting_until: float | None = None, login: str | None = None) -> float | None:
+        """Record what this host's agent ``agent_id`` is doing now (upsert of its (host, id) row).
+
+        Returns until when its ``login`` is parked (None: it is not): an agent at work
+        learns from its next heartbeat that another agent of its login hit the quota.
+        """
         # a new incarnation (the agent restarted) starts its uptime again
         self._write(f"""
             INSERT INTO agents AS a (host, id, state, issue, token, heartbeat_at, started_at, incarnation, pid,
-                                     waiting_until)
+                                     waiting_until, login)
             VALUES (:host, :id, :state, CAST(:issue AS bigint), CAST(:token AS bigint), {self.NOW}, {self.NOW},
-                    :inc, CAST(:pid AS integer), CAST(:waiting AS float8))
+                    :inc, CAST(:pid AS integer), CAST(:waiting AS float8), :login)
             ON CONFLICT (host, id) DO UPDATE SET state = excluded.state, issue = excluded.issue,
                    token = excluded.token, heartbeat_at = excluded.heartbeat_at,
                    waiting_until = excluded.waiting_until, pid = COALESCE(excluded.pid, a.pid),
+                   login = COALESCE(excluded.login, a.login),
                    started_at = CASE WHEN a.incarnation = excluded.incarnation
                                           OR (a.incarnation IS NULL AND excluded.incarnation IS NULL)
                                      THEN a.started_at ELSE excluded.started_at END,
                    incarnation = excluded.incarnation""",
             {"host": self.host, "id": agent_id, "state": state, "issue": issue, "token": token,
-             "now": self._now(now), "inc": incarnation, "pid": pid, "waiting": waiting_until})
+             "now": self._now(now), "inc": incarnation, "pid": pid, "waiting": waiting_until, "login": login})
+        return self.login_parked(login, now) if login else None
+
+    # -- one quota per login (issue 21) -----------------------------------------
+    # A rate limit or an exhausted quota belongs to the login (the credential), not to the
+    # agent that met it: every agent of that login parks until the reset. The login is its
+    # keyed fingerprint (issues/logins.py), never the secret. The parks live in the queue,
+    # so a shared PostgreSQL queue parks the login on every host.
+
+    def park_login(self, login: str, until: float, agent: str | None = None, message: str | None = None,
+                   now: float | None = None) -> float:
+        """Park ``login`` until ``until`` (a later park of it wins); until when it is parked now.
+
+        At most :data:`MAX_PARK_SECONDS` ahead: an agent (hostile, or misreading a message)
+        cannot park its login for ever.
+        """
+        if not login or not isinstance(login, str):
+            raise InvalidInput("a login fingerprint is required to park it")
+        row = self._write(f"""
+            INSERT INTO parks AS p (login, until_at, parked_at, host, agent, message)
+            VALUES (:login, CASE WHEN CAST(:until AS float8) > {self.NOW} + {MAX_PARK_SECONDS}
+                                 THEN {self.NOW} + {MAX_PARK_SECONDS} ELSE CAST(:until AS float8) END,
+                    {self.NOW}, :host, :agent, :message)
+            ON CONFLICT (login) DO UPDATE SET
+                   until_at = CASE WHEN p.until_at > excluded.until_at THEN p.until_at ELSE excluded.until_at END,
+                   parked_at = excluded.parked_at, host = excluded.host, agent = excluded.agent,
+                   message = excluded.message
+            RETURNING until_at""",
+            {"login": login, "until": float(until), "now": self._now(now), "host": self.host, "agent": agent,
+             "message": (message or "")[:FAILURE_NOTE_LIMIT]})
+        return float(row["until_at"])
+
+    def login_parked(self, login: str, now: float | None = None) -> float | None:
+        """Until when ``login`` is parked, or None."""
+        rows = self._read(f"SELECT until_at FROM parks WHERE login = :login AND until_at > {self.NOW}",
+                          {"login": login, "now": self._now(now)})
+        return float(rows[0]["until_at"]) if rows else None
+
+    def parks(self, now: float | None = None) -> dict[str, float]:
+        """Every login parked now: fingerprint -> until when."""
+        rows = self._read(f"SELECT login, until_at FROM parks WHERE until_at > {self.NOW} ORDER BY login",
+                          {"now": self._now(now)})
+        return {r["login"]: float(r["until_at"]) for r in rows}
+
+    def login_key(self) -> bytes:
+        """This queue's key for the logins' fingerprints (made once, at first use; never given to agents)."""
+        fresh = os.urandom(32).hex()
+
+        def get(run: Run) -> str:
+            run("INSERT INTO secrets (name, value) VALUES ('login-key', :v) ON CONFLICT (name) DO NOTHING",
+                {"v": fresh})
+            return run("SELECT value FROM secrets WHERE name = 'login-key'", {})[0]["value"]
+
+        return bytes.fromhex(self._atomic(get))
+
+    # -- the fleet run's budget (issue 21) ----------------------------------------
+
+    def set_fleet_budget(self, tokens: int | None = None, usd: float | None = None,
+                         now: float | None = None) -> None:
+        """Start a fleet run's budget (what was spent before does not count); no limits: no budget."""
+        if tokens is None and usd is None:
+            self._write("DELETE FROM budgets WHERE name = 'fleet'", {})
+            return
+        self._write(f"""
+            INSERT INTO budgets AS b (name, budget_tokens, budget_usd, spent_tokens, spent_usd, since)
+            VALUES ('fleet', CAST(:tokens AS bigint), CAST(:usd AS float8), 0, 0, {self.NOW})
+            ON CONFLICT (name) DO UPDATE SET budget_tokens = excluded.budget_tokens,
+                   budget_usd = excluded.budget_usd, spent_tokens = 0, spent_usd = 0, since = excluded.since""",
+            {"tokens": tokens, "usd": usd, "now": self._now(now)})
+
+    def spend(self, tokens: int, usd: float | None = None, claim: Claim | None = None) -> None:
+        """Add what one attempt spent to the fleet run's budget (if there is one) and, with the
+        ``claim`` it was spent on, to that issue's ``spent_tokens``/``spent_usd`` (its holder only)."""
+        tokens = int(tokens or 0)
+        usd = float(usd or 0.0)
+        if tokens < 0 or usd < 0:
+            raise InvalidInput("spent tokens and cost cannot be negative")
+        params = {"tokens": tokens, "usd": usd}
+
+        def add(run: Run) -> None:
+            run("""UPDATE budgets SET spent_tokens = spent_tokens + CAST(:tokens AS bigint),
+                          spent_usd = spent_usd + CAST(:usd AS float8)
+                   WHERE name = 'fleet'""", params)
+            if claim is not None:  # no transition: spending is no event of the issue's
+                run("""UPDATE issues SET spent_tokens = spent_tokens + CAST(:tokens AS bigint),
+                              spent_usd = spent_usd + CAST(:usd AS float8), transition = NULL
+                       WHERE number = CAST(:number AS bigint) AND token = CAST(:token AS bigint)
+                         AND owner = :worker AND host = :host""",
+                    {**params, "number": claim.number, "token": claim.token, "worker": claim.worker,
+                     "host": self.host})
+
+        self._atomic(add, once=True)  # a lost COMMIT is not repeated: spending counted twice overstates
+
+    def fleet_budget(self) -> dict | None:
+        """The fleet run's budget and spending (``spent``: True once either limit is reached), or None."""
+        rows = self._read("SELECT * FROM budgets WHERE name = 'fleet'")
+        if not rows:
+            return None
+        row = dict(rows[0])
+        spent = ((row["budget_tokens"] is not None and row["spent_tokens"] >= row["budget_tokens"])
+                 or (row["budget_usd"] is not None and row["spent_usd"] >= row["budget_usd"]))
+        return {"budget_tokens": row["budget_tokens"], "budget_usd": row["budget_usd"],
+                "spent_tokens": int(row["spent_tokens"]), "spent_usd": float(row["spent_usd"]),
+                "since": float(row["since"]), "spent": bool(spent)}
 
     def agents(self, host: str | None = None) -> list[AgentRow]:
         """Every agent that ever reported (of every host, or only ``host``'s), by id then host."""

@@ -475,14 +475,14 @@ def fetch_issue(settings: Settings, git: Git, issue: Issue, *, write_refs: bool 
 
 
 def bring_home(settings: Settings, store: IssueStore, progress: Progress = lambda _: None) -> list[int]:
-    """Fetch every done, rejected or merged issue's branch from the agents' clones; the numbers fetched.
+    """Fetch every done, rejected, merged or over_budget issue's branch from the agents' clones; the numbers fetched.
 
     ``cleanup`` and ``agents.stop`` call it before a clone can go away, so a
     result never lives only in an agent's repository.
     """
     git = Git(settings.repo)
     fetched = []
-    for issue in store.list(("done", "rejected", "merged")):
+    for issue in store.list(("done", "rejected", "merged", "over_budget")):  # over budget: its work is kept
         if issue.commit and on_this_host(store, issue) and _clone_of(settings, issue) is not None and \
                 fetch_issue(settings, git, issue, progress=progress) is None:
             fetched.append(issue.number)

@@ -52,11 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import AutopilotError, DatabaseDamaged, InvalidInput, LeaseLost
+from ..errors import AutopilotError, BudgetSpent, DatabaseDamaged, InvalidInput, LeaseLost, LoginParked
 from ..issues import Claim, IssueStore, is_url, open_store, snapshots
 from ..issues.gateway import GatewayClient
 from . import health, kinds, process, usage
-from .logs import AgentLog, last_line, read_end, tail
+from .logs import AgentLog, Follow, last_line, read_end, tail
 from .settings import RuntimeSettings
 from .workspace import Workspace
 
@@ -80,11 +80,15 @@ class Attempt:
     proc: subprocess.Popen | None = None
     lost: threading.Event = field(default_factory=threading.Event)
     lost_reason: str | None = None
+    parked_until: float | None = None  # another agent of our login hit its quota: stop, give it back
+    budget_tokens: int | None = None  # the attempt is stopped past these (issue's own, else the default)
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How the agent subprocess ended: ``exit`` (with code), ``timeout``, ``stopped`` or ``lost``."""
+    """How the agent subprocess ended: ``exit`` (with code), ``timeout``, ``stopped``, ``lost``,
+    ``over_budget`` (stopped past its budget) or ``parked`` (its login's quota, met by another agent)."""
 
     kind: str
     code: int | None = None
@@ -92,6 +96,7 @@ class Outcome:
     last: str | None = None
     usage: dict | None = None  # tokens/cost the model CLI reported (runtime/usage.py)
     limit: usage.Limit | None = None  # the CLI gave up on a rate limit / quota
+    over: str | None = None  # over_budget: what it spent, of which budget
 
 
 def jittered(seconds: float, rng: Callable[[], float] = random.random) -> float:
@@ -134,6 +139,8 @@ class Agent:
         self._next_snapshot_look = 0.0
         self._threads: list[threading.Thread] = []
         self.waiting_until: float | None = None  # waiting for a model quota to reset
+        self.parked_until: float | None = None  # our login is parked (the last heartbeat said)
+        self.budget_note: str | None = None  # why we claim nothing: the fleet budget is spent
         self._quota_streak = 0
         self.model = kinds.ModelConfig(settings.openai_base_url, settings.anthropic_base_url, settings.model,
                                        settings.model_retries)
@@ -223,11 +230,12 @@ class Agent:
                 self.state = state
             attempt = self._attempt
             try:
-                self.store.agent_heartbeat(
+                parked = self.store.agent_heartbeat(
                     self.s.agent_id, self.state,
                     issue=attempt.number if attempt else None, token=attempt.claim.token if attempt else None,
                     incarnation=self.incarnation, pid=os.getpid(),
-                    waiting_until=self.waiting_until if self.state == "quota" else None)
+                    waiting_until=self.waiting_until if self.state == "quota" else None, login=self.s.login)
+                self.parked_until = parked if isinstance(parked, (int, float)) else None
                 return True
             except Exception as err:
                 self.log.line(f"agents table not updated ({self.state}): {err}")
@@ -258,7 +266,21 @@ class Agent:
             if now >= next_report:
                 self._report()
                 next_report = now + self.s.report_seconds
+                self._stop_if_parked()
             self._done.wait(min(TICK, self.s.renew_seconds))
+
+    def _stop_if_parked(self) -> None:
+        """Another agent of our login met its quota: stop our model CLI before it sends another request."""
+        until = self.parked_until
+        if until is None or self.s.kind not in ("codex", "claude"):
+            return
+        with self._lock:
+            attempt = self._attempt
+            if attempt is None or attempt.proc is None or attempt.parked_until is not None:
+                return
+            attempt.parked_until = until
+            if attempt.proc.poll() is None:
+                process.signal_group(attempt.proc.pid, signal.SIGTERM)
 
     def _renew(self, attempt: Attempt, now: float) -> None:
         try:
@@ -328,12 +350,15 @@ class Agent:
                     self._snapshot_if_due()
                     # an issue whose agent went silent is taken over here too, not only when idle:
                     # a busy queue must not leave it to the 15-minute lease
-                    claim = self.store.claim(self.s.agent_id, self.s.lease_seconds,
-                                             stale_after=self.s.stale_seconds or None)
+                    claim = self._claim()
                     if claim is None:
                         self._idle()
                     else:
                         self._work(claim)
+                except LoginParked as err:  # another agent of our login met the quota: no request until then
+                    self._parked(err)
+                except BudgetSpent as err:
+                    self._budget_spent(err)
                 except DatabaseDamaged:
                     raise  # not a passing trouble: one "cannot run" line, exit 13 (main)
                 except Exception as err:  # database busy past its timeout, disk full...: not fatal
@@ -343,6 +368,36 @@ class Agent:
         finally:
             self._shutdown()
         return 0
+
+    def _claim(self) -> Claim | None:
+        options = {"login": self.s.login} if self.s.login else {}
+        claim = self.store.claim(self.s.agent_id, self.s.lease_seconds, stale_after=self.s.stale_seconds or None,
+                                 **options)
+        if self.budget_note is not None:
+            self.budget_note = None
+            self.log.event("budget", "the fleet has a budget again: claiming")
+        return claim
+
+    def _parked(self, err: LoginParked) -> None:
+        """Wait, sending nothing, until our login's quota resets (the queue said when)."""
+        until = err.until or self.clock() + self.s.quota_backoff_seconds
+        self.waiting_until = until
+        self.log.event("parked", f"parked: quota (login {err.login or self.s.login}) until "
+                       f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC: another agent of this login "
+                       "met its rate limit / quota", until=until, login=err.login or self.s.login)
+        self._report("quota")
+        self._sleep(max(0.0, until - self.clock()))
+        self.waiting_until = None
+        self._report("idle")
+
+    def _budget_spent(self, err: BudgetSpent) -> None:
+        """The fleet run's budget is spent: claim nothing, say why, look again now and then."""
+        if self.budget_note != str(err):
+            self.budget_note = str(err)
+            self.log.event("budget", f"not claiming: {err}", error=str(err))
+        if self.state != "budget":
+            self._report("budget")
+        self._sleep(jittered(max(self.s.poll_seconds, 5.0), self.rng))
 
     def _snapshot_if_due(self) -> None:
         """Every ``snapshot_seconds`` one agent (the first to look, holding the lock) snapshots the db."""
@@ -397,8 +452,11 @@ class Agent:
     def _attempt_issue(self, attempt: Attempt) -> None:
         s, issue = self.s, attempt.claim.issue
         last_message = self.log.attempt_path(attempt.number, attempt.attempt).with_suffix(".last.txt")
+        attempt.budget_tokens = issue.budget_tokens if issue.budget_tokens is not None else s.budget_tokens
+        attempt.budget_usd = issue.budget_usd if issue.budget_usd is not None else s.budget_usd
+        metered = attempt.budget_tokens is not None or attempt.budget_usd is not None
         argv = kinds.command(s.kind, issue, agent=s.agent_id, workspace=s.workspace, base=s.base_branch,
-                             template=s.command, last_message=last_message, model=s.model)
+                             template=s.command, last_message=last_message, model=s.model, sessions=metered)
         env = kinds.environment(self.environ, issue, agent=s.agent_id, workspace=s.workspace, kind=s.kind,
                                 config=self.model, base_branch=s.base_branch)
         if self.workspace.dirty():  # should not happen: every attempt ends clean
@@ -409,6 +467,11 @@ class Agent:
         outcome = self._run_agent(attempt, argv, env)
         if outcome.kind == "stopped":
             self._release(attempt)
+        elif outcome.kind == "parked" and not attempt.lost.is_set():
+            self._wait_for_quota(attempt, usage.Limit("another agent of this login met its rate limit / quota",
+                                                      attempt.parked_until))
+        elif outcome.kind == "over_budget" and not attempt.lost.is_set():
+            self._over_budget(attempt, base_sha, outcome)
         elif outcome.kind == "lost" or attempt.lost.is_set():
             self._end(attempt)
             self._salvage("lease-lost", "lease lost; attempt dropped", attempt.number, attempt.attempt)
@@ -459,6 +522,8 @@ class Agent:
                        issue=attempt.number, attempt=attempt.attempt, pid=proc.pid, log=str(log_path))
         deadline = started + timeout
         kind = None
+        watch = _Watch(s.kind, log_path, env, attempt) if what == "agent" and s.kind in ("codex", "claude") else None
+        over = None
         while True:
             self.mark()
             try:
@@ -466,17 +531,33 @@ class Agent:
                 break
             except subprocess.TimeoutExpired:
                 pass
+            if watch is not None:
+                over = watch.read()
+                if watch.limit is None:
+                    watch.limit = usage.limit(s.kind, "\n".join(watch.new), self.clock(), events_only=True)
+                    if watch.limit is not None:  # the first 429: park the login NOW, not when the CLI gives up
+                        self._park_login(attempt, watch.limit)
             if self.stopping.is_set():
                 kind = "stopped"
             elif attempt.lost.is_set():
                 kind = "lost"
+            elif attempt.parked_until is not None:
+                kind = "parked"
+            elif watch is not None and watch.limit is not None:
+                kind = "exit"  # it would retry into the same wall: stop it, the limit is handled below
+            elif over is not None:
+                kind = "over_budget"
             elif self.monotonic() >= deadline:
                 kind = "timeout"
             if kind:
                 if kind == "stopped":
                     self._report("stopping")
                 code = process.stop(proc, s.grace_seconds, tick=self.mark, monotonic=self.monotonic)
+                if kind == "exit" and not code:
+                    code = 1  # stopped on its rate limit
                 break
+        if kind is None and attempt.parked_until is not None:
+            kind = "parked"  # the heartbeat stopped it (its login is parked) and it exited at once
         # children it left in the background must not write into the next step
         process.signal_group(proc.pid, signal.SIGKILL)
         self.child.clear()
@@ -488,7 +569,15 @@ class Agent:
             text = read_end(log_path, 4 << 20) or ""  # the CLI's last events, at most 4 MiB
             spent = usage.parse(s.kind, text)
             limit = usage.limit(s.kind, text, self.clock()) if code else None
-        return Outcome(kind or "exit", code, duration, last, spent, limit)
+        if watch is not None:
+            watch.read()
+            metered = watch.meter.spent()
+            if metered is not None and usage.tokens(metered) > usage.tokens(spent):
+                spent = metered
+            limit = limit or watch.limit
+            watch.close()
+            self._spend(attempt, spent)
+        return Outcome(kind or "exit", code, duration, last, spent, limit, over)
 
     def _run_check(self, attempt: Attempt, env: dict[str, str]) -> tuple[Outcome | None, dict]:
         """Run the check on the committed attempt; (outcome or None when there is none, result fields)."""
@@ -546,17 +635,19 @@ class Agent:
                            error=str(err))
             return False, None
 
-    def _finish(self, attempt: Attempt, base_sha: str, outcome: Outcome, env: dict[str, str]) -> None:
+    def _commit(self, attempt: Attempt, base_sha: str) -> str | None | bool:
+        """Commit the attempt's work on its branch, fenced; its commit, None (no change) or False
+        (the attempt was ended here: lease lost, or the agent left its branch)."""
         s, number = self.s, attempt.number
         if attempt.lost.is_set():  # lost while the agent was exiting: commit nothing
             self._end(attempt)
             self._salvage("lease-lost", "lease lost; attempt dropped", number, attempt.attempt)
-            return
+            return False
         current = self.workspace.current_branch()
         if current != attempt.branch:
             self._fail(attempt, f"the agent left branch {attempt.branch} for {current or 'a detached HEAD'}: "
                        f"agents must stay on the issue branch", salvage_reason="failed")
-            return
+            return False
         # renew (fenced) right before committing: an agent presumed dead by its peers,
         # whose issue another agent now works on, must not write onto that branch
         with self._lock:
@@ -564,16 +655,22 @@ class Agent:
         if attempt.lost.is_set():
             self._end(attempt)
             self._salvage("lease-lost", "lease lost before the commit; attempt dropped", number, attempt.attempt)
-            return
+            return False
         subject = f"#{number}: {' '.join(attempt.claim.issue.title.split())}"  # one line, whatever the title
         sha = self.workspace.commit_all(subject[:72], {
             "Issue": f"#{number}", "Agent": s.agent_id, "Lease-Token": str(attempt.claim.token)})
         self.mark()
         head = self.workspace.head()
-        commit = head if head != base_sha else None  # the agent may have committed by itself
         if sha:
             self.log.event("committed", f"committed #{number} on {attempt.branch} as {sha[:12]}",
                            issue=number, branch=attempt.branch, commit=sha)
+        return head if head != base_sha else None  # the agent may have committed by itself
+
+    def _finish(self, attempt: Attempt, base_sha: str, outcome: Outcome, env: dict[str, str]) -> None:
+        s, number = self.s, attempt.number
+        commit = self._commit(attempt, base_sha)
+        if commit is False:
+            return
         result = {"branch": attempt.branch, "commit": commit, "duration": outcome.duration}
         if outcome.usage is not None:
             result["usage"] = outcome.usage
@@ -628,6 +725,48 @@ class Agent:
                        f"{issue.status}): {error}", issue=number, attempt=attempt.attempt, status=issue.status,
                        error=error)
 
+    def _over_budget(self, attempt: Attempt, base_sha: str, outcome: Outcome) -> None:
+        """Stopped past its budget: its work is committed on its branch like a finished attempt's,
+        then the issue is ``over_budget`` with what it spent (no check: it did not finish)."""
+        number = attempt.number
+        commit = self._commit(attempt, base_sha)
+        if commit is False:
+            return
+        result = {"branch": attempt.branch, "commit": commit, "duration": outcome.duration}
+        if outcome.usage is not None:
+            result["usage"] = outcome.usage
+        error = f"over budget: {outcome.over}; stopped after {outcome.duration:.1f}s"
+        done, _ = self._settle(attempt, lambda claim: self.store.over_budget(claim, result, error), "over_budget",
+                               lost_note=f"#{number} stopped over budget after its lease was lost: not recorded")
+        if done:
+            self.log.event("over_budget", f"#{number} {error}; its work is on {attempt.branch} "
+                           f"({(commit or 'no change')[:12]})", issue=number, attempt=attempt.attempt, **result)
+
+    def _park_login(self, attempt: Attempt, limit: "usage.Limit") -> float | None:
+        """Park our login in the queue until the reset: every agent of it stops sending requests."""
+        if not self.s.login:
+            return None
+        until = limit.reset_at if limit.reset_at and limit.reset_at > self.clock() else \
+            self.clock() + self.s.quota_backoff_seconds * 2 ** self._quota_streak
+        try:
+            parked = self.store.park_login(self.s.login, until, agent=self.s.agent_id, message=limit.message)
+        except Exception as err:  # the queue busy: our own wait still holds
+            self.log.line(f"could not park login {self.s.login}: {err}")
+            return None
+        self.log.event("park", f"parked login {self.s.login} until {time.strftime('%H:%M:%S', time.gmtime(parked))} "
+                       f"UTC for every agent using it (#{attempt.number}: {limit.message})", issue=attempt.number,
+                       login=self.s.login, until=parked)
+        return parked
+
+    def _spend(self, attempt: Attempt, spent: dict | None) -> None:
+        """What the attempt spent counts against the issue's and the fleet run's budgets (a lost report is logged)."""
+        if not spent:
+            return
+        try:
+            self.store.spend(usage.tokens(spent), spent.get("cost_usd"), claim=attempt.claim)
+        except Exception as err:
+            self.log.line(f"the spending of #{attempt.number} was not recorded: {err}")
+
     def _wait_for_quota(self, attempt: Attempt, limit: "usage.Limit") -> None:
         """A rate limit or exhausted quota is not the issue's fault: give it back, sleep until the reset.
 
@@ -638,12 +777,14 @@ class Agent:
         number, now = attempt.number, self.clock()
         wait = min(self.s.quota_backoff_seconds * 2 ** self._quota_streak, 3600.0)
         until = limit.reset_at if limit.reset_at and limit.reset_at > now else now + wait
+        if attempt.parked_until is None:  # we met it ourselves: the whole login waits (a later park wins)
+            until = max(until, self._park_login(attempt, usage.Limit(limit.message, until)) or until)
         self._quota_streak += 1
         self._settle(attempt, self.store.release, "released", salvage=("quota", "rate limit / quota"))
         self.waiting_until = until
         self.log.event("quota", f"rate limit / quota on #{number} (released, attempt refunded): waiting until "
                        f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC; the CLI said: {limit.message}",
-                       issue=number, until=until, message=limit.message)
+                       issue=number, until=until, message=limit.message, login=self.s.login)
         self._report("quota")
         self._sleep(max(0.0, until - self.clock()))
         self.waiting_until = None
@@ -662,6 +803,53 @@ class Agent:
             thread.join(timeout=5)  # no periodic report may land after "stopped"
         self._report("stopped")
         self.log.event("stopped", f"stopped{why}", signal=self.stop_signal)
+
+
+class _Watch:
+    """A model CLI's events as they stream: its attempt log, and codex's session log when it keeps one.
+
+    :meth:`read` feeds the new lines to the meter and says when the attempt is past
+    its budget; ``new`` holds the attempt log's new lines (searched for a rate limit).
+    """
+
+    def __init__(self, kind: str, log_path, env: dict[str, str], attempt: Attempt):
+        self.kind = kind
+        self.attempt = attempt
+        self.meter = usage.Meter(kind)
+        self.limit: usage.Limit | None = None
+        self.new: list[str] = []
+        self._log = Follow(log_path, _size(log_path))
+        self._sessions = Path(env["CODEX_HOME"]) / "sessions" if kind == "codex" and env.get("CODEX_HOME") else None
+        self._clear_sessions()
+        self._followed: dict[Path, Follow] = {}
+
+    def read(self) -> str | None:
+        """Feed what is new; what was spent of which budget once past it, else None."""
+        self.new = [line for line in self._log.lines() if not line.startswith("### ")]
+        for line in self.new:
+            self.meter.feed(line)
+        if self._sessions is not None and self._sessions.is_dir():
+            for path in sorted(self._sessions.rglob("rollout-*.jsonl")):
+                follow = self._followed.setdefault(path, Follow(path))
+                for line in follow.lines():
+                    self.meter.feed(line)
+        issue = self.attempt.claim.issue
+        return usage.over(self.meter.spent(), self.attempt.budget_tokens, self.attempt.budget_usd,
+                          issue.spent_tokens, issue.spent_usd)
+
+    def close(self) -> None:
+        self._clear_sessions()  # a session log is the meter's; nothing piles up in the tmpfs HOME
+
+    def _clear_sessions(self) -> None:
+        if self._sessions is not None:
+            shutil.rmtree(self._sessions, ignore_errors=True)
+
+
+def _size(path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _changed_refs(before: dict[str, str], after: dict[str, str]) -> list[str]:

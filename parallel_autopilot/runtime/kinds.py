@@ -169,7 +169,7 @@ def check(kind: str, template: str | None = None, path: str | None = None) -> No
 
 def command(kind: str, issue: Issue, *, agent: str, workspace: str | os.PathLike, base: str,
             template: str | None = None, last_message: str | os.PathLike | None = None,
-            model: str | None = None) -> list[str]:
+            model: str | None = None, sessions: bool = False) -> list[str]:
     """The argv that works on ``issue``; InvalidInput when the issue cannot be run this way."""
     if kind == "script":
         if not (issue.script or "").strip():
@@ -178,9 +178,11 @@ def command(kind: str, issue: Issue, *, agent: str, workspace: str | os.PathLike
         shell = shutil.which("bash") or "sh"
         return [shell, "-c", issue.script]
     if kind == "codex":
-        # --ephemeral: no session files piling up in the agent's tmpfs HOME (and a quarter less CPU)
+        # --ephemeral: no session files piling up in the agent's tmpfs HOME (and a quarter less CPU);
+        # ``sessions``: keep the session log, whose token_count events are the only usage codex
+        # reports while a turn runs (a budget is metered from it; the runtime removes it after)
         argv = ["codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
-                "--ephemeral", "--json", "--color", "never", "-C", str(workspace)]
+                *([] if sessions else ["--ephemeral"]), "--json", "--color", "never", "-C", str(workspace)]
         if last_message:
             argv += ["-o", str(last_message)]
         if model:

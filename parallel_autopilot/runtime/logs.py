@@ -124,3 +124,30 @@ def tail(path: str | os.PathLike, lines: int = 20, limit: int = 4000, skip_prefi
             if line.strip() and not (skip_prefix and line.startswith(skip_prefix))]
     result = "\n".join(kept[-lines:])
     return (result[-limit:] if len(result) > limit else result) or None
+
+
+class Follow:
+    """Follow a file another process appends to: :meth:`lines` gives the complete lines added since.
+
+    How the runtime reads a CLI's events as they stream (its attempt log, codex's
+    session log), without a pipe in between: the CLI writes straight to the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, offset: int = 0):
+        self.path = Path(path)
+        self.offset = offset
+        self._partial = b""
+
+    def lines(self, limit: int = 4 << 20) -> list[str]:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(limit)
+        except OSError:
+            return []
+        self.offset += len(data)
+        data = self._partial + data
+        complete, _, self._partial = data.rpartition(b"\n")
+        if len(self._partial) > limit:  # one line longer than we keep: no event of ours, drop it
+            self._partial = b""
+        return complete.decode(errors="replace").splitlines() if complete else []

@@ -62,6 +62,11 @@ class RuntimeSettings:
     # the agent's own socket of the queue gateway (queue_access: gateway, the default): the
     # agent reaches the queue only through it (parallel_autopilot/issues/gateway.py)
     queue_socket: Path | None = None
+    # budgets (issue 21): an issue's own budget wins over these defaults; None: no limit
+    budget_tokens: int | None = None
+    budget_usd: float | None = None
+    # one quota per login (issue 21): the keyed fingerprint of this agent's model credential
+    login: str | None = None
 
     @property
     def renew_seconds(self) -> float:
@@ -143,6 +148,11 @@ class RuntimeSettings:
             if env.get("AUTOPILOT_QUEUE_FILE", "").strip() else None,
             host=env.get("AUTOPILOT_HOST", "").strip() or None,
             queue_socket=socket_path,
+            budget_tokens=(number("AUTOPILOT_BUDGET_TOKENS", 0, 1, integer=True)
+                           if env.get("AUTOPILOT_BUDGET_TOKENS", "").strip() else None),
+            budget_usd=(number("AUTOPILOT_BUDGET_USD", 0.0, 1e-9)
+                        if env.get("AUTOPILOT_BUDGET_USD", "").strip() else None),
+            login=env.get("AUTOPILOT_LOGIN", "").strip().lower() or None,
         )
 
     def queue_target(self) -> str | Path:

@@ -36,16 +36,23 @@ def store_of(c) -> IssueStore:
     "after": "issue numbers it waits for, comma-separated (e.g. 3,7): it starts once each is merged",
     "paths": "globs of the files it touches, comma-separated (e.g. 'src/parser/*.py'): it does not run "
              "while an issue on overlapping paths is in flight",
+    "budget_tokens": "stop an attempt past this many tokens: status over_budget (default: autopilot.budget_tokens)",
+    "budget_usd": "stop an attempt past this cost in US dollars, where the CLI reports one (default: autopilot.budget_usd)",
     "json": "print the new issue as JSON",
 })
 def add(c, title, body="", priority="medium", script=None, max_attempts=None, check=None, paths=None,
-        after=None, json=False):  # paths before after: invoke's short flags -a and -f (not -h, help's)
+        after=None, budget_tokens=None, budget_usd=None, json=False):  # paths before after: short flags -a, -f
     """Add one issue to the queue."""
     attempts = _number(max_attempts, "max-attempts") if max_attempts is not None else None
     before = [_number(n.strip(), "after") for n in str(after).split(",") if n.strip()] if after else []
     globs = [p.strip() for p in str(paths).split(",") if p.strip()] if paths else []
+    tokens = _number(budget_tokens, "budget-tokens") if budget_tokens is not None else None
+    try:
+        usd = float(budget_usd) if budget_usd is not None else None
+    except ValueError:
+        raise InvalidInput(f"budget-usd {budget_usd!r} is not a number: give e.g. 2.50") from None
     issue = store_of(c).add(title, body=body, priority=priority, script=script, max_attempts=attempts,
-                            check=check, depends_on=before, paths=globs)
+                            check=check, depends_on=before, paths=globs, budget_tokens=tokens, budget_usd=usd)
     if json:
         emit_json(issue.to_dict())
     else:

@@ -180,7 +180,8 @@ def test_rate_limit_releases_without_an_attempt_waits_then_resolves(cli_image, s
         waiting = wait_for(lambda: next((a for a in fleet.Fleet.open(settings).list()
                                          if a.activity == "quota" and a.waiting_until), None),
                            120, step=0.2, what="the agent to wait for its quota")
-        assert waiting.doing.startswith("waiting for quota until ")
+        # the agent parked its login (the keyed fingerprint of the env file's key) until the reset
+        assert waiting.doing.startswith(f"parked: quota (login {fleet.Fleet.open(settings).login()}) until ")
         issue = store.get(1)
         assert issue.status in ("ready", "claimed") and server.failures() == fail_first
         wait_for(lambda: store.get(1).status in ("done", "dead"), 150, what="the retry after the wait")
@@ -234,3 +235,30 @@ def test_a_model_kind_that_cannot_work_is_refused_at_start_in_one_line(cli_image
     if case == "network-none":  # an endpoint on the container's own loopback is allowed through
         assert agentcli.preflight(settings.replace(openai_base_url="http://127.0.0.1:9/v1"),
                                   image.image_labels(settings)) == []
+
+
+def test_a_runaway_real_claude_in_a_container_is_stopped_at_its_token_budget(cli_image, sample):
+    """Issue 21: the scripted model never stops asking for commands; the runtime reads Claude Code's
+    stream-json as it streams, each model message once, and stops the attempt past its budget."""
+    repo, tmp_path, make = sample
+    turn = USAGE_IN + 1  # what Claude Code's stream-json says of a message as it starts (output: 1)
+    budget = 4 * turn + 100  # passed by the fifth model message
+    with server_for("claude", loop=True) as server:
+        settings = make(agent_kind="claude", env_file=str(env_file(tmp_path, "claude")),
+                        **endpoint("claude", server))
+        store = fleet.store_for(settings)
+        store.add("Loop for ever", body="The scripted model never stops.", budget_tokens=budget)
+        fleet.Fleet.open(settings).start(1, progress=lambda _: None)
+        wait_for(lambda: store.get(1).status not in ("ready", "claimed"), 150, what="the runaway claude stopped")
+        requests = len(server.model_requests())
+    issue = store.get(1)
+    assert issue.status == "over_budget", (issue.error, attempt_logs(settings)[-2000:])
+    spent = issue.usage["input_tokens"] + issue.usage["output_tokens"]
+    assert budget < spent <= budget + 3 * turn and 5 <= requests <= 9, (issue.usage, requests)
+    assert issue.error.startswith(f"over budget: spent {spent} tokens of a budget of {budget}")
+    # its work is kept: committed on its branch in the agent's clone, brought home like any branch
+    assert issue.commit and issue.branch == "autopilot/issue-1" and issue.attempts == 1
+    assert mergequeue.bring_home(settings, store) == [1]  # as agents.stop and cleanup do
+    assert git(repo, "show", "autopilot/issue-1:resolved-1.txt") == "resolved by the scripted model"
+    assert "Issue: #1" in git(repo, "log", "-1", "--format=%B", "autopilot/issue-1")
+    assert server.peers() == {"127.0.0.1"}

@@ -83,7 +83,7 @@ def test_snapshot_shows_agents_queue_counts_and_resources(env):
     assert snap["issues"][0]["owner"] == "agent-002"
     assert snap["open_total"] == 3
     assert snap["counts"] == {"ready": 2, "claimed": 1, "done": 1, "failed": 0, "dead": 0, "blocked": 0,
-                              "empty": 0, "merged": 0, "rejected": 0}
+                              "empty": 0, "merged": 0, "rejected": 0, "over_budget": 0}
     host = platform.detect()  # the real Fleet's resources: this machine's
     assert snap["resources"]["platform"] == f"{host.os} {host.arch}" and snap["max_agents"] == 10
     assert snap["errors"] == [] and snap["repo"] == str(env.settings.repo)

@@ -305,13 +305,11 @@ def test_the_aging_setting_reaches_the_stores_that_claim(git_repo):
 
     import yaml
 
-    import parallel_autopilot
     from parallel_autopilot import config, fleet
-    from parallel_autopilot.containers import provision
+    from parallel_autopilot.containers import compose, provision
 
     settings = config.load({}, repo=str(git_repo), aging_seconds=120)
     assert fleet.store_for(settings).aging_seconds == 120.0
     assert provision.compose_env(settings, strict=False)["AUTOPILOT_AGING_SECONDS"] == "120"
-    compose = Path(parallel_autopilot.__file__).parent.parent / "docker" / "autopilot" / "docker-compose.yml"
-    gateway = yaml.safe_load(compose.read_text())["services"]["gateway"]
+    gateway = yaml.safe_load(compose.compose_file().read_text())["services"]["gateway"]
     assert "AUTOPILOT_AGING_SECONDS" in gateway["environment"]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from parallel_autopilot.issues import issuefile
-from parallel_autopilot.errors import Conflict, MalformedIssueFile
+from parallel_autopilot.errors import Conflict, InvalidInput, MalformedIssueFile
 
 
 def import_file(store, path):
@@ -169,3 +169,15 @@ def test_a_bad_order_names_its_line_and_imports_nothing(tmp_path, store, text, l
         issuefile.load(path)
     assert str(err.value).startswith(f"{path}:{line}: ") and words in str(err.value)
     assert "nothing imported" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_issue_file_gives_an_issue_its_budget_and_refuses_a_bad_one_in_one_line(tmp_path, store):
+    path = tmp_path / "issues.yaml"
+    path.write_text("- title: Runaway risk\n  budget_tokens: 200000\n  budget_usd: 1.5\n- title: Free\n")
+    added = import_file(store, path)
+    assert [(i.budget_tokens, i.budget_usd) for i in added] == [(200000, 1.5), (None, None)]
+    path.write_text("- title: Bad\n  budget_tokens: lots\n")
+    with pytest.raises(InvalidInput) as refused:
+        import_file(store, path)
+    assert "issues.yaml:2:" in str(refused.value) and "budget_tokens" in str(refused.value)
+    assert len(store.list()) == 2

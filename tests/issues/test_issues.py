@@ -613,7 +613,7 @@ def test_list_counts_and_events(store, clock):
     assert [i.number for i in store.list("done")] == [b.number]
     assert [i.number for i in store.list(["ready", "done"])] == [b.number, a.number]
     assert store.counts() == {"ready": 1, "claimed": 0, "done": 1, "failed": 0, "dead": 0, "blocked": 0,
-                              "empty": 0, "merged": 0, "rejected": 0}
+                              "empty": 0, "merged": 0, "rejected": 0, "over_budget": 0}
     with pytest.raises(InvalidInput, match="unknown status 'bogus'"):
         store.list("bogus")
     assert [e.kind for e in store.events(limit=2)] == ["claimed", "done"]

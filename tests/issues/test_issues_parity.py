@@ -18,7 +18,8 @@ WORKERS = ["agent-001", "agent-002"]
 ADD = st.tuples(st.just("add"), st.sampled_from(PRIORITIES), st.integers(1, 3))
 CLAIM = st.tuples(st.just("claim"), st.sampled_from(WORKERS), st.sampled_from([1.0, 5.0]),
                   st.sampled_from([None, 2.0]))
-FENCED = st.tuples(st.sampled_from(["renew", "complete", "fail", "release"]), st.integers(0, 7))
+FENCED = st.tuples(st.sampled_from(["renew", "complete", "fail", "release", "over_budget"]), st.integers(0, 7))
+LOGINS = ["0123456789ab", "ba9876543210"]
 # the verbs that make interesting states come more often than the rest
 OPS = st.lists(st.one_of(
     ADD, ADD, CLAIM, CLAIM, FENCED, FENCED, FENCED,
@@ -27,6 +28,11 @@ OPS = st.lists(st.one_of(
     st.tuples(st.just("stale"), st.sampled_from([1.0, 3.0])),
     st.tuples(st.sampled_from(["retry", "block"]), st.integers(1, 6)),
     st.tuples(st.just("advance"), st.sampled_from([0.5, 1.5, 4.0, 40.0])),
+    # budgets and one quota per login (issue 21)
+    st.tuples(st.just("budget"), st.sampled_from([None, 1000, 5000])),
+    st.tuples(st.just("spend"), st.sampled_from([0, 600, 2500])),
+    st.tuples(st.just("park"), st.sampled_from(LOGINS), st.sampled_from([1.0, 30.0])),
+    st.tuples(st.just("claim_as"), st.sampled_from(WORKERS), st.sampled_from(LOGINS)),
 ), min_size=8, max_size=40)
 
 
@@ -42,13 +48,24 @@ def _play(store, clock, ops):
                 answer = store.claim(op[1], lease_seconds=op[2], stale_after=op[3])
                 if answer is not None:
                     claims.append(answer)
-            elif kind in ("renew", "complete", "fail", "release"):
+            elif kind in ("renew", "complete", "fail", "release", "over_budget"):
                 if not claims:
                     continue
                 claim = claims[op[1] % len(claims)]
                 args = {"renew": (claim, 5.0), "complete": (claim, {"branch": "b", "usage": {"t": 1}}),
-                        "fail": (claim, "boom"), "release": (claim,)}[kind]
+                        "fail": (claim, "boom"), "release": (claim,),
+                        "over_budget": (claim, {"branch": "b", "usage": {"input_tokens": 9}}, "over")}[kind]
                 answer = getattr(store, kind)(*args)
+            elif kind == "budget":
+                answer = store.set_fleet_budget(tokens=op[1])
+            elif kind == "spend":
+                answer = store.spend(op[1])
+            elif kind == "park":
+                answer = store.park_login(op[1], clock() + op[2], agent="agent-001", message="429")
+            elif kind == "claim_as":
+                answer = store.claim(op[1], lease_seconds=5.0, login=op[2])
+                if answer is not None:
+                    claims.append(answer)
             elif kind == "heartbeat":
                 answer = store.agent_heartbeat(op[1], "working", incarnation="i")
             elif kind == "release_agent":
@@ -62,7 +79,9 @@ def _play(store, clock, ops):
         except AutopilotError as err:
             answer = (type(err).__name__, str(err))
         answers.append(answer)
-    return answers, store.list(), store.events(), store.agents(), store.counts()
+    budget = store.fleet_budget()
+    budget = budget and {k: v for k, v in budget.items() if k != "since"}
+    return answers, store.list(), store.events(), store.agents(), store.counts(), store.parks(), budget
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -73,5 +92,5 @@ def test_both_backends_answer_alike(tmp_path_factory, pg_url, ops):
     with open_store(tmp_path_factory.mktemp("parity"), clock=lite_clock, backoff_seconds=2.0) as lite, \
             open_store(pg_url, clock=pg_clock, backoff_seconds=2.0) as pg:
         # one database for every example (creating one costs more than the example): emptied
-        pg._retrying(lambda conn: conn.run("TRUNCATE issues, events, agents RESTART IDENTITY"))
+        pg._retrying(lambda conn: conn.run("TRUNCATE issues, events, agents, parks, budgets RESTART IDENTITY"))
         assert _play(lite, lite_clock, ops) == _play(pg, pg_clock, ops)

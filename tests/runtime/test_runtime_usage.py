@@ -71,3 +71,73 @@ def test_reset_times():
     assert usage.reset_time("resets 3pm", now) == now - 3 * 3600 + 86400  # tomorrow
     assert usage.reset_time("Claude AI usage limit reached|1764615600", now) == 1764615600
     assert usage.reset_time("Quota exceeded.", now) is None
+
+
+# -- the meter: usage as it streams, each model message once (issue 21) ---------------------
+
+def _claude_assistant(message_id: str, block: dict, output: int) -> str:
+    """One ``assistant`` event of Claude Code's stream-json: one content block, the WHOLE message's usage."""
+    return json.dumps({"type": "assistant", "message": {
+        "id": message_id, "type": "message", "role": "assistant", "content": [block],
+        "usage": {"input_tokens": 1000, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 50,
+                  "output_tokens": output}}})
+
+
+def test_the_claude_meter_counts_a_message_once_however_often_the_transcript_repeats_it():
+    # two model messages; the first has three content blocks, so three events carry its usage
+    lines = [
+        json.dumps({"type": "system", "subtype": "init"}),
+        _claude_assistant("msg_1", {"type": "text", "text": "Let me look."}, 5),
+        _claude_assistant("msg_1", {"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}, 20),
+        _claude_assistant("msg_1", {"type": "tool_use", "id": "t2", "name": "Bash", "input": {}}, 20),
+        json.dumps({"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "t1"}]}}),
+        _claude_assistant("msg_2", {"type": "text", "text": "Done."}, 30),
+        _claude_assistant("msg_2", {"type": "text", "text": "Done."}, 30),
+    ]
+    meter = usage.Meter("claude")
+    for line in lines:
+        meter.feed(line)
+    assert meter.spent()["input_tokens"] == 2 * 1150 and meter.spent()["output_tokens"] == 20 + 30
+    assert meter.tokens == 2350
+    naive = sum(json.loads(l)["message"]["usage"]["input_tokens"] + json.loads(l)["message"]["usage"]["output_tokens"]
+                + 150 for l in lines if '"assistant"' in l)
+    assert naive > meter.tokens * 2  # what a naive sum would have said
+    meter.feed(CLAUDE_OK)  # the final result's totals (and its cost) win
+    assert (meter.tokens, meter.cost_usd) == (2400 + 15 + 68, 0.0137)
+
+
+def test_the_codex_meter_reads_the_running_total_of_the_session_log_and_ignores_repeats():
+    def token_count(total_in: int, total_out: int) -> str:
+        return json.dumps({"type": "event_msg", "payload": {"type": "token_count", "info": {
+            "total_token_usage": {"input_tokens": total_in, "cached_input_tokens": 0, "output_tokens": total_out,
+                                  "total_tokens": total_in + total_out},
+            "last_token_usage": {"input_tokens": 1000, "output_tokens": 10}}}})
+
+    meter = usage.Meter("codex")
+    assert meter.spent() is None and meter.tokens == 0
+    for n in (1, 2, 2, 3, 3, 3):  # one event per model response, some repeated (a rate-limit update)
+        meter.feed(token_count(1000 * n, 10 * n))
+    meter.feed(json.dumps({"type": "event_msg", "payload": {"type": "token_count", "info": None}}))
+    assert meter.tokens == 3030
+    meter.feed('{"type":"item.completed","item":{"id":"item_1","type":"command_execution"}}')
+    meter.feed(CODEX_OK.splitlines()[-1])  # the turn's own total at its end: the larger account wins
+    assert meter.tokens == 3030
+    meter.feed(token_count(4000, 40))
+    assert meter.tokens == 4040
+
+
+def test_over_names_the_budget_passed():
+    spent = {"input_tokens": 6000, "output_tokens": 60, "cost_usd": 0.3}
+    assert usage.over(spent, 5000, None) == "spent 6060 tokens of a budget of 5000"
+    assert usage.over(spent, 7000, 0.25) == "spent $0.3000 of a budget of $0.2500"
+    assert usage.over(spent, 7000, None) is None and usage.over(None, 1, 1.0) is None
+    # the budget is the issue's: what its earlier attempts spent counts
+    assert usage.over(spent, 7000, None, before_tokens=1000) == \
+        "spent 7060 tokens of a budget of 7000 (1000 by earlier attempts)"
+
+
+def test_while_the_cli_runs_only_its_own_error_events_say_rate_limit():
+    warning = 'WARNING: could not create PATH aliases under "/home/me/quota-work/.codex"'
+    assert usage.limit("codex", warning) is not None  # at exit, stderr counts (as before)
+    assert usage.limit("codex", warning, events_only=True) is None
+    assert usage.limit("codex", CODEX_429, events_only=True) is not None
