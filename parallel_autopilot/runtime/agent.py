@@ -577,6 +577,8 @@ class Agent:
             limit = limit or watch.limit
             watch.close()
             self._spend(attempt, spent)
+            if over is not None:  # say what it spent in all: the CLI streamed on until it stopped
+                over = watch.over(spent) or over
         return Outcome(kind or "exit", code, duration, last, spent, limit, over)
 
     def _run_check(self, attempt: Attempt, env: dict[str, str]) -> tuple[Outcome | None, dict]:
@@ -833,8 +835,12 @@ class _Watch:
                 follow = self._followed.setdefault(path, Follow(path))
                 for line in follow.lines():
                     self.meter.feed(line)
+        return self.over(self.meter.spent())
+
+    def over(self, spent: dict | None) -> str | None:
+        """What ``spent`` (this attempt's usage) spent of which budget, when past it, else None."""
         issue = self.attempt.claim.issue
-        return usage.over(self.meter.spent(), self.attempt.budget_tokens, self.attempt.budget_usd,
+        return usage.over(spent, self.attempt.budget_tokens, self.attempt.budget_usd,
                           issue.spent_tokens, issue.spent_usd)
 
     def close(self) -> None:
