@@ -132,6 +132,12 @@ def load(path: Path) -> list[dict[str, Any]]:
         raise MalformedIssueFile(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise MalformedIssueFile(f"{path}: cannot read it ({err.__class__.__name__}): give a UTF-8 YAML or JSON file") from None
+    return loads(text, path)
+
+
+def loads(text: str, path: Path | str = "issues.yaml") -> list[dict[str, Any]]:
+    """The issues in ``text`` (a file's content, ``path`` its name: the GUI's upload), validated as :func:`load`."""
+    path = Path(path)
     data, lines = _parse(path, text)
     if data is None:
         return []
