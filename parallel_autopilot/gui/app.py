@@ -732,7 +732,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
     async def add_issue(request: AddRequest) -> dict:
         """Add one issue (what `issues.add` does, with the same checks and messages)."""
         item = {k: v for k, v in request.model_dump().items() if v is not None or k in (request.model_extra or {})}
-        added = await blocking(lambda: pane.required_store().add_many([item]))
+        added = await blocking(lambda: pane.required_store().add_many([item], actor=review.GUI_ACTOR))
         pane._poke()
         return {"issues": [i.to_dict() for i in added]}
 
@@ -741,7 +741,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
         """Import an issue file's content: all of its issues, or (any malformed) none."""
         name = Path(request.name).name or "issues.yaml"
         items = await blocking(issuefile.loads, request.text, name)
-        added = await blocking(lambda: pane.required_store().add_many(items))
+        added = await blocking(lambda: pane.required_store().add_many(items, actor=review.GUI_ACTOR))
         pane._poke()
         return {"issues": [i.to_dict() for i in added]}
 

@@ -243,8 +243,9 @@ class Store:
                   "max_attempts": max_attempts, "number": number, "check": check}
         return self.add_many([fields], now=now)[0]
 
-    def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None) -> list[Issue]:
-        """Add issues in ONE transaction: all are added, or (on any error) none."""
+    def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None,
+                 actor: str | None = None) -> list[Issue]:
+        """Add issues in ONE transaction: all are added, or (on any error) none. ``actor``: who (the audit trail)."""
         now = self._now(now)
         checked = [validate_fields(item, f"issue {i + 1}") for i, item in enumerate(items)]
 
@@ -268,8 +269,9 @@ class Store:
                      "priority": fields["priority"], "rank": PRIORITIES.index(fields["priority"]),
                      "script": fields["script"], "check_cmd": fields["check"],
                      "max_attempts": fields["max_attempts"] or self.max_attempts, "now": now})[0]
-                run("INSERT INTO events (at, issue, kind) VALUES (CAST(:at AS float8), CAST(:issue AS bigint), 'added')",
-                    {"at": row["created_at"], "issue": row["number"]})
+                run("INSERT INTO events (at, issue, kind, worker)"
+                    " VALUES (CAST(:at AS float8), CAST(:issue AS bigint), 'added', :actor)",
+                    {"at": row["created_at"], "issue": row["number"], "actor": actor})
                 added.append(self._issue(row))
             return added
 

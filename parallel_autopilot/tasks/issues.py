@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import fleet, issues
+from .. import fleet, issues, review
 from ..config import Settings, redact_url
 from ..errors import Conflict, DockerUnavailable, InvalidInput
 from ..issues import IssueStore, issuefile, snapshots
@@ -38,8 +38,9 @@ def store_of(c) -> IssueStore:
 def add(c, title, body="", priority="medium", script=None, max_attempts=None, check=None, json=False):
     """Add one issue to the queue."""
     attempts = _number(max_attempts, "max-attempts") if max_attempts is not None else None
-    issue = store_of(c).add(title, body=body, priority=priority, script=script, max_attempts=attempts,
-                            check=check)
+    fields = {"title": title, "body": body, "priority": priority, "script": script, "max_attempts": attempts,
+              "check": check}
+    issue = store_of(c).add_many([fields], actor=review.cli_actor())[0]
     if json:
         emit_json(issue.to_dict())
     else:
@@ -51,7 +52,7 @@ def add(c, title, body="", priority="medium", script=None, max_attempts=None, ch
 def import_(c, file, json=False):
     """Import issues from a file: all of them, or none if any is malformed."""
     items = issuefile.load(Path(file))
-    added = store_of(c).add_many(items)
+    added = store_of(c).add_many(items, actor=review.cli_actor())
     if json:
         emit_json([i.to_dict() for i in added])
     else:
@@ -142,14 +143,36 @@ def _shown(key: str, value, now: float) -> str:
 @task(help={"number": "the issue number"})
 def retry(c, number):
     """Put a failed, dead, blocked, done, empty or rejected issue back in the queue with fresh attempts."""
-    issue = store_of(c).retry(_number(number))
+    issue = store_of(c).retry(_number(number), actor=review.cli_actor())
     echo(f"#{issue.number} is {issue.status} again")
 
 
 @task(help={"number": "the issue number"})
 def block(c, number):
     """Keep an issue out of the queue until `issues.retry`."""
-    issue = store_of(c).block(_number(number))
+    issue = store_of(c).block(_number(number), actor=review.cli_actor())
+    echo(f"#{issue.number} is {issue.status}")
+
+
+@task(help={"number": "the issue number", "priority": "urgent, high, medium or low"})
+def priority(c, number, priority):
+    """Change an issue's priority (not while an agent holds it)."""
+    issue = store_of(c).set_priority(_number(number), priority, actor=review.cli_actor())
+    echo(f"#{issue.number} is {issue.priority}")
+
+
+@task(name="send-back", help={"number": "the issue number",
+                              "note": "what the next attempt should do differently (it is in its prompt)"})
+def send_back(c, number, note):
+    """Send a result back to the queue with a note for its next attempt's prompt."""
+    issue = store_of(c).send_back(_number(number), note, actor=review.cli_actor())
+    echo(f"#{issue.number} is {issue.status} again, with your note")
+
+
+@task(help={"number": "the issue number", "note": "why (kept as its error)"})
+def reject(c, number, note=""):
+    """Reject a result for good (`issues.retry` brings it back)."""
+    issue = store_of(c).dismiss(_number(number), note, actor=review.cli_actor())
     echo(f"#{issue.number} is {issue.status}")
 
 
@@ -262,5 +285,5 @@ def migrate(c, to, json=False):
 
 
 ns = Namespace("issues")
-for t in (add, import_, list_, show, retry, block, merge, backup, restore, migrate):
+for t in (add, import_, list_, show, retry, block, priority, send_back, reject, merge, backup, restore, migrate):
     ns.add_task(t)
