@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import ids, review
+from .. import report as reports
 from ..config import Settings
 from ..errors import AgentNotFound, AutopilotError, Conflict, InvalidAgentId, InvalidInput, IssueNotFound, one_line
 from ..issues import STATUSES, IssueStore, issuefile
@@ -803,6 +804,23 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
     async def merge_queue_stop() -> dict:
         """Stop the continuous merge queue after its current round."""
         return await blocking(pane.stop_merge_loop, review.GUI_ACTOR)
+
+    def report_data(since: str | None) -> dict:
+        store = pane.store()
+        now = clock()
+        if store is None:
+            raise IssueNotFound("no queue yet: add an issue first")
+        return reports.build(store, since=reports.parse_since(since, now), now=now, logs_path=settings.logs_path)
+
+    @app.get("/api/report", tags=["read"], responses=ERRORS)
+    async def get_report(since: str | None = Query(None, max_length=40, description="12h, 30m, 2d or an ISO time")) -> dict:
+        """The morning report as data (what `issues.report --format json` prints)."""
+        return await blocking(report_data, since)
+
+    @app.get("/report", response_class=HTMLResponse, include_in_schema=False)
+    def report_html(since: str | None = Query(None, max_length=40)) -> HTMLResponse:
+        page_html = reports.html_page(report_data(since), stylesheet="/static/app.css")
+        return HTMLResponse(page_html, headers={"cache-control": "no-store", "content-security-policy": CSP})
 
     @app.get("/api/events", response_class=EventStream, status_code=200, tags=["stream"],
              responses=STREAM_ERRORS)

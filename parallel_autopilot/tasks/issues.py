@@ -284,6 +284,27 @@ def migrate(c, to, json=False):
              f"from {s.db_path} to {target.url}; set autopilot.queue to it to use it")
 
 
+@task(help={"since": "from when: 12h, 30m, 2d (ago) or 2026-12-03T08:00 (default: the first event)",
+            "format": "md (default), html (with a plot) or json",
+            "output": "write it to this file instead of printing it"})
+def report(c, since=None, format="md", output=None):  # noqa: A002 - the flag is --format
+    """The morning report: merged, rejected and why, dead, open; tokens, cost, agents' time, failure causes."""
+    from .. import report as reports
+
+    now = time.time()
+    s = settings(c)
+    text = reports.render(reports.build(store_of(c), since=reports.parse_since(since, now), now=now,
+                                        logs_path=s.logs_path), str(format))
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        echo(f"wrote {output}")
+    elif format == "json":
+        sys.stdout.write(text + "\n")  # JSON escapes agent-written text itself
+    else:
+        echo(text.rstrip("\n"))
+
+
 ns = Namespace("issues")
-for t in (add, import_, list_, show, retry, block, priority, send_back, reject, merge, backup, restore, migrate):
+for t in (add, import_, list_, show, retry, block, priority, send_back, reject, merge, report, backup, restore,
+          migrate):
     ns.add_task(t)

@@ -232,3 +232,18 @@ def test_the_merge_queue_controls_run_once_dry_run_continuously_and_stop(env):
     assert client.get("/api/snapshot").json()["merge_loop"]["by"] == "gui"
     kinds_ = [(e.kind, e.worker) for e in repo.store.events() if e.issue is None]
     assert kinds_ == [("merge-loop-started", "gui"), ("merge-loop-stopped", "gui")]
+
+
+def test_the_report_page_and_its_json(env):
+    repo, client, csrf = env
+    one = repo.done("Add <mul>", {"mathx.py": "def mul(a, b):\n    return a * b\n"},
+                    usage={"input_tokens": 10, "output_tokens": 2, "cost_usd": 0.5})
+    client.post(f"/api/issues/{one}/merge", json={}, headers=csrf)
+    data = client.get("/api/report").json()
+    assert data["merged"] == [one] and data["tokens"]["cost_usd"] == 0.5
+    page = client.get("/report")
+    assert page.status_code == 200 and "content-security-policy" in page.headers
+    assert "<style>" not in page.text and "/static/app.css" in page.text  # the CSP forbids inline styles
+    assert f'href="/issues/{one}"' in page.text and "Add &lt;mul&gt;" in page.text and "<svg" in page.text
+    response = client.get("/api/report", params={"since": "yesterday"})
+    assert response.status_code == 422 and "is not a time" in response.json()["error"]
