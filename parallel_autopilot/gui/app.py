@@ -233,7 +233,8 @@ class ImportRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     text: str = Field(..., max_length=5_000_000)
-    name: str = Field("issues.yaml", max_length=200)
+    name: str = Field("issues.yaml", max_length=200, pattern=r"^[A-Za-z0-9._ -]*$",
+                      description="the file's name: .json is read as JSON, anything else as YAML")
 
 
 class PriorityRequest(BaseModel):
@@ -709,6 +710,8 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
     def existing(raw: str) -> int:
         """The number of an issue the queue has: 404 for a malformed or unknown id (as agents are)."""
         try:
+            if not (raw.isascii() and raw.isdigit()):  # a URL names an issue by its number alone
+                raise InvalidInput(raw)
             number = review.issue_number(raw)
         except InvalidInput:
             raise IssueNotFound(f"no issue {raw[:40]!r}: issue ids are numbers, e.g. /issues/7") from None

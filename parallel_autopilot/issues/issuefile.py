@@ -114,10 +114,11 @@ def _parse(path: Path, text: str) -> tuple[Any, list[_Lines]]:
             # an unclosed bracket or quote: the problem shows at the end, its start is on this line
             problem += f"; {err.context} that starts on line {err.context_mark.line + 1}"
         raise MalformedIssueFile(
-            f"{path}:{mark.line + 1 if mark else 1}: not valid YAML ({problem}); nothing imported"
+            f"{path}:{mark.line + 1 if mark else 1}: not valid YAML ({' '.join(str(problem).split())}); nothing imported"
         ) from None
     except yaml.YAMLError as err:
-        raise MalformedIssueFile(f"{path}:1: not valid YAML ({err}); nothing imported") from None
+        # a reader's error without a mark spans lines: one line, as every refusal is
+        raise MalformedIssueFile(f"{path}:1: not valid YAML ({' '.join(str(err).split())}); nothing imported") from None
     if node is None:
         return None, []
     return _unwrap(_construct(node)), _lines(_issue_nodes(node) or [])
