@@ -46,7 +46,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import ids, review
+from .. import ids, notify, review
 from .. import report as reports
 from ..config import Settings
 from ..errors import AgentNotFound, AutopilotError, Conflict, InvalidAgentId, InvalidInput, IssueNotFound, one_line
@@ -341,6 +341,7 @@ class Pane:
         self._cached: tuple[float, dict, int] | None = None
         self.merge_loop: dict = {"running": False, "by": None, "started": None, "lines": []}
         self._merge_stop: threading.Event | None = None
+        self.watch: Any = None  # the app's notify.Watch (None: no notify_* setting)
         self._merge_thread: threading.Thread | None = None
 
     # reading
@@ -505,7 +506,7 @@ class Pane:
 
         def loop() -> None:
             try:
-                self.fleet.merge_loop(stop=stop, progress=progress)
+                self.fleet.merge_loop(stop=stop, progress=progress, watch=self.watch or False)
             except Exception as err:  # noqa: BLE001 - said on the page; the GUI goes on
                 log.exception("the merge loop failed")
                 progress(f"merge queue stopped: {one_line(str(err))}")
@@ -567,7 +568,8 @@ def _validation_line(errors: list[dict]) -> str:
 def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | None = None,
                bind_host: str = "127.0.0.1", guard: security.Guard | None = None,
                interval: float = 0.75, resources_every: float = 5.0, ping_seconds: float = 15.0,
-               max_log_streams: int = MAX_LOG_STREAMS, clock: Callable[[], float] = time.time) -> FastAPI:
+               max_log_streams: int = MAX_LOG_STREAMS, clock: Callable[[], float] = time.time,
+               notify_every: float = 5.0) -> FastAPI:
     """The ASGI app for ``settings``.
 
     ``interval``: seconds between snapshots while a page listens (a change
@@ -586,9 +588,14 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
     guard = guard or security.Guard.for_bind(bind_host, token=token)
     page = (STATIC / "index.html").read_text()
 
+    watch = notify.Watch.from_settings(settings, fleet)  # None unless notify_command/notify_webhook is set
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        stop_watch = watch.start(every=notify_every) if watch is not None else None
         yield
+        if stop_watch is not None:
+            stop_watch.set()
         if pane._merge_stop is not None:
             pane._merge_stop.set()  # after its current round: the base is never left half-moved
         await hub.aclose()
@@ -603,6 +610,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
         redoc_url=None,
     )
     app.state.pane, app.state.hub, app.state.pumps, app.state.guard = pane, hub, pumps, guard
+    app.state.watch = pane.watch = watch
     app.add_middleware(security.GuardMiddleware, guard=guard)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
