@@ -247,3 +247,75 @@ def test_the_report_page_and_its_json(env):
     assert f'href="/issues/{one}"' in page.text and "Add &lt;mul&gt;" in page.text and "<svg" in page.text
     response = client.get("/api/report", params={"since": "yesterday"})
     assert response.status_code == 422 and "is not a time" in response.json()["error"]
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+def test_review_in_a_browser_add_open_merge_send_back_reject_and_agent_text_stays_text(tmp_path):
+    """The pane and the issue page in real Chromium, over a real store and git (agents are played here;
+    the same with agents in real containers: test_gui_review_docker.py)."""
+    from playwright.sync_api import expect
+    from support.gui import LiveServer, chromium_page, screenshot
+
+    repo = Repo(tmp_path)
+    hostile = '<img src=x onerror="document.title=\'pwned\'">'
+    good = repo.done("Add mul " + hostile, {"mathx.py": "def mul(a, b):\n    return a * b\n# <script>alert(1)</script>\n",
+                                            "logo.png": b"\x89PNG\x00\x00binary",
+                                            "big.txt": "".join(f"{i}\n" for i in range(400))},
+                     usage={"input_tokens": 1500, "output_tokens": 90, "cost_usd": 0.02})
+    back = repo.done("Add sub", {"subx.py": "def sub(a, b):\n    return a - b\n"})
+    gone = repo.done("Add div", {"divx.py": "def div(a, b):\n    return a / b\n"})
+    fleet = FakeFleet(repo.store, settings=repo.settings)
+    app = create_app(repo.settings, fleet=fleet, interval=0.25)
+    before = git(repo.path, "rev-parse", "main")
+    with LiveServer(app) as server, chromium_page() as page:
+        dialogs = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(server.url + "/")
+        # add an issue from the pane; an agent claims it: the pane shows it live
+        page.fill("#add-title", "Fix the parser")
+        page.select_option("#add-priority", "high")
+        page.click("#add")
+        row = page.locator("#issues li", has_text="Fix the parser")
+        expect(row).to_have_attribute("data-status", "ready", timeout=10_000)
+        repo.store.claim("agent-009")
+        expect(row).to_have_attribute("data-status", "claimed", timeout=10_000)
+        # open the done issue's page from the merge queue's list
+        page.locator(f'#merge-queue li[data-issue="{good}"] a').click()
+        page.wait_for_url(f"**/issues/{good}")
+        expect(page.locator("#issue-status")).to_have_text("done", timeout=10_000)
+        expect(page.locator("#issue-title")).to_have_text(f"#{good} Add mul {hostile}")
+        expect(page.locator('#diff details[data-file="mathx.py"]')).to_contain_text("+def mul(a, b):")
+        expect(page.locator('#diff details[data-file="mathx.py"]')).to_contain_text("<script>alert(1)</script>")
+        expect(page.locator('#diff details[data-file="logo.png"]')).to_contain_text("binary")
+        assert page.locator('#diff details[data-file="big.txt"]').get_attribute("data-folded") == "yes"
+        assert page.locator('#diff details[data-file="big.txt"]').evaluate("d => d.open") is False
+        expect(page.locator("#check-output")).to_have_text("Ran 1 test\nOK")
+        expect(page.locator("#facts")).to_contain_text("1500 in / 90 out tokens $0.0200")
+        expect(page.locator("#attempts details")).to_have_count(1)
+        expect(page.locator("#timeline tbody tr")).to_have_count(3)
+        assert page.locator("img").count() == 0 and page.locator("#diff script").count() == 0
+        screenshot(page, "issue-page")
+        page.click("#merge")
+        expect(page.locator("#issue-status")).to_have_text("merged", timeout=60_000)
+        assert git(repo.path, "rev-parse", "main") != before
+        expect(page.locator('#timeline tbody tr[data-kind="merge-requested"]')).to_contain_text("gui")
+        # send one back with a note, reject another
+        page.goto(server.url + f"/issues/{back}")
+        expect(page.locator("#issue-status")).to_have_text("done", timeout=10_000)
+        page.fill("#note", "also handle negative numbers")
+        page.click("#send-back")
+        expect(page.locator("#issue-status")).to_have_text("ready", timeout=10_000)
+        expect(page.locator("#facts")).to_contain_text("also handle negative numbers")
+        page.goto(server.url + f"/issues/{gone}")
+        page.fill("#note", "not wanted")
+        page.click("#reject")
+        expect(page.locator("#issue-status")).to_have_text("rejected", timeout=10_000)
+        # a refusal is one line in the banner
+        page.fill("#note", "")
+        page.click("#send-back")
+        expect(page.locator("#banner-messages")).to_contain_text("send back needs a note")
+        assert dialogs == [] and page.title() != "pwned"
+    assert repo.store.get(back).feedback == "also handle negative numbers"
+    assert repo.store.get(gone).status == "rejected"
+    repo.store.close()

@@ -404,6 +404,7 @@ function main() {
     event.preventDefault();
     const body = { title: $("add-title").value, body: $("add-body").value, priority: $("add-priority").value };
     if ($("add-check").value.trim()) body.check = $("add-check").value;
+    if ($("add-script").value.trim()) body.script = $("add-script").value;
     act("POST", "/api/issues", body).then(() => { if (!state.actionError) $("add-title").value = ""; });
   });
   $("import-file").addEventListener("change", async () => {
