@@ -17,6 +17,15 @@ Endpoints (the OpenAPI schema is at ``/openapi.json``)::
     POST /api/agents/{id}/restart            GET  /api/agents/{id}/logs?tail=N
     GET  /api/events                         (SSE: "snapshot" events)
     GET  /api/agents/{id}/logs/stream        (SSE: "lines", "failure", "end" events)
+    GET  /issues/{n}   GET /report           an issue's page; the morning report (HTML)
+    GET  /api/issues/{n}/page                its timeline, attempts, check, tokens, diff (review.issue_page)
+    GET  /api/report?since=12h               the report as data
+    POST /api/issues {"title": ...}          POST /api/issues/import {"text": ..., "name": "x.yaml"}
+    POST /api/issues/{n}/retry | block | priority {"priority"} | send-back {"note"} | reject {"note"}
+    POST /api/issues/{n}/merge {"dry_run"}   POST /api/merge-queue/run {"dry_run"} | continuous | stop
+
+Every POST needs the page's CSRF token and a local Host (security.py); an issue id that is not
+a number of the queue is a 404; every action is in the audit trail as ``gui``.
 
 Errors are ``{"error": "<one line>"}`` with the domain error's HTTP status.
 """
@@ -575,7 +584,9 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
     ``interval``: seconds between snapshots while a page listens (a change
     shows within about that). ``token``: when set, every request must carry
     it. ``max_log_streams``: log views open at once, beyond which one is
-    refused (409). ``app.state`` exposes ``pane``, ``hub``, ``pumps`` and ``guard``.
+    refused (409). ``notify_every``: seconds between looks of the notifications' watch (only
+    when ``notify_command`` or ``notify_webhook`` is set). ``app.state`` exposes ``pane``,
+    ``hub``, ``pumps``, ``guard`` and ``watch``.
     """
     if fleet is None:
         from ..fleet import Fleet  # resolves nothing yet: docker and git are reached on first use

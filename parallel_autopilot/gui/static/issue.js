@@ -20,6 +20,17 @@ async function load() {
   }
 }
 
+// the page's data again at most every LOAD_EVERY ms however often the fleet changes (a diff costs git work)
+const LOAD_EVERY = 1000;
+let lastLoad = 0;
+let pendingLoad = null;
+
+function scheduleLoad() {
+  if (pendingLoad) return;
+  const wait = Math.max(0, lastLoad + LOAD_EVERY - performance.now());
+  pendingLoad = setTimeout(() => { pendingLoad = null; lastLoad = performance.now(); load(); }, wait);
+}
+
 function render(data) {
   const issue = data.issue;
   document.title = `#${issue.number} ${issue.title} - Autopilot`;
@@ -111,7 +122,7 @@ function connect() {
     if (snap.operation && snap.operation.state === "running") {
       $("operation").textContent = `${snap.operation.action} ${snap.operation.detail}: ${snap.operation.lines.slice(-1)[0] || "running"}`;
     }
-    load();
+    scheduleLoad();
   });
   source.addEventListener("error", () => {
     $("live").dataset.state = "lost";
