@@ -175,15 +175,25 @@ def request_merge(settings: Settings, store: IssueStore, number: int, *, actor: 
     return report.to_dict()
 
 
+def record_merge_request(store: IssueStore, actor: str, numbers: list[int] | None = None,
+                         dry_run: bool = False) -> list[int]:
+    """Put "``actor`` asked the merge queue for these done issues" in the audit trail; their numbers."""
+    wanted = None if numbers is None else set(numbers)
+    asked = [i.number for i in store.list("done") if wanted is None or i.number in wanted]
+    for number in asked:
+        store.record(number, "merge-requested" if not dry_run else "merge-dry-run", actor)
+    return asked
+
+
 def run_merge_queue(settings: Settings, store: IssueStore, *, actor: str, dry_run: bool = False,
                     progress: Progress = lambda _: None, runner: Any = None) -> dict:
     """Run the merge queue once over every done issue, recorded as asked for by ``actor``."""
     from .merge.queue import MergeQueue
 
-    for issue in store.list("done"):
-        store.record(issue.number, "merge-requested" if not dry_run else "merge-dry-run", actor)
+    record_merge_request(store, actor, dry_run=dry_run)
     return MergeQueue(settings, store, progress=progress, runner=runner).run(dry_run=dry_run).to_dict()
 
 
-__all__ = ["issue_page", "issue_diff", "attempt_logs", "request_merge", "run_merge_queue", "cli_actor",
+__all__ = ["issue_page", "issue_diff", "attempt_logs", "request_merge", "run_merge_queue", "record_merge_request",
+           "cli_actor",
            "GUI_ACTOR", "issue_number", "FOLD_LINES", "MAX_DIFF_LINES"]

@@ -204,7 +204,10 @@ def merge(c, number=None, dry_run=False, batch=None, json=False):
     from ..merge import queue as mergequeue
 
     size = _number(batch, "batch") if batch is not None else None
-    report = mergequeue.merge(settings(c), store_of(c), [_number(number)] if number else None,
+    store = store_of(c)
+    numbers = [_number(number)] if number else None
+    review.record_merge_request(store, review.cli_actor(), numbers, dry_run=dry_run)  # who asked: the trail
+    report = mergequeue.merge(settings(c), store, numbers,
                               dry_run=dry_run, batch=size, progress=(lambda _: None) if json else echo)
     emit_json(report.to_dict()) if json else echo(report.summary())
     if report.exit_code:
@@ -293,13 +296,13 @@ def report(c, since=None, format="md", output=None):  # noqa: A002 - the flag is
 
     now = time.time()
     s = settings(c)
-    text = reports.render(reports.build(store_of(c), since=reports.parse_since(since, now), now=now,
-                                        logs_path=s.logs_path), str(format))
+    data = reports.build(store_of(c), since=reports.parse_since(since, now), now=now, logs_path=s.logs_path)
+    text = reports.render(data, str(format))
     if output:
         Path(output).write_text(text, encoding="utf-8")
         echo(f"wrote {output}")
     elif format == "json":
-        sys.stdout.write(text + "\n")  # JSON escapes agent-written text itself
+        emit_json(data)  # JSON escapes agent-written text itself
     else:
         echo(text.rstrip("\n"))
 

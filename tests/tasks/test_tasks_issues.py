@@ -157,3 +157,10 @@ def test_review_verbs_and_the_report_from_the_cli_are_audited_as_the_cli_user(gi
     ok(git_repo, "issues.report", "--format", "html", "--output", "night.html")
     assert "<svg" in (git_repo / "night.html").read_text()
     assert "is not a time" in refused(git_repo, "issues.report", "--since", "yesterday")
+    # the merge queue, asked from the CLI: who asked is in the trail before what the queue did
+    claim = store.claim("agent-001")  # #1, sent back, again
+    three = claim.number
+    store.complete(claim, {"branch": f"autopilot/issue-{three}", "commit": "e" * 40})
+    assert run(git_repo, "issues.merge").returncode == 21  # its commit is nowhere: rejected
+    assert [(e.kind, e.worker) for e in store.events(three)][-2:] == [("merge-requested", me),
+                                                                      ("rejected", "merge-queue")]
