@@ -238,11 +238,12 @@ def plot_svg(data: dict[str, Any], width: int = 640, height: int = 240) -> str:
 
 
 def html_page(data: dict[str, Any], *, issue_links: str | None = "/issues/", stylesheet: str | None = None,
-              inline_style: bool = True) -> str:
+              inline_style: bool = True, home: str | None = None) -> str:
     """The report as one HTML page with its plot; every agent-written text escaped.
 
     ``issue_links``: the issue pages' URL prefix (the GUI's), None for no links (a file by mail).
     ``stylesheet``: a stylesheet to link (the GUI's, which forbids inline styles); else ``inline_style``.
+    ``home``: the pane's URL, for a link back (the GUI's page).
     """
     e = lambda v: html.escape(str(v if v is not None else ""))  # noqa: E731
     t = data["tokens"]
@@ -269,7 +270,8 @@ def html_page(data: dict[str, Any], *, issue_links: str | None = "/issues/", sty
     causes = "".join(f"<li>{e(c['cause'])} ({c['count']})</li>" for c in data["failure_causes"]) or "<li>none</li>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Autopilot report</title>{head}</head>
-<body><main class="report">
+<body>{f'<header class="topbar"><span class="brand">Autopilot GUI</span><nav aria-label="views"><a class="tab" href="{e(home)}">Parallel Agents</a><span class="tab active" aria-current="page">Report</span></nav></header>' if home else ""}
+<main class="report">
 <h1>Report: {e(_when(data['since']))} to {e(_when(data['until']))} ({_hours(data['wall_seconds'])})</h1>
 <ul id="summary">
 <li data-count="merged">merged: <b>{len(data['merged'])}</b> ({numbers(data['merged'])})</li>

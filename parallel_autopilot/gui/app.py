@@ -841,7 +841,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
 
     @app.get("/report", response_class=HTMLResponse, include_in_schema=False)
     def report_html(since: str | None = Query(None, max_length=40)) -> HTMLResponse:
-        page_html = reports.html_page(report_data(since), stylesheet="/static/app.css")
+        page_html = reports.html_page(report_data(since), stylesheet="/static/app.css", home="/")
         return HTMLResponse(page_html, headers={"cache-control": "no-store", "content-security-policy": CSP})
 
     @app.get("/api/events", response_class=EventStream, status_code=200, tags=["stream"],
