@@ -319,3 +319,67 @@ def test_review_in_a_browser_add_open_merge_send_back_reject_and_agent_text_stay
     assert repo.store.get(back).feedback == "also handle negative numbers"
     assert repo.store.get(gone).status == "rejected"
     repo.store.close()
+
+
+def test_fields_a_newer_backlog_adds_are_shown_when_the_issue_has_them(env):
+    """Dependencies, paths and budgets (another issue) appear on the page as soon as Issue.to_dict has them."""
+    from dataclasses import dataclass
+
+    from parallel_autopilot import review
+
+    repo, _, _ = env
+    number = repo.store.add("with dependencies").number
+    real = repo.store.get(number)
+
+    @dataclass(frozen=True)
+    class Newer:
+        def to_dict(self):
+            return {**real.to_dict(), "depends_on": [1, 2], "paths": ["src/"], "budget_usd": None}
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    class Store:
+        def get(self, n):
+            return Newer()
+
+        def events(self, n):
+            return repo.store.events(n)
+
+    page = review.issue_page(repo.settings, Store(), number, diff=False)
+    assert page["extra"] == {"depends_on": [1, 2], "paths": ["src/"]}
+
+
+def test_the_gui_watches_for_notifications_and_says_each_once(tmp_path):
+    import json as json_
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bodies = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            bodies.append(json_.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    repo = Repo(tmp_path)
+    settings = repo.settings.replace(notify_webhook=f"http://127.0.0.1:{receiver.server_address[1]}/")
+    app = create_app(settings, fleet=FakeFleet(repo.store, settings=settings), notify_every=0.1)
+    number = repo.store.add("the last one").number
+    with TestClient(app, base_url=BASE):
+        assert app.state.watch is not None
+        deadline = time.time() + 10
+        while app.state.watch.cursor is None and time.time() < deadline:
+            time.sleep(0.05)
+        repo.store.block(number)  # nothing left to do
+        while not bodies and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # more looks: still once
+    receiver.shutdown()
+    assert [b["event"] for b in bodies] == ["backlog-drained"]
