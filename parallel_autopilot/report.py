@@ -238,19 +238,20 @@ def plot_svg(data: dict[str, Any], width: int = 640, height: int = 240) -> str:
 
 
 def html_page(data: dict[str, Any], *, issue_links: str | None = "/issues/", stylesheet: str | None = None,
-              inline_style: bool = True, home: str | None = None) -> str:
+              inline_style: bool = True, home: str | None = None, link_query: str = "") -> str:
     """The report as one HTML page with its plot; every agent-written text escaped.
 
     ``issue_links``: the issue pages' URL prefix (the GUI's), None for no links (a file by mail).
     ``stylesheet``: a stylesheet to link (the GUI's, which forbids inline styles); else ``inline_style``.
-    ``home``: the pane's URL, for a link back (the GUI's page).
+    ``home``: the pane's URL, for a link back (the GUI's page); ``link_query``: appended to every
+    link (the GUI's ``?token=...`` when it is served publicly).
     """
     e = lambda v: html.escape(str(v if v is not None else ""))  # noqa: E731
     t = data["tokens"]
 
     def issue_cell(number: int, title: str = "") -> str:
         label = f"#{number}" + (f" {e(title)}" if title else "")
-        return f'<a href="{e(issue_links)}{int(number)}">{label}</a>' if issue_links else label
+        return f'<a href="{e(issue_links)}{int(number)}{e(link_query)}">{label}</a>' if issue_links else label
 
     def numbers(values: list[int]) -> str:
         return ", ".join(issue_cell(n) for n in values) or "none"
@@ -270,7 +271,7 @@ def html_page(data: dict[str, Any], *, issue_links: str | None = "/issues/", sty
     causes = "".join(f"<li>{e(c['cause'])} ({c['count']})</li>" for c in data["failure_causes"]) or "<li>none</li>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Autopilot report</title>{head}</head>
-<body>{f'<header class="topbar"><span class="brand">Autopilot GUI</span><nav aria-label="views"><a class="tab" href="{e(home)}">Parallel Agents</a><span class="tab active" aria-current="page">Report</span></nav></header>' if home else ""}
+<body>{f'<header class="topbar"><span class="brand">Autopilot GUI</span><nav aria-label="views"><a class="tab" href="{e(home)}{e(link_query)}">Parallel Agents</a><span class="tab active" aria-current="page">Report</span></nav></header>' if home else ""}
 <main class="report">
 <h1>Report: {e(_when(data['since']))} to {e(_when(data['until']))} ({_hours(data['wall_seconds'])})</h1>
 <ul id="summary">

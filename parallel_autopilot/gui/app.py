@@ -43,6 +43,7 @@ import time
 import webbrowser
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 import anyio.to_thread
@@ -841,7 +842,8 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
 
     @app.get("/report", response_class=HTMLResponse, include_in_schema=False)
     def report_html(since: str | None = Query(None, max_length=40)) -> HTMLResponse:
-        page_html = reports.html_page(report_data(since), stylesheet="/static/app.css", home="/")
+        query = f"?token={quote(guard.token, safe='')}" if guard.token else ""  # a public GUI's links carry it
+        page_html = reports.html_page(report_data(since), stylesheet="/static/app.css", home="/", link_query=query)
         return HTMLResponse(page_html, headers={"cache-control": "no-store", "content-security-policy": CSP})
 
     @app.get("/api/events", response_class=EventStream, status_code=200, tags=["stream"],

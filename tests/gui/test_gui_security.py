@@ -275,3 +275,14 @@ def test_every_new_issue_action_refuses_a_bad_id_with_404(env, bad):
         assert "\n" not in response.json()["error"]
     assert client.get(f"/api/issues/{bad}/page").status_code in (404, 405)
     assert len(store.events()) == before
+
+
+def test_a_public_guis_report_and_issue_pages_need_the_token_and_their_links_carry_it(tmp_path):
+    app, _ = make_env(tmp_path, token=TOKEN)
+    with TestClient(app, base_url=BASE) as client:
+        refused(client.get("/report"), 401)
+        refused(client.get("/issues/1"), 401)
+        refused(client.get("/api/issues/1/page"), 401)
+        page = client.get("/report", params={"token": TOKEN})
+        assert page.status_code == 200 and f'href="/issues/1?token={TOKEN}"' in page.text
+        assert client.get("/issues/1", params={"token": TOKEN}).status_code == 200
