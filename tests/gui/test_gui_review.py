@@ -383,3 +383,17 @@ def test_the_gui_watches_for_notifications_and_says_each_once(tmp_path):
         time.sleep(0.5)  # more looks: still once
     receiver.shutdown()
     assert [b["event"] for b in bodies] == ["backlog-drained"]
+
+
+def test_a_huge_diff_names_every_file_and_sends_patches_only_up_to_the_limit(env):
+    from parallel_autopilot import review
+
+    repo, _, _ = env
+    files = {f"f{i}.txt": "".join(f"{i}-{j}\n" for j in range(100)) for i in range(5)}
+    number = repo.done("Many files", files)
+    diff = review.issue_diff(repo.settings, repo.store, repo.store.get(number), fold_lines=50, max_lines=250)
+    assert [f["path"] for f in diff["files"]] == sorted(files)
+    sent = [f for f in diff["files"] if f["patch"] is not None]
+    assert len(sent) == 3 and all(f["folded"] for f in sent)  # each 100+ lines: folded; 3 x ~106 passes 250
+    assert [f["omitted"] for f in diff["files"]] == [False, False, False, True, True]
+    assert diff["added"] == 500 and diff["error"] is None
