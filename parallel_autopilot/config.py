@@ -56,6 +56,7 @@ class Settings:
     lease_seconds: float = _DEFAULTS["lease_seconds"]
     max_attempts: int = _DEFAULTS["max_attempts"]
     backoff_seconds: float = _DEFAULTS["backoff_seconds"]
+    aging_seconds: float = _DEFAULTS["aging_seconds"]  # issue 21: the claim's aging (issues.store.AGING)
     agent_kind: str = _DEFAULTS["agent_kind"]
     agent_command: str | None = _DEFAULTS["agent_command"]
     issue_timeout: float = _DEFAULTS["issue_timeout"]
@@ -85,6 +86,7 @@ class Settings:
     health_interval_seconds: float = _DEFAULTS["health_interval_seconds"]
     start_timeout_seconds: float = _DEFAULTS["start_timeout_seconds"]
     network: str = _DEFAULTS["network"]
+    compose: str = _DEFAULTS["compose"]
     queue_access: str = _DEFAULTS["queue_access"]
     host: str | None = _DEFAULTS["host"]  # config.load makes it the hostname when unset
     project: str | None = _DEFAULTS["project"]

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 LEASE_SECONDS = 900  # the design's 15-minute claim expiry
 MAX_ATTEMPTS = 3
 BACKOFF_SECONDS = 30
+AGING_SECONDS = 3600  # issue 21: an issue gains one priority step per hour of waiting (store.AGING)
 AGENT_KINDS = ("script", "codex", "claude", "command")
 
 
@@ -44,6 +45,7 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "lease_seconds": (LEASE_SECONDS, "float", POSITIVE),
     "max_attempts": (MAX_ATTEMPTS, "int", AT_LEAST_1),
     "backoff_seconds": (BACKOFF_SECONDS, "float", NON_NEGATIVE),
+    "aging_seconds": (AGING_SECONDS, "float", POSITIVE),  # issue 21
     "agent_kind": ("script", "str", AGENT_KINDS),
     "agent_command": (None, "str", None),
     "issue_timeout": (3600, "float", POSITIVE),
@@ -73,6 +75,9 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "health_interval_seconds": (2, "float", POSITIVE),
     "start_timeout_seconds": (120, "float", POSITIVE),
     "network": ("bridge", "str", None),
+    # which Docker Compose runs the agents: auto (v2, `docker compose`, when it answers; else
+    # v1, `docker-compose`), or v2 / v1 to insist
+    "compose": ("auto", "str", ("auto", "v2", "v1")),
     # gateway: agents reach the queue only through their own socket of the fleet's gateway;
     # mount: every agent mounts the state directory (or the queue's URL): trusts every agent
     "queue_access": ("gateway", "str", ("gateway", "mount")),

@@ -156,6 +156,7 @@ class MissingDependency(AutopilotError):
 EXIT_OK = 0
 EXIT_NOTHING_TO_MERGE = 20
 EXIT_SOME_REJECTED = 21
+EXIT_DOCTOR = 22
 EXIT_WATCHDOG = 70  # EX_SOFTWARE: the in-container runtime stalled; its restart policy restarts it
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of our output went away (`| head`)
@@ -197,6 +198,8 @@ EXIT_CODES: dict[int, ExitCode] = {
     EXIT_NOTHING_TO_MERGE: ExitCode("issues.merge: nothing to merge (no done issue)", "nothing to merge"),
     EXIT_SOME_REJECTED: ExitCode("issues.merge: at least one issue rejected (red or conflicting); the "
                                  "others merged", "some rejected"),
+    EXIT_DOCTOR: ExitCode("doctor: something agents.start needs is missing (each line names its fix)",
+                          "doctor found a problem"),
     EXIT_WATCHDOG: ExitCode("an agent's runtime stalled past its watchdog (in the container)", "watchdog"),
     EXIT_INTERRUPTED: ExitCode("interrupted (Ctrl-C)", "interrupted"),
     EXIT_BROKEN_PIPE: ExitCode("the reader of the output went away (| head)", "broken pipe"),

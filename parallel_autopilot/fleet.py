@@ -154,7 +154,7 @@ def store_for(settings: Settings, *, git: Git | None = None,
     that went away (the issues.* tasks, where a person waits, say so sooner).
     """
     key = (settings.queue_target, settings.host, settings.max_attempts, settings.backoff_seconds,
-           reconnect_seconds)
+           reconnect_seconds, settings.aging_seconds)
     options = {} if reconnect_seconds is None else {"reconnect_seconds": reconnect_seconds}
     with _stores_lock:
         store = _stores.get(key)
@@ -162,7 +162,8 @@ def store_for(settings: Settings, *, git: Git | None = None,
         if store is None or (not settings.queue and not settings.db_path.exists()):
             store = _stores[key] = issues.open_store(settings.queue_target, host=settings.host,
                                                      max_attempts=settings.max_attempts,
-                                                     backoff_seconds=settings.backoff_seconds, **options)
+                                                     backoff_seconds=settings.backoff_seconds,
+                                                     aging_seconds=settings.aging_seconds, **options)
             if not settings.queue:
                 try:  # the state directory was just made: keep it out of `git status` and every merge
                     clones.exclude_tool_dirs(settings, git)

@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from .config import Settings
-from .errors import Conflict, DockerUnavailable, RemoteError
-from .git import Git
+from .errors import DockerUnavailable, RemoteError
 from .printable import printable
 
 Progress = Callable[[str], None]
@@ -306,29 +305,28 @@ def _step(conn, command: str, what: str) -> str:
     return result.stdout.strip()
 
 
-def laptop_origin(repo: Path) -> str:
-    """The URL the laptop checkout's ``origin`` points at (the default for remote.setup)."""
-    return Git(repo).run("remote", "get-url", "origin").strip()
-
-
-def setup(conn, settings: Settings, origin: str, *, progress: Progress = print,
-          base_python: str = "python3") -> None:
+def setup(conn, settings: Settings, wheel: Path, *, progress: Progress = print, base_python: str = "python3",
+          origin: str | None = None) -> None:
     """First-time install on the workstation, each step reported; safe to run again.
 
-    Clone ``origin`` into ``remote_dir`` (or fetch when it is there), create the
-    venv (unless ``remote_python`` is set), ``pip install -e``, check that the
-    program runs and that Docker answers (DockerUnavailable when it does not,
-    after everything else is done).
+    Copies ``wheel`` (the laptop's own build: :func:`distribution.build_wheel`) into
+    ``<remote_dir>/dist``, creates the venv ``<remote_dir>/.venv`` (unless
+    ``remote_python`` is set) and installs the wheel there: the workstation runs the
+    laptop's version and needs no access to the tool's repository. With ``origin`` the
+    tool's checkout is also cloned (or fetched) into ``remote_dir``, for ``remote.test``.
+    Then checks that the program runs with the laptop's version and that Docker answers
+    (DockerUnavailable when it does not, after everything else is done).
     """
     name, directory = host_name(conn), remote_dir(settings)
     where = shell_path(directory)
     progress(f"{name}: git {_step(conn, 'git --version', 'git check').removeprefix('git version ')}")
-    if run(conn, f"test -d {where}/.git", hide=True).exited == 0:
-        _step(conn, f"git -C {where} fetch --quiet --prune origin", f"git fetch in {directory}")
-        progress(f"{name}: checkout {directory} fetched from origin")
-    else:
-        _step(conn, f"git clone --quiet {shlex.quote(origin)} {where}", f"git clone {origin}")
-        progress(f"{name}: cloned {origin} into {directory}")
+    if origin:
+        if run(conn, f"test -d {where}/.git", hide=True).exited == 0:
+            _step(conn, f"git -C {where} fetch --quiet --prune origin", f"git fetch in {directory}")
+            progress(f"{name}: checkout {directory} fetched from origin")
+        else:
+            _step(conn, f"git clone --quiet {shlex.quote(origin)} {where}", f"git clone {origin}")
+            progress(f"{name}: cloned {origin} into {directory}")
     if settings.remote_python:
         _step(conn, f"command -v {shell_path(remote_python(settings))}", "finding autopilot.remote_python")
         progress(f"{name}: using {remote_python(settings)} (autopilot.remote_python)")
@@ -337,12 +335,7 @@ def setup(conn, settings: Settings, origin: str, *, progress: Progress = print,
         _step(conn, f"test -x {shell_path(venv)}/bin/python || {base_python} -m venv {shell_path(venv)}",
               f"creating the venv {venv}")
         progress(f"{name}: venv {venv}")
-    python = shell_path(remote_python(settings))
-    _step(conn, f"{python} -m pip install --quiet --disable-pip-version-check -e {where}",
-          f"pip install -e {directory}")
-    progress(f"{name}: installed {directory} (pip install -e)")
-    version = _step(conn, f"cd {where} && {python} -m {PROGRAM} --version", "running the program")
-    progress(f"{name}: {version} ready")
+    _install(conn, settings, wheel, progress)
     docker = run(conn, "docker info --format '{{.ServerVersion}}'", hide=True)
     if docker.exited != 0:
         why = (docker.stderr.strip().splitlines() or [f"exit {docker.exited}"])[-1]
@@ -351,49 +344,45 @@ def setup(conn, settings: Settings, origin: str, *, progress: Progress = print,
     progress(f"{name}: docker {docker.stdout.strip()} ok")
 
 
-def pushed_commit(repo: Path, rev: str = "HEAD") -> str:
-    """The sha of ``rev`` in the laptop checkout, refusing one no remote branch contains."""
-    git = Git(repo)
-    sha = git.rev_parse(rev)
-    remote_branches = git.run("for-each-ref", "--count=1", f"--contains={sha}", "--format=%(refname)",
-                              "refs/remotes/")
-    if not remote_branches.strip():
-        raise Conflict(f"{rev} ({sha[:10]}) is not pushed to any remote: `git push` first - "
-                       "the workstation fetches from its origin")
-    return sha
-
-
-def sync(conn, settings: Settings, sha: str, *, progress: Progress = print) -> str:
-    """Bring the workstation checkout to commit ``sha``; returns the commit it was at.
-
-    Refuses (Conflict) when the remote checkout has uncommitted changes to
-    tracked files. Reinstalls the package when ``pyproject.toml`` changed.
-    """
-    name, directory = host_name(conn), remote_dir(settings)
-    git = f"git -C {shell_path(directory)}"
-    before = run(conn, f"{git} rev-parse HEAD", hide=True)
+def sync(conn, settings: Settings, wheel: Path, *, progress: Progress = print) -> str:
+    """After an upgrade here: install the laptop's ``wheel`` on the workstation again; returns the
+    version it ran before. RemoteError when remote.setup never ran there."""
+    name = host_name(conn)
+    python = shell_path(remote_python(settings))
+    before = run(conn, f"{python} -m {PROGRAM} --version", hide=True)
     if before.exited != 0:
-        raise RemoteError(f"{name}: no checkout at {directory}: run `fab -H {name} remote.setup` first")
-    status = run(conn, f"{git} status --porcelain --untracked-files=no", hide=True)
-    dirty = [line for line in status.stdout.splitlines() if line.strip()]  # " M file": keep the columns
-    if status.exited != 0 or dirty:
-        files = ", ".join(line[3:] for line in dirty[:3]) or status.stderr.strip()
-        raise Conflict(f"{name}: the checkout {directory} has uncommitted changes ({files}): "
-                       "commit or discard them there, then sync again")
-    _step(conn, f"{git} fetch --quiet --prune origin", "git fetch origin")
-    if run(conn, f"{git} cat-file -e {shlex.quote(sha + '^{commit}')}", hide=True).exited != 0:
-        raise RemoteError(f"{name}: commit {sha[:10]} is not on the workstation's origin after fetch: "
-                          "push it to the origin the workstation cloned from")
+        raise RemoteError(f"{name}: no parallel-autopilot at {remote_python(settings)}: "
+                          f"run `fab -H {name} remote.setup` first")
     old = before.stdout.strip()
-    _step(conn, f"{git} checkout --quiet --detach {shlex.quote(sha)}", f"git checkout {sha[:10]}")
-    changed = run(conn, f"{git} diff --quiet {shlex.quote(old)} {shlex.quote(sha)} -- pyproject.toml",
-                  hide=True).exited
-    if changed:
-        _step(conn, f"{shell_path(remote_python(settings))} -m pip install --quiet "
-                    f"--disable-pip-version-check -e {shell_path(directory)}", "pip install -e (pyproject changed)")
-        progress(f"{name}: pyproject.toml changed: reinstalled")
-    progress(f"{name}: {directory} at {sha[:10]} (was {old[:10]})")
+    _install(conn, settings, wheel, progress, was=old)
     return old
+
+
+def _install(conn, settings: Settings, wheel: Path, progress: Progress, was: str | None = None) -> None:
+    """Copy ``wheel`` to ``<remote_dir>/dist`` and install it with the workstation's Python, replacing
+    whatever build of the same version was there; RemoteError unless it then runs as this version."""
+    from . import __version__
+
+    name, directory = host_name(conn), remote_dir(settings)
+    dist = f"{directory.rstrip('/')}/dist"
+    _step(conn, f"mkdir -p {shell_path(dist)}", f"creating {dist}")
+    home = _step(conn, "printf %s \"$HOME\"", "finding the home directory")
+    target = f"{dist}/{wheel.name}"
+    local_target = home + target[1:] if target.startswith("~/") else target
+    try:
+        conn.put(str(wheel), local_target)
+    except _ssh_errors() as err:
+        raise failure(err, conn) from None
+    python, quoted = shell_path(remote_python(settings)), shell_path(target)
+    pip = f"{python} -m pip install --quiet --disable-pip-version-check"
+    # the dependencies first (only those missing), then this build over any of the same version
+    _step(conn, f"{pip} {quoted} && {pip} --force-reinstall --no-deps {quoted}", f"pip install {wheel.name}")
+    progress(f"{name}: installed {wheel.name} (the build this machine runs)")
+    version = _step(conn, f"cd {shell_path(dist)} && {python} -m {PROGRAM} --version", "running the program")
+    if __version__ not in version.split():
+        raise RemoteError(f"{name}: after the install it runs {version!r}, not {__version__}: is "
+                          f"autopilot.remote_python ({remote_python(settings)}) the venv it installs into?")
+    progress(f"{name}: {version} ready" + (f" (was {was})" if was and was != version else ""))
 
 
 # -- the GUI through a tunnel ----------------------------------------------------
@@ -462,7 +451,6 @@ def serve_tunnelled(conn, command: str, local_port: int, remote_port: int, *,
 
 __all__ = [
     "NO_CHECKOUT", "NO_PYTHON", "PROGRAM", "HostResult", "PrefixWriter", "check_exit", "check_local_port",
-    "connection", "failure", "first_failure", "host_name", "quiet_paramiko", "laptop_origin", "program_command",
-    "pushed_commit", "remote_dir", "script_command", "remote_python", "remote_workdir", "run", "run_many", "setup",
+    "connection", "failure", "first_failure", "host_name", "quiet_paramiko", "program_command", "remote_dir", "script_command", "remote_python", "remote_workdir", "run", "run_many", "setup",
     "serve_tunnelled", "shell_path", "sync",
 ]

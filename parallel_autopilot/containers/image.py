@@ -5,9 +5,9 @@ image is missing or was built from other sources (the image carries a label
 with a hash of the package, the Dockerfile and the build arguments, so the
 check is one ``images.get``). :func:`build` is ``inv build``.
 
-The build context is this project's checkout (the parent of the package
-directory); its ``.dockerignore`` keeps the context to the package and the
-Dockerfile. The Dockerfile starts ``FROM ${BASE_IMAGE}`` (``settings.base_image``,
+The Dockerfile and the compose file are package data (``containers/files/``):
+the build context is a directory :func:`build_context` makes from the INSTALLED
+package, so a wheel builds the same image a checkout does. The Dockerfile starts ``FROM ${BASE_IMAGE}`` (``settings.base_image``,
 ``python:3.11-slim`` by default). When that image is neither present nor
 pullable (no registry, as on a machine behind a firewall or in CI), a Debian
 bookworm base is made ONCE with ``debootstrap --variant=minbase`` and
@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+from .. import __version__
 from ..errors import DockerUnavailable, ImageBuildError, InvalidInput, one_line
 from . import agentcli, daemon
 
@@ -41,13 +42,18 @@ OFFLINE_BASE = "parallel-autopilot-base:bookworm"
 #: image label holding :func:`source_hash`
 LABEL_HASH = "parallel-autopilot.source-hash"
 LABEL_BASE = "parallel-autopilot.base-image"
+#: the package version the image was built from (``parallel-autopilot --version``)
+LABEL_VERSION = "parallel-autopilot.version"
 DEBOOTSTRAP_SUITE = "bookworm"
 DEBOOTSTRAP_PACKAGES = ("python3", "git", "ca-certificates")
-DOCKERFILE = "docker/autopilot/Dockerfile"
+#: what the image needs besides the package: package data, installed with it
+FILES = Path(__file__).resolve().parent / "files"
+#: the Dockerfile, in the build context
+DOCKERFILE = "Dockerfile"
 AGENT_CLIS = agentcli.CHOICES
 #: the build-context directory of the pure-Python libraries the runtime imports beyond the
 #: standard library (a placeholder README is committed there); the Dockerfile COPYs it
-PYLIB_DIR = "docker/autopilot/pylib"
+PYLIB_DIR = "pylib"
 #: distributions staged from the HOST's installation (no network in the build): pg8000
 #: and its pure-Python dependencies, for a queue on PostgreSQL (``autopilot.queue``)
 PYTHON_LIBS = ("pg8000", "scramp", "asn1crypto", "python-dateutil", "six")
@@ -61,17 +67,12 @@ _BOOKKEEPING = re.compile(r"^(---> |Running in |Removing intermediate container|
 BUILD_LOCK = Path(tempfile.gettempdir()) / "parallel-autopilot-build.lock"
 
 
-def project_root() -> Path:
-    """This project's checkout: the build context (holds the Dockerfile and .dockerignore)."""
-    return _PACKAGE.parent
-
-
 def dockerfile() -> Path:
-    """``docker/autopilot/Dockerfile`` of this checkout, or ImageBuildError."""
-    path = project_root() / DOCKERFILE
+    """The installed package's Dockerfile (``containers/files/Dockerfile``), or ImageBuildError."""
+    path = FILES / DOCKERFILE
     if not path.is_file():
-        raise ImageBuildError(
-            f"{path} is missing: build from a checkout of parallel-autopilot (pip install -e <checkout>)")
+        raise ImageBuildError(f"{path} is missing: reinstall parallel-autopilot (pip install --force-reinstall "
+                              "parallel-autopilot)")
     return path
 
 
@@ -201,7 +202,8 @@ def _build(settings: Settings, progress: Progress, nocache: bool, network_mode: 
     context, path = build_context(settings, progress), dockerfile()
     path = context / DOCKERFILE
     base = base_image(settings, progress=progress)
-    labels = {LABEL_HASH: source_hash(settings), LABEL_BASE: base, **agentcli.labels(cli)}
+    labels = {LABEL_HASH: source_hash(settings), LABEL_BASE: base, LABEL_VERSION: __version__,
+              **agentcli.labels(cli)}
     progress(f"building {settings.image} on {base} (context {context})")
     previous = _image_id(settings.image)
     try:
@@ -263,30 +265,28 @@ def _remove_quietly(image_id: str) -> None:
 def build_context(settings: Settings, progress: Progress = print) -> Path:
     """The directory sent to the daemon: a copy of what the image needs, never the checkout.
 
-    It is ``<cli_cache>/context-<checkout hash>``: the package, the Dockerfile,
-    the pure-Python libraries of :data:`PYTHON_LIBS` (copied from the host's
-    installation: the build has no network) and the staged CLI binaries (hard
-    links into the npm cache), never anything else of the checkout.
+    It is ``<cli_cache>/context-<hash of the package's path>``: the installed package,
+    its Dockerfile, the pure-Python libraries of :data:`PYTHON_LIBS` (copied from the
+    host's installation: the build has no network) and the staged CLI binaries (hard
+    links into the npm cache), nothing else.
     """
     cli = _agent_cli(settings)
-    root = project_root()
     try:
         agentcli.clis(cli)
     except InvalidInput as err:
         raise ImageBuildError(str(err)) from None
-    digest = hashlib.sha256(str(root).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(str(_PACKAGE).encode()).hexdigest()[:10]
     context = agentcli.cache_root(settings) / f"context-{digest}"
     # the package and Dockerfile are copied fresh (small); the CLI tree is kept and
     # topped up, so an unchanged CLI is the same files, and the same COPY layer
     shutil.rmtree(context / "parallel_autopilot", ignore_errors=True)
-    (context / "docker" / "autopilot").mkdir(parents=True, exist_ok=True)
+    context.mkdir(parents=True, exist_ok=True)
     shutil.copytree(_PACKAGE, context / "parallel_autopilot",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.egg-info"))
-    shutil.copy2(root / DOCKERFILE, context / DOCKERFILE)
-    shutil.copy2(root / ".dockerignore", context / ".dockerignore")
+    shutil.copy2(dockerfile(), context / DOCKERFILE)
     cli_dir = context / agentcli.CONTEXT_DIR
     cli_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(root / agentcli.CONTEXT_DIR / "README.md", cli_dir / "README.md")
+    shutil.copy2(FILES / agentcli.CONTEXT_DIR / "README.md", cli_dir / "README.md")
     wanted = set(agentcli.clis(cli))
     for other in set(agentcli.MODEL_KINDS) - wanted:  # a CLI no longer asked for must not linger
         shutil.rmtree(cli_dir / other, ignore_errors=True)
@@ -294,16 +294,16 @@ def build_context(settings: Settings, progress: Progress = print) -> Path:
             if leftover.is_symlink() or leftover.exists():
                 leftover.unlink()
     agentcli.stage(cli, cli_dir, settings, progress)
-    _stage_python_libs(context / PYLIB_DIR, root)
+    _stage_python_libs(context / PYLIB_DIR)
     return context
 
 
-def _stage_python_libs(target: Path, root: Path) -> None:
+def _stage_python_libs(target: Path) -> None:
     # copied fresh (a few MB) so a library removed on the host is gone here too; mtimes
     # pinned, so an unchanged library is the same COPY layer on every build
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    shutil.copy2(root / PYLIB_DIR / "README.md", target / "README.md")
+    shutil.copy2(FILES / PYLIB_DIR / "README.md", target / "README.md")
     for relative, path in python_lib_files():
         destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -533,4 +533,4 @@ def _long_client() -> Any:
 
 
 __all__ = ["ensure_image", "build", "base_image", "offline_base", "pull", "image_status",
-           "source_hash", "project_root", "dockerfile", "OFFLINE_BASE", "LABEL_HASH"]
+           "source_hash", "dockerfile", "OFFLINE_BASE", "LABEL_HASH"]

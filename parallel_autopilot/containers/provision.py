@@ -91,6 +91,7 @@ def compose_env(settings: Settings, limits: platform_mod.Limits | None = None, *
         "AUTOPILOT_LEASE_SECONDS": _number(settings.lease_seconds),
         "AUTOPILOT_MAX_ATTEMPTS": str(int(settings.max_attempts)),
         "AUTOPILOT_BACKOFF_SECONDS": _number(settings.backoff_seconds),
+        "AUTOPILOT_AGING_SECONDS": _number(settings.aging_seconds),  # issue 21: the gateway's claim order
         "AUTOPILOT_ISSUE_TIMEOUT": _number(settings.issue_timeout),
         "AUTOPILOT_POLL_SECONDS": _number(settings.poll_seconds),
         "AUTOPILOT_WATCHDOG_SECONDS": _number(settings.watchdog_seconds),

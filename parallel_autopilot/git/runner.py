@@ -72,6 +72,15 @@ def _owner_credentials(path: Path) -> tuple[int, int, str] | None:
     return stat.st_uid, stat.st_gid, home
 
 
+def version(timeout: float = 20) -> str | None:
+    """``git version 2.39.5`` of this machine, or None when git is not installed."""
+    try:
+        proc = subprocess.run(["git", "--version"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
 def toplevel_of(start: str | os.PathLike, timeout: float | None = DEFAULT_TIMEOUT) -> Path | None:
     """The top directory of the git worktree containing ``start``; None when it is in none."""
     _, proc = Git(start, timeout=timeout)._run(["rev-parse", "--show-toplevel"], None, None)

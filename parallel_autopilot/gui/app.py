@@ -126,6 +126,8 @@ class IssueSummary(BaseModel):
     attempts: int
     max_attempts: int
     usage: dict[str, Any] | None = None  # model tokens (and cost) of the attempt that resolved it
+    depends_on: list[int] = []  # issue 21: the issues it waits for (each merged first)
+    waiting: str | None = None  # issue 21: why it cannot start now ("blocked by #3 (rejected): ...")
 
 
 class IssueOut(IssueSummary):
@@ -151,6 +153,7 @@ class IssueOut(IssueSummary):
     completed_at: float | None = None
     merge_commit: str | None = None
     merged_at: float | None = None
+    paths: list[str] = []  # issue 21: the globs it touches
 
 
 class IssuesOut(BaseModel):
@@ -374,6 +377,11 @@ class Pane:
         # in-progress work first, then the queue in the order agents will pick it
         return [i for i in found if i.status == "claimed"] + [i for i in found if i.status != "claimed"]
 
+    def waits(self) -> dict[int, str]:
+        """Why each waiting issue cannot start now (the store's words), by number."""
+        store = self.store()
+        return store.waits() if store is not None else {}
+
     def counts(self) -> dict[str, int]:
         store = self.store()
         return store.counts() if store is not None else dict.fromkeys(STATUSES, 0)
@@ -415,6 +423,7 @@ class Pane:
         issues, counts = part(lambda: (self.issues(), self.counts()), ([], dict.fromkeys(STATUSES, 0)))
         done = part(lambda: sorted(self.issues(("done",)), key=lambda i: -(i.completed_at or i.updated_at))[:10],
                     [])
+        waits = part(self.waits, {})
         resources, maximum = part(self.resources, ({}, 1))
         merge_queue = part(self.merge_queue, {"queued": [], "testing": [], "merged": [], "rejected": []})
         if resources.get("docker") is False and not errors:
@@ -424,8 +433,8 @@ class Pane:
             "time": self.clock(),
             "repo": str(self.settings.repo),
             "agents": agents,
-            "issues": [_summary(i) for i in issues[: self.queue_limit]],
-            "done": [_summary(i) for i in done],
+            "issues": [_summary(i, waits) for i in issues[: self.queue_limit]],
+            "done": [_summary(i, waits) for i in done],
             "open_total": len(issues),
             "counts": counts,
             "resources": resources,
@@ -550,8 +559,9 @@ class Pane:
         return store
 
 
-def _summary(issue: Any) -> dict:
-    return {k: getattr(issue, k) for k in IssueSummary.model_fields}
+def _summary(issue: Any, waits: dict[int, str] | None = None) -> dict:
+    return {**{k: getattr(issue, k) for k in IssueSummary.model_fields if k != "waiting"},
+            "waiting": (waits or {}).get(issue.number)}
 
 
 def fingerprint(snapshot: dict) -> str:
@@ -673,7 +683,9 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
         statuses = {"open": OPEN_STATUSES, "all": STATUSES}.get(status, (status,))
 
         def read() -> dict:
-            return {"issues": [i.to_dict() for i in pane.issues(tuple(statuses))], "counts": pane.counts()}
+            waits = pane.waits()
+            return {"issues": [{**i.to_dict(), "waiting": waits.get(i.number)} for i in pane.issues(tuple(statuses))],
+                    "counts": pane.counts()}
 
         return await blocking(read)
 

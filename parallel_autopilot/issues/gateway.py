@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import AutopilotError, InvalidInput, LeaseLost, QueueUnavailable, one_line
-from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS, Claim, Issue
+from .records import DEFAULT_AGING_SECONDS, DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS, Claim, Issue
 from .urls import read_url_file
 
 #: The socket's name in each agent's directory (the container sees ``/run/autopilot-queue/queue.sock``).
@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         store = open_store(target, host=env.get("AUTOPILOT_HOST") or None,
                            max_attempts=int(env.get("AUTOPILOT_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS),
                            backoff_seconds=float(env.get("AUTOPILOT_BACKOFF_SECONDS") or DEFAULT_BACKOFF_SECONDS),
+                           aging_seconds=float(env.get("AUTOPILOT_AGING_SECONDS") or DEFAULT_AGING_SECONDS),
                            **options)
     except (AutopilotError, ValueError) as err:
         print(f"parallel-autopilot gateway: {one_line(str(err))}", file=sys.stderr, flush=True)

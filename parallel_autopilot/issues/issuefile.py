@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput, MalformedIssueFile
-from .fields import PRIORITIES, RESULT_FIELDS, validate_fields, validate_result  # noqa: F401 - named here too
+from .fields import PRIORITIES, RESULT_FIELDS, check_order, validate_fields, validate_result  # noqa: F401 - named here too
 
 if TYPE_CHECKING:  # annotations only: yaml is imported where a file is read
     import yaml
@@ -159,4 +159,11 @@ def loads(text: str, path: Path | str = "issues.yaml") -> list[dict[str, Any]]:
                                      f"issue {numbers[number]} of this file; nothing imported")
         numbers[number] = index
         items.append(fields)
+    try:  # keys, and cycles among the file's issues (numbers of existing issues: the store checks)
+        check_order(items)
+    except InvalidInput as err:
+        index = err.index
+        where = lines[index] if index < len(lines) else _Lines(0)
+        line = where.keys.get(str(getattr(err, "field", None)), where.start)
+        raise MalformedIssueFile(f"{path}:{line or '?'}: {err}; nothing imported") from None
     return items

@@ -47,8 +47,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import InvalidInput, QueueUnavailable
 from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS, Issue
-from .schema import AGENTS, EVENTS, FIRST_AGENTS, ISSUES, Column, add_column, columns, create_table
-from .store import Row, Run, Store
+from .schema import DEPENDENCY_MIGRATION, AGENTS, EVENTS, FIRST_AGENTS, ISSUES, Column, add_column, columns, create_table
+from .store import Row, Run, Store, claim_order, startable
 from .urls import redact
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ DEFAULT_SOCKET_TIMEOUT = 30.0
 ANALYZE_AFTER = 200  # issues added at once
 #: pg_advisory_xact_lock keys: schema migration, issue numbering
 _MIGRATE_LOCK, _NUMBER_LOCK = 0x5041_0001, 0x5041_0002
+_PATHS_LOCK = 0x5041_0003  # issue 21: claims take turns while paths keep issues apart
 
 #: The one clock expression: an explicit ``now`` wins, else the server's (constant in a transaction).
 NOW = "COALESCE(CAST(:now AS float8), CAST(EXTRACT(EPOCH FROM now()) AS float8))"
@@ -167,6 +168,8 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 4: a queue migrated to 3 by a first cut of it (bd9efff) got a host-aware stored claim: gone too
     ["DROP FUNCTION IF EXISTS autopilot_claim(float8, float8, text, float8, text, text)"],
+    # 5 (issue 21, SQLite's 6): dependencies and the paths an issue touches
+    DEPENDENCY_MIGRATION(TYPES),
 ]
 
 
@@ -268,6 +271,7 @@ class PgIssueStore(Store):
         sleep: Callable[[float], None] = time.sleep,
         host: str | None = None,
         migrations: Sequence[Sequence[str]] | None = None,
+        aging_seconds: float | None = None,
         backup_into: Callable[[PgIssueStore, str | os.PathLike], Any] | None = None,
     ):
         self.url = redact(url)
@@ -280,7 +284,7 @@ class PgIssueStore(Store):
         self._outage = False
         # clock None: the database's clock
         super().__init__(host=host, clock=clock, max_attempts=max_attempts, backoff_seconds=backoff_seconds,
-                         where=self.url)
+                         where=self.url, aging_seconds=aging_seconds)
         self._retrying(lambda conn: None)  # connect and migrate now: a bad URL fails here
 
     def __repr__(self) -> str:
@@ -496,7 +500,11 @@ class PgIssueStore(Store):
     #: attempts below the limit, priority then age, FOR UPDATE SKIP LOCKED: concurrent
     #: claimers on many hosts neither wait for each other nor take the same row. One
     #: condition the partial index issues_pick serves in claim order (an OR of arms
-    #: would sort every open issue). The two sets are disjoint (attempts >= / < max).
+    #: would sort every open issue), walked once per rank (issue 21: within a rank the
+    #: index's order is the aging order; the best of the four heads by
+    #: :func:`~.store.claim_order` wins, so no claim sorts the backlog); the heads not
+    #: taken stay locked only while the statement runs. The two sets are disjoint
+    #: (attempts >= / < max).
     _CLAIM = f"""
         WITH clock AS (SELECT t.now, t.now - CAST(:stale_after AS float8) AS stale_before
                        FROM (SELECT {NOW} AS now) t),
@@ -519,16 +527,22 @@ class PgIssueStore(Store):
             INSERT INTO events (at, issue, kind, worker, token, detail)
             SELECT updated_at, number, 'dead', actor, token, note FROM bury ORDER BY number),
         pick AS (
-            SELECT number FROM issues p, clock
-            WHERE p.status IN ('ready', 'failed', 'claimed') AND p.attempts < p.max_attempts
-              AND CASE WHEN p.status = 'claimed'
-                       THEN p.lease_until <= clock.now
-                            OR EXISTS (SELECT 1 FROM agents a WHERE a.host = p.host AND a.id = p.owner
-                                                               AND a.heartbeat_at < clock.stale_before)
-                       ELSE p.due_at <= clock.now END
-            ORDER BY p.rank, p.created_at, p.number
-            LIMIT 1
-            FOR UPDATE OF p SKIP LOCKED)
+            SELECT c.number FROM clock, (VALUES (0), (1), (2), (3)) AS r(rank)
+            CROSS JOIN LATERAL (
+                SELECT p.number, p.rank, p.created_at FROM issues p
+                WHERE p.rank = r.rank AND p.status IN ('ready', 'failed', 'claimed')
+                  AND p.attempts < p.max_attempts
+                  AND CASE WHEN p.status = 'claimed'
+                           THEN p.lease_until <= clock.now
+                                OR EXISTS (SELECT 1 FROM agents a WHERE a.host = p.host AND a.id = p.owner
+                                                                   AND a.heartbeat_at < clock.stale_before)
+                           ELSE p.due_at <= clock.now END
+                  AND {startable("p")}
+                ORDER BY p.created_at, p.number
+                LIMIT 1
+                FOR UPDATE OF p SKIP LOCKED) c
+            ORDER BY {claim_order("c")}
+            LIMIT 1)
         UPDATE issues i SET status = 'claimed', owner = :worker, host = :host, token = i.token + 1,
                attempts = i.attempts + 1, lease_until = clock.now + CAST(:lease AS float8),
                heartbeat_at = clock.now, claimed_at = clock.now, updated_at = clock.now,
@@ -536,6 +550,7 @@ class PgIssueStore(Store):
                note = 'attempt ' || (i.attempts + 1) || ' of ' || i.max_attempts, claim_nonce = :nonce
         FROM pick, clock
         WHERE i.number = pick.number
+          AND (CAST(:turn AS boolean) OR NOT EXISTS (SELECT 1 FROM paths t WHERE t.issue = pick.number))
         RETURNING i.*"""
 
     def _claim(self, worker: str, lease_seconds: float, now: float | None,
@@ -548,9 +563,23 @@ class PgIssueStore(Store):
             rows = run("SELECT * FROM issues WHERE claim_nonce = :nonce AND status = 'claimed'", {"nonce": nonce})
             return rows[0] if rows else None
 
-        return self._write(self._CLAIM, {"now": now, "stale_after": stale_after, "worker": worker,
-                                         "lease": lease_seconds, "nonce": nonce, "host": self.host},
-                           claimed_already)
+        params = {"now": now, "stale_after": stale_after, "worker": worker, "lease": lease_seconds,
+                  "nonce": nonce, "host": self.host, "aging": self.aging_seconds}
+        # Issue 21: two claimers must not each take one of two overlapping issues, neither
+        # seeing the other's claim yet (READ COMMITTED, SKIP LOCKED). An issue without paths
+        # overlaps nothing: the one statement takes it (no turn). When the best issue names
+        # paths, claims take turns: the lock first, then the statement, whose snapshot (taken
+        # after the lock) sees every claim made before it.
+        row = self._write(self._CLAIM, {**params, "turn": False}, claimed_already)
+        if row is not None or not self._read("SELECT 1 FROM paths LIMIT 1"):
+            return row
+
+        def in_turn(conn) -> Row | None:
+            with self._transaction(conn):
+                self._rows(conn, f"SELECT pg_advisory_xact_lock({_PATHS_LOCK})")
+                return next(iter(self._rows(conn, self._CLAIM, **params, turn=True)), None)
+
+        return self._retrying(in_turn, lambda conn: claimed_already(self._run(conn)))
 
     # -- the database -----------------------------------------------------------
 

@@ -7,7 +7,7 @@ from a stored row to an :class:`Issue` serves both backends.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from .. import defaults as _defaults
@@ -16,6 +16,7 @@ STATUSES = ("ready", "claimed", "done", "failed", "dead", "blocked", "empty", "m
 DEFAULT_LEASE_SECONDS = _defaults.LEASE_SECONDS
 DEFAULT_MAX_ATTEMPTS = _defaults.MAX_ATTEMPTS
 DEFAULT_BACKOFF_SECONDS = float(_defaults.BACKOFF_SECONDS)
+DEFAULT_AGING_SECONDS = float(_defaults.AGING_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Issue:
     merged_at: float | None = None
     usage: dict | None = None  # model usage summed over attempts (tokens, cost)
     host: str | None = None  # the host of the agent that (last) claimed it; None: never claimed
+    # issue 21: the backlog's order
+    depends_on: list = field(default_factory=list)  # numbers it waits for (each merged first)
+    paths: list = field(default_factory=list)  # globs it touches (kept apart from overlapping in-flight issues)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +134,8 @@ def issue_from_row(row: Mapping[str, Any]) -> Issue:
     data["check"] = data.pop("check_cmd", None)
     if data.get("usage"):
         data["usage"] = json.loads(data["usage"])
+    for name in ("depends_on", "paths"):
+        data[name] = json.loads(data[name]) if data.get(name) else []
     for name in _FLOAT_FIELDS:
         if isinstance(data.get(name), int):
             data[name] = float(data[name])

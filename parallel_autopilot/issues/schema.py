@@ -1,6 +1,7 @@
 """The queue's tables, declared once: every column's name, portable type and constraint.
 
-Both backends create the same three tables (``issues``, ``events``, ``agents``) in
+Both backends create the same tables (``issues``, ``events``, ``agents``, and
+issue 21's ``depends`` and ``paths``) in
 their own dialect and their own history of migrations (SQLite: ``sqlite.MIGRATIONS``,
 PostgreSQL: ``postgres.MIGRATIONS``). A column is declared here ONCE; a migration
 that creates or extends a table renders it with :func:`create_table` or
@@ -75,6 +76,11 @@ ISSUES: tuple[Column, ...] = (
     ("merged_at", "float", ""),
     ("usage", "text", ""),  # JSON: model tokens/cost, summed over attempts
     ("host", "text", ""),  # the claiming agent's host (added by ALTER TABLE on both backends)
+    # -- issue 21, the backlog's order: what an issue waits for (JSON lists, for showing;
+    # the claim reads the tables DEPENDS and PATHS below)
+    ("depends_on", "text", ""),  # JSON list of predecessor numbers
+    ("paths", "text", ""),  # JSON list of the globs it touches
+    # -- end of issue 21's columns
 )
 
 EVENTS: tuple[Column, ...] = (
@@ -101,6 +107,22 @@ AGENTS: tuple[Column, ...] = (
     ("waiting_until", "float", ""),
 )
 AGENTS_KEY = ("host", "id")
+
+#: Issue 21: an issue is claimable only when every predecessor is merged (or empty).
+DEPENDS: tuple[Column, ...] = (
+    ("issue", "bigint", "NOT NULL"),
+    ("predecessor", "bigint", "NOT NULL"),
+)
+DEPENDS_KEY = ("issue", "predecessor")
+
+#: Issue 21: the globs an issue touches, with their literal prefix (what the claim compares:
+#: two paths overlap when one prefix starts with the other, see store.PATHS_OVERLAP).
+PATHS: tuple[Column, ...] = (
+    ("issue", "bigint", "NOT NULL"),
+    ("path", "text", "NOT NULL"),
+    ("prefix", "text", "NOT NULL"),
+)
+PATHS_KEY = ("issue", "path")
 
 #: The first agents table (both backends): keyed by id alone, host a plain column.
 FIRST_AGENTS = "id state issue token heartbeat_at started_at incarnation host pid"
@@ -136,6 +158,18 @@ def create_table(name: str, cols: Iterable[Column], types: Mapping[str, str], *,
 
 def add_column(table: str, column: str, types: Mapping[str, str]) -> str:
     """``ALTER TABLE table ADD COLUMN ...`` of one declared column, in a dialect."""
-    declared = {"issues": ISSUES, "events": EVENTS, "agents": AGENTS}[table]
+    declared = {"issues": ISSUES, "events": EVENTS, "agents": AGENTS, "depends": DEPENDS, "paths": PATHS}[table]
     (_, kind, constraint), = (c for c in declared if c[0] == column)
     return " ".join(part for part in (f"ALTER TABLE {table} ADD COLUMN {column}", types[kind], constraint) if part)
+
+
+def DEPENDENCY_MIGRATION(types: Mapping[str, str]) -> list[str]:  # noqa: N802 - a migration, named as one
+    """Issue 21's migration, the same on both backends: the issues' JSON columns, the
+    ``depends`` and ``paths`` tables and the indexes the claim looks them up by."""
+    return [
+        add_column("issues", "depends_on", types),
+        add_column("issues", "paths", types),
+        create_table("depends", DEPENDS, types, key=DEPENDS_KEY),
+        "CREATE INDEX depends_predecessor ON depends (predecessor)",
+        create_table("paths", PATHS, types, key=PATHS_KEY),
+    ]

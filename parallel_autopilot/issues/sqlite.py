@@ -48,9 +48,25 @@ from .filesystems import check_filesystem
 from . import forksafe
 from .records import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_ATTEMPTS
 from .schema import (
+    DEPENDENCY_MIGRATION,
     AGENTS, AGENTS_KEY, EVENTS, FIRST_AGENTS, FIRST_STATUSES, ISSUES, add_column, columns, create_table, status_check,
 )
-from .store import STORES, Row, Run, Store
+from .store import STORES, Row, Run, Store, claim_order, startable
+
+_STARTABLE = startable("i")
+#: The claim's arms (:attr:`IssueStore._CLAIM`): per status and rank, the first startable
+#: issue in the index's order; abandoned = claimed, and the lease expired or the owner's heartbeat stale.
+_ARMS = "\n                UNION ALL\n".join(
+    f"""SELECT * FROM (SELECT number, rank, created_at FROM issues i
+                       WHERE status = '{status}' AND rank = {rank} AND attempts < max_attempts AND {when}
+                         AND {_STARTABLE}
+                       ORDER BY created_at, number LIMIT 1)"""
+    for status, when in (
+        ("ready", "due_at <= :now"), ("failed", "due_at <= :now"),
+        ("claimed", """(lease_until <= :now
+                             OR EXISTS (SELECT 1 FROM agents a WHERE a.host = i.host AND a.id = i.owner
+                                                                AND a.heartbeat_at < :stale_before))"""))
+    for rank in range(4))
 
 DEFAULT_BUSY_TIMEOUT = 30.0
 
@@ -129,6 +145,9 @@ MIGRATIONS: list[str | list[str]] = [
         "DROP TABLE agents",
         "ALTER TABLE agents_v5 RENAME TO agents",
     ],
+    # 6 (issue 21): dependencies and the paths an issue touches (the claim reads the tables;
+    # the issue's JSON columns say the same for showing)
+    DEPENDENCY_MIGRATION(TYPES),
 ]
 
 
@@ -275,6 +294,7 @@ class IssueStore(Store):
         check_fs: bool = True,
         host: str | None = None,
         migrations: Sequence[str | Sequence[str]] | None = None,
+        aging_seconds: float | None = None,
     ):
         self.path = Path(path)
         self.busy_timeout = busy_timeout
@@ -284,7 +304,7 @@ class IssueStore(Store):
             check_filesystem(self.path.parent)
         self._id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
         super().__init__(host=host, clock=clock, max_attempts=max_attempts, backoff_seconds=backoff_seconds,
-                         where=str(self.path))
+                         where=str(self.path), aging_seconds=aging_seconds)
         self._inspect()
         with self._damage_as_error():
             self._connect()
@@ -449,28 +469,18 @@ class IssueStore(Store):
     #: stopping at its first row: a single WHERE with OR would make SQLite sort every
     #: ready row on every claim. An abandoned issue competes in the same order, so it
     #: is taken ahead of newer issues of its priority, even while the queue is busy.
-    _CLAIM = """
+    #: Issue 21: one arm per status AND rank (the index's order within a rank is the
+    #: aging order, :data:`~.store.AGING`), each only over startable issues
+    #: (:func:`~.store.startable`: predecessors landed, no overlapping issue in flight);
+    #: the best of the arms' heads by the aging order wins.
+    _CLAIM = f"""
         UPDATE issues SET status = 'claimed', owner = :worker, host = :host, token = token + 1,
                attempts = attempts + 1, lease_until = :until, heartbeat_at = :now,
                claimed_at = :now, updated_at = :now, transition = 'claimed', actor = :worker,
                note = 'attempt ' || (attempts + 1) || ' of ' || max_attempts
         WHERE number = (
-            SELECT number FROM (
-                SELECT * FROM (SELECT number, rank, created_at FROM issues
-                               WHERE status = 'ready' AND due_at <= :now AND attempts < max_attempts
-                               ORDER BY rank, created_at, number LIMIT 1)
-                UNION ALL
-                SELECT * FROM (SELECT number, rank, created_at FROM issues
-                               WHERE status = 'failed' AND due_at <= :now AND attempts < max_attempts
-                               ORDER BY rank, created_at, number LIMIT 1)
-                UNION ALL
-                SELECT * FROM (SELECT number, rank, created_at FROM issues i
-                               WHERE status = 'claimed' AND attempts < max_attempts
-                                 AND (lease_until <= :now
-                                      OR EXISTS (SELECT 1 FROM agents a WHERE a.host = i.host AND a.id = i.owner
-                                                                         AND a.heartbeat_at < :stale_before))
-                               ORDER BY rank, created_at, number LIMIT 1))
-            ORDER BY rank, created_at, number LIMIT 1)
+            SELECT number FROM ({_ARMS}) c
+            ORDER BY {claim_order("c")} LIMIT 1)
         RETURNING *"""
 
     #: Before the claim: abandoned issues (as in :attr:`_CLAIM`) whose last attempt it was become dead.
@@ -488,11 +498,13 @@ class IssueStore(Store):
     #: An idle agent polls often: "nothing to do" is answered from a read, without the
     #: write lock. Two answers: is anything claimable (the arms of :attr:`_CLAIM`), is
     #: anything to bury (:attr:`_BURY`). Each EXISTS stops at its first row.
-    _ANYTHING = """
-        SELECT EXISTS (SELECT 1 FROM issues WHERE status = 'ready' AND due_at <= :now AND attempts < max_attempts)
-            OR EXISTS (SELECT 1 FROM issues WHERE status = 'failed' AND due_at <= :now AND attempts < max_attempts)
+    _ANYTHING = f"""
+        SELECT EXISTS (SELECT 1 FROM issues i WHERE status = 'ready' AND due_at <= :now
+                                                      AND attempts < max_attempts AND {_STARTABLE})
+            OR EXISTS (SELECT 1 FROM issues i WHERE status = 'failed' AND due_at <= :now
+                                                   AND attempts < max_attempts AND {_STARTABLE})
             OR EXISTS (SELECT 1 FROM issues i
-                       WHERE status = 'claimed' AND attempts < max_attempts
+                       WHERE status = 'claimed' AND attempts < max_attempts AND {_STARTABLE}
                          AND (lease_until <= :now
                               OR EXISTS (SELECT 1 FROM agents a WHERE a.host = i.host AND a.id = i.owner
                                                                  AND a.heartbeat_at < :stale_before))),
@@ -511,7 +523,8 @@ class IssueStore(Store):
             self._write(self._BURY, params)
         if not claimable:
             return None
-        return self._write(self._CLAIM, {**params, "worker": worker, "host": self.host, "until": now + lease_seconds})
+        return self._write(self._CLAIM, {**params, "worker": worker, "host": self.host, "until": now + lease_seconds,
+                                         "aging": self.aging_seconds})
 
     # -- the file ---------------------------------------------------------------
 

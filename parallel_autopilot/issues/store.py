@@ -20,9 +20,18 @@ The verbs, each next to its SQL::
     store.reject(n, commit, report, requeue)  # the merge queue: done -> rejected (or ready)
     store.release(claim)                      # graceful: not an attempt
     store.release_agent("agent-001")          # crash recovery: counts as one (this host's agent-001)
+    store.add("Endpoint", depends_on=[3], paths=["src/api/*.py"])  # waits for #3's merge; kept apart
+    store.add_paths(n, ["src/core.py"])       # the merge queue: the files a rejected issue conflicted in
+    store.waits()                             # {number: why it cannot start now}
 
 Defaults: a lease of 900 s (the design's 15 minutes), 3 attempts, a backoff of
-30 s doubling per attempt.
+30 s doubling per attempt, aging of 3600 s per priority step (:data:`AGING`).
+
+The backlog's order (issue 21), one rule each, in SQL written once here
+(:func:`startable`, :func:`claim_order`) that both backends' claims embed: an
+issue starts only when every predecessor has landed (:data:`LANDED`) and no
+other issue in flight touches an overlapping path (:data:`PATHS_OVERLAP`); the
+best is the lowest ``rank * aging_seconds + created_at``.
 
 Fencing. ``claim`` increments the issue's never-decreasing ``token``. ``renew``
 acts only while ``token`` matches and the lease has not expired; ``complete``,
@@ -82,8 +91,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import Conflict, InvalidInput, IssueNotFound, LeaseLost
 from . import forksafe
-from .fields import PRIORITIES, validate_fields, validate_result
-from .records import DEFAULT_LEASE_SECONDS, STATUSES, AgentRow, Claim, Event, Issue, agent_key, issue_from_row
+from .fields import PRIORITIES, check_order, literal_prefix, normalise_paths, validate_fields, validate_result
+from .records import DEFAULT_AGING_SECONDS, DEFAULT_LEASE_SECONDS, STATUSES, AgentRow, Claim, Event, Issue, agent_key, issue_from_row
 from .schema import one_of
 
 Row = Mapping[str, Any]
@@ -98,6 +107,47 @@ FAILURE_NOTE_LIMIT = 500
 REPORT_NOTE_LIMIT = 400
 
 #: What ``retry`` and ``block`` may act on: an issue an agent holds is never taken from under it.
+#: Issue 21. A predecessor has landed (its dependents may start) when merged, or empty
+#: (it changed nothing: there is nothing to wait for).
+LANDED = ("merged", "empty")
+#: A predecessor that will not land without an operator: its dependents are "blocked by" it.
+STUCK = ("dead", "rejected", "blocked")
+#: In flight: another issue whose paths overlap is not claimed meanwhile.
+IN_FLIGHT = ("claimed", "done")
+#: Two paths overlap when one's literal prefix (before its first ``*?[``) starts with the
+#: other's: every file both globs match starts with both prefixes, so the rule never
+#: misses a real overlap (it may see one where no file matches both: conservative).
+#: ``mine`` and ``theirs`` are rows of the ``paths`` table.
+PATHS_OVERLAP = ("(substr(theirs.prefix, 1, length(mine.prefix)) = mine.prefix"
+                 " OR substr(mine.prefix, 1, length(theirs.prefix)) = theirs.prefix)")
+#: Aging. The claim takes the issue with the lowest rank × aging_seconds + created_at
+#: (rank 0 urgent .. 3 low), then the lowest number: within a priority, oldest first;
+#: across priorities, an issue of rank r added at t goes ahead of every issue added
+#: after t + r × aging_seconds, whatever its priority. So a steady stream of new issues
+#: holds an old one back at most rank × aging_seconds (3 × the default: 3 hours for a
+#: low issue); after that only the issues added before that moment are still ahead of it.
+AGING = "rank * aging_seconds + created_at"
+
+def startable(i: str) -> str:
+    """SQL, written once for both claims: issue ``i`` may start now - every predecessor
+    has landed (:data:`LANDED`), and no OTHER issue in flight (:data:`IN_FLIGHT`)
+    touches a path that overlaps one of ``i``'s (:data:`PATHS_OVERLAP`). The first test of
+    the paths (has ``i`` any?) keeps PostgreSQL's planner from scanning the issues in flight
+    for every claim of an issue without paths."""
+    return f"""NOT EXISTS (SELECT 1 FROM depends dep JOIN issues pre ON pre.number = dep.predecessor
+                           WHERE dep.issue = {i}.number AND pre.status NOT IN {one_of(LANDED)})
+           AND (NOT EXISTS (SELECT 1 FROM paths own WHERE own.issue = {i}.number)
+                OR NOT EXISTS (SELECT 1 FROM paths mine
+                               JOIN paths theirs ON theirs.issue <> mine.issue AND {PATHS_OVERLAP}
+                               JOIN issues busy ON busy.number = theirs.issue AND busy.status IN {one_of(IN_FLIGHT)}
+                               WHERE mine.issue = {i}.number))"""
+
+
+def claim_order(i: str) -> str:
+    """SQL, written once for both claims: the claim's order (:data:`AGING`), ``:aging`` bound."""
+    return f"{i}.rank * CAST(:aging AS float8) + {i}.created_at, {i}.number"
+
+
 RETRYABLE = ("failed", "dead", "blocked", "done", "ready", "empty", "rejected")
 BLOCKABLE = ("ready", "failed", "blocked")
 #: A review's verbs (issue 22): what a priority change, a send-back and a reviewer's rejection act on.
@@ -155,8 +205,11 @@ class Store:
         "complete": ("done",), "fail": ("failed", "dead"), "empty": ("empty",), "release": ("released",)}
 
     def __init__(self, *, host: str | None, clock: Callable[[], float] | None, max_attempts: int,
-                 backoff_seconds: float, where: str):
+                 backoff_seconds: float, where: str, aging_seconds: float | None = None):
         self.host = host or socket.gethostname()
+        self.aging_seconds = float(DEFAULT_AGING_SECONDS if aging_seconds is None else aging_seconds)
+        if not self.aging_seconds > 0:
+            raise InvalidInput(f"aging_seconds must be positive, got {aging_seconds!r}")
         self.clock = clock
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
@@ -237,17 +290,27 @@ class Store:
 
     def add(self, title: str, body: str = "", priority: str = "medium", script: str | None = None,
             max_attempts: int | None = None, number: int | None = None, now: float | None = None,
-            check: str | None = None) -> Issue:
-        """Add one ready issue and return it."""
+            check: str | None = None, depends_on: Sequence[int] = (), paths: Sequence[str] = ()) -> Issue:
+        """Add one ready issue and return it (``depends_on``: numbers it waits for; ``paths``: globs it touches)."""
         fields = {"title": title, "body": body, "priority": priority, "script": script,
-                  "max_attempts": max_attempts, "number": number, "check": check}
+                  "max_attempts": max_attempts, "number": number, "check": check,
+                  "depends_on": list(depends_on), "paths": list(paths)}
         return self.add_many([fields], now=now)[0]
 
     def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None,
                  actor: str | None = None) -> list[Issue]:
-        """Add issues in ONE transaction: all are added, or (on any error) none. ``actor``: who (the audit trail)."""
+        """Add issues in ONE transaction: all are added, or (on any error) none. ``actor``: who (the audit trail).
+
+        An item's ``depends_on`` names existing issues by number, and issues of the
+        same batch by their ``key`` (or their explicit number); a cycle or an issue
+        that does not exist is refused (InvalidInput), and nothing is added.
+        """
         now = self._now(now)
         checked = [validate_fields(item, f"issue {i + 1}") for i, item in enumerate(items)]
+        try:
+            order = check_order(checked)
+        except InvalidInput as err:
+            raise InvalidInput(f"{err}; nothing added") from None
 
         def add(run: Run) -> list[Issue]:
             if self.NUMBERING_LOCK:
@@ -260,23 +323,104 @@ class Store:
                 # a new issue's number: one above the highest, as SQLite's rowid gives it
                 row = run(f"""
                     INSERT INTO issues (number, title, body, priority, rank, script, check_cmd,
-                                        max_attempts, due_at, created_at, updated_at)
+                                        max_attempts, due_at, created_at, updated_at, paths)
                     VALUES (COALESCE(CAST(:number AS bigint), (SELECT COALESCE(MAX(number), 0) + 1 FROM issues)),
                             :title, :body, :priority, CAST(:rank AS integer), :script, :check_cmd,
-                            CAST(:max_attempts AS integer), {self.NOW}, {self.NOW}, {self.NOW})
+                            CAST(:max_attempts AS integer), {self.NOW}, {self.NOW}, {self.NOW}, :paths)
                     RETURNING *""",
                     {"number": fields["number"], "title": fields["title"], "body": fields["body"],
                      "priority": fields["priority"], "rank": PRIORITIES.index(fields["priority"]),
                      "script": fields["script"], "check_cmd": fields["check"],
-                     "max_attempts": fields["max_attempts"] or self.max_attempts, "now": now})[0]
+                     "max_attempts": fields["max_attempts"] or self.max_attempts, "now": now,
+                     "paths": json.dumps(fields["paths"]) if fields["paths"] else None})[0]
                 run("INSERT INTO events (at, issue, kind, worker)"
                     " VALUES (CAST(:at AS float8), CAST(:issue AS bigint), 'added', :actor)",
                     {"at": row["created_at"], "issue": row["number"], "actor": actor})
-                added.append(self._issue(row))
-            return added
+                self._insert_paths(run, row["number"], fields["paths"])
+                added.append(row)
+            for i, (row, edges) in enumerate(zip(added, order)):
+                if not edges:
+                    continue
+                before = []
+                for kind, ref in edges:
+                    if kind == "batch":
+                        before.append(added[ref]["number"])
+                    elif not run("SELECT 1 FROM issues WHERE number = CAST(:n AS bigint)", {"n": ref}):
+                        raise InvalidInput(f"issue {i + 1} ({row['title'][:60]!r}): depends on #{ref}, which does "
+                                           "not exist: see `issues.list`; nothing added")
+                    else:
+                        before.append(ref)
+                for predecessor in before:
+                    run("INSERT INTO depends (issue, predecessor) VALUES (CAST(:i AS bigint), CAST(:p AS bigint))",
+                        {"i": row["number"], "p": predecessor})
+                # the JSON column says the same for showing; transition NULL: no event
+                added[i] = run("UPDATE issues SET depends_on = :d, transition = NULL"
+                               " WHERE number = CAST(:n AS bigint) RETURNING *",
+                               {"d": json.dumps(before), "n": row["number"]})[0]
+            return [self._issue(row) for row in added]
 
         # a lost COMMIT is not repeated: the issues may be in already (their numbers are new each time)
         return self._atomic(add, once=True)
+
+    @staticmethod
+    def _insert_paths(run: Run, number: int, paths: Iterable[str]) -> None:
+        for path in paths:
+            run("INSERT INTO paths (issue, path, prefix) VALUES (CAST(:n AS bigint), :path, :prefix)"
+                " ON CONFLICT DO NOTHING", {"n": number, "path": path, "prefix": literal_prefix(path)})
+
+    def add_paths(self, number: int, paths: Iterable[str], now: float | None = None) -> Issue:
+        """Record more paths ``number`` touches (the merge queue: the files it conflicted in),
+        so its retry waits while an issue on them is in flight."""
+        paths = normalise_paths([p for p in paths if isinstance(p, str) and p.strip()])
+
+        def act(run: Run) -> Row:
+            rows = run(f"SELECT paths FROM issues WHERE number = CAST(:n AS bigint){self.FOR_UPDATE}", {"n": int(number)})
+            if not rows:
+                raise IssueNotFound(f"no issue #{number}: see `issues.list`")
+            merged = normalise_paths(json.loads(rows[0]["paths"] or "[]") + paths)
+            self._insert_paths(run, int(number), merged)
+            return run("UPDATE issues SET paths = :p, transition = NULL WHERE number = CAST(:n AS bigint) RETURNING *",
+                       {"p": json.dumps(merged) if merged else None, "n": int(number)})[0]
+
+        return self._issue(self._atomic(act))
+
+    # -- issue 21: what keeps an issue waiting (written once; both claims embed it) ---
+
+    def waits(self) -> dict[int, str]:
+        """Why each ready or failed issue that cannot start now waits, in one line (number -> reason).
+
+        ``blocked by #3 (rejected)``: a predecessor that will not land without an
+        operator (dead, rejected, blocked: retry it); ``waiting for #3 (done) to be
+        merged``: done, the merge queue lands it (run `issues.merge`, or
+        `agents.start --merge`); ``waiting for #3 (claimed)``; ``waiting: #5 (claimed)
+        touches src/parser/*.py``.
+        """
+        reasons: dict[int, list[str]] = {}
+        for r in self._read(f"""
+                SELECT dep.issue, pre.number, pre.status FROM depends dep
+                JOIN issues i ON i.number = dep.issue AND i.status IN ('ready', 'failed')
+                JOIN issues pre ON pre.number = dep.predecessor AND pre.status NOT IN {one_of(LANDED)}
+                ORDER BY dep.issue, pre.number"""):
+            status = r["status"]
+            if status in STUCK:
+                text = f"blocked by #{r['number']} ({status}): retry it (issues.retry {r['number']})"
+            elif status == "done":
+                text = (f"waiting for #{r['number']} (done) to be merged: run `issues.merge` "
+                        "(or start the agents with --merge)")
+            else:
+                text = f"waiting for #{r['number']} ({status})"
+            reasons.setdefault(int(r["issue"]), []).append(text)
+        for r in self._read(f"""
+                SELECT mine.issue, busy.number, busy.status, theirs.path FROM paths mine
+                JOIN issues i ON i.number = mine.issue AND i.status IN ('ready', 'failed')
+                JOIN paths theirs ON theirs.issue <> mine.issue AND {PATHS_OVERLAP}
+                JOIN issues busy ON busy.number = theirs.issue AND busy.status IN {one_of(IN_FLIGHT)}
+                ORDER BY mine.issue, busy.number, theirs.path"""):
+            text = f"waiting: #{r['number']} ({r['status']}) touches {r['path']}"
+            mine = reasons.setdefault(int(r["issue"]), [])
+            if not any(t.startswith(f"waiting: #{r['number']} ") for t in mine):
+                mine.append(text)
+        return {n: "; ".join(texts) for n, texts in reasons.items()}
 
     # -- the lease verbs ----------------------------------------------------
 
@@ -287,7 +431,10 @@ class Store:
         Eligible: ready (or failed) and due, or abandoned - claimed with an
         expired lease, or (with ``stale_after``) held by an agent whose
         heartbeat has been silent that many seconds; and attempts below the
-        limit. Best: priority urgent > high > medium > low, then oldest. An
+        limit; every predecessor landed and no overlapping issue in flight
+        (``_startable``). Best: the lowest rank × aging_seconds + created_at
+        (:data:`AGING`: priority, then oldest, an old issue gaining on newer ones of
+        higher priority), then the lowest number. An
         abandoned issue whose attempts are used up is marked dead in the same
         call. The previous holder is fenced out by the new token. (The statement
         is each backend's own: ``_claim``.)

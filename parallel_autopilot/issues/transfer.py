@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 from ..errors import Conflict
 from .sqlite import IssueStore
 
-TABLES = ("issues", "events", "agents")
+TABLES = ("issues", "events", "agents", "depends", "paths")
 #: Rows per chunk (and per progress call).
 CHUNK = 5000
 
@@ -65,7 +65,7 @@ def sqlite_to_pg(source: IssueStore, target, progress: Progress = _quiet, chunk:
     def op(pg):
         copied = {}
         with target._transaction(pg):
-            pg.run("LOCK TABLE issues, events, agents IN EXCLUSIVE MODE")  # nobody adds meanwhile
+            pg.run("LOCK TABLE issues, events, agents, depends, paths IN EXCLUSIVE MODE")  # nobody adds meanwhile
             held = {t: pg.run(f"SELECT count(*) FROM {t}")[0][0] for t in TABLES}
             if any(held.values()):
                 raise Conflict(f"{target.url} is not empty ({held['issues']} issues, {held['events']} events, "

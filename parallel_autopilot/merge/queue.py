@@ -367,7 +367,8 @@ class MergeQueue:
             else:
                 self._reject(issue, f"conflicts with {self.base} {tip[:12]} in {', '.join(files)}",
                              f"merging it into {self.base} conflicts in: {', '.join(files)}. "
-                             f"Start again from the current {self.base} and redo the change.")
+                             f"Start again from the current {self.base} and redo the change.",
+                             conflicts=files)
         return stacked, commits, deferred
 
     def _command(self, issues: list[Issue]) -> str:
@@ -385,11 +386,15 @@ class MergeQueue:
         self._wt.checkout_detached("HEAD")  # what the check wrote must not reach the next candidate
         return result
 
-    def _reject(self, issue: Issue, why: str, feedback: str | None) -> None:
+    def _reject(self, issue: Issue, why: str, feedback: str | None, conflicts: list[str] | None = None) -> None:
         report = self._report
         report.rejected[issue.number] = why
         if report.dry_run:
             return
+        if conflicts:
+            # issue 21: the files it conflicted in become paths it touches, so its retry waits
+            # while an issue on them is in flight (recorded before the reject re-queues it)
+            self.store.add_paths(issue.number, conflicts)
         if issue.commit and self.git.has_commit(issue.commit):
             self.git.update_ref(f"refs/autopilot/rejected/issue-{issue.number}", issue.commit,
                                 message="merge queue: rejected")

@@ -21,7 +21,7 @@ from . import agents, logs, root
 
 ns.add_collection(agents.ns)
 ns.add_collection(logs.ns)
-for _task in (root.build, root.cleanup, root.demo):
+for _task in (root.build, root.cleanup, root.demo, root.doctor):
     ns.add_task(_task)
 from . import remote  # noqa: E402
 

@@ -33,13 +33,19 @@ def store_of(c) -> IssueStore:
     "script": "shell script an agent of kind 'script' runs in its worktree",
     "max_attempts": "attempts before the issue is dead (default: autopilot.max_attempts)",
     "check": "this issue's check command (default: autopilot.check), e.g. 'python -m pytest -q tests/test_x.py'",
+    "after": "issue numbers it waits for, comma-separated (e.g. 3,7): it starts once each is merged",
+    "paths": "globs of the files it touches, comma-separated (e.g. 'src/parser/*.py'): it does not run "
+             "while an issue on overlapping paths is in flight",
     "json": "print the new issue as JSON",
 })
-def add(c, title, body="", priority="medium", script=None, max_attempts=None, check=None, json=False):
+def add(c, title, body="", priority="medium", script=None, max_attempts=None, check=None, paths=None,
+        after=None, json=False):  # paths before after: invoke's short flags -a and -f (not -h, help's)
     """Add one issue to the queue."""
     attempts = _number(max_attempts, "max-attempts") if max_attempts is not None else None
+    before = [_number(n.strip(), "after") for n in str(after).split(",") if n.strip()] if after else []
+    globs = [p.strip() for p in str(paths).split(",") if p.strip()] if paths else []
     fields = {"title": title, "body": body, "priority": priority, "script": script, "max_attempts": attempts,
-              "check": check}
+              "check": check, "depends_on": before, "paths": globs}
     issue = store_of(c).add_many([fields], actor=review.cli_actor())[0]
     if json:
         emit_json(issue.to_dict())
@@ -47,7 +53,8 @@ def add(c, title, body="", priority="medium", script=None, max_attempts=None, ch
         echo(f"added #{issue.number} [{issue.priority}] {issue.title}")
 
 
-@task(name="import", help={"file": "a YAML or JSON list of issues (title, body, priority, script, check, max_attempts, number)",
+@task(name="import", help={"file": "a YAML or JSON list of issues (title, body, priority, script, check, max_attempts, "
+                                   "number, key, depends_on, paths)",
                            "json": "print the imported issues as JSON"})
 def import_(c, file, json=False):
     """Import issues from a file: all of them, or none if any is malformed."""
@@ -67,15 +74,20 @@ def list_(c, status=None, json=False):
     """List issues with status, priority, attempts, owner, check result and merge commit."""
     store = store_of(c)
     issues = store.list(status)
+    waits = store.waits()
     if json:
-        emit_json([i.to_dict() for i in issues])
+        emit_json([{**i.to_dict(), "waiting": waits.get(i.number)} for i in issues])
         return
     print_table(
         [(f"#{i.number}", i.status, i.priority, f"{i.attempts}/{i.max_attempts}", i.owner or "",
-          i.branch or "", _check(i), (i.merge_commit or "")[:10], tokens(i.usage), i.title[:60]) for i in issues],
+          i.branch or "", _check(i), (i.merge_commit or "")[:10], tokens(i.usage),
+          ",".join(f"#{n}" for n in i.depends_on), i.title[:60]) for i in issues],
         ["issue", "status", "priority", "attempts", "agent", "branch", "check", "merged as", "tokens in/out",
-         "title"],
+         "after", "title"],
     )
+    for i in issues:
+        if i.number in waits:
+            echo(f"#{i.number} {waits[i.number]}")
     counts = store.counts()
     echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no issues")
 
@@ -97,14 +109,19 @@ def show(c, number, json=False):
     store = store_of(c)
     issue = store.get(_number(number))
     events = store.events(issue.number)
+    waiting = store.waits().get(issue.number)
     if json:
-        emit_json({**issue.to_dict(), "events": [e.to_dict() for e in events]})
+        emit_json({**issue.to_dict(), "waiting": waiting, "events": [e.to_dict() for e in events]})
         return
     now = time.time()
-    for key, value in issue.to_dict().items():
+    for key, value in {**issue.to_dict(), "waiting": waiting}.items():
         if key == "usage" and value:
             value = tokens(value, long=True)
-        if value not in (None, ""):
+        if key == "depends_on" and value:
+            value = ", ".join(f"#{n}" for n in value)
+        if key == "paths" and value:
+            value = ", ".join(value)
+        if value not in (None, "", []):
             echo(f"{key:>14}: {_shown(key, value, now)}")
     echo("        events:")
     for e in events:

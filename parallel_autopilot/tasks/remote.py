@@ -9,19 +9,22 @@ is the local task, unchanged. With several hosts (``-H a,b``) the
 once, so ``agents.status`` prints one table with a host column.
 
 ``remote.setup``, ``remote.sync`` and ``remote.gui`` act on the workstation
-itself: install, update to the laptop's pushed commit, tunnel to its GUI.
+itself: install the laptop's own build (its wheel), again after an upgrade, tunnel to its GUI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json as jsonlib
 import shlex
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import fabric
@@ -325,23 +328,36 @@ def _each_host(conns: list, job: Callable[[Any], None]) -> None:
         raise invoke.Exit(code=failed[0].exit_code)
 
 
-@task(help={"origin": "git URL or path to clone (default: autopilot.remote_origin, else this checkout's origin)",
+@task(help={"origin": "also clone the tool's repository (a git URL or path) into autopilot.remote_dir there, "
+                      "for remote.test (default: autopilot.remote_origin; none: install only)",
             "python": "Python that creates the venv on the host (default python3)"})
 def setup(c, origin=None, python="python3"):
-    """Install on the workstation: clone/update the checkout, venv, pip install -e, check Docker."""
+    """Install on the workstation the build this machine runs (its wheel, copied over), in a venv; check Docker."""
     s = settings(c, anywhere=True)
     conns = connections(c, s)
-    source = origin or s.remote_origin or remote.laptop_origin(s.repo)
-    _each_host(conns, lambda conn: remote.setup(conn, s, source, base_python=python, progress=_say))
+    with _this_build() as wheel:
+        _each_host(conns, lambda conn: remote.setup(conn, s, wheel, base_python=python, progress=_say,
+                                                    origin=origin or s.remote_origin))
 
 
-@task(help={"ref": "the commit to bring the workstation to (default HEAD of this checkout; must be pushed)"})
-def sync(c, ref="HEAD"):
-    """Bring the workstation's checkout to this checkout's pushed commit (refuses a dirty one)."""
+@task
+def sync(c):
+    """After an upgrade here: install this machine's build on the workstation again (as remote.setup does)."""
     s = settings(c, anywhere=True)
     conns = connections(c, s)
-    sha = remote.pushed_commit(s.repo, ref)
-    _each_host(conns, lambda conn: remote.sync(conn, s, sha, progress=_say))
+    with _this_build() as wheel:
+        _each_host(conns, lambda conn: remote.sync(conn, s, wheel, progress=_say))
+
+
+@contextlib.contextmanager
+def _this_build():
+    """The wheel of the parallel-autopilot running here, in a temporary directory."""
+    from .. import distribution
+
+    with tempfile.TemporaryDirectory(prefix="parallel-autopilot-wheel-") as directory:
+        wheel = distribution.build_wheel(Path(directory))
+        _say(f"this machine runs parallel-autopilot {wheel.name.split('-')[1]}: {wheel.name}")
+        yield wheel
 
 
 @task(help={"port": "the GUI's port on the workstation's 127.0.0.1 (default autopilot.gui_port)",

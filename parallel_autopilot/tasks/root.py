@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import demo as demo_lib
+from .. import doctor as doctor_lib
+from ..errors import EXIT_DOCTOR
 from ..containers import agentcli, image
 from ..git import clones
 from .edge import echo, emit_json, fleet_of, settings, table, task
@@ -17,8 +19,11 @@ from .edge import echo, emit_json, fleet_of, settings, table, task
             "agent_cli": "the same as --cli (older name)",
             "json": "print the image, its CLI versions and size as JSON"})
 def build(c, rebuild=False, base_image=None, cli=None, agent_cli=None, json=False):
-    """Build the agent image (docker/autopilot/Dockerfile), with the agent CLIs asked for."""
-    s = settings(c)
+    """Build the agent image (the package's containers/files/Dockerfile), with the agent CLIs asked for.
+
+    Works anywhere: the image belongs to the machine, not to a repository.
+    """
+    s = settings(c, anywhere=True)
     s = s.replace(**{k: v for k, v in {"base_image": base_image, "agent_cli": cli or agent_cli}.items() if v})
     agentcli.clis(s.agent_cli)  # an unknown value: one line before anything is fetched
     quiet = (lambda _: None) if json else echo
@@ -78,3 +83,34 @@ def demo(c, dir=None, n=3, keep=False, json=False):
     if not result.ok:
         from invoke import Exit
         raise Exit("error: some demo issues did not finish: see `inv issues.list` in the demo repository", code=1)
+
+
+_MARK = {doctor_lib.OK: "ok", doctor_lib.WARN: "warn", doctor_lib.FAIL: "FAIL", doctor_lib.SKIP: "skip"}
+
+
+@task(help={"n": "the number of agents to check memory and CPUs for (default 3)",
+            "json": "print the checks as JSON ({ok, version, checks: [{name, state, found, fix}]})"})
+def doctor(c, n=3, json=False):
+    """Say what agents.start needs and what is missing here, each missing thing with its fix.
+
+    Docker daemon, Compose, git, the image and its CLIs, credentials per agent kind, memory
+    and CPUs for N agents, the state directory's filesystem, the queue, the GUI's extra.
+    Exits 0 only when agents.start would work (22 otherwise).
+    """
+    from ..ids import agent_count
+
+    count = agent_count(n, 99)
+    s = settings(c, anywhere=True)
+    report = doctor_lib.examine(s, count, in_repository=doctor_lib.in_repository(s))
+    if json:
+        emit_json(report.to_dict())
+    else:
+        width = max(len(check.name) for check in report.checks)
+        for check in report.checks:
+            echo(f"{_MARK[check.state]:<4}  {check.name:<{width}}  {check.found}")
+            if check.fix:
+                echo(f"{'':<4}  {'':<{width}}  fix: {check.fix}")
+        echo("agents.start would work here" if report.ok else "agents.start would fail here: fix the FAIL lines")
+    if not report.ok:
+        from invoke import Exit
+        raise Exit(code=EXIT_DOCTOR)

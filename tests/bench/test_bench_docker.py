@@ -14,6 +14,7 @@ import pytest
 from parallel_autopilot import config
 from parallel_autopilot.bench import SCENARIOS, runner
 from parallel_autopilot.bench.progress import Display
+from parallel_autopilot.containers import compose
 from test_bench_runner import assert_report_shape
 
 # every scenario, real containers and the real codex CLI: minutes on a shared 2-core machine
@@ -42,7 +43,12 @@ def test_quick_bench_runs_every_scenario_against_real_docker(git_repo, tmp_path)
         == ["ok"]
     # both chart panels have their series
     assert [r["x"] for r in by_name["throughput"]["rows"] if r["metric"] == "speedup over N=1"] == [1, 2]
-    assert [r["x"] for r in by_name["startup"]["rows"]] == [1, 2]
+    assert [r["x"] for r in by_name["startup"]["rows"] if r["metric"] == "time to all healthy"] == [1, 2]
+    # start-up on every Compose this machine has: v2 (what auto picks), and v1 beside it
+    assert by_name["startup"]["params"]["composes"] == compose.installed()
+    assert [r["case"] for r in by_name["startup"]["rows"]] == [
+        f"N={n}" if program == compose.installed()[0] else f"N={n} compose {program}"
+        for program in compose.installed() for n in (1, 2)]
     # stop released every claim; recovery really finished the killed agent's issue on another claim
     assert all(r["claims_left"] == 0 for r in by_name["stop"]["details"]["rounds"])
     assert all(r["released_by"] for r in by_name["recovery"]["details"]["rounds"])

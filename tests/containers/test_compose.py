@@ -76,7 +76,7 @@ def test_detect_falls_back_to_docker_compose_v1():
 
 
 def test_detect_without_any_compose_names_the_fix():
-    with pytest.raises(ComposeError, match="apt-get install docker-compose"):
+    with pytest.raises(ComposeError, match="Compose v2 as a Docker CLI plugin"):
         compose.detect(Recorder(1), which=lambda name: None)
 
 
@@ -362,3 +362,15 @@ def test_compose_is_only_the_cli_adapter_it_imports_no_worktrees_or_git():
             "'parallel_autopilot.containers.provision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.docker
+def test_the_suite_runs_on_compose_v2():
+    """The test command installs Compose v2 (the one Docker ships); ``auto`` picks it, so every
+    container test runs on it. Without v2 here, this fails instead of the suite silently using v1."""
+    assert compose.command("auto") == compose.V2
+    assert compose.version().startswith("docker compose 2.")
+
+
+def test_compose_setting_insists_on_a_program(tmp_path):
+    assert compose.command("v1") == compose.V1 and compose.command("v2") == compose.V2

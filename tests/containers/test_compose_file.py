@@ -1,4 +1,4 @@
-"""docker/autopilot/docker-compose.yml: every service gets the whole anchor.
+"""containers/files/docker-compose.yml: every service gets the whole anchor.
 
 YAML merges are shallow: a service's own ``environment:``/``labels:``/``volumes:``
 would replace the anchor's. PyYAML resolves ``<<`` merges, so these tests see
@@ -8,13 +8,14 @@ each service exactly as compose does.
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 import yaml
+from support.composes import BOTH
 
 from parallel_autopilot.containers import compose
 from parallel_autopilot.containers import provision as containers
+from parallel_autopilot.defaults import memory_bytes
 from parallel_autopilot.errors import ComposeError
 
 RUNTIME_VARIABLES = {
@@ -130,20 +131,21 @@ def test_every_variable_the_file_reads_is_set_by_compose_env(text, tmp_path, git
     assert read <= set(env), read - set(env)
 
 
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose (v1) not installed")
-def test_compose_v1_accepts_the_file_and_refuses_a_missing_limit(tmp_path, git_repo):
+@pytest.mark.parametrize("program", BOTH)
+def test_compose_accepts_the_file_and_refuses_a_missing_limit(tmp_path, git_repo, program):
     from parallel_autopilot import config
 
     settings = config.load(repo=git_repo)
     env = containers.compose_env(settings)
-    proc = compose.run(settings, ["config"], env=env, compose=["docker-compose"])
+    proc = compose.run(settings, ["config"], env=env, compose=program)
     rendered = yaml.safe_load(proc.stdout)["services"]
-    assert rendered["agent-003"]["mem_limit"] == env["AGENT_MEMORY"]
+    # v1 prints the value as given, v2 in bytes
+    assert str(rendered["agent-003"]["mem_limit"]) in (env["AGENT_MEMORY"], str(memory_bytes(env["AGENT_MEMORY"])))
     assert rendered["agent-003"]["environment"]["AUTOPILOT_AGENT_ID"] == "agent-003"
     assert rendered["agent-010"]["pids_limit"] == settings.pids_limit  # an int, from the override
     del env["AGENT_MEMORY"]
     with pytest.raises(ComposeError, match="AGENT_MEMORY"):
-        compose.run(settings, ["config", "-q"], env=env, compose=["docker-compose"])
+        compose.run(settings, ["config", "-q"], env=env, compose=program)
 
 
 def test_yaml_parses_with_the_same_result_as_compose_would_see(services):

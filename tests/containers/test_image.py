@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import uuid
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -58,28 +59,32 @@ def test_unknown_agent_cli_is_refused(settings):
         settings.replace(agent_cli="emacs")
 
 
-def test_build_context_is_only_the_package_and_the_dockerfile():
-    from docker.utils.build import exclude_paths
-
-    root = image.project_root()
-    patterns = [line.strip() for line in (root / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    files = {f for f in exclude_paths(str(root), patterns, dockerfile=image.DOCKERFILE)
-             if not (root / f).is_dir()}
-    assert image.DOCKERFILE in files
-    assert "parallel_autopilot/__init__.py" in files
-    # the agent-cli placeholder: `inv build --cli` stages the CLIs there in a copy of the context
-    unexpected = {f for f in files if not f.startswith("parallel_autopilot/")} - {
-        image.DOCKERFILE, ".dockerignore", "docker/autopilot/agent-cli/README.md",
-        "docker/autopilot/pylib/README.md"}
+def test_build_context_is_only_the_installed_package_and_its_dockerfile(settings, tmp_path):
+    context = image.build_context(settings.replace(cli_cache=str(tmp_path / "cache")), progress=lambda _: None)
+    files = {p.relative_to(context).as_posix() for p in context.rglob("*") if not p.is_dir()}
+    assert image.DOCKERFILE in files and "parallel_autopilot/__init__.py" in files
+    assert (context / image.DOCKERFILE).read_bytes() == image.dockerfile().read_bytes()
+    # the agent-cli placeholder: `build --cli` stages the CLIs there; pylib: the PostgreSQL driver
+    unexpected = {f for f in files if not f.startswith(("parallel_autopilot/", "pylib/"))} - {
+        image.DOCKERFILE, "agent-cli/README.md"}
     assert unexpected == set()
-    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc") or ".egg-info" in f]
+    # the package in the context is the installed package, file for file
+    package = {p.relative_to(image._PACKAGE).as_posix() for p in image._package_files()}
+    assert {f[len("parallel_autopilot/"):] for f in files if f.startswith("parallel_autopilot/")} == package
+
+
+def test_dockerfile_and_compose_file_are_package_data_not_checkout_files():
+    package = Path(image.__file__).resolve().parents[1]
+    assert image.dockerfile().is_relative_to(package)
+    from parallel_autopilot.containers import compose
+    assert compose.compose_file().is_relative_to(package) and compose.compose_file().is_file()
 
 
 def test_dockerfile_bakes_no_credentials_and_runs_the_runtime():
     text = image.dockerfile().read_text()
     # the agent CLIs (hundreds of MB) come before the package: a package edit never copies them again
-    assert text.index("COPY docker/autopilot/agent-cli") < text.index("COPY parallel_autopilot")
+    assert text.index("COPY agent-cli") < text.index("COPY parallel_autopilot")
     assert "npm install" not in text and "apt-get install -y --no-install-recommends ca-certificates $missing" in text
     assert "ARG BASE_IMAGE=python:3.11-slim" in text
     assert "ARG AGENT_CLI=none" in text
@@ -281,7 +286,7 @@ def test_a_failing_run_step_is_one_line_with_the_last_real_output(settings, tmp_
     ])
     lines = []
     with pytest.raises(ImageBuildError) as err:
-        image._stream_build(api, settings, image.project_root(), image.dockerfile(), "base:1", {}, False,
+        image._stream_build(api, settings, image.FILES, image.dockerfile(), "base:1", {}, False,
                             lines.append)
     assert str(err.value) == (f"building {settings.image} failed: a RUN step exited with 1 (last output: "
                               "npm ERR! request to https://registry.npmjs.org/@openai%2fcodex failed): "

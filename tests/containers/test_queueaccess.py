@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import stat
 
 import pytest
+from support.composes import BOTH
 import yaml
 
 from parallel_autopilot import config
@@ -117,8 +117,8 @@ def test_a_secret_directory_inside_a_mounted_directory_is_refused(git_repo, monk
         containers.compose_env(settings)
 
 
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose (v1) not installed")
-def test_docker_compose_config_shows_the_file_not_the_password(git_repo, runtime_dir, socket_dir):
+@pytest.mark.parametrize("program", BOTH)
+def test_docker_compose_config_shows_the_file_not_the_password(git_repo, runtime_dir, socket_dir, program):
     settings = config.load(repo=git_repo, queue=f"postgresql://u:{PASSWORD}@/db?host={socket_dir}",
                            network="none")
     env = containers.compose_env(settings)

@@ -38,8 +38,8 @@ LAYERS: list[tuple[str, set[str]]] = [
 #: the top-level modules and their band
 TOP_LEVEL = {"errors": "ground", "ids": "ground", "defaults": "ground", "printable": "ground",
              "platform": "config", "config": "config",
-             "fleet": "api", "demo": "api", "remote": "api", "review": "api", "report": "api", "notify": "api",
-             "program": "program", "__main__": "program"}
+             "fleet": "api", "demo": "api", "remote": "api", "doctor": "api", "distribution": "api",
+             "review": "api", "report": "api", "notify": "api", "program": "program", "__main__": "program"}
 #: edges that call each other on purpose: the program is the task collection; the tasks serve
 #: the GUI and run the bench; the bench measures the GUI
 SAME_LAYER_CALLS = {("program", "tasks"), ("tasks", "gui"), ("tasks", "bench"), ("bench", "gui")}

@@ -18,6 +18,7 @@ import pytest
 from parallel_autopilot import config, fleet
 from parallel_autopilot.merge import queue as mergequeue
 from parallel_autopilot.errors import DockerUnavailable, InvalidAgentCount
+from support.composes import V1_INSTALLED
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -85,10 +86,13 @@ def container_of(settings, agent="agent-001") -> str:
     return next(a.container for a in fleet.Fleet.open(settings).list() if a.id == agent)
 
 
-@pytest.mark.parametrize("access", ["gateway", "mount"])
-def test_three_agents_resolve_twelve_issues_each_exactly_once(sample, access):
+# Compose v2 (what Docker ships) runs the suite; v1 keeps this one while it is supported
+@pytest.mark.parametrize("access, program", [("gateway", "v2"), ("mount", "v2"),
+                                             pytest.param("gateway", "v1", marks=pytest.mark.skipif(
+                                                 not V1_INSTALLED, reason="docker-compose (v1) not installed"))])
+def test_three_agents_resolve_twelve_issues_each_exactly_once(sample, access, program):
     repo, make = sample
-    settings = make(queue_access=access)
+    settings = make(queue_access=access, compose=program)
     base = git(repo, "rev-parse", "main")
     store = fleet.store_for(settings)
     store.add_many([{"title": f"write file {i}", "script": f"sleep 1; echo {i} > file-{i}.txt"}
@@ -127,6 +131,9 @@ def test_three_agents_resolve_twelve_issues_each_exactly_once(sample, access):
     attempt_logs = {p.name for p in (settings.logs_path / "agents" / "agent-002").glob("issue-*-attempt-*.log")}
     assert attempt_logs == {f"issue-{n}-attempt-1.log" for n in mine}
 
+    # the compose asked for made the containers (each program labels them with its version)
+    made_by = docker_inspect(container_of(settings, "agent-002"))["Config"]["Labels"]["com.docker.compose.version"]
+    assert made_by.split(".")[0] == program[1:], made_by
     # the gateway (default) holds the queue; with queue_access: mount every agent mounts it
     mounts = {m["Destination"] for m in docker_inspect(container_of(settings, "agent-002"))["Mounts"]}
     assert ("/state" in mounts) == (access == "mount") and "/run/autopilot-queue" in mounts

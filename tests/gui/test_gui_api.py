@@ -399,3 +399,18 @@ def test_on_a_postgresql_queue_the_pane_shows_that_backlog_and_this_hosts_agents
             assert not settings.db_path.exists(), "the GUI opened a SQLite queue beside the PostgreSQL one"
     finally:
         fleet_module.close_store(settings)
+
+
+def test_the_queue_says_what_a_waiting_issue_waits_for(env):
+    """Issue 21: dependencies and paths in the snapshot and /api/issues, in the store's words."""
+    after = env.store.add("After the hotfix", priority="urgent", depends_on=[4], paths=["src/*.py"])
+    snap = env.client.get("/api/snapshot").json()
+    shown = {i["number"]: i for i in snap["issues"]}
+    assert shown[after.number]["depends_on"] == [4]
+    assert shown[after.number]["waiting"] == "waiting for #4 (ready)" and shown[1]["waiting"] is None
+    listed = {i["number"]: i for i in env.client.get("/api/issues").json()["issues"]}
+    assert listed[after.number]["paths"] == ["src/*.py"] and listed[after.number]["waiting"] == "waiting for #4 (ready)"
+    env.store.block(4)
+    snap = env.client.get("/api/snapshot").json()
+    waiting = {i["number"]: i["waiting"] for i in snap["issues"]}[after.number]
+    assert waiting.startswith("blocked by #4 (blocked)")

@@ -397,3 +397,18 @@ def test_a_huge_diff_names_every_file_and_sends_patches_only_up_to_the_limit(env
     assert len(sent) == 3 and all(f["folded"] for f in sent)  # each 100+ lines: folded; 3 x ~106 passes 250
     assert [f["omitted"] for f in diff["files"]] == [False, False, False, True, True]
     assert diff["added"] == 500 and diff["error"] is None
+
+
+def test_dependencies_and_paths_from_the_gui_and_on_the_issue_page(env):
+    """With the backlog's order (issue 21): the pane adds them, the page shows them and why it waits."""
+    repo, client, csrf = env
+    first = client.post("/api/issues", json={"title": "Model"}, headers=csrf).json()["issues"][0]["number"]
+    added = client.post("/api/issues", json={"title": "Endpoint", "depends_on": [first], "paths": ["src/api/*.py"]},
+                        headers=csrf)
+    assert added.status_code == 200, added.text
+    number = added.json()["issues"][0]["number"]
+    extra = client.get(f"/api/issues/{number}/page").json()["extra"]
+    assert extra["depends_on"] == [first] and extra["paths"] == ["src/api/*.py"]
+    assert extra["waiting"].startswith(f"waiting for #{first}")
+    bad = client.post("/api/issues", json={"title": "Orphan", "depends_on": [99]}, headers=csrf)
+    assert bad.status_code == 422 and "depends on #99, which does not exist" in bad.json()["error"]

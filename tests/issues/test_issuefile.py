@@ -144,3 +144,28 @@ def test_the_stores_validation_lives_here_and_needs_no_yaml(tmp_path):
              "import parallel_autopilot.issues.issuefile as f, pathlib; p = pathlib.Path(sys.argv[1]); "
              "p.write_text('- title: a\\n'); assert f.load(p)[0]['title'] == 'a'; assert 'yaml' in sys.modules")
     subprocess.run([sys.executable, "-c", probe, str(tmp_path / "one.yaml")], check=True)
+
+
+def test_keys_and_dependencies_resolve_within_the_file(tmp_path, store):
+    path = tmp_path / "backlog.yaml"
+    existing = store.add("already there")
+    path.write_text(f"- title: endpoint\n  depends_on: [model, {existing.number}]\n  paths: ['src/api/*.py']\n"
+                    "- title: model\n  key: model\n")
+    added = import_file(store, path)
+    assert [(i.title, i.depends_on, i.paths) for i in added] == [
+        ("endpoint", [added[1].number, existing.number], ["src/api/*.py"]), ("model", [], [])]
+
+
+@pytest.mark.parametrize("text,line,words", [
+    ("- title: a\n  key: a\n  depends_on: [b]\n- title: b\n  key: b\n  depends_on: [a]\n", 3, "cycle (a -> b -> a)"),
+    ("- title: a\n  key: a\n- title: b\n  key: a\n", 4, "key 'a' is already used by issue 1"),
+    ("- title: a\n  depends_on: [nobody]\n", 2, "depends on 'nobody'"),
+    ("- title: a\n  paths: src/x.py\n", 2, "'paths' must be a list"),
+])
+def test_a_bad_order_names_its_line_and_imports_nothing(tmp_path, store, text, line, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(MalformedIssueFile) as err:
+        issuefile.load(path)
+    assert str(err.value).startswith(f"{path}:{line}: ") and words in str(err.value)
+    assert "nothing imported" in str(err.value) and "\n" not in str(err.value)

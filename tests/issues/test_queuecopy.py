@@ -22,8 +22,9 @@ def _backlog(store) -> dict:
     done = store.add("done one", priority="high", script="make it", check="make check", now=T0)
     store.add("failed one", max_attempts=2, now=T0 + 1)
     store.add("dead one", max_attempts=1, now=T0 + 2)
-    blocked = store.add("blocked one", body="multi\nline\tbody \\ with backslash", now=T0 + 3)
-    store.add("held one", priority="low", now=T0 + 4)
+    blocked = store.add("blocked one", body="multi\nline\tbody \\ with backslash", now=T0 + 3,
+                        depends_on=[done.number])
+    store.add("held one", priority="low", now=T0 + 4, paths=["src/held/*.py"])
     store.block(blocked.number, now=T0 + 5)
     store.agent_heartbeat("agent-001", "working", issue=done.number, token=1, incarnation="i1",
                           pid=42, now=T0 + 6)
@@ -52,7 +53,9 @@ def test_migrate_copies_every_column_event_and_agent_and_the_queue_goes_on(tmp_p
 
     copied = queuecopy.sqlite_to_pg(sqlite, pg)
 
-    assert copied == {"issues": 5, "events": len(sqlite.events()), "agents": 2}
+    assert copied == {"issues": 5, "events": len(sqlite.events()), "agents": 2, "depends": 1, "paths": 1}
+    assert [i.depends_on for i in pg.list()] == [[], [], [], [1], []]
+    assert pg.get(5).paths == ["src/held/*.py"]
     _same(sqlite, pg)
     # the claims and agents stay the host's that made them, not the copying store's
     assert {i.host for i in pg.list()} == {"ws1", None} and {a.host for a in pg.agents()} == {"ws1"}

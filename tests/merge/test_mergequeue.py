@@ -131,6 +131,8 @@ def test_good_merged_red_and_conflicting_rejected_and_the_base_green_after_every
     # the conflicting one names the file; its branch is kept
     conflicted = repo.store.get(second)
     assert "shapes.py" in conflicted.error and conflicted.status == "ready"
+    # issue 21: the files it conflicted in are recorded as paths it touches: its retry waits on them
+    assert conflicted.paths == ["shapes.py"]
     assert git(repo.path, "rev-parse", f"autopilot/issue-{second}") == conflicted.commit
     assert git(repo.path, "rev-parse", f"refs/autopilot/rejected/issue-{second}") == conflicted.commit
     # every commit the base went through is green, and only merges of tested candidates were added

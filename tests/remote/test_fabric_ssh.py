@@ -9,7 +9,9 @@ it could have been touched.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import parallel_autopilot
 from parallel_autopilot import config
 from parallel_autopilot.issues import IssueStore
 
@@ -104,76 +107,84 @@ def test_without_a_host_fab_runs_the_task_here(workstation):
     assert not (workstation.target / ".autopilot").exists()
 
 
-# -- remote.sync ----------------------------------------------------------------------------
+# -- remote.setup and remote.sync: the laptop's own build ----------------------------------------
 
-@pytest.fixture
-def synced(workstation, snapshot_origin):
-    """An origin the laptop pushes to, a laptop clone and a workstation clone of it."""
-    origin = workstation.dir / "origin.git"
-    run("git", "clone", "-q", "--bare", snapshot_origin, origin)
-    laptop = workstation.dir / "laptop-checkout"
-    run("git", "clone", "-q", origin, laptop)
-    for key, value in (("user.name", "Laptop"), ("user.email", "laptop@example.invalid")):
-        git(laptop, "config", key, value)
-    ws_checkout = workstation.dir / "ws" / "synced"
-    run("git", "clone", "-q", origin, ws_checkout)
-    workstation.laptop = laptop
-    workstation.write_fab_config(remote_dir=str(ws_checkout), remote_repo=str(ws_checkout))
-    return workstation, laptop, ws_checkout
+def upgraded_laptop(base: Path, version: str) -> Path:
+    """A copy of the tool under test whose version is ``version``: the laptop after an upgrade."""
+    root = base / "laptop-tool"
+    shutil.copytree(ROOT / "parallel_autopilot", root / "parallel_autopilot",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("fabfile.py", "fabric.yaml"):
+        shutil.copy(ROOT / name, root / name)
+    init = root / "parallel_autopilot" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
+    return root
 
 
-def commit(repo: Path, name: str) -> str:
-    (repo / name).write_text(f"{name}\n")
-    git(repo, "add", name)
-    git(repo, "commit", "-q", "-m", f"add {name}")
-    return git(repo, "rev-parse", "HEAD")
+def without_pythonpath() -> dict:
+    """This environment as an SSH session on the workstation sees it: no PYTHONPATH of the tests."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
-def test_sync_brings_the_workstation_to_the_laptops_pushed_commit(synced):
-    station, laptop, ws_checkout = synced
-    sha = commit(laptop, "feature.txt")
-    git(laptop, "push", "-q", "origin", "main")
-    proc = station.fab("remote.sync")
-    assert proc.returncode == 0, proc.stderr
-    assert f"ws: {ws_checkout} at {sha[:10]}" in proc.stdout
-    assert git(ws_checkout, "rev-parse", "HEAD") == sha
-    assert (ws_checkout / "feature.txt").read_text() == "feature.txt\n"
+def remote_version(python: Path, cwd: Path) -> str:
+    return run(python, "-m", "parallel_autopilot.program", "--version", cwd=cwd,
+               env=without_pythonpath()).stdout.strip()
 
-
-def test_sync_refuses_an_unpushed_commit_and_a_dirty_workstation(synced):
-    station, laptop, ws_checkout = synced
-    before = git(ws_checkout, "rev-parse", "HEAD")
-    commit(laptop, "local-only.txt")
-    one_line_error(station.fab("remote.sync"), 4, r"^error: HEAD \([0-9a-f]{10}\) is not pushed to any remote")
-    git(laptop, "push", "-q", "origin", "main")
-    (ws_checkout / "README.md").write_text("edited on the workstation\n")
-    one_line_error(station.fab("remote.sync"), 4,
-                   r"^error: ws: the checkout .* has uncommitted changes \(README\.md\): commit or discard")
-    assert git(ws_checkout, "rev-parse", "HEAD") == before
-    assert (ws_checkout / "README.md").read_text() == "edited on the workstation\n"
-
-
-# -- remote.setup ---------------------------------------------------------------------------
 
 @pytest.mark.slow
 @pytest.mark.docker
-def test_setup_clones_makes_a_venv_installs_and_checks_docker_then_is_idempotent(workstation, snapshot_origin):
-    fresh = workstation.dir / "ws" / "fresh install"
-    workstation.write_fab_config(remote_dir=str(fresh), remote_python=None, remote_repo=None)
-    proc = workstation.fab("remote.setup", f"--origin={snapshot_origin}", timeout=600)
+def test_setup_installs_the_laptops_build_agents_run_with_it_and_sync_installs_an_upgrade(agents_station,
+                                                                                          built_test_image):
+    station = agents_station
+    fresh = station.dir / "ws" / "fresh install"
+    tag = built_test_image(f"parallel-autopilot:ws-{os.getpid()}")
+    with (station.target / "invoke.yaml").open("a") as settings_file:
+        settings_file.write(f"  image: {tag}\n")
+    git(station.target, "add", "invoke.yaml")
+    git(station.target, "commit", "-q", "-m", "image tag")
+    station.write_fab_config(remote_dir=str(fresh), remote_python=None, remote_repo=str(station.target))
+    proc = station.fab("remote.setup", timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    version = parallel_autopilot.__version__
+    wheel = f"parallel_autopilot-{version}-py3-none-any.whl"
     steps = [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("ws: ")]
     assert steps[0].startswith("git ")
-    assert steps[1:] == [f"cloned {snapshot_origin} into {fresh}", f"venv {fresh}/.venv",
-                         f"installed {fresh} (pip install -e)", "parallel-autopilot 0.1.0 ready",
-                         steps[-1]] and re.match(r"docker \S+ ok$", steps[-1])
-    where = run(fresh / ".venv" / "bin" / "python", "-c", "import parallel_autopilot; print(parallel_autopilot.__file__)",
-                cwd=workstation.dir)
-    assert where.stdout.strip() == str(fresh / "parallel_autopilot" / "__init__.py")
-    again = workstation.fab("remote.setup", f"--origin={snapshot_origin}", timeout=600)
+    assert steps[1:] == [f"venv {fresh}/.venv", f"installed {wheel} (the build this machine runs)",
+                         f"parallel-autopilot {version} ready", steps[-1]] and re.match(r"docker \S+ ok$", steps[-1])
+    assert not (fresh / ".git").exists()  # nothing of the tool's repository was needed there
+    venv_python = fresh / ".venv" / "bin" / "python"
+    where = run(venv_python, "-c", "import parallel_autopilot; print(parallel_autopilot.__file__)", cwd=station.dir,
+                env=without_pythonpath())
+    assert Path(where.stdout.strip()).is_relative_to(fresh / ".venv") and "site-packages" in where.stdout
+    # the workstation runs the laptop's version, from its venv: its doctor says so, and agents start
+    doctor = station.fab("doctor", "--n", "1", "--json", timeout=300)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    first = json.loads(doctor.stdout)["checks"][0]
+    assert first["found"].startswith(f"{version} ({fresh}/.venv/")
+    started = station.fab("agents.start", "--n", "1", timeout=900)
+    assert started.returncode == 0, started.stdout + started.stderr
+    agents = json.loads(station.fab("agents.status", "--json").stdout)
+    assert [(a["id"], a["state"]) for a in agents] == [("agent-001", "running")]
+    labels = json.loads(run("docker", "image", "inspect", tag, "--format", "{{json .Config.Labels}}").stdout)
+    assert labels["parallel-autopilot.version"] == version
+    assert station.fab("agents.stop").returncode == 0
+    # setup again: the same steps, nothing broken
+    again = station.fab("remote.setup", timeout=900)
     assert again.returncode == 0, again.stderr
-    assert f"ws: checkout {fresh} fetched from origin" in again.stdout
-    laptop_untouched(workstation.laptop)
+    # the laptop upgrades; sync installs its new build there
+    laptop_tool = upgraded_laptop(station.dir, version + ".post7")
+    synced = run("fab", "--search-root", laptop_tool, "-H", "ws", "remote.sync", cwd=station.laptop,
+                 env=station.env(PYTHONPATH=str(laptop_tool)), timeout=600, check=False)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert f"ws: parallel-autopilot {version}.post7 ready (was parallel-autopilot {version})" in synced.stdout
+    assert remote_version(venv_python, station.dir) == f"parallel-autopilot {version}.post7"
+    laptop_untouched(station.laptop)
+
+
+def test_sync_before_setup_says_to_run_setup(workstation):
+    workstation.write_fab_config(remote_dir=str(workstation.dir / "nothing-here"), remote_python=None)
+    one_line_error(workstation.fab("remote.sync"), 11, r"^error: ws: no parallel-autopilot at .*: run "
+                                                        r"`fab -H ws remote.setup` first")
 
 
 # -- the GUI through a tunnel ----------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from parallel_autopilot import config, remote
-from parallel_autopilot.errors import Conflict, RemoteError
+from parallel_autopilot.errors import RemoteError
 from parallel_autopilot.fleet import AgentStatus
 from parallel_autopilot.tasks import remote as remote_tasks
 from parallel_autopilot.tasks.edge import Namespace, task
@@ -239,21 +239,31 @@ def test_run_many_streams_whole_lines_prefixed_by_host():
     assert results[0].code == 3 and remote.first_failure(results) == 3
 
 
-# -- the laptop's pushed commit ---------------------------------------------------------------
+# -- the laptop's own build --------------------------------------------------------------------
 
-def test_pushed_commit_refuses_a_commit_no_remote_branch_has(tmp_path):
-    origin = tmp_path / "origin.git"
-    run("git", "init", "-q", "--bare", origin)
-    laptop = init_repo(tmp_path / "laptop")
-    git(laptop, "remote", "add", "origin", str(origin))
-    git(laptop, "push", "-q", "-u", "origin", "main")
-    assert remote.pushed_commit(laptop) == git(laptop, "rev-parse", "HEAD")
-    (laptop / "new.txt").write_text("x")
-    git(laptop, "add", "new.txt")
-    git(laptop, "commit", "-q", "-m", "local only")
-    with pytest.raises(Conflict, match=r"HEAD \([0-9a-f]{10}\) is not pushed to any remote: `git push` first"):
-        remote.pushed_commit(laptop)
-    assert remote.laptop_origin(laptop) == str(origin)
+def test_the_wheel_of_this_install_holds_every_package_file_and_installs_as_this_version(tmp_path):
+    import zipfile
+
+    import parallel_autopilot
+    from parallel_autopilot import distribution
+
+    wheel = distribution.build_wheel(tmp_path / "dist")
+    assert wheel.name == f"parallel_autopilot-{parallel_autopilot.__version__}-py3-none-any.whl"
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    package = {f"parallel_autopilot/{p.relative_to(distribution.PACKAGE).as_posix()}"
+               for p in distribution.package_files()}
+    assert package <= names and "parallel_autopilot/containers/files/Dockerfile" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    info = f"parallel_autopilot-{parallel_autopilot.__version__}.dist-info"
+    meta = archive.read(f"{info}/METADATA").decode()
+    assert f"Version: {parallel_autopilot.__version__}" in meta and "Requires-Dist: invoke" in meta
+    record = archive.read(f"{info}/RECORD").decode().splitlines()
+    assert len(record) == len(names)
+    # pip accepts it: installed with no dependencies into a bare target, the files are there
+    target = tmp_path / "target"
+    run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, wheel, cwd=tmp_path)
+    assert (target / "parallel_autopilot" / "containers" / "files" / "docker-compose.yml").is_file()
 
 
 def test_a_busy_local_port_is_refused_before_the_tunnel():

@@ -5,7 +5,8 @@ ones), so this test follows the README. Run in order, as a new user would, in a 
 environment (nothing of this machine's Python installs leaks in) and with the demo's sample
 repository as "your repository". Each must exit 0 with no "Traceback" anywhere in its output.
 
-Adapted, not skipped: `bash scripts/demo.sh` gets `--dir` (a temporary directory); `gui`
+Adapted, not skipped: `bash scripts/demo.sh` gets `--dir` (a temporary directory); `pip install .`
+runs in the clone (from then on the venv runs the installed package, not the checkout); `gui`
 gets `--port` of a free port and runs briefly (its page is fetched, then Ctrl-C); a
 `--follow` runs briefly, then Ctrl-C. Skipped, with the reason: `bash scripts/test.sh` (it
 is this suite) and `fab -H ...` (a remote host over SSH: tests/remote/test_fabric_ssh.py runs those
@@ -165,8 +166,8 @@ def test_a_fresh_clone_runs_the_readme_first_command_then_every_command_it_shows
                 skipped.append((command, reason))
                 continue
             words = shlex.split(command)
-            if command.startswith("inv "):
-                user.ok(command, clone)  # "in this checkout"
+            if command.startswith(("inv ", "pip install .")):
+                user.ok(command, clone, timeout=600)  # "in this checkout"
             elif words[:2] == ["parallel-autopilot", "gui"]:
                 def fetch(seen: str) -> None:
                     url = re.search(r"(http://127\.0\.0\.1:\d+/\S*)", seen).group(1)
@@ -187,7 +188,8 @@ def test_a_fresh_clone_runs_the_readme_first_command_then_every_command_it_shows
             ran.append(command)
         assert {"parallel-autopilot issues.import backlog.yaml", "parallel-autopilot agents.start --n 5",
                 "parallel-autopilot issues.merge", "parallel-autopilot cleanup", "parallel-autopilot gui",
-                "scripts/parallel-autopilot.sh start 5", "inv --list"} <= set(ran), ran
+                "scripts/parallel-autopilot.sh start 5", "inv --list", "pip install .",
+                "parallel-autopilot doctor"} <= set(ran), ran
         assert [c for c, _ in skipped] == [c for c in commands[1:] if c.startswith(("bash scripts/test.sh", "fab "))]
         merged = subprocess.run(["git", "-C", str(demo), "log", "--format=%s", "main"], capture_output=True,
                                 text=True, check=True).stdout

@@ -164,3 +164,37 @@ def test_review_verbs_and_the_report_from_the_cli_are_audited_as_the_cli_user(gi
     assert run(git_repo, "issues.merge").returncode == 21  # its commit is nowhere: rejected
     assert [(e.kind, e.worker) for e in store.events(three)][-2:] == [("merge-requested", me),
                                                                       ("rejected", "merge-queue")]
+
+
+def test_dependencies_and_paths_through_the_program(git_repo):
+    """Issue 21: --after and --paths, shown by issues.list and issues.show; a bad one is one line."""
+    ok(git_repo, "issues.add", "--title", "Model")
+    ok(git_repo, "issues.add", "--title", "Other")
+    added = json.loads(ok(git_repo, "issues.add", "--title", "Endpoint", "--after", "1,2",
+                          "--paths", "src/api/*.py, docs/api.md", "--json"))
+    assert (added["depends_on"], added["paths"]) == ([1, 2], ["src/api/*.py", "docs/api.md"])
+    listed = {i["number"]: i for i in json.loads(ok(git_repo, "issues.list", "--json"))}
+    assert listed[3]["waiting"] == "waiting for #1 (ready); waiting for #2 (ready)" and listed[1]["waiting"] is None
+    table = ok(git_repo, "issues.list")
+    assert "#1,#2" in table and "#3 waiting for #1 (ready)" in table
+    shown = ok(git_repo, "issues.show", "3")
+    assert "depends_on: #1, #2" in shown and "paths: src/api/*.py, docs/api.md" in shown
+    assert "waiting: waiting for #1 (ready)" in shown
+
+    line = refused(git_repo, "issues.add", "--title", "Orphan", "--after", "99")
+    assert "depends on #99, which does not exist" in line and "nothing added" in line
+    assert len(db(git_repo).list()) == 3
+
+
+def test_import_refuses_a_cycle_in_one_line_with_nothing_imported(git_repo):
+    path = git_repo / "cycle.yaml"
+    path.write_text("- title: A\n  key: a\n  depends_on: [c]\n"
+                    "- title: B\n  key: b\n  depends_on: [a]\n"
+                    "- title: C\n  key: c\n  depends_on: [b]\n")
+    line = refused(git_repo, "issues.import", str(path))
+    assert "cycle" in line and "nothing imported" in line and "cycle.yaml:" in line
+    assert db(git_repo).list() == []
+    path.write_text("- title: A\n  key: a\n- title: B\n  depends_on: [a, 7]\n")
+    line = refused(git_repo, "issues.import", str(path))
+    assert "depends on #7, which does not exist" in line
+    assert db(git_repo).list() == []

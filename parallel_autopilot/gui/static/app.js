@@ -261,6 +261,8 @@ function renderIssues(snap) {
     el("span", { class: "num" }, `#${issue.number}`),
     el("span", { class: `prio ${issue.priority}` }, issue.priority),
     issueLink(issue),
+    // issue 21: what it waits for, in the store's words (text, never markup)
+    el("span", { class: "waiting", title: issue.waiting || "" }, issue.waiting || ""),
     el("span", { class: "owner" }, issue.status === "claimed" ? `${issue.owner || ""}` : "")));
   $("issues").replaceChildren(...items);
   $("open-total").textContent = snap.open_total;
@@ -405,6 +407,11 @@ function main() {
     const body = { title: $("add-title").value, body: $("add-body").value, priority: $("add-priority").value };
     if ($("add-check").value.trim()) body.check = $("add-check").value;
     if ($("add-script").value.trim()) body.script = $("add-script").value;
+    // the backlog's order (issue 21): numbers it waits for, globs it touches; the store checks them
+    const after = $("add-after").value.split(",").map((n) => n.trim().replace(/^#/, "")).filter(Boolean);
+    if (after.length) body.depends_on = after.map((n) => (/^\d+$/.test(n) ? Number(n) : n));
+    const paths = $("add-paths").value.split(",").map((p) => p.trim()).filter(Boolean);
+    if (paths.length) body.paths = paths;
     act("POST", "/api/issues", body).then(() => { if (!state.actionError) $("add-title").value = ""; });
   });
   $("import-file").addEventListener("change", async () => {
