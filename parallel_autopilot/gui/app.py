@@ -240,6 +240,16 @@ class AddRequest(BaseModel):
     script: str | None = None
     max_attempts: StrictInt | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def plain_names(cls, data: Any) -> Any:
+        # the store names an unknown field in its message: a field's name is a word, so it stays one line
+        if isinstance(data, dict):
+            odd = [k for k in data if not (isinstance(k, str) and k.isascii() and k.isidentifier() and len(k) <= 40)]
+            if odd:
+                raise ValueError(f"field names are words (title, body, priority...): {ascii(odd[0])[:60]} is not one")
+        return data
+
 
 class ImportRequest(BaseModel):
     """An issue file's content (YAML or JSON) and its name (its suffix picks the parser)."""

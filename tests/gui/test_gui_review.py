@@ -412,3 +412,11 @@ def test_dependencies_and_paths_from_the_gui_and_on_the_issue_page(env):
     assert extra["waiting"].startswith(f"waiting for #{first}")
     bad = client.post("/api/issues", json={"title": "Orphan", "depends_on": [99]}, headers=csrf)
     assert bad.status_code == 422 and "depends on #99, which does not exist" in bad.json()["error"]
+
+
+def test_an_added_issues_odd_field_name_is_refused_in_one_line(env):
+    _, client, csrf = env
+    for key in ("\n", "two words", "x" * 41):
+        response = client.post("/api/issues", json={"title": "t", key: 1}, headers=csrf)
+        assert response.status_code == 422 and "field names are words" in response.json()["error"]
+        assert "\n" not in response.json()["error"]
