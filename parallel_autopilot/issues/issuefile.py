@@ -121,7 +121,15 @@ def _parse(path: Path, text: str) -> tuple[Any, list[_Lines]]:
         raise MalformedIssueFile(f"{path}:1: not valid YAML ({' '.join(str(err).split())}); nothing imported") from None
     if node is None:
         return None, []
-    return _unwrap(_construct(node)), _lines(_issue_nodes(node) or [])
+    try:
+        data = _construct(node)
+    except yaml.MarkedYAMLError as err:  # a well-formed document YAML cannot build (a mapping as a key)
+        mark = err.problem_mark or err.context_mark
+        raise MalformedIssueFile(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML "
+                                 f"({' '.join(str(err.problem or err.context).split())}); nothing imported") from None
+    except yaml.YAMLError as err:
+        raise MalformedIssueFile(f"{path}:1: not valid YAML ({' '.join(str(err).split())}); nothing imported") from None
+    return _unwrap(data), _lines(_issue_nodes(node) or [])
 
 
 def load(path: Path) -> list[dict[str, Any]]:

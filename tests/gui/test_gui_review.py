@@ -420,3 +420,10 @@ def test_an_added_issues_odd_field_name_is_refused_in_one_line(env):
         response = client.post("/api/issues", json={"title": "t", key: 1}, headers=csrf)
         assert response.status_code == 422 and "field names are words" in response.json()["error"]
         assert "\n" not in response.json()["error"]
+
+
+def test_an_issue_file_yaml_cannot_build_is_one_line_not_a_crash(env):
+    _, client, csrf = env
+    response = client.post("/api/issues/import", json={"text": "{{csrf}}"}, headers=csrf)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith("issues.yaml:1: not valid YAML (found unhashable key)")
