@@ -106,6 +106,9 @@ class Settings:
     remote_hosts: list[str] | None = _DEFAULTS["remote_hosts"]
     remote_origin: str | None = _DEFAULTS["remote_origin"]
     remote_connect_timeout: float = _DEFAULTS["remote_connect_timeout"]
+    notify_command: str | None = _DEFAULTS["notify_command"]
+    notify_webhook: str | None = _DEFAULTS["notify_webhook"]
+    notify_stuck_seconds: float = _DEFAULTS["notify_stuck_seconds"]
 
     def path(self, key: str) -> Path:
         """A path setting resolved against the repository (``~`` expanded)."""

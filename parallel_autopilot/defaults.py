@@ -100,6 +100,11 @@ TABLE: dict[str, tuple[Any, str, Any]] = {
     "remote_hosts": (None, "list", None),
     "remote_origin": (None, "str", None),
     "remote_connect_timeout": (15, "float", POSITIVE),
+    # a word when someone is needed (notify.py): a command given the event's JSON on stdin,
+    # and/or a URL it is POSTed to
+    "notify_command": (None, "str", None),
+    "notify_webhook": (None, "str", "http"),
+    "notify_stuck_seconds": (600, "float", POSITIVE),  # an agent silent (no heartbeat) this long is stuck
 }
 
 DEFAULTS: dict[str, Any] = {key: row[0] for key, row in TABLE.items()}

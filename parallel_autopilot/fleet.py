@@ -368,14 +368,16 @@ class Fleet:
 
     def merge_loop(self, *, stop: threading.Event | None = None, progress: Progress = print,
                    rounds: int | None = None, sleep: Callable[[float], None] | None = None,
-                   check_runner: Callable[..., Any] | None = None) -> list:
+                   check_runner: Callable[..., Any] | None = None, watch: Any = None) -> list:
         """Run the merge queue every ``merge_poll_seconds`` until ``stop`` is set (or ``rounds`` ran).
 
         What ``agents.start --merge`` runs in the foreground: done issues are
         checked on the tip and merged (or rejected) while the agents keep working.
         Returns the reports of the rounds that did something. ``check_runner``: where the
-        checks run (default: ``autopilot.merge_check_runner``'s).
+        checks run (default: ``autopilot.merge_check_runner``'s). ``watch``: the notifications
+        (default: ``notify.Watch.from_settings``), looked at before each round.
         """
+        from . import notify
         from .merge import queue as mergequeue
 
         settings = self.settings
@@ -383,7 +385,11 @@ class Fleet:
         wait = sleep or stop.wait
         store = self.store
         reports, done = [], 0
+        # False: none here (the GUI's own watch looks already: one watch, each event said once)
+        watch = notify.Watch.from_settings(settings, self) if watch is None else (watch or None)
         while not stop.is_set() and (rounds is None or done < rounds):
+            if watch is not None:
+                watch.tick()  # a rejection of the last round, a drained backlog: said once (never raises)
             done += 1
             try:
                 report = mergequeue.MergeQueue(settings, store, progress=progress, runner=check_runner).run()

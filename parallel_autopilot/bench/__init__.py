@@ -15,6 +15,7 @@ One module per scenario, each measuring our figure AND its baseline, run by run:
 - :mod:`.merge` - the merge queue: batches of K = 4 and 8 against one at a time.
 - :mod:`.backlog` - 24 issues (a chain, a diamond, same-line pairs) with the merge queue
   running: the queue's hints (dependencies, paths) on against off.
+- :mod:`.gui` - the pane with 500 issues and 5,000 events in Chromium: first paint, update latency.
 
 :mod:`.runner` runs them and :mod:`.report` writes JSON, Markdown and a PNG chart.
 
@@ -24,6 +25,7 @@ containers, where only the standard library exists.
 """
 
 #: Every scenario, in the order a full run executes them.
-SCENARIOS = ("queue", "startup", "throughput", "recovery", "stop", "footprint", "agents", "merge", "backlog")
+SCENARIOS = ("queue", "startup", "throughput", "recovery", "stop", "footprint", "agents", "merge", "backlog",
+             "gui")
 
 __all__ = ["SCENARIOS"]

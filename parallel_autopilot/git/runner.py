@@ -354,6 +354,31 @@ class Git:
         _, proc = self._run(["cat-file", "-e", f"{sha}^{{commit}}"], None, None)
         return proc.returncode == 0  # 128 when the object is missing
 
+    # -- reading a change (the GUI's review page: fed from here, never from the browser) --
+
+    #: what a diff of agent-written files must never run: external diff drivers, textconv filters
+    DIFF_SAFE = ("--no-ext-diff", "--no-textconv", "--no-color", "--no-renames")
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of ``a`` and ``b``; None when they share none."""
+        found, out = self._probe(["merge-base", a, b])
+        return out.strip() if found and out.strip() else None
+
+    def diff_numstat(self, base: str, head: str) -> list[tuple[int | None, int | None, str]]:
+        """(lines added, lines deleted, path) per file changed from ``base`` to ``head``; None, None: binary."""
+        out = self.run("diff", *self.DIFF_SAFE, "--numstat", "-z", base, head, "--")
+        files = []
+        for record in out.split("\0"):
+            if not record:
+                continue
+            added, deleted, path = record.split("\t", 2)
+            files.append((None if added == "-" else int(added), None if deleted == "-" else int(deleted), path))
+        return files
+
+    def diff_patch(self, base: str, head: str, path: str) -> str:
+        """The unified diff of one file from ``base`` to ``head`` (3 lines of context)."""
+        return self.run("diff", *self.DIFF_SAFE, "--unified=3", base, head, "--", f":(literal){path}")
+
     def remote_head(self, source: str | os.PathLike) -> tuple[str | None, str | None]:
         """(branch, commit) of HEAD in the repository ``source``, read as a remote.
 

@@ -17,6 +17,15 @@ Endpoints (the OpenAPI schema is at ``/openapi.json``)::
     POST /api/agents/{id}/restart            GET  /api/agents/{id}/logs?tail=N
     GET  /api/events                         (SSE: "snapshot" events)
     GET  /api/agents/{id}/logs/stream        (SSE: "lines", "failure", "end" events)
+    GET  /issues/{n}   GET /report           an issue's page; the morning report (HTML)
+    GET  /api/issues/{n}/page                its timeline, attempts, check, tokens, diff (review.issue_page)
+    GET  /api/report?since=12h               the report as data
+    POST /api/issues {"title": ...}          POST /api/issues/import {"text": ..., "name": "x.yaml"}
+    POST /api/issues/{n}/retry | block | priority {"priority"} | send-back {"note"} | reject {"note"}
+    POST /api/issues/{n}/merge {"dry_run"}   POST /api/merge-queue/run {"dry_run"} | continuous | stop
+
+Every POST needs the page's CSRF token and a local Host (security.py); an issue id that is not
+a number of the queue is a 404; every action is in the audit trail as ``gui``.
 
 Errors are ``{"error": "<one line>"}`` with the domain error's HTTP status.
 """
@@ -34,6 +43,7 @@ import time
 import webbrowser
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 import anyio.to_thread
@@ -46,10 +56,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import ids
+from .. import ids, notify, review
+from .. import report as reports
 from ..config import Settings
-from ..errors import AgentNotFound, AutopilotError, Conflict, InvalidAgentId, one_line
-from ..issues import STATUSES, IssueStore
+from ..errors import AgentNotFound, AutopilotError, Conflict, InvalidAgentId, InvalidInput, IssueNotFound, one_line
+from ..issues import STATUSES, IssueStore, issuefile
 from . import security
 from .events import EventStream, LogPumps, SnapshotHub
 
@@ -178,6 +189,7 @@ class Snapshot(BaseModel):
     operation: Operation | None = None
     errors: list[str]
     merge_queue: "MergeQueueOut | None" = None
+    merge_loop: "MergeLoopOut | None" = None
 
 
 class MergeQueueItem(BaseModel):
@@ -202,7 +214,87 @@ class MergeQueueOut(BaseModel):
     rejected: list[MergeQueueItem]
 
 
+class MergeLoopOut(BaseModel):
+    """The merge queue run continuously from the GUI: whether it runs, who started it, its last lines."""
+
+    running: bool
+    by: str | None = None
+    started: float | None = None
+    lines: list[str] = []
+
+
 Snapshot.model_rebuild()
+
+
+# -- the backlog and review actions (issue 22) ----------------------------------------
+
+class AddRequest(BaseModel):
+    """One issue, as `issues.add` takes it; fields a newer backlog knows (depends_on, paths, budget)
+    pass through to the store, which checks them as the CLI's import does."""
+
+    model_config = ConfigDict(extra="allow")
+    title: str = Field(..., description="one-line title")
+    body: str = ""
+    priority: str = "medium"
+    check: str | None = None
+    script: str | None = None
+    max_attempts: StrictInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def plain_names(cls, data: Any) -> Any:
+        # the store names an unknown field in its message: a field's name is a word, so it stays one line
+        if isinstance(data, dict):
+            odd = [k for k in data if not (isinstance(k, str) and k.isascii() and k.isidentifier() and len(k) <= 40)]
+            if odd:
+                raise ValueError(f"field names are words (title, body, priority...): {ascii(odd[0])[:60]} is not one")
+        return data
+
+
+class ImportRequest(BaseModel):
+    """An issue file's content (YAML or JSON) and its name (its suffix picks the parser)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., max_length=5_000_000)
+    name: str = Field("issues.yaml", max_length=200, pattern=r"^[A-Za-z0-9._ -]*$",
+                      description="the file's name: .json is read as JSON, anything else as YAML")
+
+
+class PriorityRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    priority: Literal["urgent", "high", "medium", "low"]
+
+
+class NoteRequest(BaseModel):
+    """A reviewer's note: for a send-back it is the next prompt's feedback (required there)."""
+
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field("", max_length=4000)
+
+
+class MergeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dry_run: StrictBool = False
+
+
+class IssuesAdded(BaseModel):
+    issues: list[IssueOut]
+
+
+class IssuePage(BaseModel):
+    """Everything an issue's page shows (review.issue_page): agent-written text, shown escaped."""
+
+    issue: dict[str, Any]
+    extra: dict[str, Any]
+    timeline: list[dict[str, Any]]
+    attempts: list[dict[str, Any]]
+    check: dict[str, Any]
+    usage: dict[str, Any] | None = None
+    diff: dict[str, Any] | None = None
+
+
+IssueNumber = Annotated[str, PathParam(description="an issue number: 42 (404 unless the queue has it)",
+                                       examples=["1"])]
 
 
 class StartRequest(BaseModel):
@@ -270,6 +362,10 @@ class Pane:
         self.hub: SnapshotHub | None = None
         self._op_ids = itertools.count(1)
         self._cached: tuple[float, dict, int] | None = None
+        self.merge_loop: dict = {"running": False, "by": None, "started": None, "lines": []}
+        self._merge_stop: threading.Event | None = None
+        self.watch: Any = None  # the app's notify.Watch (None: no notify_* setting)
+        self._merge_thread: threading.Thread | None = None
 
     # reading
 
@@ -355,6 +451,7 @@ class Pane:
             "max_agents": maximum,
             "operation": {**operation, "lines": list(operation["lines"])} if operation else None,
             "merge_queue": merge_queue,
+            "merge_loop": {**self.merge_loop, "lines": list(self.merge_loop["lines"])},
             "errors": errors,
         }
 
@@ -419,6 +516,58 @@ class Pane:
         if self.hub is not None:
             self.hub.poke()
 
+    # the merge queue, continuously (fleet.merge_loop in a thread of this process)
+
+    def start_merge_loop(self, actor: str) -> dict:
+        """Run ``fleet.merge_loop`` until :meth:`stop_merge_loop`; Conflict when it runs already."""
+        if self._merge_thread is not None and self._merge_thread.is_alive():
+            raise Conflict("the merge queue runs continuously already: stop it first")
+        store = self.store()
+        if store is None:
+            raise Conflict("no queue yet: add an issue first")
+        store.record(None, "merge-loop-started", actor)
+        stop = self._merge_stop = threading.Event()
+        state = self.merge_loop = {"running": True, "by": actor, "started": self.clock(), "lines": []}
+
+        def progress(line: str) -> None:
+            state["lines"] = [*state["lines"][-19:], one_line(str(line), limit=1000)]
+            self._poke()
+
+        def loop() -> None:
+            try:
+                self.fleet.merge_loop(stop=stop, progress=progress, watch=self.watch or False)
+            except Exception as err:  # noqa: BLE001 - said on the page; the GUI goes on
+                log.exception("the merge loop failed")
+                progress(f"merge queue stopped: {one_line(str(err))}")
+            finally:
+                state["running"] = False
+                self._poke()
+
+        self._merge_thread = threading.Thread(target=loop, name="gui-merge-loop", daemon=True)
+        self._merge_thread.start()
+        self._poke()
+        return dict(state)
+
+    def stop_merge_loop(self, actor: str, wait: float = 0.0) -> dict:
+        """Ask the continuous merge queue to stop after its current round (the base is never left half-moved)."""
+        if self._merge_stop is None or self._merge_thread is None or not self._merge_thread.is_alive():
+            raise Conflict("the merge queue is not running continuously")
+        store = self.store()
+        if store is not None:
+            store.record(None, "merge-loop-stopped", actor)
+        self._merge_stop.set()
+        if wait:
+            self._merge_thread.join(wait)
+        self._poke()
+        return dict(self.merge_loop)
+
+    def required_store(self) -> IssueStore:
+        """The store, or NotFound-like Conflict when no queue exists yet (the GUI never creates one)."""
+        store = self.store()
+        if store is None:
+            return self.fleet.store  # an add creates the queue, as `issues.add` does
+        return store
+
 
 def _summary(issue: Any, waits: dict[int, str] | None = None) -> dict:
     return {**{k: getattr(issue, k) for k in IssueSummary.model_fields if k != "waiting"},
@@ -449,13 +598,16 @@ def _validation_line(errors: list[dict]) -> str:
 def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | None = None,
                bind_host: str = "127.0.0.1", guard: security.Guard | None = None,
                interval: float = 0.75, resources_every: float = 5.0, ping_seconds: float = 15.0,
-               max_log_streams: int = MAX_LOG_STREAMS, clock: Callable[[], float] = time.time) -> FastAPI:
+               max_log_streams: int = MAX_LOG_STREAMS, clock: Callable[[], float] = time.time,
+               notify_every: float = 5.0) -> FastAPI:
     """The ASGI app for ``settings``.
 
     ``interval``: seconds between snapshots while a page listens (a change
     shows within about that). ``token``: when set, every request must carry
     it. ``max_log_streams``: log views open at once, beyond which one is
-    refused (409). ``app.state`` exposes ``pane``, ``hub``, ``pumps`` and ``guard``.
+    refused (409). ``notify_every``: seconds between looks of the notifications' watch (only
+    when ``notify_command`` or ``notify_webhook`` is set). ``app.state`` exposes ``pane``,
+    ``hub``, ``pumps``, ``guard`` and ``watch``.
     """
     if fleet is None:
         from ..fleet import Fleet  # resolves nothing yet: docker and git are reached on first use
@@ -468,9 +620,16 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
     guard = guard or security.Guard.for_bind(bind_host, token=token)
     page = (STATIC / "index.html").read_text()
 
+    watch = notify.Watch.from_settings(settings, fleet)  # None unless notify_command/notify_webhook is set
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        stop_watch = watch.start(every=notify_every) if watch is not None else None
         yield
+        if stop_watch is not None:
+            stop_watch.set()
+        if pane._merge_stop is not None:
+            pane._merge_stop.set()  # after its current round: the base is never left half-moved
         await hub.aclose()
 
     app = FastAPI(
@@ -483,6 +642,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
         redoc_url=None,
     )
     app.state.pane, app.state.hub, app.state.pumps, app.state.guard = pane, hub, pumps, guard
+    app.state.watch = pane.watch = watch
     app.add_middleware(security.GuardMiddleware, guard=guard)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -579,6 +739,134 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, token: str | N
         ident = await blocking(pane.resolve, agent, for_logs=True)
         lines = await blocking(lambda: list(fleet.logs(ident, tail=tail)))
         return {"agent": ident, "lines": lines}
+
+    # -- issue 22: the backlog, an issue's page, review, the merge queue's controls --------
+
+    issue_page_html = (STATIC / "issue.html").read_text()
+
+    def static_page(template: str) -> HTMLResponse:
+        body = (template.replace("{{csrf}}", html.escape(guard.csrf_token))
+                        .replace("{{token}}", html.escape(guard.token or "")))
+        return HTMLResponse(body, headers={"cache-control": "no-store", "content-security-policy": CSP})
+
+    def existing(raw: str) -> int:
+        """The number of an issue the queue has: 404 for a malformed or unknown id (as agents are)."""
+        try:
+            if not (raw.isascii() and raw.isdigit()):  # a URL names an issue by its number alone
+                raise InvalidInput(raw)
+            number = review.issue_number(raw)
+        except InvalidInput:
+            raise IssueNotFound(f"no issue {raw[:40]!r}: issue ids are numbers, e.g. /issues/7") from None
+        store = pane.store()
+        if store is None:
+            raise IssueNotFound(f"no issue #{number}: the queue is empty")
+        store.get(number)  # IssueNotFound
+        return number
+
+    @app.get("/issues/{number}", response_class=HTMLResponse, include_in_schema=False)
+    def issue_html(number: str) -> HTMLResponse:
+        existing(number)
+        return static_page(issue_page_html)
+
+    @app.get("/api/issues/{number}/page", response_model=IssuePage, tags=["read"], responses=ERRORS)
+    async def get_issue_page(number: IssueNumber) -> dict:
+        """One issue's page: fields, timeline (the audit trail), attempts' logs, check, tokens, and its diff."""
+        n = await blocking(existing, number)
+        return await blocking(review.issue_page, settings, pane.store(), n)
+
+    @app.post("/api/issues", response_model=IssuesAdded, tags=["backlog"], responses=ERRORS)
+    async def add_issue(request: AddRequest) -> dict:
+        """Add one issue (what `issues.add` does, with the same checks and messages)."""
+        item = {k: v for k, v in request.model_dump().items() if v is not None or k in (request.model_extra or {})}
+        added = await blocking(lambda: pane.required_store().add_many([item], actor=review.GUI_ACTOR))
+        pane._poke()
+        return {"issues": [i.to_dict() for i in added]}
+
+    @app.post("/api/issues/import", response_model=IssuesAdded, tags=["backlog"], responses=ERRORS)
+    async def import_issues(request: ImportRequest) -> dict:
+        """Import an issue file's content: all of its issues, or (any malformed) none."""
+        name = Path(request.name).name or "issues.yaml"
+        items = await blocking(issuefile.loads, request.text, name)
+        added = await blocking(lambda: pane.required_store().add_many(items, actor=review.GUI_ACTOR))
+        pane._poke()
+        return {"issues": [i.to_dict() for i in added]}
+
+    def acted(verb: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(number: str, *args: Any) -> dict:
+            n = await blocking(existing, number)
+            issue = await blocking(verb, pane.store(), n, *args)
+            pane._poke()
+            return issue.to_dict()
+        return run
+
+    @app.post("/api/issues/{number}/retry", response_model=IssueOut, tags=["backlog"], responses=ERRORS)
+    async def retry_issue(number: IssueNumber) -> dict:
+        """Back to ready with fresh attempts (failed, dead, blocked, done, empty or rejected)."""
+        return await acted(lambda store, n: store.retry(n, actor=review.GUI_ACTOR))(number)
+
+    @app.post("/api/issues/{number}/block", response_model=IssueOut, tags=["backlog"], responses=ERRORS)
+    async def block_issue(number: IssueNumber) -> dict:
+        """Out of the queue until retried (ready or failed)."""
+        return await acted(lambda store, n: store.block(n, actor=review.GUI_ACTOR))(number)
+
+    @app.post("/api/issues/{number}/priority", response_model=IssueOut, tags=["backlog"], responses=ERRORS)
+    async def set_priority(number: IssueNumber, request: PriorityRequest) -> dict:
+        """Change the priority (not while an agent holds it)."""
+        return await acted(lambda store, n: store.set_priority(n, request.priority, actor=review.GUI_ACTOR))(number)
+
+    @app.post("/api/issues/{number}/send-back", response_model=IssueOut, tags=["review"], responses=ERRORS)
+    async def send_back(number: IssueNumber, request: NoteRequest) -> dict:
+        """Back to the queue; the note is in its next attempt's prompt (ISSUE_FEEDBACK, AUTOPILOT_PROMPT)."""
+        return await acted(lambda store, n: store.send_back(n, request.note, actor=review.GUI_ACTOR))(number)
+
+    @app.post("/api/issues/{number}/reject", response_model=IssueOut, tags=["review"], responses=ERRORS)
+    async def reject_issue(number: IssueNumber, request: NoteRequest) -> dict:
+        """Rejected for good (`issues.retry` brings it back); the note is its reason."""
+        return await acted(lambda store, n: store.dismiss(n, request.note, actor=review.GUI_ACTOR))(number)
+
+    @app.post("/api/issues/{number}/merge", tags=["review"], responses=ERRORS)
+    async def merge_issue(number: IssueNumber, request: MergeRequest | None = None) -> dict:
+        """Hand a done issue to the merge queue: it runs the check and moves the base only to green."""
+        n = await blocking(existing, number)
+        dry = bool(request and request.dry_run)
+        return await pane.run("merge", f"#{n}" + (" (dry run)" if dry else ""), lambda progress: review.request_merge(
+            settings, pane.store(), n, actor=review.GUI_ACTOR, dry_run=dry, progress=progress))
+
+    @app.post("/api/merge-queue/run", tags=["review"], responses=ERRORS)
+    async def merge_queue_run(request: MergeRequest | None = None) -> dict:
+        """Run the merge queue once over every done issue (``dry_run``: test, move no ref)."""
+        dry = bool(request and request.dry_run)
+        store = await blocking(pane.required_store)
+        return await pane.run("merge queue", "dry run" if dry else "once", lambda progress: review.run_merge_queue(
+            settings, store, actor=review.GUI_ACTOR, dry_run=dry, progress=progress))
+
+    @app.post("/api/merge-queue/continuous", response_model=MergeLoopOut, tags=["review"], responses=ERRORS)
+    async def merge_queue_continuous() -> dict:
+        """Run the merge queue every ``merge_poll_seconds`` until stopped."""
+        return await blocking(pane.start_merge_loop, review.GUI_ACTOR)
+
+    @app.post("/api/merge-queue/stop", response_model=MergeLoopOut, tags=["review"], responses=ERRORS)
+    async def merge_queue_stop() -> dict:
+        """Stop the continuous merge queue after its current round."""
+        return await blocking(pane.stop_merge_loop, review.GUI_ACTOR)
+
+    def report_data(since: str | None) -> dict:
+        store = pane.store()
+        now = clock()
+        if store is None:
+            raise IssueNotFound("no queue yet: add an issue first")
+        return reports.build(store, since=reports.parse_since(since, now), now=now, logs_path=settings.logs_path)
+
+    @app.get("/api/report", tags=["read"], responses=ERRORS)
+    async def get_report(since: str | None = Query(None, max_length=40, description="12h, 30m, 2d or an ISO time")) -> dict:
+        """The morning report as data (what `issues.report --format json` prints)."""
+        return await blocking(report_data, since)
+
+    @app.get("/report", response_class=HTMLResponse, include_in_schema=False)
+    def report_html(since: str | None = Query(None, max_length=40)) -> HTMLResponse:
+        query = f"?token={quote(guard.token, safe='')}" if guard.token else ""  # a public GUI's links carry it
+        page_html = reports.html_page(report_data(since), stylesheet="/static/app.css", home="/", link_query=query)
+        return HTMLResponse(page_html, headers={"cache-control": "no-store", "content-security-policy": CSP})
 
     @app.get("/api/events", response_class=EventStream, status_code=200, tags=["stream"],
              responses=STREAM_ERRORS)

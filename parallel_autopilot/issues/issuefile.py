@@ -114,13 +114,22 @@ def _parse(path: Path, text: str) -> tuple[Any, list[_Lines]]:
             # an unclosed bracket or quote: the problem shows at the end, its start is on this line
             problem += f"; {err.context} that starts on line {err.context_mark.line + 1}"
         raise MalformedIssueFile(
-            f"{path}:{mark.line + 1 if mark else 1}: not valid YAML ({problem}); nothing imported"
+            f"{path}:{mark.line + 1 if mark else 1}: not valid YAML ({' '.join(str(problem).split())}); nothing imported"
         ) from None
     except yaml.YAMLError as err:
-        raise MalformedIssueFile(f"{path}:1: not valid YAML ({err}); nothing imported") from None
+        # a reader's error without a mark spans lines: one line, as every refusal is
+        raise MalformedIssueFile(f"{path}:1: not valid YAML ({' '.join(str(err).split())}); nothing imported") from None
     if node is None:
         return None, []
-    return _unwrap(_construct(node)), _lines(_issue_nodes(node) or [])
+    try:
+        data = _construct(node)
+    except yaml.MarkedYAMLError as err:  # a well-formed document YAML cannot build (a mapping as a key)
+        mark = err.problem_mark or err.context_mark
+        raise MalformedIssueFile(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML "
+                                 f"({' '.join(str(err.problem or err.context).split())}); nothing imported") from None
+    except yaml.YAMLError as err:
+        raise MalformedIssueFile(f"{path}:1: not valid YAML ({' '.join(str(err).split())}); nothing imported") from None
+    return _unwrap(data), _lines(_issue_nodes(node) or [])
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -132,6 +141,12 @@ def load(path: Path) -> list[dict[str, Any]]:
         raise MalformedIssueFile(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise MalformedIssueFile(f"{path}: cannot read it ({err.__class__.__name__}): give a UTF-8 YAML or JSON file") from None
+    return loads(text, path)
+
+
+def loads(text: str, path: Path | str = "issues.yaml") -> list[dict[str, Any]]:
+    """The issues in ``text`` (a file's content, ``path`` its name: the GUI's upload), validated as :func:`load`."""
+    path = Path(path)
     data, lines = _parse(path, text)
     if data is None:
         return []

@@ -491,9 +491,10 @@ class PgIssueStore(Store):
 
     # -- adding -------------------------------------------------------------
 
-    def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None) -> list[Issue]:
-        """Add issues in ONE transaction: all are added, or (on any error) none."""
-        added = super().add_many(items, now)
+    def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None,
+                 actor: str | None = None) -> list[Issue]:
+        """Add issues in ONE transaction: all are added, or (on any error) none. ``actor``: who (the audit trail)."""
+        added = super().add_many(items, now, actor=actor)
         if len(added) >= ANALYZE_AFTER:
             self._analyze()
         return added

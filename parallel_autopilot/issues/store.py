@@ -154,6 +154,10 @@ def claim_order(i: str) -> str:
 
 RETRYABLE = ("failed", "dead", "blocked", "done", "ready", "empty", "rejected", "over_budget")
 BLOCKABLE = ("ready", "failed", "blocked")
+#: A review's verbs (issue 22): what a priority change, a send-back and a reviewer's rejection act on.
+PRIORITY_CHANGEABLE = ("ready", "failed", "blocked", "done", "empty", "rejected", "dead")
+SENDABLE_BACK = ("done", "empty", "rejected", "failed", "dead", "blocked")
+DISMISSABLE = ("done", "empty", "failed", "dead", "blocked", "ready")
 
 #: Every open store of this process, of both backends: after fork() each sets the
 #: parent's connection aside (forksafe) - the child must neither use nor close it
@@ -177,6 +181,13 @@ def spent_words(budget: Mapping[str, Any]) -> str:
 
 def _utc_words(ts: float) -> str:
     return time.strftime("%H:%M:%S UTC", time.gmtime(ts))
+
+
+def _review_note(note: Any, verb: str) -> str:
+    """A reviewer's note: non-empty text (it is the next prompt's feedback)."""
+    if not isinstance(note, str) or not note.strip():
+        raise InvalidInput(f"{verb} needs a note: say what the next attempt should do differently")
+    return note.strip()
 
 
 def _usage(result: Mapping[str, Any]) -> str | None:
@@ -309,8 +320,9 @@ class Store:
                        if v is not None})
         return self.add_many([fields], now=now)[0]
 
-    def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None) -> list[Issue]:
-        """Add issues in ONE transaction: all are added, or (on any error) none.
+    def add_many(self, items: Iterable[Mapping[str, Any]], now: float | None = None,
+                 actor: str | None = None) -> list[Issue]:
+        """Add issues in ONE transaction: all are added, or (on any error) none. ``actor``: who (the audit trail).
 
         An item's ``depends_on`` names existing issues by number, and issues of the
         same batch by their ``key`` (or their explicit number); a cycle or an issue
@@ -347,8 +359,9 @@ class Store:
                      "max_attempts": fields["max_attempts"] or self.max_attempts, "now": now,
                      "paths": json.dumps(fields["paths"]) if fields["paths"] else None,
                      "budget_tokens": fields["budget_tokens"], "budget_usd": fields["budget_usd"]})[0]
-                run("INSERT INTO events (at, issue, kind) VALUES (CAST(:at AS float8), CAST(:issue AS bigint), 'added')",
-                    {"at": row["created_at"], "issue": row["number"]})
+                run("INSERT INTO events (at, issue, kind, worker)"
+                    " VALUES (CAST(:at AS float8), CAST(:issue AS bigint), 'added', :actor)",
+                    {"at": row["created_at"], "issue": row["number"], "actor": actor})
                 self._insert_paths(run, row["number"], fields["paths"])
                 added.append(row)
             for i, (row, edges) in enumerate(zip(added, order)):
@@ -701,16 +714,59 @@ class Store:
 
     # -- operator verbs -----------------------------------------------------
 
-    def retry(self, number: int, now: float | None = None) -> Issue:
+    def retry(self, number: int, now: float | None = None, actor: str = "operator") -> Issue:
         """Put a failed, dead, blocked, done, empty or rejected issue back to ready with fresh attempts."""
         return self._operator(number, "retry", now, RETRYABLE,
-                              f"status = 'ready', attempts = 0, due_at = {self.NOW}, error = NULL")
+                              f"status = 'ready', attempts = 0, due_at = {self.NOW}, error = NULL", actor=actor)
 
-    def block(self, number: int, now: float | None = None) -> Issue:
+    def block(self, number: int, now: float | None = None, actor: str = "operator") -> Issue:
         """Take a ready or failed issue out of the queue until retried."""
-        return self._operator(number, "block", now, BLOCKABLE, "status = 'blocked'")
+        return self._operator(number, "block", now, BLOCKABLE, "status = 'blocked'", actor=actor)
 
-    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str) -> Issue:
+    def set_priority(self, number: int, priority: str, now: float | None = None, actor: str = "operator") -> Issue:
+        """Change an issue's priority (not while an agent holds it: the claim's order is decided)."""
+        if priority not in PRIORITIES:
+            raise InvalidInput(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
+        return self._operator(number, "priority", now, PRIORITY_CHANGEABLE,
+                              "priority = :priority, rank = CAST(:rank AS integer)", actor=actor, note=priority,
+                              params={"priority": priority, "rank": PRIORITIES.index(priority)})
+
+    def send_back(self, number: int, note: str, now: float | None = None, actor: str = "operator") -> Issue:
+        """A reviewer's "not yet": back to ready, ``note`` in the next attempt's prompt (as a rejection's report).
+
+        The attempts are kept; one more is granted when they are used up, since a person asked for it.
+        """
+        note = _review_note(note, "send back")
+        return self._operator(number, "sent-back", now, SENDABLE_BACK,
+                              f"""status = 'ready', owner = NULL, due_at = {self.NOW}, error = NULL,
+                                  feedback = :feedback,
+                                  max_attempts = CASE WHEN attempts >= max_attempts THEN attempts + 1
+                                                      ELSE max_attempts END""",
+                              actor=actor, note=note[:FAILURE_NOTE_LIMIT], params={"feedback": note[:TEXT_LIMIT]})
+
+    def dismiss(self, number: int, note: str = "", now: float | None = None, actor: str = "operator") -> Issue:
+        """A reviewer's rejection: ``rejected`` for good (``retry`` brings it back), ``note`` as its error."""
+        note = str(note or "").strip() or f"rejected by {actor}"
+        return self._operator(number, "rejected", now, DISMISSABLE, "status = 'rejected', error = :why",
+                              actor=actor, note=note[:FAILURE_NOTE_LIMIT], params={"why": note[:TEXT_LIMIT]})
+
+    def record(self, number: int | None, kind: str, actor: str, detail: str | None = None,
+               now: float | None = None) -> Event:
+        """Append one audit event that changes no row: a merge asked for (of an existing issue), or an
+        action on the whole queue (``number`` None: the merge queue started or stopped)."""
+        if number is not None:
+            self.get(number)  # IssueNotFound for a bad id
+        now = self._now(now)
+        row = self._write(f"""INSERT INTO events (at, issue, kind, worker, detail)
+                              VALUES ({self.NOW}, CAST(:n AS bigint), :kind, :actor, :detail) RETURNING *""",
+                          {"now": now, "n": None if number is None else int(number), "kind": str(kind),
+                           "actor": str(actor),
+                           "detail": None if detail is None else str(detail)[:FAILURE_NOTE_LIMIT]})
+        return Event(**dict(row))
+
+    def _operator(self, number: int, verb: str, now: float | None, allowed: tuple, assignment: str,
+                  actor: str = "operator", note: str | None = None, params: Mapping[str, Any] | None = None
+                  ) -> Issue:
         now = self._now(now)
 
         def act(run: Run) -> Row:
@@ -721,11 +777,13 @@ class Store:
             status, owner = rows[0]["status"], rows[0]["owner"]
             if status not in allowed:
                 raise Conflict(f"issue #{number} is {status}" + (f" by {owner}" if status == "claimed" else "")
-                               + f": cannot {verb} it now (stop its agent first, or wait)")
+                               + f": cannot {verb.replace('-', ' ')} it now (it must be "
+                               + ", ".join(allowed) + ")")
             return run(f"""UPDATE issues SET {assignment}, updated_at = {self.NOW},
-                                  transition = :verb, actor = 'operator', note = NULL
+                                  transition = :verb, actor = :actor, note = :note
                            WHERE number = CAST(:n AS bigint) RETURNING *""",
-                       {"now": now, "n": int(number), "verb": verb})[0]
+                       {**(params or {}), "now": now, "n": int(number), "verb": verb, "actor": str(actor),
+                        "note": note})[0]
 
         # repeated after a lost COMMIT it is still right: the issue is in the state the verb makes
         return self._issue(self._atomic(act))

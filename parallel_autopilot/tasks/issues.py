@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import fleet, issues
+from .. import fleet, issues, review
 from ..config import Settings, redact_url
 from ..errors import Conflict, DockerUnavailable, InvalidInput
 from ..issues import IssueStore, issuefile, snapshots
@@ -51,8 +51,10 @@ def add(c, title, body="", priority="medium", script=None, max_attempts=None, ch
         usd = float(budget_usd) if budget_usd is not None else None
     except ValueError:
         raise InvalidInput(f"budget-usd {budget_usd!r} is not a number: give e.g. 2.50") from None
-    issue = store_of(c).add(title, body=body, priority=priority, script=script, max_attempts=attempts,
-                            check=check, depends_on=before, paths=globs, budget_tokens=tokens, budget_usd=usd)
+    fields = {"title": title, "body": body, "priority": priority, "script": script, "max_attempts": attempts,
+              "check": check, "depends_on": before, "paths": globs}
+    fields.update({k: v for k, v in (("budget_tokens", tokens), ("budget_usd", usd)) if v is not None})
+    issue = store_of(c).add_many([fields], actor=review.cli_actor())[0]
     if json:
         emit_json(issue.to_dict())
     else:
@@ -65,7 +67,7 @@ def add(c, title, body="", priority="medium", script=None, max_attempts=None, ch
 def import_(c, file, json=False):
     """Import issues from a file: all of them, or none if any is malformed."""
     items = issuefile.load(Path(file))
-    added = store_of(c).add_many(items)
+    added = store_of(c).add_many(items, actor=review.cli_actor())
     if json:
         emit_json([i.to_dict() for i in added])
     else:
@@ -166,14 +168,36 @@ def _shown(key: str, value, now: float) -> str:
 @task(help={"number": "the issue number"})
 def retry(c, number):
     """Put a failed, dead, blocked, done, empty or rejected issue back in the queue with fresh attempts."""
-    issue = store_of(c).retry(_number(number))
+    issue = store_of(c).retry(_number(number), actor=review.cli_actor())
     echo(f"#{issue.number} is {issue.status} again")
 
 
 @task(help={"number": "the issue number"})
 def block(c, number):
     """Keep an issue out of the queue until `issues.retry`."""
-    issue = store_of(c).block(_number(number))
+    issue = store_of(c).block(_number(number), actor=review.cli_actor())
+    echo(f"#{issue.number} is {issue.status}")
+
+
+@task(help={"number": "the issue number", "priority": "urgent, high, medium or low"})
+def priority(c, number, priority):
+    """Change an issue's priority (not while an agent holds it)."""
+    issue = store_of(c).set_priority(_number(number), priority, actor=review.cli_actor())
+    echo(f"#{issue.number} is {issue.priority}")
+
+
+@task(name="send-back", help={"number": "the issue number",
+                              "note": "what the next attempt should do differently (it is in its prompt)"})
+def send_back(c, number, note):
+    """Send a result back to the queue with a note for its next attempt's prompt."""
+    issue = store_of(c).send_back(_number(number), note, actor=review.cli_actor())
+    echo(f"#{issue.number} is {issue.status} again, with your note")
+
+
+@task(help={"number": "the issue number", "note": "why (kept as its error)"})
+def reject(c, number, note=""):
+    """Reject a result for good (`issues.retry` brings it back)."""
+    issue = store_of(c).dismiss(_number(number), note, actor=review.cli_actor())
     echo(f"#{issue.number} is {issue.status}")
 
 
@@ -205,7 +229,10 @@ def merge(c, number=None, dry_run=False, batch=None, json=False):
     from ..merge import queue as mergequeue
 
     size = _number(batch, "batch") if batch is not None else None
-    report = mergequeue.merge(settings(c), store_of(c), [_number(number)] if number else None,
+    store = store_of(c)
+    numbers = [_number(number)] if number else None
+    review.record_merge_request(store, review.cli_actor(), numbers, dry_run=dry_run)  # who asked: the trail
+    report = mergequeue.merge(settings(c), store, numbers,
                               dry_run=dry_run, batch=size, progress=(lambda _: None) if json else echo)
     emit_json(report.to_dict()) if json else echo(report.summary())
     if report.exit_code:
@@ -285,6 +312,27 @@ def migrate(c, to, json=False):
              f"from {s.db_path} to {target.url}; set autopilot.queue to it to use it")
 
 
+@task(help={"since": "from when: 12h, 30m, 2d (ago) or 2026-12-03T08:00 (default: the first event)",
+            "format": "md (default), html (with a plot) or json",
+            "output": "write it to this file instead of printing it"})
+def report(c, since=None, format="md", output=None):  # noqa: A002 - the flag is --format
+    """The morning report: merged, rejected and why, dead, open; tokens, cost, agents' time, failure causes."""
+    from .. import report as reports
+
+    now = time.time()
+    s = settings(c)
+    data = reports.build(store_of(c), since=reports.parse_since(since, now), now=now, logs_path=s.logs_path)
+    text = reports.render(data, str(format))
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        echo(f"wrote {output}")
+    elif format == "json":
+        emit_json(data)  # JSON escapes agent-written text itself
+    else:
+        echo(text.rstrip("\n"))
+
+
 ns = Namespace("issues")
-for t in (add, import_, list_, show, retry, block, merge, backup, restore, migrate):
+for t in (add, import_, list_, show, retry, block, priority, send_back, reject, merge, report, backup, restore,
+          migrate):
     ns.add_task(t)

@@ -38,10 +38,11 @@ LAYERS: list[tuple[str, set[str]]] = [
 #: the top-level modules and their band
 TOP_LEVEL = {"errors": "ground", "ids": "ground", "defaults": "ground", "printable": "ground",
              "platform": "config", "config": "config",
-             "fleet": "api", "demo": "api", "remote": "api", "doctor": "api", "distribution": "api", "program": "program", "__main__": "program"}
+             "fleet": "api", "demo": "api", "remote": "api", "doctor": "api", "distribution": "api",
+             "review": "api", "report": "api", "notify": "api", "program": "program", "__main__": "program"}
 #: edges that call each other on purpose: the program is the task collection; the tasks serve
-#: the GUI and run the bench
-SAME_LAYER_CALLS = {("program", "tasks"), ("tasks", "gui"), ("tasks", "bench")}
+#: the GUI and run the bench; the bench measures the GUI
+SAME_LAYER_CALLS = {("program", "tasks"), ("tasks", "gui"), ("tasks", "bench"), ("bench", "gui")}
 #: what the in-container code may import beside the standard library, and where: pg8000 where a
 #: PostgreSQL queue is opened
 CONTAINER_BANDS = {"ground", "git", "queue", "inside"}

@@ -322,7 +322,12 @@ def test_openapi_schema_lists_every_endpoint(env):
     assert set(schema["paths"]) == {
         "/api/snapshot", "/api/agents", "/api/issues", "/api/resources", "/api/agents/start",
         "/api/agents/stop", "/api/agents/{agent}/restart", "/api/agents/{agent}/logs", "/api/events",
-        "/api/agents/{agent}/logs/stream"}
+        "/api/agents/{agent}/logs/stream",
+        # issue 22: the backlog, an issue's page, review, the merge queue's controls, the report
+        "/api/issues/{number}/page", "/api/issues/import", "/api/issues/{number}/retry",
+        "/api/issues/{number}/block", "/api/issues/{number}/priority", "/api/issues/{number}/send-back",
+        "/api/issues/{number}/reject", "/api/issues/{number}/merge", "/api/merge-queue/run",
+        "/api/merge-queue/continuous", "/api/merge-queue/stop", "/api/report"}
     assert "text/event-stream" in schema["paths"]["/api/events"]["get"]["responses"]["200"]["content"]
 
 

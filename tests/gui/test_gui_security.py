@@ -235,3 +235,54 @@ def test_inv_gui_refuses_a_public_address_with_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert len(lines) == 1 and "--public" in lines[0] and "Traceback" not in proc.stderr
+
+
+# -- issue 22: the backlog, review and merge queue actions have the same guards --------------
+
+REVIEW_ACTIONS = [("/api/issues", {"title": "injected"}), ("/api/issues/import", {"text": "- title: x\n"}),
+                  ("/api/issues/1/retry", None), ("/api/issues/1/block", None),
+                  ("/api/issues/1/priority", {"priority": "urgent"}), ("/api/issues/1/send-back", {"note": "x"}),
+                  ("/api/issues/1/reject", {"note": "x"}), ("/api/issues/1/merge", {}),
+                  ("/api/merge-queue/run", {}), ("/api/merge-queue/continuous", None), ("/api/merge-queue/stop", None)]
+REFUSALS = [({"Host": "evil.example:8787"}, 400), ({"Host": "127.0.0.1:9999"}, 400),
+            ({"Origin": "http://evil.example"}, 403), ({"Referer": "http://evil.example/x"}, 403),
+            ({"Sec-Fetch-Site": "cross-site"}, 403), ({"Origin": "null"}, 403), ({"X-CSRF-Token": ""}, 403),
+            ({"X-CSRF-Token": "guess"}, 403)]
+
+
+@pytest.mark.parametrize("path,body", REVIEW_ACTIONS)
+def test_every_new_action_refuses_a_foreign_host_a_cross_site_request_and_a_missing_token(env, path, body):
+    app, fleet, client, csrf = env
+    store = app.state.pane.store()
+    before = [e.to_dict() for e in store.events()], [i.to_dict() for i in store.list()]
+    for headers, status in REFUSALS:
+        refused(client.post(path, json=body, headers={**csrf, **headers}), status)
+    refused(client.post(path, json=body), 403)  # no token at all
+    assert ([e.to_dict() for e in store.events()], [i.to_dict() for i in store.list()]) == before
+    assert fleet.calls == [] and not app.state.pane.merge_loop["running"]
+
+
+@pytest.mark.parametrize("bad", ["x", "0", "-3", "1.0", "424242", "1%2F..%2Fetc", "%00", "1 "])
+def test_every_new_issue_action_refuses_a_bad_id_with_404(env, bad):
+    app, _, client, csrf = env
+    store = app.state.pane.store()
+    before = len(store.events())
+    for path, body in REVIEW_ACTIONS:
+        if "/1/" not in path:
+            continue
+        response = client.post(path.replace("/1/", f"/{bad}/"), json=body, headers=csrf)
+        assert response.status_code in (404, 405), (path, bad, response.text)
+        assert "\n" not in response.json()["error"]
+    assert client.get(f"/api/issues/{bad}/page").status_code in (404, 405)
+    assert len(store.events()) == before
+
+
+def test_a_public_guis_report_and_issue_pages_need_the_token_and_their_links_carry_it(tmp_path):
+    app, _ = make_env(tmp_path, token=TOKEN)
+    with TestClient(app, base_url=BASE) as client:
+        refused(client.get("/report"), 401)
+        refused(client.get("/issues/1"), 401)
+        refused(client.get("/api/issues/1/page"), 401)
+        page = client.get("/report", params={"token": TOKEN})
+        assert page.status_code == 200 and f'href="/issues/1?token={TOKEN}"' in page.text
+        assert client.get("/issues/1", params={"token": TOKEN}).status_code == 200

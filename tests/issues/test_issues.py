@@ -688,3 +688,36 @@ def test_empty_fail_with_feedback_merged_and_rejected(store, clock):
     assert [e.kind for e in store.events(d.number)].count("rejected") == 2
     for number in (a.number, d.number):  # empty and rejected can be retried by hand
         assert store.retry(number).status == "ready"
+
+
+def test_review_verbs_priority_send_back_dismiss_and_record_name_who_did_it(store, clock):
+    """Issue 22: the verbs behind the GUI's review, on both backends, each in the trail with its actor."""
+    issue = store.add_many([{"title": "x", "max_attempts": 1}], actor="gui")[0]
+    assert store.set_priority(issue.number, "urgent", actor="cli:ann").priority == "urgent"
+    with pytest.raises(InvalidInput, match="priority 'soon' is not one of"):
+        store.set_priority(issue.number, "soon")
+    claim = store.claim("agent-001")
+    with pytest.raises(Conflict, match="claimed by agent-001"):
+        store.send_back(issue.number, "again")
+    store.complete(claim, {"commit": "c" * 40})
+    with pytest.raises(InvalidInput, match="needs a note"):
+        store.send_back(issue.number, "  ")
+    back = store.send_back(issue.number, "  cover the edge case  ", actor="gui")
+    # its one attempt is used: a person's send-back grants one more
+    assert (back.status, back.feedback, back.attempts, back.max_attempts) == ("ready", "cover the edge case", 1, 2)
+    claim = store.claim("agent-002")
+    assert claim.issue.feedback == "cover the edge case"
+    store.complete(claim, {"commit": "d" * 40})
+    assert store.dismiss(issue.number, "not wanted", actor="gui").status == "rejected"
+    assert store.get(issue.number).error == "not wanted"
+    with pytest.raises(Conflict):
+        store.dismiss(issue.number)  # rejected already
+    event = store.record(issue.number, "merge-requested", "gui")
+    assert (event.issue, event.kind, event.worker) == (issue.number, "merge-requested", "gui")
+    assert store.record(None, "merge-loop-started", "gui").issue is None
+    with pytest.raises(IssueNotFound):
+        store.record(999, "merge-requested", "gui")
+    assert [(e.kind, e.worker) for e in store.events(issue.number)] == [
+        ("added", "gui"), ("priority", "cli:ann"), ("claimed", "agent-001"), ("done", "agent-001"),
+        ("sent-back", "gui"), ("claimed", "agent-002"), ("done", "agent-002"), ("rejected", "gui"),
+        ("merge-requested", "gui")]

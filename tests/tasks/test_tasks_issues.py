@@ -133,6 +133,39 @@ def test_retry_and_block(git_repo):
     assert kinds == ["added", "claimed", "dead", "retry", "block", "retry", "claimed"]
 
 
+def test_review_verbs_and_the_report_from_the_cli_are_audited_as_the_cli_user(git_repo):
+    import getpass
+
+    ok(git_repo, "issues.add", "--title", "one")
+    ok(git_repo, "issues.add", "--title", "two")
+    store = db(git_repo)
+    assert ok(git_repo, "issues.priority", "1", "urgent") == "#1 is urgent\n"
+    assert "priority 'soon' is not one of" in refused(git_repo, "issues.priority", "1", "soon")
+    for number in (1, 2):
+        store.complete(store.claim("agent-001"), {"branch": f"autopilot/issue-{number}", "commit": "c" * 40})
+    assert "needs a note" in refused(git_repo, "issues.send-back", "1", "--note", " ")
+    assert ok(git_repo, "issues.send-back", "1", "--note", "add a test") == "#1 is ready again, with your note\n"
+    assert store.get(1).feedback == "add a test"
+    assert ok(git_repo, "issues.reject", "2", "--note", "not wanted") == "#2 is rejected\n"
+    me = f"cli:{getpass.getuser()}"
+    assert [(e.kind, e.worker) for e in store.events(1)] == [
+        ("added", me), ("priority", me), ("claimed", "agent-001"), ("done", "agent-001"), ("sent-back", me)]
+    assert [(e.kind, e.worker) for e in store.events(2)][-1] == ("rejected", me)
+    data = json.loads(ok(git_repo, "issues.report", "--format", "json"))
+    assert [r["number"] for r in data["rejected"]] == [2] and data["still_open"] == [1]
+    assert "rejected: 1" in ok(git_repo, "issues.report", "--since", "1h")
+    ok(git_repo, "issues.report", "--format", "html", "--output", "night.html")
+    assert "<svg" in (git_repo / "night.html").read_text()
+    assert "is not a time" in refused(git_repo, "issues.report", "--since", "yesterday")
+    # the merge queue, asked from the CLI: who asked is in the trail before what the queue did
+    claim = store.claim("agent-001")  # #1, sent back, again
+    three = claim.number
+    store.complete(claim, {"branch": f"autopilot/issue-{three}", "commit": "e" * 40})
+    assert run(git_repo, "issues.merge").returncode == 21  # its commit is nowhere: rejected
+    assert [(e.kind, e.worker) for e in store.events(three)][-2:] == [("merge-requested", me),
+                                                                      ("rejected", "merge-queue")]
+
+
 def test_dependencies_and_paths_through_the_program(git_repo):
     """Issue 21: --after and --paths, shown by issues.list and issues.show; a bad one is one line."""
     ok(git_repo, "issues.add", "--title", "Model")

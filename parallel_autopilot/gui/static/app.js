@@ -241,10 +241,15 @@ function tokenText(usage) {
   return `${usage.input_tokens || 0} in / ${usage.output_tokens || 0} out tokens${cost}`;
 }
 
+function issueLink(issue) {
+  // the number is the server's integer; the title is agent-written: text only
+  return el("a", { class: "title issue-link", href: withToken(`/issues/${Number(issue.number)}`), title: issue.title }, issue.title);
+}
+
 function renderDone(snap) {
   const items = (snap.done || []).map((issue) => el("li", { "data-issue": issue.number, "data-status": "done" },
     el("span", { class: "num" }, `#${issue.number}`),
-    el("span", { class: "title", title: issue.title }, issue.title),
+    issueLink(issue),
     el("span", { class: "owner" }, issue.owner || ""),
     el("span", { class: "tokens" }, tokenText(issue.usage))));
   $("done").replaceChildren(...items);
@@ -255,7 +260,7 @@ function renderIssues(snap) {
   const items = snap.issues.map((issue) => el("li", { "data-issue": issue.number, "data-status": issue.status },
     el("span", { class: "num" }, `#${issue.number}`),
     el("span", { class: `prio ${issue.priority}` }, issue.priority),
-    el("span", { class: "title", title: issue.title }, issue.title),
+    issueLink(issue),
     // issue 21: what it waits for, in the store's words (text, never markup)
     el("span", { class: "waiting", title: issue.waiting || "" }, issue.waiting || ""),
     el("span", { class: "owner" }, issue.status === "claimed" ? `${issue.owner || ""}` : "")));
@@ -289,11 +294,17 @@ function renderMergeQueue(snap) {
       items.push(el("li", { "data-issue": issue.number, "data-phase": phase },
         el("span", { class: "num" }, `#${issue.number}`),
         el("span", { class: `phase ${phase}` }, phase),
-        el("span", { class: "title", title: issue.title }, issue.title),
+        issueLink(issue),
         el("span", { class: "detail", title: detail }, detail)));
     }
   }
   $("merge-queue").replaceChildren(...items);
+  const loop = snap.merge_loop || { running: false, lines: [] };
+  $("mq-state").textContent = loop.running
+    ? `running continuously (started by ${loop.by || "?"})${loop.lines.length ? ": " + loop.lines[loop.lines.length - 1] : ""}`
+    : (loop.lines.length ? `stopped: ${loop.lines[loop.lines.length - 1]}` : "");
+  $("mq-loop").disabled = loop.running;
+  $("mq-stop").disabled = !loop.running;
   $("no-merge").hidden = items.length > 0;
   const line = [];
   phases.forEach((k, i) => {
@@ -390,6 +401,29 @@ function main() {
   $("stop-all").addEventListener("click", () => act("POST", "/api/agents/stop", { all: true }));
   $("banner-close").addEventListener("click", () => { state.actionError = null; renderBanner(); });
   $("logs-close").addEventListener("click", closeLogs);
+  $("nav-report").href = withToken("/report");
+  $("add-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const body = { title: $("add-title").value, body: $("add-body").value, priority: $("add-priority").value };
+    if ($("add-check").value.trim()) body.check = $("add-check").value;
+    if ($("add-script").value.trim()) body.script = $("add-script").value;
+    // the backlog's order (issue 21): numbers it waits for, globs it touches; the store checks them
+    const after = $("add-after").value.split(",").map((n) => n.trim().replace(/^#/, "")).filter(Boolean);
+    if (after.length) body.depends_on = after.map((n) => (/^\d+$/.test(n) ? Number(n) : n));
+    const paths = $("add-paths").value.split(",").map((p) => p.trim()).filter(Boolean);
+    if (paths.length) body.paths = paths;
+    act("POST", "/api/issues", body).then(() => { if (!state.actionError) $("add-title").value = ""; });
+  });
+  $("import-file").addEventListener("change", async () => {
+    const file = $("import-file").files[0];
+    if (!file) return;
+    await act("POST", "/api/issues/import", { text: await file.text(), name: file.name });
+    $("import-file").value = "";
+  });
+  $("mq-run").addEventListener("click", () => act("POST", "/api/merge-queue/run", { dry_run: false }));
+  $("mq-dry").addEventListener("click", () => act("POST", "/api/merge-queue/run", { dry_run: true }));
+  $("mq-loop").addEventListener("click", () => act("POST", "/api/merge-queue/continuous"));
+  $("mq-stop").addEventListener("click", () => act("POST", "/api/merge-queue/stop"));
   // uptimes tick between snapshots from the last one received (no request)
   setInterval(() => {
     if (!state.snapshot) return;
