@@ -10,8 +10,8 @@ Events, each said ONCE (a condition is said when it starts, and again only after
     agent-crash-looping    an agent's container keeps restarting (fleet.problem says so)
     agent-stuck            an agent's heartbeat is older than notify_stuck_seconds
     quota-all-parked       every running agent waits for a model quota
-    budget-spent           the fleet's budget is spent (a ``budget-spent`` event in the trail, or
-                           :meth:`Watch.condition` from the code that keeps the budget)
+    budget-spent           the fleet run's budget is spent (``store.fleet_budget()``; also a
+                           ``budget-spent`` event in the trail, or :meth:`Watch.condition`)
 
 A notifier that fails (a command that exits non-zero or hangs, a webhook that refuses or
 times out) is logged and forgotten: it never raises into an agent, the merge queue or the GUI.
@@ -167,6 +167,9 @@ class Watch:
                 self.active.discard("work-left")
                 self._say("backlog-drained", {"counts": counts})
             self._trail(store, first)
+            budget = store.fleet_budget()  # the fleet run's budget (issue 21): said once when it is spent
+            self.condition("budget", bool(budget and budget["spent"]), "budget-spent",
+                           {"budget": budget} if budget else None, first=first)
         agents = self.agents() or []
         running = [a for a in agents if a.get("state") == "running"]
         for agent in agents:

@@ -83,9 +83,13 @@ def test_each_event_is_said_once_to_the_webhook_and_the_command(tmp_path, receiv
     watch.tick()
     agents[1] = agent("agent-002", activity="quota")
     assert events_of(watch.tick()) == ["quota-all-parked"]
-    # the budget keeper's hook: a condition, said once
-    watch.condition("budget", True, "budget-spent", {"spent_usd": 10.0})
-    watch.condition("budget", True, "budget-spent", {"spent_usd": 10.0})
+    # the fleet run's budget (issue 21): said once when the queue says it is spent
+    store.set_fleet_budget(tokens=1000)
+    store.spend(400)
+    assert watch.tick() == []
+    store.spend(700)
+    said = watch.tick() + watch.tick()
+    assert events_of(said) == ["budget-spent"] and said[0]["budget"]["spent_tokens"] == 1100
     # work again, then drained again: said again
     store.add("two")
     watch.tick()
