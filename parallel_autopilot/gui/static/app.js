@@ -3,8 +3,7 @@
 // is inserted as text, never as HTML (issue titles and log lines are data).
 "use strict";
 
-const CSRF = document.querySelector('meta[name="csrf-token"]').content;
-const TOKEN = document.querySelector('meta[name="access-token"]').content;
+// common.js (loaded first) gives CSRF, TOKEN, $, withToken, el, api, tokenText.
 
 const state = {
   snapshot: null,
@@ -18,48 +17,6 @@ const state = {
   staleOperation: null,  // id of an operation whose outcome no longer needs showing
   countChosen: false,    // the user picked a count: keep it
 };
-
-const $ = (id) => document.getElementById(id);
-
-function withToken(path) {
-  if (!TOKEN) return path;
-  return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(TOKEN);
-}
-
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (key === "class") node.className = value;
-    else if (key.startsWith("data-")) node.setAttribute(key, value);
-    else if (key === "onclick") node.addEventListener("click", value);
-    else node[key] = value;
-  }
-  for (const child of children) {
-    if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
-
-// -- requests ---------------------------------------------------------------
-
-async function api(method, path, body) {
-  const headers = { "Accept": "application/json", "X-CSRF-Token": CSRF };
-  if (TOKEN) headers["X-Autopilot-Token"] = TOKEN;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  let response;
-  try {
-    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (err) {
-    throw new Error("the GUI server did not answer: is `inv gui` still running?");
-  }
-  let data = null;
-  try { data = await response.json(); } catch (err) { data = null; }
-  if (!response.ok) {
-    throw new Error((data && data.error) || `${response.status} ${response.statusText}`);
-  }
-  return data;
-}
 
 async function act(method, path, body) {
   state.pending = true;
@@ -232,13 +189,6 @@ function renderAgents(snap) {
   }
   $("agent-count").textContent = snap.agents.length;
   $("no-agents").hidden = snap.agents.length > 0;
-}
-
-function tokenText(usage) {
-  // model tokens in/out (and cost when the CLI reports it); empty without usage
-  if (!usage) return "";
-  const cost = usage.cost_usd ? ` $${Number(usage.cost_usd).toFixed(4)}` : "";
-  return `${usage.input_tokens || 0} in / ${usage.output_tokens || 0} out tokens${cost}`;
 }
 
 function issueLink(issue) {
