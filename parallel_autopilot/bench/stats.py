@@ -71,7 +71,8 @@ def row(case: str, metric: str, unit: str, runs: Sequence[float] | None, *,
         "value": summary(runs),
         "baseline": summary(baseline) if baseline is not None else None,
         "baseline_label": baseline_label,
-        "ratio": summary(ratios(runs, baseline)) if baseline is not None else None,
+        # a count's baseline may be zero (no conflict without hints either): no ratio then
+        "ratio": summary(ratios(runs, baseline)) if baseline is not None and all(baseline) else None,
         "target": target, "met": met, "note": note,
     }
 

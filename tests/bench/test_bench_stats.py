@@ -60,3 +60,9 @@ def test_a_row_without_baseline_has_no_ratio_and_keeps_its_target_verdict():
 def test_failed_and_skipped_scenarios_have_a_reason_and_no_rows():
     result = stats.failed("stop", "stop", "skipped: Docker is not reachable", status="skipped")
     assert (result["status"], result["rows"], result["reason"]) == ("skipped", [], "skipped: Docker is not reachable")
+
+
+def test_a_count_whose_baseline_is_zero_has_no_ratio_but_keeps_both_values():
+    row = stats.row("backlog", "merges rejected for a conflict, hints on", "rejections", [0, 0],
+                    baseline=[0, 3], target="0 with hints", met=True)
+    assert row["ratio"] is None and row["value"]["median"] == 0 and row["baseline"]["runs"] == [0, 3]
