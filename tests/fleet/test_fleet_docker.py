@@ -399,12 +399,17 @@ def test_cleanup_keeps_unmerged_work_unless_forced_and_never_loses_a_result(samp
     store.add("change", script="echo change > c.txt")
     fleet.Fleet.open(settings).start(2, progress=lambda _: None)
     wait_for(lambda: store.get(1).status == "done", 90, what="the issue")
-    # agent-002's own repository gets a commit that no branch of the user's repository has
+    # agent-002's own repository gets a commit that no branch of the user's repository has. Made
+    # with plumbing, HEAD untouched: the agent's runtime, still running, moves its own HEAD
+    # between issues (a `checkout -b` here raced it: the commit landed on a detached HEAD)
     clone = settings.worktrees_path / "agent-002"
-    git(clone, "checkout", "-q", "-b", "scratch")
     (clone / "unmerged.txt").write_text("precious\n")
-    git(clone, "add", "-A")
-    git(clone, "-c", "user.name=U", "-c", "user.email=u@x.invalid", "commit", "-q", "-m", "unmerged work")
+    blob = git(clone, "hash-object", "-w", "unmerged.txt")
+    tree = subprocess.run(["git", "-C", str(clone), "mktree"], input=f"100644 blob {blob}\tunmerged.txt\n",
+                          capture_output=True, text=True, check=True).stdout.strip()
+    commit = git(clone, "-c", "user.name=U", "-c", "user.email=u@x.invalid", "commit-tree", tree, "-m",
+                 "unmerged work")
+    git(clone, "update-ref", "refs/heads/scratch", commit)
     proc = run_cli(repo, "cleanup")
     assert proc.returncode == 0, proc.stderr
     assert "kept agent-002" in proc.stdout and "refs/heads/scratch" in proc.stdout  # reported as kept
