@@ -17,18 +17,12 @@ from importlib import metadata
 from pathlib import Path
 
 from . import __version__
+from .containers.image import package_files
 from .errors import MissingDependency
 
 NAME = "parallel-autopilot"
 PACKAGE = Path(__file__).resolve().parent
 _ENTRY_POINTS = "[console_scripts]\nparallel-autopilot = parallel_autopilot.program:main\n"
-
-
-def package_files() -> list[Path]:
-    """Every file of the running package, byte code and caches left out."""
-    return sorted(p for p in PACKAGE.rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
-                  and not any(part.endswith(".egg-info") for part in p.parts))
 
 
 def wheel_name() -> str:

@@ -68,11 +68,13 @@ def examine(settings: Settings, n: int = 3, *, in_repository: bool = True, mount
     docker_info = _docker(settings, add)
     add(_compose(settings, runner, which))
     add(_git(which))
-    if docker_info is None:
+    # (status, labels) of the image, read once (its status hashes the whole package); None without Docker
+    built = None if docker_info is None else (image.image_status(settings), image.image_labels(settings) or {})
+    if built is None:
         add(Check("image", SKIP, f"{settings.image}: not looked at (no Docker daemon)"))
     else:
-        add(_image(settings))
-    add(_agent(settings, n, docker_info is not None))
+        add(_image(settings, *built))
+    add(_agent(settings, n, built))
     for kind in agentcli.MODEL_KINDS:
         add(_credentials(settings, kind))
     add(_resources(settings, n, docker_info))
@@ -126,12 +128,10 @@ def _git(which: Callable[[str], str | None]) -> Check:
     return Check("git", OK, found)
 
 
-def _image(settings: Settings) -> Check:
-    status = image.image_status(settings)
+def _image(settings: Settings, status: str, labels: dict[str, str]) -> Check:
     if status == "missing":
         return Check("image", WARN, f"{settings.image} is not built (agents.start builds it, about a minute)",
                      f"parallel-autopilot build --cli {settings.agent_cli}")
-    labels = image.image_labels(settings) or {}
     clis = ", ".join(f"{k[len(agentcli.LABEL_PREFIX):]} {v}" for k, v in sorted(labels.items())
                      if k.startswith(agentcli.LABEL_PREFIX)) or "no agent CLI"
     built = f"version {labels[image.LABEL_VERSION]}" if image.LABEL_VERSION in labels else "an older version"
@@ -141,13 +141,13 @@ def _image(settings: Settings) -> Check:
     return Check("image", OK, f"{settings.image} is current ({clis})")
 
 
-def _agent(settings: Settings, n: int, have_docker: bool) -> Check:
+def _agent(settings: Settings, n: int, built: tuple[str, dict[str, str]] | None) -> Check:
     kind = str(settings.agent_kind)
     if kind not in agentcli.MODEL_KINDS:
         return Check(f"agents ({kind})", OK, f"{kind} agents need no agent CLI and no credentials")
     try:
-        current = have_docker and image.image_status(settings) == "current"
-        warnings = agentcli.preflight(settings, image.image_labels(settings) if current else None, n)
+        current = built is not None and built[0] == "current"
+        warnings = agentcli.preflight(settings, built[1] if current else None, n)
     except AutopilotError as err:
         return Check(f"agents ({kind})", FAIL, f"{n} {kind} agents cannot start", str(err))
     if warnings:

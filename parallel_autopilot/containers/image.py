@@ -76,7 +76,9 @@ def dockerfile() -> Path:
     return path
 
 
-def _package_files() -> list[Path]:
+def package_files() -> list[Path]:
+    """Every file of the installed package, byte code and caches left out: what the image's source
+    hash covers, and what ``distribution.build_wheel`` zips."""
     return sorted(p for p in _PACKAGE.rglob("*")
                   if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"))
 
@@ -90,7 +92,7 @@ def source_hash(settings: Settings, libs: Iterable[tuple[str, Path]] | None = No
     for arg in (_base_image(settings), _agent_cli(settings), *sorted(agentcli.labels(_agent_cli(settings)).items())):
         digest.update(f"arg:{arg}\0".encode())
     digest.update(b"dockerfile\0" + dockerfile().read_bytes() + b"\0")
-    for path in _package_files():
+    for path in package_files():
         digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     for relative, path in (python_lib_files() if libs is None else libs):
@@ -533,4 +535,4 @@ def _long_client() -> Any:
 
 
 __all__ = ["ensure_image", "build", "base_image", "offline_base", "pull", "image_status",
-           "source_hash", "dockerfile", "OFFLINE_BASE", "LABEL_HASH"]
+           "source_hash", "package_files", "dockerfile", "OFFLINE_BASE", "LABEL_HASH"]

@@ -668,14 +668,23 @@ class Agent:
                            issue=number, branch=attempt.branch, commit=sha)
         return head if head != base_sha else None  # the agent may have committed by itself
 
-    def _finish(self, attempt: Attempt, base_sha: str, outcome: Outcome, env: dict[str, str]) -> None:
-        s, number = self.s, attempt.number
+    def _result(self, attempt: Attempt, base_sha: str, outcome: Outcome) -> tuple[str | None, dict] | None:
+        """Commit the attempt's work; (its commit or None when nothing changed, the result to record),
+        or None when committing failed (already settled)."""
         commit = self._commit(attempt, base_sha)
         if commit is False:
-            return
+            return None
         result = {"branch": attempt.branch, "commit": commit, "duration": outcome.duration}
         if outcome.usage is not None:
             result["usage"] = outcome.usage
+        return commit, result
+
+    def _finish(self, attempt: Attempt, base_sha: str, outcome: Outcome, env: dict[str, str]) -> None:
+        s, number = self.s, attempt.number
+        committed = self._result(attempt, base_sha, outcome)
+        if committed is None:
+            return
+        commit, result = committed
         if commit is None:  # an empty change is its own outcome: nothing to check or merge
             self._empty(attempt, result)
             return
@@ -731,12 +740,10 @@ class Agent:
         """Stopped past its budget: its work is committed on its branch like a finished attempt's,
         then the issue is ``over_budget`` with what it spent (no check: it did not finish)."""
         number = attempt.number
-        commit = self._commit(attempt, base_sha)
-        if commit is False:
+        committed = self._result(attempt, base_sha, outcome)
+        if committed is None:
             return
-        result = {"branch": attempt.branch, "commit": commit, "duration": outcome.duration}
-        if outcome.usage is not None:
-            result["usage"] = outcome.usage
+        commit, result = committed
         error = f"over budget: {outcome.over}; stopped after {outcome.duration:.1f}s"
         done, _ = self._settle(attempt, lambda claim: self.store.over_budget(claim, result, error), "over_budget",
                                lost_note=f"#{number} stopped over budget after its lease was lost: not recorded")

@@ -70,7 +70,7 @@ def test_build_context_is_only_the_installed_package_and_its_dockerfile(settings
     assert unexpected == set()
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc") or ".egg-info" in f]
     # the package in the context is the installed package, file for file
-    package = {p.relative_to(image._PACKAGE).as_posix() for p in image._package_files()}
+    package = {p.relative_to(image._PACKAGE).as_posix() for p in image.package_files()}
     assert {f[len("parallel_autopilot/"):] for f in files if f.startswith("parallel_autopilot/")} == package
 
 

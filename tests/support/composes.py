@@ -3,23 +3,13 @@ ships today; the suite's default) and v1 (``docker-compose``, kept honest while 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 
 from parallel_autopilot.containers import compose
 
-
-def _v2_installed() -> bool:
-    try:
-        return subprocess.run([*compose.V2, "version"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-V2_INSTALLED = bool(shutil.which("docker")) and _v2_installed()
-V1_INSTALLED = bool(shutil.which(compose.V1[0]))
+INSTALLED = compose.installed()
+V2_INSTALLED = "v2" in INSTALLED
+V1_INSTALLED = "v1" in INSTALLED
 
 #: ``@pytest.mark.parametrize("program", BOTH)``: the compose argv, v2 then v1
 BOTH = [pytest.param(list(compose.V2), id="v2",
